@@ -1,0 +1,1 @@
+//! STS calls (to be written).
