@@ -1,0 +1,1 @@
+//! STS test double (to be written).
