@@ -1,8 +1,13 @@
 //! sts-session-operator: turns an IAM user's long-term keys plus an MFA code into short-lived
 //! STS session credentials, kept fresh in a Kubernetes Secret.
 
+pub mod controller;
+pub mod crd;
 pub mod metrics;
+pub mod plan;
+pub mod secret;
 pub mod sensitive;
 pub mod sts;
+pub mod telemetry;
 
 pub use sensitive::Sensitive;

@@ -1,1 +1,195 @@
-fn main() {}
+//! sts-session-operator: flags, telemetry, start.
+
+use anyhow::{Context as _, Result};
+use clap::Parser;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use sts_session_operator::controller::{self, Context, Settings};
+use sts_session_operator::metrics::{self, Metrics};
+use sts_session_operator::plan::{parse_duration, Timing};
+use sts_session_operator::sts::{EndpointPolicy, StsClient, StsSettings};
+use sts_session_operator::telemetry::{self, LogFormat};
+use tracing::{error, info, warn};
+
+fn duration(text: &str) -> Result<Duration, String> {
+    parse_duration(text).ok_or_else(|| format!("{text:?} is not a duration such as 90s, 5m or 1h30m"))
+}
+
+/// Keeps STS session credentials fresh in Secrets, as SessionToken resources ask.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Namespaces to watch, comma-separated. Empty: all namespaces.
+    #[arg(long, env = "WATCH_NAMESPACES", value_delimiter = ',', default_value = "")]
+    namespaces: Vec<String>,
+    /// Region for SessionTokens that name none.
+    #[arg(long, env = "DEFAULT_REGION", default_value = "us-east-1")]
+    default_region: String,
+    /// STS endpoint for SessionTokens that name none (trusted: set by the operator's admin).
+    /// Default: AWS's regional endpoint.
+    #[arg(long, env = "STS_ENDPOINT")]
+    sts_endpoint: Option<String>,
+    /// Endpoints a SessionToken may name, as URL patterns where `*` matches one DNS label or a
+    /// port, comma-separated. Default: AWS's own STS endpoints, https only.
+    #[arg(long, env = "ALLOWED_STS_ENDPOINTS", value_delimiter = ',')]
+    allowed_sts_endpoints: Vec<String>,
+    /// Attempts per STS call without MFA (calls with a code are never retried: a retried code
+    /// is a reused code).
+    #[arg(long, default_value_t = 3)]
+    sts_attempts: u32,
+    /// STS calls in flight at most.
+    #[arg(long, default_value_t = 16)]
+    sts_concurrency: usize,
+    /// Timeout of one STS call.
+    #[arg(long, default_value = "10s", value_parser = duration)]
+    sts_timeout: Duration,
+    /// SessionTokens reconciled at once.
+    #[arg(long, default_value_t = 32)]
+    reconcile_concurrency: u16,
+    /// Address of the /metrics, /healthz and /readyz endpoints.
+    #[arg(long, env = "METRICS_ADDRESS", default_value = "0.0.0.0:8080")]
+    metrics_address: SocketAddr,
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "json")]
+    log_format: LogFormat,
+    /// Log filter (RUST_LOG syntax), overridden by RUST_LOG.
+    #[arg(long, env = "LOG_LEVEL", default_value = "info,kube=warn")]
+    log_level: String,
+    /// Take part in leader election (a Lease), so only one replica reconciles.
+    #[arg(long, env = "LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_election: bool,
+    /// Namespace of the leader-election Lease. Default: the pod's namespace (POD_NAMESPACE).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    /// Name of the leader-election Lease.
+    #[arg(long, default_value = "sts-session-operator")]
+    lease_name: String,
+    /// Identity of this replica (pod name).
+    #[arg(long, env = "POD_NAME")]
+    instance: Option<String>,
+    /// A code annotation older than this is dropped unused.
+    #[arg(long, default_value = "90s", value_parser = duration)]
+    token_code_max_age: Duration,
+    /// How often `TokenCodeRequired` repeats while a code is awaited.
+    #[arg(long, default_value = "30m", value_parser = duration)]
+    code_required_interval: Duration,
+    /// First retry delay after a failed mint (doubles per failure).
+    #[arg(long, default_value = "5s", value_parser = duration)]
+    retry_base: Duration,
+    /// Longest retry delay after failures.
+    #[arg(long, default_value = "5m", value_parser = duration)]
+    retry_cap: Duration,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    telemetry::init(args.log_format, &args.log_level);
+    if let Err(e) = run(args).await {
+        error!(error = format!("{e:#}"), "stopping");
+        return Err(e);
+    }
+    Ok(())
+}
+
+async fn run(args: Args) -> Result<()> {
+    let instance = args.instance.clone().unwrap_or_else(|| format!("sts-session-operator-{}", std::process::id()));
+    let endpoint_policy = if args.allowed_sts_endpoints.iter().all(|p| p.trim().is_empty()) {
+        EndpointPolicy::aws_default()
+    } else {
+        EndpointPolicy::from_patterns(&args.allowed_sts_endpoints).map_err(|e| anyhow::anyhow!("--allowed-sts-endpoints: {e}"))?
+    };
+    let metrics = Arc::new(Metrics::new());
+    let (ready_tx, ready_rx) = tokio::sync::watch::channel(false);
+    let listener = tokio::net::TcpListener::bind(args.metrics_address).await.with_context(|| format!("binding {}", args.metrics_address))?;
+    tokio::spawn(metrics::serve_listener(listener, metrics.clone(), ready_rx));
+
+    let client = kube::Client::try_default().await.context("connecting to the Kubernetes API")?;
+    let sts = StsClient::new(StsSettings {
+        timeout: args.sts_timeout,
+        max_in_flight: args.sts_concurrency.max(1),
+        non_mfa_attempts: args.sts_attempts.max(1),
+        default_endpoint: args.sts_endpoint.clone(),
+    });
+    let settings = Settings {
+        default_region: args.default_region.clone(),
+        endpoint_policy,
+        timing: Timing {
+            token_code_max_age: args.token_code_max_age,
+            code_required_interval: args.code_required_interval,
+            backoff_base: args.retry_base,
+            backoff_cap: args.retry_cap,
+            ..Timing::default()
+        },
+        instance: instance.clone(),
+    };
+    let ctx = Arc::new(Context::new(client.clone(), sts, metrics, settings));
+
+    // Leadership: only the Lease holder reconciles. Losing it ends the process, so the pod
+    // restarts as a follower rather than racing the new leader.
+    let mut leadership = None;
+    if args.leader_election {
+        let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &args.lease_name)
+            .with_namespace(&args.lease_namespace)
+            .with_identity(&instance)
+            .with_field_manager(sts_session_operator::crd::FIELD_MANAGER)
+            .build()
+            .await
+            .context("setting up leader election")?;
+        let (mut is_leader, task) = manager.watch().await;
+        info!(instance, lease = args.lease_name, "waiting for leadership");
+        while !*is_leader.borrow_and_update() {
+            is_leader.changed().await.context("leader election stopped")?;
+        }
+        info!(instance, "leading");
+        leadership = Some((is_leader, task));
+    }
+    let _ = ready_tx.send(true);
+
+    let namespaces: Vec<Option<String>> = {
+        let list: Vec<String> = args.namespaces.iter().map(|n| n.trim().to_string()).filter(|n| !n.is_empty()).collect();
+        if list.is_empty() { vec![None] } else { list.into_iter().map(Some).collect() }
+    };
+    info!(namespaces = ?namespaces, "starting controllers");
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let controllers = futures::future::join_all(namespaces.into_iter().map(|ns| {
+        let mut stop = stop_rx.clone();
+        controller::run(ctx.clone(), ns, args.reconcile_concurrency, async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+    }));
+    let lost_leadership = async {
+        match leadership.as_mut() {
+            Some((is_leader, _)) => {
+                let _ = is_leader.wait_for(|l| !*l).await;
+                warn!("lost leadership");
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = controllers => {}
+        _ = shutdown_signal() => { info!("shutting down"); }
+        _ = lost_leadership => {
+            let _ = stop_tx.send(true);
+            anyhow::bail!("lost leadership");
+        }
+    }
+    let _ = stop_tx.send(true);
+    if let Some((is_leader, task)) = leadership {
+        drop(is_leader);
+        if let Ok(Ok(manager)) = tokio::time::timeout(Duration::from_secs(5), task).await {
+            let _ = manager.release().await;
+        }
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,1 +1,1684 @@
-//! STS calls (to be written).
+//! STS `GetSessionToken` calls, and the parsers of untrusted input around them.
+//!
+//! Everything a `SessionToken` (or its source Secret) supplies is checked here before it reaches
+//! the SDK: the MFA token code ([`TokenCode`]), the MFA serial number
+//! ([`validate_serial_number`]), the region ([`validate_region`]), the endpoint
+//! ([`EndpointPolicy`], [`normalize_endpoint`]) and the shape of the source keys
+//! ([`check_long_term_keys`]).
+//!
+//! Secret values (secret keys, session tokens, token codes) only travel inside
+//! [`Sensitive`]; no error, log line or metric label made here contains one.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_sdk_sts::config::retry::RetryConfig;
+use aws_sdk_sts::config::timeout::TimeoutConfig;
+use aws_sdk_sts::config::{BehaviorVersion, Credentials, IdentityCache, Region, SharedHttpClient};
+use aws_sdk_sts::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_sts::operation::get_session_token::{GetSessionTokenError, GetSessionTokenOutput};
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+use tokio::sync::Semaphore;
+
+use crate::Sensitive;
+
+/// Smallest `DurationSeconds` STS accepts for `GetSessionToken` (15 minutes).
+pub const MIN_DURATION_SECONDS: i32 = 900;
+/// Largest `DurationSeconds` STS accepts for `GetSessionToken` (36 hours).
+pub const MAX_DURATION_SECONDS: i32 = 129_600;
+/// The `outcome` label value of a successful STS call (see [`StsError::metric_outcome`]).
+pub const OUTCOME_SUCCESS: &str = "success";
+
+/// STS error messages are kept, but only this many characters of them.
+const MAX_MESSAGE_CHARS: usize = 300;
+/// Endpoints longer than this are refused outright.
+const MAX_ENDPOINT_LEN: usize = 2048;
+
+// ---------------------------------------------------------------------------------------------
+// Token code
+// ---------------------------------------------------------------------------------------------
+
+/// An MFA token code: exactly six ASCII digits, parsed from the annotation a human puts on the
+/// `SessionToken`. Anything else (surrounding spaces, letters, 5 or 7 digits, a leading `+`,
+/// non-ASCII digits) is refused. Deliberately not `Clone`: a code is good for one STS call.
+pub struct TokenCode(Sensitive<String>);
+
+impl TokenCode {
+    pub fn parse(raw: &str) -> Result<TokenCode, InvalidTokenCode> {
+        if raw.is_empty() {
+            return Err(InvalidTokenCode { problem: "it is empty" });
+        }
+        if raw.chars().any(char::is_whitespace) {
+            return Err(InvalidTokenCode { problem: "it contains whitespace" });
+        }
+        if !raw.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(InvalidTokenCode { problem: "it contains characters other than the digits 0-9" });
+        }
+        if raw.len() != 6 {
+            return Err(InvalidTokenCode { problem: "it does not have exactly six digits" });
+        }
+        Ok(TokenCode(Sensitive::new(raw.to_owned())))
+    }
+
+    /// The six digits, for the STS request.
+    pub fn expose(&self) -> &str {
+        self.0.expose()
+    }
+}
+
+impl fmt::Debug for TokenCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TokenCode(<redacted>)")
+    }
+}
+
+/// Why a token code was refused. Never contains the code itself.
+#[derive(thiserror::Error, Debug, Clone, Copy, PartialEq, Eq)]
+#[error("the MFA token code must be exactly six ASCII digits, but {problem}")]
+pub struct InvalidTokenCode {
+    problem: &'static str,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Serial number, region, duration, source keys
+// ---------------------------------------------------------------------------------------------
+
+/// Checks an MFA device serial number (or virtual device ARN) the way STS constrains it:
+/// 9 to 256 characters of `[A-Za-z0-9_+=,.@:/-]`.
+pub fn validate_serial_number(s: &str) -> Result<(), String> {
+    let len = s.chars().count();
+    if !(9..=256).contains(&len) {
+        return Err(format!(
+            "MFA serial number must be 9 to 256 characters long, it has {len}"
+        ));
+    }
+    if let Some(c) = s
+        .chars()
+        .find(|&c| !(c.is_ascii_alphanumeric() || "_+=,.@:/-".contains(c)))
+    {
+        return Err(format!(
+            "MFA serial number contains {:?}; allowed are ASCII letters, digits and _+=,.@:/-",
+            c
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a region name: one DNS label of lowercase ASCII letters, digits and `-` (at most 63
+/// characters, no leading or trailing `-`). The SDK builds the default endpoint host from it, so
+/// anything else could redirect the call.
+pub fn validate_region(s: &str) -> Result<(), String> {
+    if s.is_empty() {
+        return Err("region must not be empty".to_owned());
+    }
+    if !is_dns_label(s) {
+        return Err(format!(
+            "region {:?} is not valid: use lowercase letters, digits and '-' (like us-east-1)",
+            truncate(s, 64)
+        ));
+    }
+    Ok(())
+}
+
+/// Checks `DurationSeconds` against what STS accepts for `GetSessionToken` (900..=129600).
+pub fn validate_duration_seconds(d: i64) -> Result<(), String> {
+    if !(i64::from(MIN_DURATION_SECONDS)..=i64::from(MAX_DURATION_SECONDS)).contains(&d) {
+        return Err(format!(
+            "session duration must be between {MIN_DURATION_SECONDS} and {MAX_DURATION_SECONDS} seconds, got {d}"
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses source keys that cannot be used for `GetSessionToken` before any STS call is made:
+/// session credentials (key id starting with `ASIA`, or a session token present in the source
+/// Secret: AWS refuses `GetSessionToken` with them), a key id that is not 16 to 128 characters of
+/// `[A-Z0-9]`, and an empty secret or one containing whitespace or control characters (typically
+/// a trailing newline from `echo | base64`). Messages never contain the secret.
+pub fn check_long_term_keys(
+    access_key_id: &str,
+    secret_access_key: &Sensitive<String>,
+    has_session_token: bool,
+) -> Result<(), String> {
+    if has_session_token {
+        return Err("the source Secret holds a session token: GetSessionToken needs an IAM user's \
+                    long-term access keys, not session credentials"
+            .to_owned());
+    }
+    if access_key_id.is_empty() {
+        return Err("the access key id is empty".to_owned());
+    }
+    if access_key_id.trim() != access_key_id {
+        return Err("the access key id has leading or trailing whitespace (a trailing newline?)".to_owned());
+    }
+    if !(16..=128).contains(&access_key_id.len())
+        || !access_key_id
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+    {
+        return Err(
+            "the access key id is not 16 to 128 characters of uppercase letters and digits".to_owned(),
+        );
+    }
+    if access_key_id.starts_with("ASIA") {
+        return Err(format!(
+            "access key id {access_key_id} is a temporary (session) key (prefix ASIA): \
+             GetSessionToken needs an IAM user's long-term access keys"
+        ));
+    }
+    let secret = secret_access_key.expose();
+    if secret.is_empty() {
+        return Err("the secret access key is empty".to_owned());
+    }
+    if secret.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(
+            "the secret access key contains whitespace or control characters (a trailing newline?)"
+                .to_owned(),
+        );
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Endpoints
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Scheme {
+    Http,
+    Https,
+}
+
+impl Scheme {
+    fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+    fn default_port(self) -> u16 {
+        match self {
+            Scheme::Http => 80,
+            Scheme::Https => 443,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Host {
+    /// Lowercased DNS labels.
+    Dns(Vec<String>),
+    Ip(IpAddr),
+}
+
+impl fmt::Display for Host {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Host::Dns(labels) => f.write_str(&labels.join(".")),
+            Host::Ip(IpAddr::V4(a)) => write!(f, "{a}"),
+            Host::Ip(IpAddr::V6(a)) => write!(f, "[{a}]"),
+        }
+    }
+}
+
+/// A parsed endpoint: scheme, host and port only (no user info, path, query or fragment).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Endpoint {
+    scheme: Scheme,
+    host: Host,
+    /// `None` for the scheme's default port (an explicit default port is normalised away).
+    port: Option<u16>,
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://{}", self.scheme.as_str(), self.host)?;
+        if let Some(p) = self.port {
+            write!(f, ":{p}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The pieces of a URL, split but not interpreted. Shared by endpoints and patterns.
+struct RawUrl<'a> {
+    scheme: Scheme,
+    /// Host as written (brackets kept for IPv6), not yet lowercased.
+    host: &'a str,
+    port: Option<&'a str>,
+}
+
+fn split_url(s: &str) -> Result<RawUrl<'_>, String> {
+    if s.is_empty() {
+        return Err("it is empty".to_owned());
+    }
+    if s.len() > MAX_ENDPOINT_LEN {
+        return Err(format!("it is longer than {MAX_ENDPOINT_LEN} characters"));
+    }
+    if !s.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("it contains spaces, control or non-ASCII characters".to_owned());
+    }
+    if s.contains('\\') {
+        return Err("it contains a backslash".to_owned());
+    }
+    let (scheme, rest) = s
+        .split_once("://")
+        .ok_or_else(|| "it is not an absolute URL (scheme://host)".to_owned())?;
+    let scheme = if scheme.eq_ignore_ascii_case("https") {
+        Scheme::Https
+    } else if scheme.eq_ignore_ascii_case("http") {
+        Scheme::Http
+    } else {
+        return Err("its scheme is neither https nor http".to_owned());
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    if tail.contains(['?', '#']) {
+        return Err("it has a query or fragment; give only scheme://host[:port]".to_owned());
+    }
+    if !(tail.is_empty() || tail == "/") {
+        return Err("it has a path; give only scheme://host[:port]".to_owned());
+    }
+    if authority.contains('@') {
+        return Err("it contains user information ('@'); give only scheme://host[:port]".to_owned());
+    }
+    if authority.is_empty() {
+        return Err("it has no host".to_owned());
+    }
+    let (host, port) = if authority.starts_with('[') {
+        let close = authority
+            .find(']')
+            .ok_or_else(|| "it has an unterminated IPv6 address".to_owned())?;
+        let (host, after) = authority.split_at(close + 1);
+        match after {
+            "" => (host, None),
+            _ => match after.strip_prefix(':') {
+                Some(p) => (host, Some(p)),
+                None => return Err("it has characters after the IPv6 address".to_owned()),
+            },
+        }
+    } else {
+        match authority.split_once(':') {
+            Some((h, p)) => {
+                if p.contains(':') {
+                    return Err("it has more than one ':' in the host part".to_owned());
+                }
+                (h, Some(p))
+            }
+            None => (authority, None),
+        }
+    };
+    if host.is_empty() {
+        return Err("it has no host".to_owned());
+    }
+    Ok(RawUrl { scheme, host, port })
+}
+
+fn parse_port(p: &str) -> Result<u16, String> {
+    if p.is_empty() || p.len() > 5 || !p.bytes().all(|b| b.is_ascii_digit()) {
+        return Err("its port is not a number from 1 to 65535".to_owned());
+    }
+    match p.parse::<u16>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err("its port is not a number from 1 to 65535".to_owned()),
+    }
+}
+
+fn is_dns_label(l: &str) -> bool {
+    !l.is_empty()
+        && l.len() <= 63
+        && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !l.starts_with('-')
+        && !l.ends_with('-')
+}
+
+/// An AWS region name as it appears in STS host names: `us-east-1`, `us-gov-west-1`,
+/// `cn-north-1`, `eusc-de-east-1`, `us-isob-east-1`.
+fn is_region_label(l: &str) -> bool {
+    let parts: Vec<&str> = l.split('-').collect();
+    if parts.len() < 3 {
+        return false;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    (2..=5).contains(&first.len())
+        && first.bytes().all(|b| b.is_ascii_lowercase())
+        && parts[1..parts.len() - 1]
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase()))
+        && (1..=2).contains(&last.len())
+        && last.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Interprets a host. `labels_ok` decides which labels are acceptable (patterns allow `*` and
+/// `{region}` in addition to DNS labels).
+fn parse_host(host: &str, labels_ok: impl Fn(&str) -> bool) -> Result<Host, String> {
+    if let Some(inner) = host.strip_prefix('[') {
+        let inner = inner.strip_suffix(']').unwrap_or(inner);
+        return inner
+            .parse::<Ipv6Addr>()
+            .map(|a| Host::Ip(IpAddr::V6(a)))
+            .map_err(|_| "its IPv6 address is not valid".to_owned());
+    }
+    let host = host.to_ascii_lowercase();
+    if host.ends_with('.') {
+        return Err("its host ends with a dot".to_owned());
+    }
+    if host.len() > 253 {
+        return Err("its host is longer than 253 characters".to_owned());
+    }
+    let labels: Vec<String> = host.split('.').map(str::to_owned).collect();
+    // A last label starting with a digit is an IPv4 address or something a resolver might
+    // read as one (`2130706433`, `0x7f.1`, `127.1`): only strict dotted quads are accepted.
+    if labels
+        .last()
+        .is_some_and(|l| l.bytes().next().is_some_and(|b| b.is_ascii_digit()))
+    {
+        return match host.parse::<Ipv4Addr>() {
+            Ok(a) => Ok(Host::Ip(IpAddr::V4(a))),
+            Err(_) => Err("its host looks like a numeric address but is not a valid IPv4 address".to_owned()),
+        };
+    }
+    if let Some(bad) = labels.iter().find(|l| !labels_ok(l)) {
+        return Err(if bad.is_empty() {
+            "its host has an empty label ('..')".to_owned()
+        } else {
+            format!(
+                "its host label {:?} is not a valid DNS label (letters, digits, '-')",
+                truncate(bad, 64)
+            )
+        });
+    }
+    Ok(Host::Dns(labels))
+}
+
+fn parse_endpoint(s: &str) -> Result<Endpoint, String> {
+    let raw = split_url(s)?;
+    let host = parse_host(raw.host, is_dns_label)?;
+    let port = match raw.port {
+        None => None,
+        Some(p) => {
+            let p = parse_port(p)?;
+            (p != raw.scheme.default_port()).then_some(p)
+        }
+    };
+    Ok(Endpoint { scheme: raw.scheme, host, port })
+}
+
+/// Parses an endpoint URL strictly and returns its canonical form `scheme://host[:port]`
+/// (lowercase scheme and host, default port dropped, no trailing slash). Refuses user info,
+/// paths other than `/`, queries, fragments, non-ASCII, trailing dots and ambiguous numeric hosts.
+/// The message says why, without repeating the input.
+pub fn normalize_endpoint(endpoint: &str) -> Result<String, String> {
+    parse_endpoint(endpoint)
+        .map(|e| e.to_string())
+        .map_err(|why| format!("endpoint is not valid: {why}"))
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum LabelPattern {
+    Literal(String),
+    /// `*`: any one DNS label.
+    Any,
+    /// `{region}`: one label shaped like an AWS region name.
+    Region,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum HostPattern {
+    Dns(Vec<LabelPattern>),
+    Ip(IpAddr),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PortPattern {
+    /// No port in the pattern: only the scheme's default port.
+    Default,
+    Exact(u16),
+    /// `:*`: any port, including the default.
+    Any,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct EndpointPattern {
+    source: String,
+    scheme: Scheme,
+    host: HostPattern,
+    port: PortPattern,
+}
+
+impl EndpointPattern {
+    fn parse(s: &str) -> Result<Self, String> {
+        let raw = split_url(s)?;
+        let host = match parse_host(raw.host, |l| l == "*" || l == "{region}" || is_dns_label(l))? {
+            Host::Ip(a) => HostPattern::Ip(a),
+            Host::Dns(labels) => HostPattern::Dns(
+                labels
+                    .into_iter()
+                    .map(|l| match l.as_str() {
+                        "*" => LabelPattern::Any,
+                        "{region}" => LabelPattern::Region,
+                        _ => LabelPattern::Literal(l),
+                    })
+                    .collect(),
+            ),
+        };
+        let port = match raw.port {
+            None => PortPattern::Default,
+            Some("*") => PortPattern::Any,
+            Some(p) => {
+                let p = parse_port(p)?;
+                if p == raw.scheme.default_port() {
+                    PortPattern::Default
+                } else {
+                    PortPattern::Exact(p)
+                }
+            }
+        };
+        Ok(EndpointPattern {
+            source: s.to_owned(),
+            scheme: raw.scheme,
+            host,
+            port,
+        })
+    }
+
+    fn matches(&self, e: &Endpoint) -> bool {
+        let port_ok = match self.port {
+            PortPattern::Default => e.port.is_none(),
+            PortPattern::Exact(p) => e.port == Some(p),
+            PortPattern::Any => true,
+        };
+        let host_ok = match (&self.host, &e.host) {
+            (HostPattern::Ip(p), Host::Ip(a)) => p == a,
+            (HostPattern::Dns(pattern), Host::Dns(labels)) => {
+                pattern.len() == labels.len()
+                    && pattern.iter().zip(labels).all(|(p, l)| match p {
+                        LabelPattern::Literal(lit) => lit == l,
+                        LabelPattern::Any => true,
+                        LabelPattern::Region => is_region_label(l),
+                    })
+            }
+            _ => false,
+        };
+        self.scheme == e.scheme && port_ok && host_ok
+    }
+}
+
+/// Which endpoints a `SessionToken` may name.
+///
+/// A pattern is a URL `scheme://host[:port]` where a host label may be `*` (any one DNS label)
+/// or `{region}` (one label shaped like an AWS region name, e.g. `us-gov-west-1`), and the port
+/// may be `*` (any port). Without a port a pattern allows only the scheme's default port. Hosts
+/// are compared case-insensitively; IP literals only match a pattern naming that same address.
+/// An empty pattern list allows no endpoint at all.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndpointPolicy {
+    patterns: Vec<EndpointPattern>,
+}
+
+/// The patterns of [`EndpointPolicy::aws_default`].
+pub const AWS_DEFAULT_ENDPOINT_PATTERNS: &[&str] = &[
+    // Global endpoint.
+    "https://sts.amazonaws.com",
+    // Regional endpoints, including GovCloud (sts.us-gov-west-1.amazonaws.com), and FIPS ones.
+    "https://sts.{region}.amazonaws.com",
+    "https://sts-fips.{region}.amazonaws.com",
+    // Dual-stack endpoints.
+    "https://sts.{region}.api.aws",
+    "https://sts-fips.{region}.api.aws",
+    // China.
+    "https://sts.{region}.amazonaws.com.cn",
+    "https://sts.{region}.api.amazonwebservices.com.cn",
+    // Interface VPC endpoints: vpce-0abc-xyz[-us-east-1a].sts.us-east-1.vpce.amazonaws.com
+    "https://*.sts.{region}.vpce.amazonaws.com",
+    "https://*.sts-fips.{region}.vpce.amazonaws.com",
+    "https://*.sts.{region}.vpce.amazonaws.com.cn",
+];
+
+impl EndpointPolicy {
+    /// AWS's own STS endpoints, https only: see [`AWS_DEFAULT_ENDPOINT_PATTERNS`].
+    pub fn aws_default() -> Self {
+        let list: Vec<String> = AWS_DEFAULT_ENDPOINT_PATTERNS
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+        Self::from_patterns(&list).expect("the built-in endpoint patterns are valid")
+    }
+
+    /// A policy from operator-supplied patterns (see the type's documentation).
+    pub fn from_patterns(list: &[String]) -> Result<Self, String> {
+        let patterns = list
+            .iter()
+            .map(|s| {
+                EndpointPattern::parse(s.trim())
+                    .map_err(|why| format!("endpoint pattern {:?} is not valid: {why}", truncate(s, 200)))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self { patterns })
+    }
+
+    /// The patterns, as given.
+    pub fn patterns(&self) -> impl Iterator<Item = &str> {
+        self.patterns.iter().map(|p| p.source.as_str())
+    }
+
+    /// Whether a `SessionToken` may name this endpoint. The error says why not, in words fit for
+    /// a status condition, and never repeats parts of the input other than a parsed host.
+    pub fn check(&self, endpoint: &str) -> Result<(), String> {
+        let e = parse_endpoint(endpoint).map_err(|why| format!("endpoint is not valid: {why}"))?;
+        if self.patterns.iter().any(|p| p.matches(&e)) {
+            return Ok(());
+        }
+        if self.patterns.is_empty() {
+            return Err(format!(
+                "endpoint {e} is not allowed: the operator allows no custom STS endpoints"
+            ));
+        }
+        let allowed: Vec<&str> = self.patterns().collect();
+        Err(truncate(
+            &format!(
+                "endpoint {e} is not allowed by the operator's endpoint policy (allowed: {})",
+                allowed.join(", ")
+            ),
+            1000,
+        ))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Requests, results, errors
+// ---------------------------------------------------------------------------------------------
+
+/// Operator-wide settings of the STS client.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StsSettings {
+    /// Limit for one whole `GetSessionToken` operation, all attempts included.
+    pub timeout: Duration,
+    /// Calls in flight at once (at least 1).
+    pub max_in_flight: usize,
+    /// Attempts for calls without MFA (at least 1). Calls with MFA are attempted exactly once.
+    pub non_mfa_attempts: u32,
+    /// Operator flag `--sts-endpoint`: trusted, not subject to the [`EndpointPolicy`]; used
+    /// when the `SessionToken` names no endpoint. `None`: the SDK's AWS endpoint for the region.
+    pub default_endpoint: Option<String>,
+}
+
+impl Default for StsSettings {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(20),
+            max_in_flight: 8,
+            non_mfa_attempts: 3,
+            default_endpoint: None,
+        }
+    }
+}
+
+impl StsSettings {
+    /// Checks the settings (call at startup so a bad flag fails fast).
+    pub fn validate(&self) -> Result<(), String> {
+        if self.timeout.is_zero() {
+            return Err("the STS timeout must be positive".to_owned());
+        }
+        if self.max_in_flight == 0 {
+            return Err("the number of STS calls in flight must be at least 1".to_owned());
+        }
+        if self.non_mfa_attempts == 0 {
+            return Err("the number of STS attempts must be at least 1".to_owned());
+        }
+        if let Some(e) = &self.default_endpoint {
+            normalize_endpoint(e).map_err(|why| format!("--sts-endpoint: {why}"))?;
+        }
+        Ok(())
+    }
+}
+
+/// One `GetSessionToken` call.
+pub struct SessionRequest<'a> {
+    pub region: &'a str,
+    /// The `SessionToken`'s own endpoint, already checked by the caller with an
+    /// [`EndpointPolicy`]; overrides [`StsSettings::default_endpoint`].
+    pub endpoint: Option<&'a str>,
+    pub access_key_id: &'a str,
+    pub secret_access_key: &'a Sensitive<String>,
+    pub duration_seconds: i32,
+    /// MFA serial number and token code.
+    pub mfa: Option<(&'a str, TokenCode)>,
+}
+
+impl fmt::Debug for SessionRequest<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionRequest")
+            .field("region", &self.region)
+            .field("endpoint", &self.endpoint)
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &self.secret_access_key)
+            .field("duration_seconds", &self.duration_seconds)
+            .field("mfa", &self.mfa)
+            .finish()
+    }
+}
+
+/// Session credentials returned by STS.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionCredentials {
+    pub access_key_id: String,
+    pub secret_access_key: Sensitive<String>,
+    pub session_token: Sensitive<String>,
+    pub expiration: jiff::Timestamp,
+}
+
+/// Why a `GetSessionToken` call failed. Display texts are fit for a status condition: STS codes
+/// and (truncated) STS messages, never a key, token or token code.
+#[derive(thiserror::Error, Debug, Clone, PartialEq, Eq)]
+pub enum StsError {
+    /// STS refused the source keys (`SignatureDoesNotMatch`, `InvalidClientTokenId`, …), or they
+    /// were refused locally before any call (`code` is `None`; see [`check_long_term_keys`]).
+    #[error("{}", source_credentials_message(.code.as_deref(), .message))]
+    SourceCredentialsInvalid { code: Option<String>, message: String },
+    /// `AccessDenied` on a call with MFA: wrong, expired or reused code, or a serial number that
+    /// is not the user's MFA device. A new code is needed.
+    #[error("STS rejected the MFA token code ({code}): {message}")]
+    TokenCodeRejected { code: String, message: String },
+    /// `AccessDenied` on a call without MFA.
+    #[error("STS denied access ({code}): {message}")]
+    AccessDenied { code: String, message: String },
+    /// `Throttling`, `RequestLimitExceeded`, `TooManyRequestsException`, …
+    #[error("STS throttled the call ({code}): {message}")]
+    Throttled { code: String, message: String },
+    /// The call (all attempts) did not finish within [`StsSettings::timeout`].
+    #[error("the STS call timed out")]
+    Timeout,
+    /// No HTTP response: connection refused, DNS, TLS, reset, …
+    #[error("could not reach STS: {message}")]
+    Transport { message: String },
+    /// Any other error response (5xx, `ValidationError`, `RegionDisabledException`,
+    /// `ExpiredToken`, …). `code` is `HTTP <status>` when the response carried no error code.
+    #[error("STS returned an error ({code}, HTTP {status}): {message}")]
+    Service { code: String, message: String, status: u16 },
+    /// A success response without all four credential fields, or with an expiration that is
+    /// unparsable or not in the future.
+    #[error("STS returned an invalid response: {message}")]
+    InvalidResponse { message: String },
+    /// The request was refused locally, before any call: bad region, duration, serial number
+    /// or endpoint syntax. The caller normally validates these first.
+    #[error("invalid STS request: {message}")]
+    InvalidRequest { message: String },
+}
+
+fn source_credentials_message(code: Option<&str>, message: &str) -> String {
+    match code {
+        Some(code) => format!("STS rejected the source credentials ({code}): {message}"),
+        None => format!("the source credentials are not usable: {message}"),
+    }
+}
+
+impl StsError {
+    /// The reason of the `Issuing` condition.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            StsError::SourceCredentialsInvalid { .. } => "SourceCredentialsInvalid",
+            StsError::TokenCodeRejected { .. } => "TokenCodeRejected",
+            StsError::Throttled { .. } => "Throttled",
+            StsError::InvalidRequest { .. } => "InvalidSpec",
+            StsError::AccessDenied { .. }
+            | StsError::Timeout
+            | StsError::Transport { .. }
+            | StsError::Service { .. }
+            | StsError::InvalidResponse { .. } => "StsError",
+        }
+    }
+
+    /// The `outcome` label of `sts_session_sts_calls_total` (success is [`OUTCOME_SUCCESS`]).
+    pub fn metric_outcome(&self) -> &'static str {
+        match self {
+            StsError::SourceCredentialsInvalid { .. } => "source_credentials_invalid",
+            StsError::TokenCodeRejected { .. } => "token_code_rejected",
+            StsError::AccessDenied { .. } => "access_denied",
+            StsError::Throttled { .. } => "throttled",
+            StsError::Timeout => "timeout",
+            StsError::Transport { .. } => "transport_error",
+            StsError::Service { .. } => "service_error",
+            StsError::InvalidResponse { .. } => "invalid_response",
+            StsError::InvalidRequest { .. } => "invalid_request",
+        }
+    }
+
+    /// Whether the same call may succeed later without anything changing (throttling, timeouts,
+    /// transport errors, 5xx). For calls with MFA the token code may have been consumed by the
+    /// failed call all the same.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            StsError::Throttled { .. }
+            | StsError::Timeout
+            | StsError::Transport { .. }
+            | StsError::InvalidResponse { .. } => true,
+            StsError::Service { code, status, .. } => {
+                *status >= 500
+                    || matches!(
+                        code.as_str(),
+                        "InternalFailure"
+                            | "InternalError"
+                            | "ServiceUnavailable"
+                            | "IDPCommunicationError"
+                            | "RequestTimeout"
+                            | "RequestTimeoutException"
+                    )
+            }
+            StsError::SourceCredentialsInvalid { .. }
+            | StsError::TokenCodeRejected { .. }
+            | StsError::AccessDenied { .. }
+            | StsError::InvalidRequest { .. } => false,
+        }
+    }
+
+    /// Whether STS was (possibly) reached: false only for [`StsError::InvalidRequest`] and
+    /// locally refused source keys. Use it to decide whether to count the call in metrics.
+    pub fn was_sent(&self) -> bool {
+        !matches!(
+            self,
+            StsError::InvalidRequest { .. } | StsError::SourceCredentialsInvalid { code: None, .. }
+        )
+    }
+}
+
+/// Truncates to `max` characters, marking the cut with `…`.
+fn truncate(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        None => s.to_owned(),
+        Some((i, _)) => format!("{}…", &s[..i]),
+    }
+}
+
+fn short(s: impl fmt::Display) -> String {
+    truncate(&s.to_string(), MAX_MESSAGE_CHARS)
+}
+
+fn classify_code(code: &str, message: String, status: u16, with_mfa: bool) -> StsError {
+    let code_s = code.to_owned();
+    match code {
+        "SignatureDoesNotMatch"
+        | "InvalidClientTokenId"
+        | "IncompleteSignature"
+        | "MissingAuthenticationToken"
+        | "UnrecognizedClientException"
+        | "InvalidAccessKeyId"
+        | "AuthFailure" => StsError::SourceCredentialsInvalid {
+            code: Some(code_s),
+            message,
+        },
+        "AccessDenied" | "AccessDeniedException" if with_mfa => StsError::TokenCodeRejected {
+            code: code_s,
+            message,
+        },
+        "AccessDenied" | "AccessDeniedException" => StsError::AccessDenied {
+            code: code_s,
+            message,
+        },
+        "Throttling" | "ThrottlingException" | "ThrottledException" | "RequestLimitExceeded"
+        | "TooManyRequestsException" | "RequestThrottled" | "RequestThrottledException"
+        | "SlowDown" => StsError::Throttled {
+            code: code_s,
+            message,
+        },
+        _ => StsError::Service {
+            code: code_s,
+            message,
+            status,
+        },
+    }
+}
+
+fn classify(err: SdkError<GetSessionTokenError, HttpResponse>, with_mfa: bool) -> StsError {
+    match err {
+        SdkError::ServiceError(se) => {
+            let status = se.raw().status();
+            let e = se.err();
+            match e.code() {
+                Some(code) => classify_code(code, short(e.message().unwrap_or("")), status.as_u16(), with_mfa),
+                // A success status whose body could not be deserialised.
+                None if status.is_success() => StsError::InvalidResponse {
+                    message: short(DisplayErrorContext(e)),
+                },
+                None => StsError::Service {
+                    code: format!("HTTP {}", status.as_u16()),
+                    message: short(e.message().unwrap_or("the error response carried no error code")),
+                    status: status.as_u16(),
+                },
+            }
+        }
+        SdkError::TimeoutError(_) => StsError::Timeout,
+        SdkError::DispatchFailure(df) if df.is_timeout() => StsError::Timeout,
+        SdkError::DispatchFailure(df) => StsError::Transport {
+            message: short(DisplayErrorContext(&df)),
+        },
+        SdkError::ResponseError(re) => {
+            let status = re.raw().status();
+            let message = short(DisplayErrorContext(&re));
+            if status.is_success() {
+                StsError::InvalidResponse { message }
+            } else {
+                StsError::Service {
+                    code: format!("HTTP {}", status.as_u16()),
+                    message,
+                    status: status.as_u16(),
+                }
+            }
+        }
+        SdkError::ConstructionFailure(cf) => StsError::InvalidRequest {
+            message: short(DisplayErrorContext(&cf)),
+        },
+        other => StsError::Transport {
+            message: short(DisplayErrorContext(&other)),
+        },
+    }
+}
+
+fn credentials_from_output(
+    out: GetSessionTokenOutput,
+    now: jiff::Timestamp,
+) -> Result<SessionCredentials, StsError> {
+    let invalid = |message: &str| StsError::InvalidResponse {
+        message: message.to_owned(),
+    };
+    let creds = out
+        .credentials
+        .ok_or_else(|| invalid("the response has no Credentials"))?;
+    // The SDK fills missing required fields with "" and the epoch.
+    if creds.access_key_id.is_empty() {
+        return Err(invalid("the response has no AccessKeyId"));
+    }
+    if creds.secret_access_key.is_empty() {
+        return Err(invalid("the response has no SecretAccessKey"));
+    }
+    if creds.session_token.is_empty() {
+        return Err(invalid("the response has no SessionToken"));
+    }
+    let expiration = jiff::Timestamp::new(
+        creds.expiration.secs(),
+        i32::try_from(creds.expiration.subsec_nanos()).unwrap_or(0),
+    )
+    .map_err(|_| invalid("the response's Expiration is out of range"))?;
+    if expiration <= now {
+        return Err(StsError::InvalidResponse {
+            message: format!(
+                "the response's Expiration {expiration} is missing or not in the future"
+            ),
+        });
+    }
+    Ok(SessionCredentials {
+        access_key_id: creds.access_key_id,
+        secret_access_key: Sensitive::new(creds.secret_access_key),
+        session_token: Sensitive::new(creds.session_token),
+        expiration,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Client
+// ---------------------------------------------------------------------------------------------
+
+/// Calls STS. Cheap to clone: one shared HTTP client (connection pool, rustls on ring) and one
+/// semaphore bounding the calls in flight. It never looks at ambient AWS credentials: every
+/// call is signed with the keys of its [`SessionRequest`].
+#[derive(Clone, Debug)]
+pub struct StsClient {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    settings: StsSettings,
+    http: SharedHttpClient,
+    permits: Semaphore,
+    retry_initial_backoff: Option<Duration>,
+}
+
+impl StsClient {
+    /// A client with its own HTTPS connection pool (rustls, ring, platform root certificates;
+    /// plain http endpoints work too).
+    pub fn new(settings: StsSettings) -> Self {
+        let http = aws_smithy_http_client::Builder::new()
+            .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+                aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+            ))
+            .build_https();
+        Self::with_http_client(settings, http)
+    }
+
+    /// A client sending through the given HTTP client (tests, custom TLS or proxy setups).
+    pub fn with_http_client(settings: StsSettings, http: SharedHttpClient) -> Self {
+        let permits = Semaphore::new(settings.max_in_flight.max(1));
+        Self {
+            inner: Arc::new(Inner {
+                settings,
+                http,
+                permits,
+                retry_initial_backoff: None,
+            }),
+        }
+    }
+
+    pub fn settings(&self) -> &StsSettings {
+        &self.inner.settings
+    }
+
+    /// Calls `GetSessionToken` with the request's keys (and MFA code, if any) and returns the
+    /// validated session credentials. Calls with MFA are attempted exactly once (a retried code
+    /// is a reused code); calls without MFA up to `non_mfa_attempts` times.
+    pub async fn get_session_token(
+        &self,
+        req: SessionRequest<'_>,
+    ) -> Result<SessionCredentials, StsError> {
+        let settings = &self.inner.settings;
+        let bad = |message: String| StsError::InvalidRequest { message };
+        validate_region(req.region).map_err(bad)?;
+        validate_duration_seconds(i64::from(req.duration_seconds)).map_err(bad)?;
+        if let Some((serial, _)) = &req.mfa {
+            validate_serial_number(serial).map_err(bad)?;
+        }
+        check_long_term_keys(req.access_key_id, req.secret_access_key, false).map_err(|message| {
+            StsError::SourceCredentialsInvalid {
+                code: None,
+                message,
+            }
+        })?;
+        let endpoint = match (req.endpoint, settings.default_endpoint.as_deref()) {
+            (Some(e), _) => Some(normalize_endpoint(e).map_err(bad)?),
+            (None, Some(e)) => Some(
+                normalize_endpoint(e).map_err(|why| bad(format!("--sts-endpoint: {why}")))?,
+            ),
+            (None, None) => None,
+        };
+        let with_mfa = req.mfa.is_some();
+
+        let retry = if with_mfa {
+            RetryConfig::disabled()
+        } else {
+            let mut r = RetryConfig::standard().with_max_attempts(settings.non_mfa_attempts.max(1));
+            if let Some(b) = self.inner.retry_initial_backoff {
+                r = r.with_initial_backoff(b).with_max_backoff(b * 4);
+            }
+            r
+        };
+        let credentials = Credentials::new(
+            req.access_key_id,
+            req.secret_access_key.expose().clone(),
+            None,
+            None,
+            "SessionToken source Secret",
+        );
+        let mut config = aws_sdk_sts::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new(req.region.to_owned()))
+            .credentials_provider(credentials)
+            .identity_cache(IdentityCache::no_cache())
+            .http_client(self.inner.http.clone())
+            .retry_config(retry)
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .operation_timeout(settings.timeout)
+                    .build(),
+            );
+        if let Some(e) = endpoint {
+            config = config.endpoint_url(e);
+        }
+        let client = aws_sdk_sts::Client::from_conf(config.build());
+
+        let mut call = client
+            .get_session_token()
+            .duration_seconds(req.duration_seconds);
+        if let Some((serial, code)) = &req.mfa {
+            call = call.serial_number(*serial).token_code(code.expose());
+        }
+
+        let _permit = self
+            .inner
+            .permits
+            .acquire()
+            .await
+            .expect("the STS semaphore is never closed");
+        let result = call.send().await;
+        drop(_permit);
+
+        match result {
+            Ok(out) => credentials_from_output(out, jiff::Timestamp::now()),
+            Err(e) => Err(classify(e, with_mfa)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_smithy_runtime_api::client::http::{
+        HttpConnector, HttpConnectorFuture, SharedHttpConnector, http_client_fn,
+    };
+    use aws_smithy_runtime_api::client::orchestrator::HttpRequest;
+    use aws_smithy_runtime_api::client::result::ConnectorError;
+    use aws_smithy_runtime_api::http::StatusCode;
+    use aws_smithy_types::body::SdkBody;
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+
+    // ---- parsers ----------------------------------------------------------------------------
+
+    #[test]
+    fn token_code_parse() {
+        for bad in [
+            " 123456", "123456 ", "12345", "1234567", "+12345", "+123456", "12ab56", "１２３４５６",
+            "", "123 456", "-12345", "12345\n", "٠١٢٣٤٥",
+        ] {
+            let err = TokenCode::parse(bad).expect_err(bad);
+            let msg = err.to_string();
+            assert!(!msg.contains(bad.trim()) || bad.trim().is_empty(), "{msg}");
+        }
+        let ok = TokenCode::parse("123456").unwrap();
+        assert_eq!(ok.expose(), "123456");
+        assert_eq!(format!("{ok:?}"), "TokenCode(<redacted>)");
+        assert_eq!(TokenCode::parse("000000").unwrap().expose(), "000000");
+    }
+
+    #[test]
+    fn serial_numbers() {
+        assert!(validate_serial_number("arn:aws:iam::123456789012:mfa/jane.doe@example.com").is_ok());
+        assert!(validate_serial_number("GAHT12345678").is_ok());
+        assert!(validate_serial_number("arn:aws-us-gov:iam::123456789012:mfa/a_b+c=d,e-f").is_ok());
+        assert!(validate_serial_number("12345678").is_err());
+        assert!(validate_serial_number(&"a".repeat(256)).is_ok());
+        assert!(validate_serial_number(&"a".repeat(257)).is_err());
+        assert!(validate_serial_number("arn:aws:iam::123456789012:mfa/jane doe").is_err());
+        assert!(validate_serial_number("arn:aws:iam::123456789012:mfa/jané").is_err());
+        assert!(validate_serial_number("arn:aws:iam::123456789012:mfa/x\n").is_err());
+        assert!(validate_serial_number("arn:aws:iam::123456789012:mfa/x?y").is_err());
+    }
+
+    #[test]
+    fn regions_and_durations() {
+        for ok in ["us-east-1", "us-gov-west-1", "cn-north-1", "aws-global", "eusc-de-east-1"] {
+            assert!(validate_region(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "US-EAST-1", "us-east-1.evil.com", "evil.com/x?", "-us", "us_east_1", "us east"] {
+            assert!(validate_region(bad).is_err(), "{bad}");
+        }
+        assert!(validate_duration_seconds(900).is_ok());
+        assert!(validate_duration_seconds(129_600).is_ok());
+        assert!(validate_duration_seconds(899).is_err());
+        assert!(validate_duration_seconds(129_601).is_err());
+    }
+
+    #[test]
+    fn long_term_keys() {
+        let secret = Sensitive::new("wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY".to_owned());
+        assert!(check_long_term_keys("AKIAIOSFODNN7EXAMPLE", &secret, false).is_ok());
+        let e = check_long_term_keys("ASIAIOSFODNN7EXAMPLE", &secret, false).unwrap_err();
+        assert!(e.contains("ASIA"), "{e}");
+        assert!(check_long_term_keys("AKIAIOSFODNN7EXAMPLE", &secret, true).is_err());
+        assert!(check_long_term_keys("AKIAIOSFODNN7EXAMPLE\n", &secret, false).is_err());
+        assert!(check_long_term_keys("akiaiosfodnn7example", &secret, false).is_err());
+        assert!(check_long_term_keys("AKIA123", &secret, false).is_err());
+        assert!(check_long_term_keys(&"A".repeat(129), &secret, false).is_err());
+        assert!(check_long_term_keys("", &secret, false).is_err());
+        let empty = Sensitive::new(String::new());
+        assert!(check_long_term_keys("AKIAIOSFODNN7EXAMPLE", &empty, false).is_err());
+        let nl = Sensitive::new("wJalrXUtnFEMI/K7MDENG\n".to_owned());
+        let e = check_long_term_keys("AKIAIOSFODNN7EXAMPLE", &nl, false).unwrap_err();
+        assert!(!e.contains("wJalr"), "{e}");
+    }
+
+    #[test]
+    fn default_endpoint_policy() {
+        let p = EndpointPolicy::aws_default();
+        for ok in [
+            "https://sts.us-east-1.amazonaws.com",
+            "https://sts.amazonaws.com",
+            "https://sts.amazonaws.com/",
+            "https://sts.amazonaws.com:443",
+            "https://sts-fips.us-east-1.amazonaws.com",
+            "https://vpce-0123abcd-xyz.sts.eu-west-1.vpce.amazonaws.com",
+            "https://vpce-0123abcd-xyz-eu-west-1a.sts.eu-west-1.vpce.amazonaws.com",
+            "https://sts.cn-north-1.amazonaws.com.cn",
+            "https://sts.us-gov-west-1.amazonaws.com",
+            "https://sts.us-east-1.api.aws",
+            "https://STS.US-EAST-1.AMAZONAWS.COM",
+            "HTTPS://sts.us-east-1.amazonaws.com",
+        ] {
+            assert_eq!(p.check(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "http://sts.us-east-1.amazonaws.com",
+            "https://sts.us-east-1.amazonaws.com.evil.com",
+            "https://evil.com/sts.amazonaws.com",
+            "https://sts.us-east-1.amazonaws.com@evil.com",
+            "https://user:pw@sts.amazonaws.com",
+            "https://sts.us-east-1.amazonaws.com:8443",
+            "https://sts.us-east-1.amazonaws.com/path",
+            "https://sts.us-east-1.amazonaws.com/?x=1",
+            "https://sts.us-east-1.amazonaws.com?",
+            "https://sts.us-east-1.amazonaws.com#frag",
+            "https://sts.us-east-1.amazonaws.com.",
+            "https://sts.us-east-1.amazonaws.com:",
+            "https://sts.us-east-1.amazonaws.com:+443",
+            "https://sts.us-east-1.amazonaws.com:0443",
+            "https://sts.us-east-1.amazonaws.com\\@evil.com",
+            "https://sts..amazonaws.com",
+            "https://sts.s3.amazonaws.com",
+            "https://sts.s3-us-west-2.amazonaws.com",
+            "https://evil.sts.amazonaws.com",
+            "https://a.b.sts.us-east-1.vpce.amazonaws.com",
+            "https://sts.us-east-1.amazonaws.com.cn.evil.com",
+            "https://xn--sts-.amazonaws.com",
+            "https://sts.ｕｓ-east-1.amazonaws.com",
+            "https://52.94.0.1",
+            "https://[::1]",
+            "https://2130706433",
+            "https://0x7f.1",
+            " https://sts.amazonaws.com",
+            "https://sts.amazonaws.com\n",
+            "sts.amazonaws.com",
+            "//sts.amazonaws.com",
+            "ftp://sts.amazonaws.com",
+            "",
+        ] {
+            let e = p.check(bad).expect_err(bad);
+            assert!(!e.contains("pw@") && !e.contains("user:"), "{e}");
+        }
+        // Messages say why.
+        assert!(p.check("http://sts.us-east-1.amazonaws.com").unwrap_err().contains("not allowed"));
+        assert!(p.check("https://u:secretpw@sts.amazonaws.com").unwrap_err().contains("user information"));
+        assert!(!p.check("https://u:secretpw@sts.amazonaws.com").unwrap_err().contains("secretpw"));
+    }
+
+    #[test]
+    fn custom_endpoint_patterns() {
+        let p = EndpointPolicy::from_patterns(&["http://127.0.0.1:*".to_owned()]).unwrap();
+        assert_eq!(p.check("http://127.0.0.1:4566"), Ok(()));
+        assert_eq!(p.check("http://127.0.0.1"), Ok(()));
+        assert!(p.check("https://127.0.0.1:4566").is_err());
+        assert!(p.check("http://127.0.0.2:4566").is_err());
+        assert!(p.check("http://localhost:4566").is_err());
+        assert!(p.check("https://sts.amazonaws.com").is_err());
+
+        let p = EndpointPolicy::from_patterns(&[
+            "https://sts.*.example.internal:8443".to_owned(),
+            "http://[::1]:5000".to_owned(),
+        ])
+        .unwrap();
+        assert_eq!(p.check("https://sts.a-b.example.internal:8443"), Ok(()));
+        assert!(p.check("https://sts.a.b.example.internal:8443").is_err());
+        assert!(p.check("https://sts.a.example.internal").is_err());
+        assert_eq!(p.check("http://[0:0::1]:5000"), Ok(()));
+
+        let none = EndpointPolicy::from_patterns(&[]).unwrap();
+        assert!(none.check("https://sts.amazonaws.com").is_err());
+
+        for bad in ["https://sts.amazonaws.com/x", "sts.amazonaws.com", "https://*.com:99999", "https://a..b", "https://x?"] {
+            assert!(EndpointPolicy::from_patterns(&[bad.to_owned()]).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn endpoint_normalisation() {
+        assert_eq!(normalize_endpoint("HTTPS://STS.Amazonaws.com:443/").unwrap(), "https://sts.amazonaws.com");
+        assert_eq!(normalize_endpoint("http://127.0.0.1:4566").unwrap(), "http://127.0.0.1:4566");
+        assert_eq!(normalize_endpoint("http://localhost:80").unwrap(), "http://localhost");
+        assert_eq!(normalize_endpoint("http://[::1]:8080").unwrap(), "http://[::1]:8080");
+        assert!(normalize_endpoint("http://[::1").is_err());
+        assert!(normalize_endpoint("http://[::1]x").is_err());
+    }
+
+    #[test]
+    fn region_labels() {
+        for ok in ["us-east-1", "us-gov-west-1", "cn-northwest-1", "eusc-de-east-1", "us-isob-east-1", "ap-southeast-10"] {
+            assert!(is_region_label(ok), "{ok}");
+        }
+        for bad in ["s3", "s3-us-west-2", "s3-external-1", "us-east", "us-east-123", "vpce", "us--1", "a-b-1"] {
+            assert!(!is_region_label(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn error_reasons_and_messages() {
+        let e = classify_code("SignatureDoesNotMatch", "m".into(), 403, true);
+        assert_eq!(e.reason(), "SourceCredentialsInvalid");
+        assert!(!e.is_retryable());
+        let e = classify_code("AccessDenied", "m".into(), 403, true);
+        assert_eq!(e.reason(), "TokenCodeRejected");
+        let e = classify_code("AccessDenied", "m".into(), 403, false);
+        assert!(matches!(e, StsError::AccessDenied { .. }));
+        assert_eq!(e.reason(), "StsError");
+        let e = classify_code("RequestLimitExceeded", "m".into(), 400, false);
+        assert_eq!(e.reason(), "Throttled");
+        assert!(e.is_retryable());
+        let e = classify_code("ValidationError", "m".into(), 400, false);
+        assert!(!e.is_retryable());
+        assert_eq!(e.reason(), "StsError");
+        let e = classify_code("InternalFailure", "m".into(), 500, false);
+        assert!(e.is_retryable());
+        assert_eq!(truncate("abcdef", 3), "abc…");
+        assert_eq!(truncate("ab", 3), "ab");
+        assert_eq!(truncate("ééééé", 2), "éé…");
+    }
+
+    // ---- calls against a fake HTTP client ---------------------------------------------------
+
+    enum Canned {
+        Reply(u16, String),
+        Hang,
+        Refuse,
+    }
+
+    #[derive(Debug, Clone)]
+    struct Recorded {
+        uri: String,
+        body: String,
+        authorization: String,
+    }
+
+    #[derive(Clone, Default)]
+    struct Fake {
+        replies: Arc<Mutex<VecDeque<Canned>>>,
+        requests: Arc<Mutex<Vec<Recorded>>>,
+    }
+
+    impl fmt::Debug for Fake {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("Fake")
+        }
+    }
+
+    impl HttpConnector for Fake {
+        fn call(&self, request: HttpRequest) -> HttpConnectorFuture {
+            self.requests.lock().unwrap().push(Recorded {
+                uri: request.uri().to_owned(),
+                body: String::from_utf8(request.body().bytes().unwrap_or_default().to_vec()).unwrap(),
+                authorization: request.headers().get("authorization").unwrap_or("").to_owned(),
+            });
+            let next = {
+                let mut q = self.replies.lock().unwrap();
+                if q.len() > 1 { q.pop_front() } else { q.front().map(|c| match c {
+                    Canned::Reply(s, b) => Canned::Reply(*s, b.clone()),
+                    Canned::Hang => Canned::Hang,
+                    Canned::Refuse => Canned::Refuse,
+                }) }
+            };
+            match next.expect("a canned reply") {
+                Canned::Reply(status, body) => HttpConnectorFuture::ready(Ok(HttpResponse::new(
+                    StatusCode::try_from(status).unwrap(),
+                    SdkBody::from(body),
+                ))),
+                Canned::Hang => HttpConnectorFuture::new(std::future::pending()),
+                Canned::Refuse => HttpConnectorFuture::ready(Err(ConnectorError::io(
+                    "tcp connect error: Connection refused (os error 111)".into(),
+                ))),
+            }
+        }
+    }
+
+    impl Fake {
+        fn new(replies: Vec<Canned>) -> Self {
+            let f = Fake::default();
+            f.replies.lock().unwrap().extend(replies);
+            f
+        }
+        fn client(&self, settings: StsSettings) -> StsClient {
+            let me = self.clone();
+            let http = http_client_fn(move |_, _| SharedHttpConnector::new(me.clone()));
+            let mut c = StsClient::with_http_client(settings, http);
+            Arc::get_mut(&mut c.inner).unwrap().retry_initial_backoff = Some(Duration::from_millis(5));
+            c
+        }
+        fn requests(&self) -> Vec<Recorded> {
+            self.requests.lock().unwrap().clone()
+        }
+    }
+
+    const SECRET: &str = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
+    const SESSION_SECRET: &str = "SeSsIoNsEcReTkEy0123456789abcdefghijklmn";
+    const SESSION_TOKEN: &str = "FwoGZXIvYXdzEXAMPLESESSIONTOKEN//////////wEaDM";
+
+    fn settings() -> StsSettings {
+        StsSettings {
+            timeout: Duration::from_secs(5),
+            max_in_flight: 2,
+            non_mfa_attempts: 3,
+            default_endpoint: None,
+        }
+    }
+
+    fn ok_body(expiration: &str) -> String {
+        format!(
+            r#"<GetSessionTokenResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">
+  <GetSessionTokenResult>
+    <Credentials>
+      <SessionToken>{SESSION_TOKEN}</SessionToken>
+      <SecretAccessKey>{SESSION_SECRET}</SecretAccessKey>
+      <Expiration>{expiration}</Expiration>
+      <AccessKeyId>ASIAIOSFODNN7EXAMPLE</AccessKeyId>
+    </Credentials>
+  </GetSessionTokenResult>
+  <ResponseMetadata><RequestId>58c5dbae-abef-11e0-8cfe-09039844ac7d</RequestId></ResponseMetadata>
+</GetSessionTokenResponse>"#
+        )
+    }
+
+    fn error_body(code: &str, message: &str) -> String {
+        format!(
+            r#"<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><Error><Type>Sender</Type><Code>{code}</Code><Message>{message}</Message></Error><RequestId>4fd5e6e7-0bd4-4bfb-9d7b-8e2f1a4c8b61</RequestId></ErrorResponse>"#
+        )
+    }
+
+    fn future_expiration() -> String {
+        let t = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(12);
+        t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+    }
+
+    fn request<'a>(secret: &'a Sensitive<String>, mfa: bool) -> SessionRequest<'a> {
+        SessionRequest {
+            region: "eu-west-1",
+            endpoint: None,
+            access_key_id: "AKIAIOSFODNN7EXAMPLE",
+            secret_access_key: secret,
+            duration_seconds: 3600,
+            mfa: mfa.then(|| {
+                (
+                    "arn:aws:iam::123456789012:mfa/jane",
+                    TokenCode::parse("123456").unwrap(),
+                )
+            }),
+        }
+    }
+
+    fn form(body: &str) -> Vec<(String, String)> {
+        fn decode(s: &str) -> String {
+            let b = s.as_bytes();
+            let mut out = Vec::new();
+            let mut i = 0;
+            while i < b.len() {
+                match b[i] {
+                    b'%' => {
+                        out.push(u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap());
+                        i += 3;
+                    }
+                    b'+' => {
+                        out.push(b' ');
+                        i += 1;
+                    }
+                    c => {
+                        out.push(c);
+                        i += 1;
+                    }
+                }
+            }
+            String::from_utf8(out).unwrap()
+        }
+        body.split('&')
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                let (k, v) = p.split_once('=').unwrap_or((p, ""));
+                (decode(k), decode(v))
+            })
+            .collect()
+    }
+
+    fn field<'a>(f: &'a [(String, String)], k: &str) -> Option<&'a str> {
+        f.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str())
+    }
+
+    #[tokio::test]
+    async fn mfa_call_request_shape_and_response() {
+        let fake = Fake::new(vec![Canned::Reply(200, ok_body(&future_expiration()))]);
+        let secret = Sensitive::new(SECRET.to_owned());
+        let creds = fake
+            .client(settings())
+            .get_session_token(request(&secret, true))
+            .await
+            .unwrap();
+        assert_eq!(creds.access_key_id, "ASIAIOSFODNN7EXAMPLE");
+        assert_eq!(creds.secret_access_key.expose(), SESSION_SECRET);
+        assert_eq!(creds.session_token.expose(), SESSION_TOKEN);
+        assert!(creds.expiration > jiff::Timestamp::now());
+        let dbg = format!("{creds:?}");
+        assert!(!dbg.contains(SESSION_SECRET) && !dbg.contains(SESSION_TOKEN), "{dbg}");
+
+        let reqs = fake.requests();
+        assert_eq!(reqs.len(), 1);
+        assert_eq!(reqs[0].uri, "https://sts.eu-west-1.amazonaws.com/");
+        let f = form(&reqs[0].body);
+        assert_eq!(field(&f, "Action"), Some("GetSessionToken"));
+        assert_eq!(field(&f, "Version"), Some("2011-06-15"));
+        assert_eq!(field(&f, "DurationSeconds"), Some("3600"));
+        assert_eq!(field(&f, "SerialNumber"), Some("arn:aws:iam::123456789012:mfa/jane"));
+        assert_eq!(field(&f, "TokenCode"), Some("123456"));
+        assert!(
+            reqs[0].authorization.contains("Credential=AKIAIOSFODNN7EXAMPLE/")
+                && reqs[0].authorization.contains("/eu-west-1/sts/aws4_request"),
+            "{}",
+            reqs[0].authorization
+        );
+    }
+
+    #[tokio::test]
+    async fn non_mfa_call_has_no_mfa_fields_and_uses_endpoints() {
+        let fake = Fake::new(vec![Canned::Reply(200, ok_body(&future_expiration()))]);
+        let secret = Sensitive::new(SECRET.to_owned());
+        let mut s = settings();
+        s.default_endpoint = Some("http://127.0.0.1:4566".to_owned());
+        let client = fake.client(s);
+        client.get_session_token(request(&secret, false)).await.unwrap();
+        let mut req = request(&secret, false);
+        req.endpoint = Some("HTTPS://VPCE-1.sts.eu-west-1.vpce.amazonaws.com:443/");
+        client.get_session_token(req).await.unwrap();
+
+        let reqs = fake.requests();
+        assert_eq!(reqs.len(), 2);
+        assert_eq!(reqs[0].uri, "http://127.0.0.1:4566/");
+        assert_eq!(reqs[1].uri, "https://vpce-1.sts.eu-west-1.vpce.amazonaws.com/");
+        let f = form(&reqs[0].body);
+        assert_eq!(field(&f, "DurationSeconds"), Some("3600"));
+        assert_eq!(field(&f, "SerialNumber"), None);
+        assert_eq!(field(&f, "TokenCode"), None);
+    }
+
+    async fn call_with(replies: Vec<Canned>, mfa: bool, s: StsSettings) -> (Result<SessionCredentials, StsError>, usize) {
+        let fake = Fake::new(replies);
+        let secret = Sensitive::new(SECRET.to_owned());
+        let r = fake.client(s).get_session_token(request(&secret, mfa)).await;
+        (r, fake.requests().len())
+    }
+
+    #[tokio::test]
+    async fn mfa_calls_are_attempted_once() {
+        let (r, n) = call_with(vec![Canned::Reply(500, error_body("InternalFailure", "oops"))], true, settings()).await;
+        assert_eq!(n, 1);
+        let e = r.unwrap_err();
+        assert!(matches!(&e, StsError::Service { code, status: 500, .. } if code == "InternalFailure"), "{e:?}");
+        assert!(e.is_retryable());
+
+        let (r, n) = call_with(vec![Canned::Reply(400, error_body("Throttling", "Rate exceeded"))], true, settings()).await;
+        assert_eq!(n, 1);
+        assert_eq!(r.unwrap_err().reason(), "Throttled");
+
+        let (r, n) = call_with(vec![Canned::Refuse], true, settings()).await;
+        assert_eq!(n, 1);
+        assert!(matches!(r.unwrap_err(), StsError::Transport { .. }));
+    }
+
+    #[tokio::test]
+    async fn non_mfa_calls_are_retried() {
+        let (r, n) = call_with(vec![Canned::Reply(500, error_body("InternalFailure", "oops"))], false, settings()).await;
+        assert_eq!(n, 3);
+        assert!(matches!(r.unwrap_err(), StsError::Service { status: 500, .. }));
+
+        let (r, n) = call_with(
+            vec![
+                Canned::Reply(503, "<html>unavailable</html>".to_owned()),
+                Canned::Reply(200, ok_body(&future_expiration())),
+            ],
+            false,
+            settings(),
+        )
+        .await;
+        assert_eq!(n, 2);
+        assert!(r.is_ok());
+
+        let mut s = settings();
+        s.non_mfa_attempts = 1;
+        let (_, n) = call_with(vec![Canned::Reply(500, error_body("InternalFailure", "oops"))], false, s).await;
+        assert_eq!(n, 1);
+
+        // Not retried: a client error.
+        let (r, n) = call_with(vec![Canned::Reply(403, error_body("InvalidClientTokenId", "The security token included in the request is invalid."))], false, settings()).await;
+        assert_eq!(n, 1);
+        let e = r.unwrap_err();
+        assert_eq!(e.reason(), "SourceCredentialsInvalid");
+        assert_eq!(e.to_string(), "STS rejected the source credentials (InvalidClientTokenId): The security token included in the request is invalid.");
+    }
+
+    #[tokio::test]
+    async fn error_classification() {
+        let cases: Vec<(Canned, bool, &str)> = vec![
+            (Canned::Reply(403, error_body("SignatureDoesNotMatch", "The request signature we calculated does not match")), true, "SourceCredentialsInvalid"),
+            (Canned::Reply(403, error_body("AccessDenied", "MultiFactorAuthentication failed with invalid MFA one time pass code.")), true, "TokenCodeRejected"),
+            (Canned::Reply(403, error_body("AccessDenied", "no")), false, "StsError"),
+            (Canned::Reply(400, error_body("RequestLimitExceeded", "slow down")), true, "Throttled"),
+            (Canned::Reply(400, error_body("TooManyRequestsException", "slow down")), true, "Throttled"),
+            (Canned::Reply(400, error_body("ValidationError", "bad duration")), true, "StsError"),
+            (Canned::Reply(403, error_body("RegionDisabledException", "STS is not activated in this region")), true, "StsError"),
+            (Canned::Reply(400, error_body("ExpiredToken", "expired")), true, "StsError"),
+            (Canned::Reply(502, "Bad Gateway".to_owned()), true, "StsError"),
+            (Canned::Reply(200, "not xml at all".to_owned()), true, "StsError"),
+        ];
+        for (canned, mfa, reason) in cases {
+            let (r, _) = call_with(vec![canned], mfa, settings()).await;
+            let e = r.unwrap_err();
+            assert_eq!(e.reason(), reason, "{e:?}");
+            let text = e.to_string();
+            assert!(!text.contains(SECRET) && !text.contains("123456"), "{text}");
+        }
+
+        let (r, _) = call_with(vec![Canned::Reply(502, "Bad Gateway".to_owned())], true, settings()).await;
+        assert!(matches!(r.unwrap_err(), StsError::Service { status: 502, .. }));
+        let (r, _) = call_with(vec![Canned::Reply(200, "not xml at all".to_owned())], true, settings()).await;
+        assert!(matches!(r.unwrap_err(), StsError::InvalidResponse { .. }));
+        let (r, _) = call_with(vec![Canned::Reply(403, error_body("RegionDisabledException", "off"))], true, settings()).await;
+        let e = r.unwrap_err();
+        assert!(matches!(&e, StsError::Service { code, .. } if code == "RegionDisabledException"), "{e:?}");
+        assert!(!e.is_retryable());
+
+        // Long STS messages are truncated.
+        let long = "x".repeat(1000);
+        let (r, _) = call_with(vec![Canned::Reply(400, error_body("ValidationError", &long))], true, settings()).await;
+        match r.unwrap_err() {
+            StsError::Service { message, .. } => assert_eq!(message.chars().count(), MAX_MESSAGE_CHARS + 1),
+            e => panic!("{e:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn timeouts() {
+        let mut s = settings();
+        s.timeout = Duration::from_millis(200);
+        let started = std::time::Instant::now();
+        let (r, n) = call_with(vec![Canned::Hang], true, s).await;
+        assert_eq!(r.unwrap_err(), StsError::Timeout);
+        assert_eq!(n, 1);
+        assert!(started.elapsed() < Duration::from_secs(3));
+    }
+
+    #[tokio::test]
+    async fn response_validation() {
+        let past = (jiff::Timestamp::now() - jiff::SignedDuration::from_mins(5))
+            .strftime("%Y-%m-%dT%H:%M:%SZ")
+            .to_string();
+        let (r, _) = call_with(vec![Canned::Reply(200, ok_body(&past))], true, settings()).await;
+        assert!(matches!(r.unwrap_err(), StsError::InvalidResponse { .. }));
+
+        let (r, _) = call_with(vec![Canned::Reply(200, ok_body("tomorrow"))], true, settings()).await;
+        assert!(matches!(r.unwrap_err(), StsError::InvalidResponse { .. }));
+
+        let exp = future_expiration();
+        for missing in ["SessionToken", "SecretAccessKey", "AccessKeyId", "Expiration"] {
+            let body = ok_body(&exp);
+            let start = body.find(&format!("<{missing}>")).unwrap();
+            let end_tag = format!("</{missing}>");
+            let end = body.find(&end_tag).unwrap() + end_tag.len();
+            let body = format!("{}{}", &body[..start], &body[end..]);
+            let (r, _) = call_with(vec![Canned::Reply(200, body)], true, settings()).await;
+            let e = r.unwrap_err();
+            assert!(matches!(e, StsError::InvalidResponse { .. }), "{missing}: {e:?}");
+            let text = e.to_string();
+            assert!(!text.contains(SESSION_SECRET) && !text.contains(SESSION_TOKEN), "{text}");
+        }
+        let body = r#"<GetSessionTokenResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><GetSessionTokenResult></GetSessionTokenResult></GetSessionTokenResponse>"#;
+        let (r, _) = call_with(vec![Canned::Reply(200, body.to_owned())], true, settings()).await;
+        assert!(matches!(r.unwrap_err(), StsError::InvalidResponse { .. }));
+    }
+
+    #[tokio::test]
+    async fn bad_requests_are_refused_before_any_call() {
+        let fake = Fake::new(vec![Canned::Reply(200, ok_body(&future_expiration()))]);
+        let client = fake.client(settings());
+        let secret = Sensitive::new(SECRET.to_owned());
+
+        let mut r = request(&secret, true);
+        r.region = "evil.com/";
+        assert_eq!(client.get_session_token(r).await.unwrap_err().reason(), "InvalidSpec");
+        let mut r = request(&secret, true);
+        r.duration_seconds = 60;
+        assert!(matches!(client.get_session_token(r).await, Err(StsError::InvalidRequest { .. })));
+        let mut r = request(&secret, true);
+        r.endpoint = Some("https://user:pw@sts.amazonaws.com");
+        assert!(matches!(client.get_session_token(r).await, Err(StsError::InvalidRequest { .. })));
+        let mut r = request(&secret, false);
+        r.access_key_id = "ASIAIOSFODNN7EXAMPLE";
+        let e = client.get_session_token(r).await.unwrap_err();
+        assert_eq!(e.reason(), "SourceCredentialsInvalid");
+        assert!(!e.was_sent());
+        let mut r = request(&secret, false);
+        r.mfa = Some(("short", TokenCode::parse("123456").unwrap()));
+        assert!(matches!(client.get_session_token(r).await, Err(StsError::InvalidRequest { .. })));
+
+        assert!(fake.requests().is_empty());
+    }
+
+    #[tokio::test]
+    async fn calls_in_flight_are_bounded() {
+        let fake = Fake::new(vec![Canned::Hang]);
+        let mut s = settings();
+        s.max_in_flight = 2;
+        s.timeout = Duration::from_millis(300);
+        let client = fake.client(s);
+        let secret = Sensitive::new(SECRET.to_owned());
+        let calls = (0..5).map(|_| client.get_session_token(request(&secret, true)));
+        let started = std::time::Instant::now();
+        let mut set = Vec::new();
+        for c in calls {
+            set.push(c);
+        }
+        // While the first two hang, the others wait for a permit.
+        let all = futures::future::join_all(set);
+        let check = async {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            assert_eq!(fake.requests().len(), 2);
+        };
+        let (results, ()) = tokio::join!(all, check);
+        assert!(results.iter().all(|r| matches!(r, Err(StsError::Timeout))));
+        assert_eq!(fake.requests().len(), 5);
+        assert!(started.elapsed() >= Duration::from_millis(900));
+    }
+
+    #[test]
+    fn settings_validation() {
+        assert!(StsSettings::default().validate().is_ok());
+        let mut s = StsSettings::default();
+        s.default_endpoint = Some("http://localhost:4566/x".into());
+        assert!(s.validate().is_err());
+        s.default_endpoint = Some("http://localhost:4566".into());
+        assert!(s.validate().is_ok());
+        s.max_in_flight = 0;
+        assert!(s.validate().is_err());
+    }
+}

@@ -1,0 +1,724 @@
+//! The reconciler: read the SessionToken, its source Secret and its output Secret; decide (see
+//! `plan`); claim a code, call STS, write the Secret and the status; requeue at the next
+//! instant that matters. Idempotent and level-based: a reconcile that finds everything as it
+//! should be writes nothing.
+
+use crate::crd::{
+    Approval, Condition, Failure, SessionToken, SessionTokenStatus, APPROVED_BY_ANNOTATION, FIELD_MANAGER,
+    TOKEN_CODE_ANNOTATION,
+};
+use crate::metrics::{Metrics, SessionMetrics};
+use crate::plan::{self, CodeState, SessionState, Timing};
+use crate::secret::{self, Ownership, SessionSecret, MANAGED_BY_LABEL};
+use crate::sts::{EndpointPolicy, SessionRequest, StsClient, StsError, TokenCode};
+use futures::{StreamExt, TryStreamExt};
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector;
+use kube::core::PartialObjectMeta;
+use kube::runtime::watcher::{self, watcher};
+use kube::runtime::WatchStreamExt;
+use kube::{Client, Resource, ResourceExt};
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tracing::{debug, info, warn};
+
+pub const READY: &str = "Ready";
+pub const ISSUING: &str = "Issuing";
+
+/// Errors that end a reconcile early; retried with per-object backoff. Failures of STS itself
+/// are not errors here: they are recorded in status and retried on schedule.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("the SessionToken has no {0}")]
+    MissingField(&'static str),
+    #[error("could not write the output Secret, keeping the new session in memory: {0}")]
+    SecretWrite(kube::Error),
+}
+
+impl Error {
+    pub fn metric_reason(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "KubeApi",
+            Error::MissingField(_) => "InvalidObject",
+            Error::SecretWrite(_) => "SecretWrite",
+        }
+    }
+}
+
+/// What the operator is told at start.
+#[derive(Clone)]
+pub struct Settings {
+    pub default_region: String,
+    pub endpoint_policy: EndpointPolicy,
+    pub timing: Timing,
+    /// Name of this process (pod name), for Events and claim messages.
+    pub instance: String,
+}
+
+/// Per-object memory that must not be lost between reconciles of one process, but need not
+/// survive it.
+#[derive(Default)]
+struct Memory {
+    /// A session minted but not yet written (the Secret write failed): written on the next try
+    /// instead of spending another STS call, or another code.
+    unsaved: Option<(SessionSecret, Option<Approval>)>,
+    /// (renewal time, period) of the last `TokenCodeRequired` event sent.
+    code_required_sent: Option<(Timestamp, u64)>,
+    /// Expiration whose `Expired` event was sent.
+    expired_sent: Option<Timestamp>,
+    /// Consecutive reconcile errors, for the error backoff.
+    errors: u32,
+    /// Consecutive reconciles that found the source Secret missing or unusable.
+    source_misses: u32,
+}
+
+pub struct Context {
+    pub client: Client,
+    pub sts: StsClient,
+    pub metrics: Arc<Metrics>,
+    pub settings: Settings,
+    recorder: Recorder,
+    memory: Mutex<HashMap<String, Memory>>,
+}
+
+impl Context {
+    pub fn new(client: Client, sts: StsClient, metrics: Arc<Metrics>, settings: Settings) -> Self {
+        let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: Some(settings.instance.clone()) };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            sts,
+            metrics,
+            settings,
+            memory: Mutex::default(),
+        }
+    }
+
+    fn with_memory<R>(&self, uid: &str, f: impl FnOnce(&mut Memory) -> R) -> R {
+        let mut map = self.memory.lock().unwrap_or_else(|p| p.into_inner());
+        f(map.entry(uid.to_string()).or_default())
+    }
+
+    fn forget(&self, uid: &str) {
+        self.memory.lock().unwrap_or_else(|p| p.into_inner()).remove(uid);
+    }
+
+    async fn event(&self, st: &SessionToken, type_: EventType, reason: &str, note: String) {
+        let ev = Event { type_, reason: reason.into(), note: Some(truncate(&note, 1000)), action: "Reconcile".into(), secondary: None };
+        if let Err(e) = self.recorder.publish(&ev, &st.object_ref(&())).await {
+            warn!(error = %e, reason, "could not publish event");
+        }
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+/// Sets a condition, keeping `lastTransitionTime` when its status does not change.
+pub fn set_condition(conditions: &mut Vec<Condition>, type_: &str, status: &str, reason: &str, message: String, generation: Option<i64>, now: Timestamp) {
+    let message = truncate(&message, 1000);
+    let last_transition_time = match conditions.iter().find(|c| c.type_ == type_) {
+        Some(old) if old.status == status => old.last_transition_time,
+        _ => plan::round_to_second(now),
+    };
+    let new = Condition { type_: type_.into(), status: status.into(), reason: reason.into(), message, last_transition_time, observed_generation: generation };
+    match conditions.iter_mut().find(|c| c.type_ == type_) {
+        Some(c) => *c = new,
+        None => conditions.push(new),
+    }
+}
+
+/// A problem with the spec or its inputs that stops minting.
+struct Blocker {
+    reason: &'static str,
+    message: String,
+}
+
+/// Everything read for one reconcile.
+struct Observed {
+    st: Arc<SessionToken>,
+    ns: String,
+    name: String,
+    uid: String,
+    generation: Option<i64>,
+    now: Timestamp,
+    out_name: String,
+    /// The output Secret at `out_name`.
+    out_secret: Option<Secret>,
+    ownership: Ownership,
+    /// The Secret that held the session before a rename (at `status.secretName`), if ours.
+    old_secret: Option<Secret>,
+    keys: Result<secret::LongTermKeys, secret::SourceProblem>,
+    region: String,
+    endpoint: Option<String>,
+    blocker: Option<Blocker>,
+}
+
+pub async fn reconcile(st: Arc<SessionToken>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = reconcile_inner(st.clone(), &ctx).await;
+    let uid = st.metadata.uid.clone().unwrap_or_default();
+    if result.is_ok() {
+        ctx.with_memory(&uid, |m| m.errors = 0);
+    }
+    ctx.metrics.reconcile_finished(started.elapsed(), result.as_ref().err().map(Error::metric_reason));
+    result
+}
+
+/// Per-object exponential backoff for reconcile errors (kube-runtime has none of its own).
+pub fn error_policy(st: Arc<SessionToken>, error: &Error, ctx: Arc<Context>) -> Action {
+    let uid = st.metadata.uid.clone().unwrap_or_default();
+    let attempt = ctx.with_memory(&uid, |m| {
+        m.errors = m.errors.saturating_add(1);
+        m.errors
+    });
+    let delay = plan::backoff(attempt, &ctx.settings.timing, &format!("{uid}/{}", Timestamp::now().as_millisecond()));
+    warn!(namespace = st.namespace().unwrap_or_default(), name = st.name_any(), %error, attempt, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+async fn observe(st: Arc<SessionToken>, ctx: &Context) -> Result<Observed, Error> {
+    let ns = st.namespace().ok_or(Error::MissingField("namespace"))?;
+    let uid = st.metadata.uid.clone().ok_or(Error::MissingField("uid"))?;
+    let name = st.name_any();
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let out_name = st.output_secret_name();
+    let out_secret = secrets.get_opt(&out_name).await?;
+    let ownership = secret::ownership(out_secret.as_ref(), &st);
+    let old_name = st.status.as_ref().and_then(|s| s.secret_name.clone()).filter(|n| *n != out_name);
+    let old_secret = match old_name {
+        Some(n) => secrets.get_opt(&n).await?.filter(|s| secret::ownership(Some(s), &st) == Ownership::Ours),
+        None => None,
+    };
+    let source_ref = &st.spec.source_credentials.secret_ref;
+    let source = secrets.get_opt(&source_ref.name).await?;
+    let keys = secret::read_long_term_keys(source.as_ref(), source_ref);
+    let region = st.spec.region.clone().unwrap_or_else(|| ctx.settings.default_region.clone());
+    let endpoint = st.spec.endpoint.clone();
+    let mut blocker = None;
+    if let Some(e) = &endpoint {
+        if let Err(why) = ctx.settings.endpoint_policy.check(e) {
+            blocker = Some(Blocker { reason: "EndpointNotAllowed", message: format!("endpoint {e:?} is not allowed: {why}") });
+        }
+    }
+    if blocker.is_none() {
+        if let Err(problem) = &keys {
+            blocker = Some(Blocker { reason: problem.reason(), message: problem.to_string() });
+        }
+    }
+    if let Ownership::Foreign(why) = &ownership {
+        blocker = Some(Blocker { reason: "SecretConflict", message: why.clone() });
+    }
+    Ok(Observed {
+        generation: st.metadata.generation,
+        st,
+        ns,
+        name,
+        uid,
+        now: Timestamp::now(),
+        out_name,
+        out_secret,
+        ownership,
+        old_secret,
+        keys,
+        region,
+        endpoint,
+        blocker,
+    })
+}
+
+async fn reconcile_inner(st: Arc<SessionToken>, ctx: &Context) -> Result<Action, Error> {
+    let obs = observe(st, ctx).await?;
+    let st = obs.st.clone();
+    let timing = &ctx.settings.timing;
+    let old_status = st.status.clone().unwrap_or_default();
+    let mut status = old_status.clone();
+    let has_mfa = st.spec.mfa.is_some();
+    let sts_api: Api<SessionToken> = Api::namespaced(ctx.client.clone(), &obs.ns);
+
+    // 1. The code annotation, if any: claim it exactly once, whatever becomes of it.
+    let annotations = st.annotations();
+    let raw_code = annotations.get(TOKEN_CODE_ANNOTATION).cloned();
+    let approved_by = annotations.get(APPROVED_BY_ANNOTATION).cloned();
+    let code_state = plan::code_state(
+        raw_code.as_deref(),
+        has_mfa,
+        plan::annotation_set_at(&st, TOKEN_CODE_ANNOTATION),
+        obs.now,
+        timing,
+    );
+    let mut code_to_use: Option<TokenCode> = None;
+    if let Some(raw) = raw_code.as_deref() {
+        if annotations
+            .get("kubectl.kubernetes.io/last-applied-configuration")
+            .is_some_and(|l| l.contains(TOKEN_CODE_ANNOTATION))
+        {
+            ctx.event(&st, EventType::Warning, "TokenCodeInLastApplied",
+                "the token-code annotation was set with client-side `kubectl apply`, which keeps it in the last-applied-configuration annotation; use `kubectl sts approve` or `kubectl annotate`".into()).await;
+        }
+        if !claim_code(&sts_api, &obs.name, raw, approved_by.is_some()).await? {
+            debug!(namespace = obs.ns, name = obs.name, "code claimed elsewhere or replaced meanwhile");
+            return Ok(Action::requeue(Duration::from_secs(1)));
+        }
+        match &code_state {
+            CodeState::NotNeeded => {
+                ctx.event(&st, EventType::Warning, "TokenCodeIgnored", "this SessionToken has no spec.mfa, so it needs no token code; the annotation was removed".into()).await;
+            }
+            CodeState::Invalid => {
+                set_condition(&mut status.conditions, ISSUING, "False", "InvalidTokenCode", "the token code must be exactly six digits; it was removed unused".into(), obs.generation, obs.now);
+                ctx.event(&st, EventType::Warning, "InvalidTokenCode", "the token code must be exactly six digits; it was removed unused".into()).await;
+            }
+            CodeState::Expired { age } => {
+                let msg = format!("the token code was set {}s ago, longer than the {}s a code is accepted; it was removed unused. Approve again with a fresh code", age.as_secs(), timing.token_code_max_age.as_secs());
+                set_condition(&mut status.conditions, ISSUING, "False", "TokenCodeExpired", msg.clone(), obs.generation, obs.now);
+                ctx.event(&st, EventType::Warning, "TokenCodeExpired", msg).await;
+            }
+            CodeState::Usable => match &obs.blocker {
+                Some(b) => {
+                    let msg = format!("the token code was removed unused: {}", b.message);
+                    set_condition(&mut status.conditions, ISSUING, "False", b.reason, msg.clone(), obs.generation, obs.now);
+                    ctx.event(&st, EventType::Warning, b.reason, msg).await;
+                }
+                None => code_to_use = TokenCode::parse(raw).ok(),
+            },
+            CodeState::Absent => {}
+        }
+    }
+
+    // 2. The current session, as status and the Secret holding it say.
+    let holder = obs.old_secret.as_ref().or(match obs.ownership {
+        Ownership::Ours => obs.out_secret.as_ref(),
+        _ => None,
+    });
+    let held = holder.and_then(secret::read_session).filter(|s| {
+        Some(&s.access_key_id) == old_status.access_key_id.as_ref() && Some(s.expiration) == old_status.expiration
+    });
+    let unsaved = ctx.with_memory(&obs.uid, |m| m.unsaved.take());
+    let session_state = plan::session_state(status.expiration, status.renewal_time, held.is_some(), obs.now);
+    let hash = obs.keys.as_ref().ok().map(|k| plan::session_hash(&st.spec, &obs.region, obs.endpoint.as_deref(), &k.access_key_id));
+    let hash_matches = hash.is_some() && hash == status.session_hash;
+
+    // 3. Mint, if a code was claimed or (without MFA) the session needs it and backoff allows.
+    let retry_at = retry_time(&status, &obs, timing);
+    let spec_changed_since_failure = status.observed_generation != obs.generation;
+    let auto_reason = (!has_mfa).then(|| plan::automatic_mint_reason(&session_state, hash_matches)).flatten();
+    let may_retry = retry_at.is_none_or(|t| obs.now >= t) || spec_changed_since_failure;
+    let mut to_write: Option<(SessionSecret, Option<Approval>)> = unsaved;
+    if to_write.is_none() && obs.blocker.is_none() && (code_to_use.is_some() || (auto_reason.is_some() && may_retry)) {
+        let keys = obs.keys.as_ref().expect("no blocker means keys were read");
+        let approval = code_to_use.as_ref().map(|_| Approval { approved_by: approved_by.clone(), time: plan::round_to_second(obs.now) });
+        info!(namespace = obs.ns, name = obs.name, with_code = code_to_use.is_some(), why = auto_reason.unwrap_or("approved"), "minting a session");
+        let request = SessionRequest {
+            region: &obs.region,
+            endpoint: obs.endpoint.as_deref(),
+            access_key_id: &keys.access_key_id,
+            secret_access_key: &keys.secret_access_key,
+            duration_seconds: st.spec.duration_seconds,
+            mfa: match (code_to_use.take(), st.spec.mfa.as_ref()) {
+                (Some(code), Some(mfa)) => Some((mfa.serial_number.as_str(), code)),
+                _ => None,
+            },
+        };
+        match ctx.sts.get_session_token(request).await {
+            Ok(creds) => {
+                ctx.metrics.sts_call("success");
+                let session = SessionSecret {
+                    access_key_id: creds.access_key_id,
+                    secret_access_key: creds.secret_access_key,
+                    session_token: creds.session_token,
+                    expiration: creds.expiration,
+                };
+                to_write = Some((session, approval));
+            }
+            Err(e) => {
+                ctx.metrics.sts_call(e.metric_outcome());
+                record_failure(&mut status, &obs, &e);
+                let retry = plan::backoff(status.failed_attempts, timing, &obs.uid);
+                warn!(namespace = obs.ns, name = obs.name, reason = e.reason(), error = %e, attempts = status.failed_attempts, "GetSessionToken failed");
+                let note = if has_mfa {
+                    format!("{e}. The code was used up: approve again with a new code")
+                } else {
+                    format!("{e}; retrying in {}s", retry.as_secs())
+                };
+                ctx.event(&st, EventType::Warning, e.reason(), note).await;
+            }
+        }
+    }
+
+    // 4. Write the new session, or move/repair the current one.
+    let written = match to_write {
+        Some((session, approval)) => {
+            let desired = secret::desired_secret(&st, &obs.out_name, &session);
+            if let Err(e) = write_secret(ctx, &obs, &desired).await {
+                ctx.with_memory(&obs.uid, |m| m.unsaved = Some((session, approval)));
+                return Err(Error::SecretWrite(e));
+            }
+            let issued_at = plan::round_to_second(obs.now);
+            status.expiration = Some(session.expiration);
+            status.issued_at = Some(issued_at);
+            status.renewal_time = Some(plan::renewal_time(issued_at, session.expiration, st.spec.renewal.as_ref(), timing, &format!("{}/{}", obs.uid, session.expiration)));
+            status.access_key_id = Some(session.access_key_id.clone());
+            status.secret_name = Some(obs.out_name.clone());
+            status.session_hash = hash.clone();
+            status.rotations += 1;
+            status.failed_attempts = 0;
+            status.last_failure = None;
+            if approval.is_some() {
+                status.last_approval = approval;
+            }
+            set_condition(&mut status.conditions, ISSUING, "True", "Succeeded", format!("session {} issued, expires {}", session.access_key_id, session.expiration), obs.generation, obs.now);
+            ctx.event(&st, EventType::Normal, "Issued", format!("session {} written to Secret {}, expires {}", session.access_key_id, obs.out_name, session.expiration)).await;
+            true
+        }
+        None => {
+            if let (Some(session), true) = (held.as_ref(), obs.blocker.is_none() || matches!(obs.blocker, Some(Blocker { reason: "SourceCredentialsMissing" | "SourceCredentialsInvalid" | "EndpointNotAllowed", .. }))) {
+                if !matches!(obs.ownership, Ownership::Foreign(_)) {
+                    // Same session, but the Secret's metadata or name must change.
+                    let desired = secret::desired_secret(&st, &obs.out_name, session);
+                    let up_to_date = obs.out_secret.as_ref().is_some_and(|s| secret::is_up_to_date(s, &desired));
+                    if !up_to_date {
+                        write_secret(ctx, &obs, &desired).await.map_err(Error::SecretWrite)?;
+                        status.secret_name = Some(obs.out_name.clone());
+                    }
+                }
+            }
+            false
+        }
+    };
+    if let Some(old) = &obs.old_secret {
+        if status.secret_name.as_deref() == Some(obs.out_name.as_str()) {
+            let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &obs.ns);
+            let name = old.name_any();
+            let dp = DeleteParams { preconditions: Some(Preconditions { uid: old.metadata.uid.clone(), resource_version: None }), ..Default::default() };
+            match secrets.delete(&name, &dp).await {
+                Ok(_) => info!(namespace = obs.ns, name = obs.name, old = name, "deleted the previous output Secret after a rename"),
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    // 5. Conditions, events, metrics.
+    let session_state = if written {
+        plan::session_state(status.expiration, status.renewal_time, true, obs.now)
+    } else {
+        session_state
+    };
+    let (ready_status, ready_reason, ready_message) = ready_condition(&st, &obs, &status, &session_state);
+    set_condition(&mut status.conditions, READY, ready_status, ready_reason, ready_message, obs.generation, obs.now);
+    let awaiting_code = has_mfa && !session_state_is_fresh(&session_state);
+    let mut next_event = None;
+    if has_mfa {
+        next_event = code_required_events(ctx, &st, &obs, &status, &session_state).await;
+    }
+    if let SessionState::Expired { expiration } = session_state {
+        let first = ctx.with_memory(&obs.uid, |m| {
+            let first = m.expired_sent != Some(expiration);
+            m.expired_sent = Some(expiration);
+            first
+        });
+        if first && old_status_ready_reason(&old_status) != Some("Expired") {
+            ctx.event(&st, EventType::Warning, "Expired", format!("the session expired at {expiration}; the Secret's credentials no longer work")).await;
+        }
+    }
+    status.observed_generation = obs.generation;
+    ctx.metrics.set_session(&obs.ns, &obs.name, SessionMetrics {
+        expiration: status.expiration,
+        renewal: status.renewal_time,
+        ready: ready_status == "True",
+        awaiting_token_code: awaiting_code,
+    });
+
+    if status != old_status {
+        write_status(&sts_api, &obs.name, &status).await?;
+    }
+
+    // 6. Requeue at the next instant that matters; never poll while healthy.
+    let retry_at = retry_time(&status, &obs, timing);
+    let auto = !has_mfa && obs.blocker.is_none();
+    let source_blocked = obs.blocker.as_ref().is_some_and(|b| b.reason.starts_with("SourceCredentials"));
+    let misses = source_misses(ctx, &obs.uid, source_blocked);
+    let instants = [
+        status.expiration.filter(|e| *e > obs.now),
+        status.renewal_time.filter(|r| *r > obs.now && (auto || has_mfa)),
+        next_event,
+        retry_at.filter(|_| auto),
+        // A missing or broken source Secret is not watched: look again, with capped backoff.
+        source_blocked.then(|| {
+            obs.now + SignedDuration::try_from(plan::backoff(misses, timing, &obs.uid)).unwrap_or(SignedDuration::from_secs(300))
+        }),
+    ];
+    Ok(match plan::requeue_after(obs.now, &instants) {
+        Some(d) => Action::requeue(d),
+        None => Action::await_change(),
+    })
+}
+
+/// How often in a row the source Secret was looked at in vain, to grow its retry delay.
+fn source_misses(ctx: &Context, uid: &str, missing: bool) -> u32 {
+    ctx.with_memory(uid, |m| {
+        m.source_misses = if missing { m.source_misses.saturating_add(1) } else { 0 };
+        m.source_misses
+    })
+}
+
+fn old_status_ready_reason(status: &SessionTokenStatus) -> Option<&str> {
+    status.conditions.iter().find(|c| c.type_ == READY).map(|c| c.reason.as_str())
+}
+
+fn session_state_is_fresh(s: &SessionState) -> bool {
+    matches!(s, SessionState::Valid { .. })
+}
+
+/// When a failed mint may be retried.
+fn retry_time(status: &SessionTokenStatus, obs: &Observed, timing: &Timing) -> Option<Timestamp> {
+    let failure = status.last_failure.as_ref()?;
+    if status.failed_attempts == 0 {
+        return None;
+    }
+    let delay = plan::backoff(status.failed_attempts, timing, &obs.uid);
+    Some(failure.time + SignedDuration::try_from(delay).unwrap_or(SignedDuration::from_secs(300)))
+}
+
+fn record_failure(status: &mut SessionTokenStatus, obs: &Observed, e: &StsError) {
+    status.failed_attempts = status.failed_attempts.saturating_add(1);
+    let message = truncate(&e.to_string(), 500);
+    status.last_failure = Some(Failure { time: plan::round_to_second(obs.now), reason: e.reason().into(), message: message.clone() });
+    set_condition(&mut status.conditions, ISSUING, "False", e.reason(), message, obs.generation, obs.now);
+}
+
+fn ready_condition(st: &SessionToken, obs: &Observed, status: &SessionTokenStatus, session: &SessionState) -> (&'static str, &'static str, String) {
+    let has_mfa = st.spec.mfa.is_some();
+    if let Some(Blocker { reason: "SecretConflict", message }) = &obs.blocker {
+        return ("False", "SecretConflict", message.clone());
+    }
+    let approve_hint = format!("approve with `kubectl sts approve {} -n {}`", obs.name, obs.ns);
+    match session {
+        SessionState::Valid { expiration, renewal } => {
+            let what = if has_mfa { "a new code is needed" } else { "renews" };
+            ("True", "Issued", format!("session valid until {expiration}; {what} at {renewal}"))
+        }
+        SessionState::RenewalDue { expiration } if has_mfa => {
+            ("True", "AwaitingTokenCode", format!("session valid until {expiration}; {approve_hint} before then"))
+        }
+        SessionState::RenewalDue { expiration } => {
+            let why = status.last_failure.as_ref().map(|f| format!("; renewal failing: {}", f.message)).unwrap_or_default();
+            ("True", "Issued", format!("session valid until {expiration}, renewal due{why}"))
+        }
+        other => {
+            if let Some(b) = &obs.blocker {
+                return ("False", b.reason, b.message.clone());
+            }
+            match other {
+                SessionState::SecretMissing { expiration } if has_mfa => (
+                    "False",
+                    "SecretMissing",
+                    format!("the Secret {} no longer holds the session valid until {expiration} (the operator keeps no copy); {approve_hint}", obs.out_name),
+                ),
+                SessionState::Expired { expiration } if has_mfa => ("False", "Expired", format!("the session expired at {expiration}; {approve_hint}")),
+                SessionState::None if has_mfa => ("False", "AwaitingTokenCode", format!("no session yet; {approve_hint}")),
+                _ => match &status.last_failure {
+                    Some(f) => ("False", failure_reason(&f.reason), f.message.clone()),
+                    None => ("False", "Issuing", "minting a session".into()),
+                },
+            }
+        }
+    }
+}
+
+/// Condition reasons are a closed set; map a stored one back to its static name.
+fn failure_reason(reason: &str) -> &'static str {
+    match reason {
+        "SourceCredentialsInvalid" => "SourceCredentialsInvalid",
+        "TokenCodeRejected" => "TokenCodeRejected",
+        "Throttled" => "Throttled",
+        "Expired" => "Expired",
+        _ => "StsError",
+    }
+}
+
+/// Sends `TokenCodeRequired` at the renewal time and every interval after, until a code
+/// arrives or the session expires; returns when the next one is due.
+async fn code_required_events(ctx: &Context, st: &SessionToken, obs: &Observed, status: &SessionTokenStatus, session: &SessionState) -> Option<Timestamp> {
+    let SessionState::RenewalDue { expiration } = session else { return None };
+    let renewal = status.renewal_time?;
+    let (period, next) = plan::code_required_period(renewal, obs.now, ctx.settings.timing.code_required_interval);
+    let send = ctx.with_memory(&obs.uid, |m| {
+        let send = m.code_required_sent != Some((renewal, period));
+        m.code_required_sent = Some((renewal, period));
+        send
+    });
+    if send {
+        let left = expiration.duration_since(obs.now).as_secs().max(0);
+        ctx.event(st, EventType::Warning, "TokenCodeRequired", format!(
+            "the session expires at {expiration} (in {}h{:02}m); approve a new one with `kubectl sts approve {} -n {}`",
+            left / 3600, (left % 3600) / 60, obs.name, obs.ns)).await;
+    }
+    Some(next).filter(|n| n < expiration)
+}
+
+/// Claims the code: one JSON patch that tests the value and removes the annotations, so that
+/// exactly one claimant wins and a newer code set meanwhile survives. Returns false if the
+/// test failed (someone else claimed it, or it changed).
+async fn claim_code(api: &Api<SessionToken>, name: &str, code: &str, has_approved_by: bool) -> Result<bool, Error> {
+    let path = |key: &str| format!("/metadata/annotations/{}", key.replace('~', "~0").replace('/', "~1"));
+    let mut ops = vec![
+        serde_json::json!({"op": "test", "path": path(TOKEN_CODE_ANNOTATION), "value": code}),
+        serde_json::json!({"op": "remove", "path": path(TOKEN_CODE_ANNOTATION)}),
+    ];
+    if has_approved_by {
+        ops.push(serde_json::json!({"op": "remove", "path": path(APPROVED_BY_ANNOTATION)}));
+    }
+    let patch: json_patch::Patch = serde_json::from_value(serde_json::Value::Array(ops)).expect("static patch shape");
+    let pp = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
+    match api.patch(name, &pp, &Patch::<()>::Json(patch)).await {
+        Ok(_) => Ok(true),
+        // A failed `test` op is 422 (Unprocessable) or 409; the object gone is 404.
+        Err(kube::Error::Api(e)) if matches!(e.code, 409 | 422 | 404) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Writes the output Secret: created if absent (never merged into a foreign one), otherwise
+/// applied with a resourceVersion precondition after the ownership check, so a Secret that
+/// changed hands meanwhile is not taken over.
+async fn write_secret(ctx: &Context, obs: &Observed, desired: &Secret) -> Result<(), kube::Error> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &obs.ns);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let result = match (&obs.out_secret, &obs.ownership) {
+            (None, _) | (_, Ownership::Absent) => {
+                secrets.create(&PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }, desired).await.map(|_| ())
+            }
+            (Some(existing), Ownership::Ours) => {
+                let mut body = desired.clone();
+                body.metadata.resource_version = existing.metadata.resource_version.clone();
+                let pp = PatchParams::apply(FIELD_MANAGER).force();
+                secrets.patch(&obs.out_name, &pp, &Patch::Apply(&body)).await.map(|_| ())
+            }
+            (Some(_), Ownership::Foreign(_)) => unreachable!("a blocker stops writes to a foreign Secret"),
+        };
+        match result {
+            Ok(()) => return Ok(()),
+            // 409: the Secret changed since it was read; the next reconcile reads it again.
+            Err(kube::Error::Api(e)) if e.code == 409 => return Err(kube::Error::Api(e)),
+            Err(e) if attempt < 3 => {
+                warn!(namespace = obs.ns, name = obs.name, error = %e, attempt, "writing the output Secret failed; retrying");
+                tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+async fn write_status(api: &Api<SessionToken>, name: &str, status: &SessionTokenStatus) -> Result<(), Error> {
+    let body = serde_json::json!({
+        "apiVersion": SessionToken::api_version(&()),
+        "kind": SessionToken::kind(&()),
+        "status": status,
+    });
+    let pp = PatchParams::apply(FIELD_MANAGER).force();
+    api.patch_status(name, &pp, &Patch::Apply(&body)).await?;
+    Ok(())
+}
+
+/// Hash of what should trigger a reconcile: generation (spec), annotations (codes!), labels
+/// and deletion. Status-only changes, our own writes included, are filtered out.
+fn trigger_hash(st: &SessionToken) -> Option<u64> {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    st.metadata.generation.hash(&mut h);
+    st.metadata.annotations.hash(&mut h);
+    st.metadata.uid.hash(&mut h);
+    st.metadata.deletion_timestamp.is_some().hash(&mut h);
+    Some(h.finish())
+}
+
+/// Runs the controller for one scope (all namespaces, or one) until `shutdown` resolves.
+pub async fn run(ctx: Arc<Context>, namespace: Option<String>, concurrency: u16, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
+    let client = ctx.client.clone();
+    let (sessions, secrets): (Api<SessionToken>, Api<PartialObjectMeta<Secret>>) = match &namespace {
+        Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
+        None => (Api::all(client.clone()), Api::all(client.clone())),
+    };
+    let (reader, writer) = reflector::store();
+    let metrics = ctx.metrics.clone();
+    let forget_ctx = ctx.clone();
+    let main_stream = watcher(sessions, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .reflect(writer)
+        .inspect_ok(move |event| {
+            if let watcher::Event::Delete(st) = event {
+                metrics.remove_session(&st.namespace().unwrap_or_default(), &st.name_any());
+                forget_ctx.forget(st.metadata.uid.as_deref().unwrap_or_default());
+            }
+        })
+        .applied_objects()
+        .predicate_filter(trigger_hash, Default::default());
+    // Only Secrets the operator labelled, and only their metadata: memory stays flat however
+    // many Secrets the cluster holds.
+    let owned = watcher(secrets, watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={FIELD_MANAGER}")).any_semantic())
+        .default_backoff()
+        .touched_objects();
+    Controller::for_stream(main_stream, reader)
+        .owns_stream(owned)
+        .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((obj, _)) => debug!(object = %obj, "reconciled"),
+                Err(kube::runtime::controller::Error::ObjectNotFound(obj)) => debug!(object = %obj, "gone"),
+                Err(e) => debug!(error = %e, "controller event"),
+            }
+        })
+        .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + s).unwrap()
+    }
+
+    #[test]
+    fn conditions_keep_transition_time_when_status_is_unchanged() {
+        let mut c = vec![];
+        set_condition(&mut c, READY, "False", "AwaitingTokenCode", "a".into(), Some(1), t(0));
+        set_condition(&mut c, READY, "False", "Expired", "b".into(), Some(2), t(10));
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].last_transition_time, t(0));
+        assert_eq!(c[0].reason, "Expired");
+        assert_eq!(c[0].observed_generation, Some(2));
+        set_condition(&mut c, READY, "True", "Issued", "c".into(), Some(2), t(20));
+        assert_eq!(c[0].last_transition_time, t(20));
+        set_condition(&mut c, ISSUING, "True", "Succeeded", "d".into(), Some(2), t(30));
+        assert_eq!(c.len(), 2);
+    }
+
+    #[test]
+    fn long_messages_are_cut_on_a_char_boundary() {
+        let s = "é".repeat(600);
+        let cut = truncate(&s, 1000);
+        assert!(cut.len() <= 1004 && cut.ends_with('…'));
+        assert_eq!(truncate("short", 10), "short");
+    }
+}

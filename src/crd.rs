@@ -1,0 +1,328 @@
+//! The `SessionToken` custom resource (group `stssession.dev`, version `v1alpha1`).
+//!
+//! Doc comments on these types become the `kubectl explain` text, and the validation attributes
+//! become the CRD's OpenAPI schema and CEL rules, so bad input is refused at `kubectl apply`.
+
+use jiff::Timestamp;
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// API group of the resource and prefix of every annotation and label the operator uses.
+pub const GROUP: &str = "stssession.dev";
+/// Annotation holding a six-digit MFA code: the approval of one session. Claimed (removed) once.
+pub const TOKEN_CODE_ANNOTATION: &str = "stssession.dev/token-code";
+/// Annotation naming who approved; recorded in `status.lastApproval`, removed with the code.
+pub const APPROVED_BY_ANNOTATION: &str = "stssession.dev/approved-by";
+/// Label on every output Secret: the owning SessionToken's UID (names can exceed label length).
+pub const OWNER_UID_LABEL: &str = "stssession.dev/session-token-uid";
+/// Annotation on every output Secret: the owning SessionToken's name, for people.
+pub const OWNER_NAME_ANNOTATION: &str = "stssession.dev/session-token";
+/// Field manager of every write the operator makes.
+pub const FIELD_MANAGER: &str = "sts-session-operator";
+
+pub const DEFAULT_DURATION_SECONDS: i32 = 43_200;
+pub const DEFAULT_RENEW_BEFORE_PERCENTAGE: u8 = 33;
+
+fn default_duration_seconds() -> i32 {
+    DEFAULT_DURATION_SECONDS
+}
+fn default_access_key_id_key() -> String {
+    "AWS_ACCESS_KEY_ID".into()
+}
+fn default_secret_access_key_key() -> String {
+    "AWS_SECRET_ACCESS_KEY".into()
+}
+
+/// A SessionToken keeps short-lived AWS STS session credentials (GetSessionToken) in a Secret,
+/// minted from an IAM user's long-term keys and, when `mfa` is set, a person's MFA code given as
+/// the annotation `stssession.dev/token-code` (see `kubectl sts approve`).
+#[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "stssession.dev",
+    version = "v1alpha1",
+    kind = "SessionToken",
+    namespaced,
+    shortname = "st",
+    status = "SessionTokenStatus",
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Status","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name":"Expires","type":"string","jsonPath":".status.expiration"}"#,
+    printcolumn = r#"{"name":"Secret","type":"string","jsonPath":".status.secretName"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    validation = Rule::new("self.spec.sourceCredentials.secretRef.name != (has(self.spec.secret) && has(self.spec.secret.name) ? self.spec.secret.name : self.metadata.name)").message("the output Secret (spec.secret.name, default: the SessionToken's name) must differ from the source Secret")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionTokenSpec {
+    /// How long each session lasts, in seconds: 900 (15 minutes) to 129600 (36 hours).
+    /// STS may return a shorter session (for an account root user, at most 3600 s); renewal is
+    /// timed from the expiration STS actually returns.
+    #[serde(default = "default_duration_seconds")]
+    #[schemars(range(min = 900, max = 129600))]
+    pub duration_seconds: i32,
+
+    /// The MFA device whose codes approve sessions. Without it, sessions are minted and rotated
+    /// with no person involved; with it, each session needs a code (annotation
+    /// `stssession.dev/token-code`) and the operator warns before the current one expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mfa: Option<MfaSpec>,
+
+    /// Where the IAM user's long-term access keys are: a Secret in this SessionToken's namespace.
+    pub source_credentials: SourceCredentials,
+
+    /// AWS region of the STS endpoint (e.g. `eu-west-1`). Default: the operator's `--default-region`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64), regex(pattern = r"^[a-z0-9-]+$"))]
+    pub region: Option<String>,
+
+    /// STS endpoint URL, e.g. `https://sts.eu-west-1.amazonaws.com` or a VPC endpoint. It receives
+    /// a signed request and the MFA code, so it must match the operator's allow-list
+    /// (`--allowed-sts-endpoints`); otherwise the SessionToken is not Ready (`EndpointNotAllowed`).
+    /// Default: the operator's `--sts-endpoint`, else AWS's regional endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub endpoint: Option<String>,
+
+    /// The Secret the session credentials are written to, in this namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<OutputSecretSpec>,
+
+    /// When to renew, before the session expires. Default: 33 % of the session's lifetime.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renewal: Option<RenewalSpec>,
+}
+
+/// The MFA device that approves sessions.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MfaSpec {
+    /// Serial number of a hardware device, or the ARN of a virtual device
+    /// (`arn:aws:iam::123456789012:mfa/alice`): 9 to 256 characters of `[\w+=,.@:/-]`.
+    #[schemars(length(min = 9, max = 256), regex(pattern = r"^[\w+=,.@:/-]+$"))]
+    pub serial_number: String,
+}
+
+/// Source of the IAM user's long-term keys.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceCredentials {
+    /// A Secret in the SessionToken's own namespace (there is deliberately no namespace field).
+    pub secret_ref: SourceSecretRef,
+}
+
+/// A Secret holding long-term keys (an `AKIA…` access key id and its secret access key).
+/// Session credentials (an `ASIA…` key id, or a session token beside the keys) are refused:
+/// STS only issues session tokens for long-term keys.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceSecretRef {
+    /// Name of the Secret, in the SessionToken's namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key of the access key id in the Secret's data.
+    #[serde(default = "default_access_key_id_key")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub access_key_id_key: String,
+    /// Key of the secret access key in the Secret's data.
+    #[serde(default = "default_secret_access_key_key")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub secret_access_key_key: String,
+}
+
+/// The output Secret.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct OutputSecretSpec {
+    /// Name of the Secret to write. Default: the SessionToken's name. Must differ from the
+    /// source Secret. Changing it moves the current credentials to the new Secret and deletes
+    /// the old one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    pub name: Option<String>,
+    /// Labels set on the Secret (and kept there).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Annotations set on the Secret (and kept there).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    /// Keep the Secret when the SessionToken is deleted (no owner reference). Default false:
+    /// the Secret is garbage-collected with its SessionToken.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub retain_on_delete: bool,
+}
+
+/// When to renew a session, before it expires. Set at most one field.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!(has(self.renewBeforePercentage) && has(self.renewBefore))").message("set renewBeforePercentage or renewBefore, not both"))]
+pub struct RenewalSpec {
+    /// Renew when this percentage of the session's lifetime remains (1 to 99).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 99))]
+    pub renew_before_percentage: Option<u8>,
+    /// Renew this long before expiry, as a duration such as `2h`, `90m` or `1h30m`. If it is
+    /// not shorter than the session's lifetime, a third of the lifetime is used instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    pub renew_before: Option<String>,
+}
+
+/// Observed state, written by the operator only.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionTokenStatus {
+    /// The generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`: is there a valid Secret now. `Issuing`: how the last attempt to mint went.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// When the current session expires (the expiration STS returned), RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    pub expiration: Option<Timestamp>,
+    /// When the current session is renewed (or, with MFA, a new code is asked for).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    pub renewal_time: Option<Timestamp>,
+    /// When the current session was minted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    pub issued_at: Option<Timestamp>,
+    /// The current session's access key id (public; the secret parts are only in the Secret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_key_id: Option<String>,
+    /// The Secret holding the current session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+    /// Fingerprint of the settings the current session was minted with (duration, MFA device,
+    /// source keys, region, endpoint); a change means the session no longer matches its spec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_hash: Option<String>,
+    /// The last approval that minted a session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_approval: Option<Approval>,
+    /// Sessions minted so far.
+    #[serde(default)]
+    pub rotations: i64,
+    /// The last failed attempt to mint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure: Option<Failure>,
+    /// Failed attempts since the last success; drives the retry backoff.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub failed_attempts: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// Who approved a session, and when.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Approval {
+    /// The `stssession.dev/approved-by` annotation that came with the code, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approved_by: Option<String>,
+    /// When the code was used.
+    #[schemars(with = "String")]
+    pub time: Timestamp,
+}
+
+/// A failed attempt to mint.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Failure {
+    #[schemars(with = "String")]
+    pub time: Timestamp,
+    pub reason: String,
+    pub message: String,
+}
+
+/// A status condition, shaped like `metav1.Condition`.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    pub reason: String,
+    #[serde(default)]
+    pub message: String,
+    #[schemars(with = "String")]
+    pub last_transition_time: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+impl SessionToken {
+    /// Name of the output Secret: `spec.secret.name`, else the SessionToken's own name.
+    pub fn output_secret_name(&self) -> String {
+        self.spec
+            .secret
+            .as_ref()
+            .and_then(|s| s.name.clone())
+            .unwrap_or_else(|| self.metadata.name.clone().unwrap_or_default())
+    }
+
+    pub fn condition(&self, type_: &str) -> Option<&Condition> {
+        self.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::CustomResourceExt;
+
+    #[test]
+    fn schema_carries_validation() {
+        let crd = serde_json::to_string(&SessionToken::crd()).unwrap();
+        for needle in [
+            r#""minimum":900"#,
+            r#""maximum":129600"#,
+            r#""default":43200"#,
+            r#""minLength":9"#,
+            r#""maxLength":256"#,
+            "renewBeforePercentage or renewBefore, not both",
+            "must differ from the source Secret",
+            r#""shortNames":["st"]"#,
+        ] {
+            assert!(crd.contains(needle), "CRD lacks {needle}");
+        }
+    }
+
+    #[test]
+    fn spec_defaults_apply_when_fields_are_absent() {
+        let spec: SessionTokenSpec = serde_json::from_value(serde_json::json!({
+            "sourceCredentials": {"secretRef": {"name": "keys"}}
+        }))
+        .unwrap();
+        assert_eq!(spec.duration_seconds, 43200);
+        assert_eq!(spec.source_credentials.secret_ref.access_key_id_key, "AWS_ACCESS_KEY_ID");
+        assert_eq!(spec.source_credentials.secret_ref.secret_access_key_key, "AWS_SECRET_ACCESS_KEY");
+    }
+}
+
+/// The CRD as YAML, exactly as checked in under `crds/`.
+pub fn crd_yaml() -> String {
+    use kube::CustomResourceExt;
+    let yaml = serde_yaml::to_string(&SessionToken::crd()).expect("the CRD serialises");
+    format!("# Generated by `cargo run --bin crdgen`; DO NOT EDIT.\n{yaml}")
+}
+
+#[cfg(test)]
+mod sync {
+    /// `crds/` must be what `crdgen` prints: regenerate with
+    /// `cargo run --bin crdgen > crds/stssession.dev_sessiontokens.yaml`.
+    #[test]
+    fn checked_in_crd_matches_the_types() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/stssession.dev_sessiontokens.yaml");
+        let checked_in = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            checked_in == super::crd_yaml(),
+            "{path} is out of date: run `cargo run --bin crdgen > crds/stssession.dev_sessiontokens.yaml`"
+        );
+    }
+}

@@ -1,0 +1,452 @@
+//! Decisions, as pure functions of what the reconciler read and the clock: whether a code on the
+//! resource is usable, whether the current session is valid, when to renew, whether to mint,
+//! how long to back off, what the conditions say. No I/O here, so all of it is tested directly.
+
+use crate::crd::{RenewalSpec, SessionToken, SessionTokenSpec, DEFAULT_RENEW_BEFORE_PERCENTAGE};
+use jiff::{SignedDuration, Timestamp};
+use std::time::Duration;
+
+/// Tunables of the decisions (flags of the operator; tests shorten them).
+#[derive(Clone, Debug)]
+pub struct Timing {
+    /// A code annotation older than this is dropped unused (`TokenCodeExpired`): TOTP codes
+    /// live about 30 s, and an old code would only earn an AccessDenied.
+    pub token_code_max_age: Duration,
+    /// `TokenCodeRequired` events repeat this often while a code is awaited (Events expire
+    /// after an hour, so a single one would vanish).
+    pub code_required_interval: Duration,
+    /// First retry delay after a failed mint; doubles per failure.
+    pub backoff_base: Duration,
+    /// Longest retry delay.
+    pub backoff_cap: Duration,
+    /// Largest random advance of the renewal time (so aligned sessions do not storm STS);
+    /// the jitter is also at most 5 % of the renewal window.
+    pub renewal_jitter_max: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Self {
+            token_code_max_age: Duration::from_secs(90),
+            code_required_interval: Duration::from_secs(30 * 60),
+            backoff_base: Duration::from_secs(5),
+            backoff_cap: Duration::from_secs(5 * 60),
+            renewal_jitter_max: Duration::from_secs(5 * 60),
+        }
+    }
+}
+
+/// A number in [0, 1) derived from a seed: stable for the same seed, spread across seeds.
+/// Used for jitter that must not move between reconciles of the same object.
+pub fn unit_jitter(seed: &str) -> f64 {
+    // FNV-1a then a splitmix64 finaliser: plenty for spreading, no dependency.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in seed.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^= h >> 31;
+    (h >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Parses a Go-style duration as the CRD pattern admits it (`90m`, `1h30m`, `1.5h`, `500ms`).
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let mut total = 0f64;
+    let mut rest = text;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        let value: f64 = rest[..num_len].parse().ok()?;
+        rest = &rest[num_len..];
+        let (unit, len) = if rest.starts_with("ms") {
+            (0.001, 2)
+        } else if rest.starts_with('s') {
+            (1.0, 1)
+        } else if rest.starts_with('m') {
+            (60.0, 1)
+        } else if rest.starts_with('h') {
+            (3600.0, 1)
+        } else {
+            return None;
+        };
+        rest = &rest[len..];
+        total += value * unit;
+    }
+    (total.is_finite() && total < 1e9).then(|| Duration::from_secs_f64(total))
+}
+
+/// The renewal time of a session that was issued at `issued_at` and expires at `expiration`
+/// (as STS returned it, not as requested): expiration minus the renewal window, minus a
+/// jitter that is stable for the same `jitter_seed`.
+///
+/// The window is `renewBefore`, else `renewBeforePercentage` of the lifetime (default 33 %);
+/// a window not shorter than the lifetime falls back to a third of the lifetime.
+pub fn renewal_time(
+    issued_at: Timestamp,
+    expiration: Timestamp,
+    renewal: Option<&RenewalSpec>,
+    timing: &Timing,
+    jitter_seed: &str,
+) -> Timestamp {
+    let lifetime = expiration.duration_since(issued_at).max(SignedDuration::ZERO);
+    let lifetime_secs = lifetime.as_secs_f64();
+    let window_secs = match renewal {
+        Some(RenewalSpec { renew_before: Some(text), .. }) => {
+            parse_duration(text).map(|d| d.as_secs_f64()).unwrap_or(lifetime_secs / 3.0)
+        }
+        Some(RenewalSpec { renew_before_percentage: Some(p), .. }) => {
+            lifetime_secs * f64::from((*p).clamp(1, 99)) / 100.0
+        }
+        _ => lifetime_secs * f64::from(DEFAULT_RENEW_BEFORE_PERCENTAGE) / 100.0,
+    };
+    let window_secs = if window_secs >= lifetime_secs { lifetime_secs / 3.0 } else { window_secs };
+    let jitter_secs = (window_secs * 0.05).min(timing.renewal_jitter_max.as_secs_f64())
+        * unit_jitter(jitter_seed);
+    let advance = SignedDuration::from_secs_f64(window_secs + jitter_secs);
+    round_to_second(expiration - advance).max(issued_at)
+}
+
+/// Whole seconds: status timestamps are compared across reconciles and must not wobble.
+pub fn round_to_second(t: Timestamp) -> Timestamp {
+    Timestamp::from_second(t.as_second()).unwrap_or(t)
+}
+
+/// Delay before retry `attempt` (1-based) after a failure: exponential, capped, with up to
+/// 20 % jitter that is stable per `seed` (so repeated reconciles agree on the retry time).
+pub fn backoff(attempt: u32, timing: &Timing, seed: &str) -> Duration {
+    let exp = attempt.saturating_sub(1).min(20);
+    let raw = timing.backoff_base.as_secs_f64() * 2f64.powi(exp as i32);
+    let capped = raw.min(timing.backoff_cap.as_secs_f64());
+    let jittered = capped * (0.8 + 0.2 * unit_jitter(&format!("{seed}/{attempt}")));
+    Duration::from_secs_f64(jittered)
+}
+
+/// What the code annotation on a SessionToken amounts to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CodeState {
+    /// No code annotation.
+    Absent,
+    /// A well-formed, fresh code on an MFA SessionToken: claim it and use it.
+    Usable,
+    /// Not six ASCII digits. Claimed and dropped, no STS call.
+    Invalid,
+    /// Older than the maximum age. Claimed and dropped, no STS call.
+    Expired { age: Duration },
+    /// A code on a SessionToken without `mfa`. Claimed and dropped with a warning.
+    NotNeeded,
+}
+
+/// Classifies the code annotation. `set_at` is when the annotation was last written (from
+/// `managedFields`); unknown means fresh, since the API server always records it.
+pub fn code_state(
+    raw_code: Option<&str>,
+    has_mfa: bool,
+    set_at: Option<Timestamp>,
+    now: Timestamp,
+    timing: &Timing,
+) -> CodeState {
+    let Some(raw) = raw_code else { return CodeState::Absent };
+    if !has_mfa {
+        return CodeState::NotNeeded;
+    }
+    if !is_six_digits(raw) {
+        return CodeState::Invalid;
+    }
+    if let Some(set_at) = set_at {
+        let age = now.duration_since(set_at);
+        if age > SignedDuration::try_from(timing.token_code_max_age).unwrap_or(SignedDuration::MAX) {
+            return CodeState::Expired { age: age.unsigned_abs() };
+        }
+    }
+    CodeState::Usable
+}
+
+fn is_six_digits(raw: &str) -> bool {
+    raw.len() == 6 && raw.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// The time the annotation `key` was last set, from the object's `managedFields`: the newest
+/// entry whose field set contains it.
+pub fn annotation_set_at(st: &SessionToken, key: &str) -> Option<Timestamp> {
+    let needle = format!("\"f:{key}\"");
+    st.metadata
+        .managed_fields
+        .as_ref()?
+        .iter()
+        .filter(|mf| {
+            mf.fields_v1.as_ref().is_some_and(|f| {
+                f.0.get("f:metadata")
+                    .and_then(|m| m.get("f:annotations"))
+                    .is_some_and(|a| a.to_string().contains(&needle))
+            })
+        })
+        .filter_map(|mf| mf.time.as_ref().map(|t| t.0))
+        .max()
+}
+
+/// Fingerprint of everything that shapes a session: when it changes, the current session no
+/// longer matches its spec (non-MFA: mint at once; MFA: at the next approval).
+pub fn session_hash(spec: &SessionTokenSpec, region: &str, endpoint: Option<&str>, source_key_id: &str) -> String {
+    let serial = spec.mfa.as_ref().map(|m| m.serial_number.as_str()).unwrap_or("");
+    let text = format!(
+        "v1|{}|{}|{}|{}|{}",
+        spec.duration_seconds,
+        serial,
+        region,
+        endpoint.unwrap_or(""),
+        source_key_id
+    );
+    format!("{:016x}", (unit_jitter(&text) * (1u64 << 53) as f64) as u64)
+}
+
+/// The state of the current session, from status and the output Secret.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SessionState {
+    /// Never minted (or the record was lost).
+    None,
+    /// Valid and matching the Secret; renew at `renewal`.
+    Valid { expiration: Timestamp, renewal: Timestamp },
+    /// Valid, but the renewal time has passed.
+    RenewalDue { expiration: Timestamp },
+    /// Past its expiration.
+    Expired { expiration: Timestamp },
+    /// Status says a session is valid, but the Secret is gone or no longer holds it.
+    SecretMissing { expiration: Timestamp },
+}
+
+impl SessionState {
+    pub fn is_valid(&self) -> bool {
+        matches!(self, SessionState::Valid { .. } | SessionState::RenewalDue { .. })
+    }
+}
+
+/// The session's state: `secret_holds_session` says whether the output Secret holds the
+/// session recorded in status (same access key id and expiration, all keys present).
+pub fn session_state(
+    expiration: Option<Timestamp>,
+    renewal: Option<Timestamp>,
+    secret_holds_session: bool,
+    now: Timestamp,
+) -> SessionState {
+    let Some(expiration) = expiration else { return SessionState::None };
+    if now >= expiration {
+        return SessionState::Expired { expiration };
+    }
+    if !secret_holds_session {
+        return SessionState::SecretMissing { expiration };
+    }
+    match renewal {
+        Some(renewal) if now < renewal => SessionState::Valid { expiration, renewal },
+        _ => SessionState::RenewalDue { expiration },
+    }
+}
+
+/// Why a non-MFA SessionToken mints now, if it does.
+pub fn automatic_mint_reason(session: &SessionState, hash_matches: bool) -> Option<&'static str> {
+    match session {
+        SessionState::None => Some("no session yet"),
+        SessionState::Expired { .. } => Some("session expired"),
+        SessionState::SecretMissing { .. } => Some("output Secret missing or altered"),
+        SessionState::RenewalDue { .. } => Some("renewal time reached"),
+        SessionState::Valid { .. } if !hash_matches => Some("spec changed"),
+        SessionState::Valid { .. } => None,
+    }
+}
+
+/// When a `TokenCodeRequired` event is due: at the renewal time, then every interval.
+/// Returns the index of the current period (0 = at renewal) and when the next one starts.
+pub fn code_required_period(renewal: Timestamp, now: Timestamp, interval: Duration) -> (u64, Timestamp) {
+    let elapsed = now.duration_since(renewal).as_secs_f64().max(0.0);
+    let step = interval.as_secs_f64().max(1.0);
+    let period = (elapsed / step).floor() as u64;
+    let next = renewal + SignedDuration::from_secs_f64(step * (period + 1) as f64);
+    (period, next)
+}
+
+/// Earliest of the given future instants, as a delay from `now`; `None` when there is none.
+pub fn requeue_after(now: Timestamp, instants: &[Option<Timestamp>]) -> Option<Duration> {
+    instants
+        .iter()
+        .flatten()
+        .map(|t| t.duration_since(now))
+        .min()
+        .map(|d| d.max(SignedDuration::from_millis(200)).unsigned_abs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::RenewalSpec;
+
+    fn t(s: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + s).unwrap()
+    }
+
+    fn no_jitter() -> Timing {
+        Timing { renewal_jitter_max: Duration::ZERO, ..Timing::default() }
+    }
+
+    #[test]
+    fn renewal_defaults_to_a_third_of_the_returned_lifetime() {
+        // Requested 12 h, but STS returned 1 h (account root): renew 33 % before that hour ends.
+        let r = renewal_time(t(0), t(3600), None, &no_jitter(), "uid");
+        assert_eq!(r, t(3600 - 1188));
+    }
+
+    #[test]
+    fn renewal_percentage_and_duration_windows() {
+        let pct = RenewalSpec { renew_before_percentage: Some(10), renew_before: None };
+        assert_eq!(renewal_time(t(0), t(1000), Some(&pct), &no_jitter(), "x"), t(900));
+        let dur = RenewalSpec { renew_before_percentage: None, renew_before: Some("5m".into()) };
+        assert_eq!(renewal_time(t(0), t(3600), Some(&dur), &no_jitter(), "x"), t(3300));
+    }
+
+    #[test]
+    fn window_not_shorter_than_lifetime_falls_back_to_a_third() {
+        let dur = RenewalSpec { renew_before_percentage: None, renew_before: Some("2h".into()) };
+        assert_eq!(renewal_time(t(0), t(3600), Some(&dur), &no_jitter(), "x"), t(2400));
+        let dur = RenewalSpec { renew_before_percentage: None, renew_before: Some("1h".into()) };
+        assert_eq!(renewal_time(t(0), t(3600), Some(&dur), &no_jitter(), "x"), t(2400));
+    }
+
+    #[test]
+    fn jitter_only_advances_renewal_and_is_stable_and_spread() {
+        let timing = Timing::default();
+        let base = renewal_time(t(0), t(43200), None, &no_jitter(), "a");
+        let mut distinct = std::collections::BTreeSet::new();
+        for i in 0..50 {
+            let seed = format!("uid-{i}");
+            let r = renewal_time(t(0), t(43200), None, &timing, &seed);
+            assert!(r <= base && r >= base - SignedDuration::from_secs(300), "{r} vs {base}");
+            assert_eq!(r, renewal_time(t(0), t(43200), None, &timing, &seed));
+            distinct.insert(r);
+        }
+        assert!(distinct.len() > 40, "jitter does not spread: {}", distinct.len());
+    }
+
+    #[test]
+    fn renewal_never_before_issue_for_tiny_lifetimes() {
+        assert!(renewal_time(t(0), t(3), None, &Timing::default(), "s") >= t(0));
+        assert_eq!(renewal_time(t(10), t(5), None, &Timing::default(), "s"), t(10));
+    }
+
+    #[test]
+    fn durations_parse_like_the_schema_admits() {
+        assert_eq!(parse_duration("90m"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("1.5h"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        for bad in ["", "5", "h", "5d", "1h-5m", "1..5h", "99999999999h"] {
+            assert_eq!(parse_duration(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn backoff_grows_caps_and_is_stable() {
+        let timing = Timing::default();
+        let d1 = backoff(1, &timing, "u");
+        let d2 = backoff(2, &timing, "u");
+        let d5 = backoff(5, &timing, "u");
+        assert!(d1 >= Duration::from_secs(4) && d1 <= Duration::from_secs(5), "{d1:?}");
+        assert!(d2 >= Duration::from_secs(8) && d2 <= Duration::from_secs(10), "{d2:?}");
+        assert!(d5 >= Duration::from_secs(64) && d5 <= Duration::from_secs(80), "{d5:?}");
+        for n in [10, 30, 1000, u32::MAX] {
+            let d = backoff(n, &timing, "u");
+            assert!(d <= timing.backoff_cap && d >= timing.backoff_cap.mul_f64(0.8), "{n}: {d:?}");
+        }
+        assert_eq!(backoff(3, &timing, "u"), backoff(3, &timing, "u"));
+        assert_ne!(backoff(3, &timing, "u"), backoff(3, &timing, "v"));
+    }
+
+    #[test]
+    fn code_states() {
+        let timing = Timing::default();
+        let now = t(1000);
+        assert_eq!(code_state(None, true, None, now, &timing), CodeState::Absent);
+        assert_eq!(code_state(Some("123456"), true, Some(t(990)), now, &timing), CodeState::Usable);
+        assert_eq!(code_state(Some("123456"), true, None, now, &timing), CodeState::Usable);
+        assert_eq!(code_state(Some("123456"), false, Some(t(990)), now, &timing), CodeState::NotNeeded);
+        assert_eq!(
+            code_state(Some("123456"), true, Some(t(900)), now, &timing),
+            CodeState::Expired { age: Duration::from_secs(100) }
+        );
+        // exactly at the limit is still usable
+        assert_eq!(code_state(Some("123456"), true, Some(t(910)), now, &timing), CodeState::Usable);
+        for bad in ["12ab5", "12345", "1234567", " 123456", "123456 ", "+12345", "１２３４５６", "", "12 456", "-12345"] {
+            assert_eq!(code_state(Some(bad), true, Some(t(999)), now, &timing), CodeState::Invalid, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn session_states() {
+        let now = t(100);
+        assert_eq!(session_state(None, None, false, now), SessionState::None);
+        assert_eq!(
+            session_state(Some(t(200)), Some(t(150)), true, now),
+            SessionState::Valid { expiration: t(200), renewal: t(150) }
+        );
+        assert_eq!(session_state(Some(t(200)), Some(t(100)), true, now), SessionState::RenewalDue { expiration: t(200) });
+        assert_eq!(session_state(Some(t(200)), None, true, now), SessionState::RenewalDue { expiration: t(200) });
+        assert_eq!(session_state(Some(t(100)), Some(t(50)), true, now), SessionState::Expired { expiration: t(100) });
+        assert_eq!(session_state(Some(t(200)), Some(t(150)), false, now), SessionState::SecretMissing { expiration: t(200) });
+        // an expired session is Expired even if the Secret is gone
+        assert_eq!(session_state(Some(t(50)), Some(t(20)), false, now), SessionState::Expired { expiration: t(50) });
+    }
+
+    #[test]
+    fn automatic_minting() {
+        let valid = SessionState::Valid { expiration: t(2), renewal: t(1) };
+        assert_eq!(automatic_mint_reason(&valid, true), None);
+        assert_eq!(automatic_mint_reason(&valid, false), Some("spec changed"));
+        assert!(automatic_mint_reason(&SessionState::None, true).is_some());
+        assert!(automatic_mint_reason(&SessionState::RenewalDue { expiration: t(1) }, true).is_some());
+        assert!(automatic_mint_reason(&SessionState::Expired { expiration: t(1) }, true).is_some());
+        assert!(automatic_mint_reason(&SessionState::SecretMissing { expiration: t(1) }, true).is_some());
+    }
+
+    #[test]
+    fn code_required_events_repeat_per_interval() {
+        let interval = Duration::from_secs(1800);
+        assert_eq!(code_required_period(t(0), t(0), interval), (0, t(1800)));
+        assert_eq!(code_required_period(t(0), t(1799), interval), (0, t(1800)));
+        assert_eq!(code_required_period(t(0), t(1800), interval), (1, t(3600)));
+        assert_eq!(code_required_period(t(0), t(5000), interval), (2, t(5400)));
+    }
+
+    #[test]
+    fn requeue_picks_the_earliest_instant_and_never_zero() {
+        assert_eq!(requeue_after(t(0), &[None, Some(t(30)), Some(t(10))]), Some(Duration::from_secs(10)));
+        assert_eq!(requeue_after(t(0), &[None]), None);
+        assert_eq!(requeue_after(t(10), &[Some(t(0))]), Some(Duration::from_millis(200)));
+    }
+
+    #[test]
+    fn session_hash_tracks_what_shapes_a_session() {
+        let spec: SessionTokenSpec = serde_json::from_value(serde_json::json!({
+            "sourceCredentials": {"secretRef": {"name": "keys"}}
+        }))
+        .unwrap();
+        let h = session_hash(&spec, "us-east-1", None, "AKIA1");
+        assert_eq!(h, session_hash(&spec, "us-east-1", None, "AKIA1"));
+        assert_ne!(h, session_hash(&spec, "eu-west-1", None, "AKIA1"));
+        assert_ne!(h, session_hash(&spec, "us-east-1", Some("https://x"), "AKIA1"));
+        assert_ne!(h, session_hash(&spec, "us-east-1", None, "AKIA2"));
+        let mut longer = spec.clone();
+        longer.duration_seconds = 900;
+        assert_ne!(h, session_hash(&longer, "us-east-1", None, "AKIA1"));
+    }
+
+    #[test]
+    fn unit_jitter_is_in_range() {
+        for i in 0..1000 {
+            let j = unit_jitter(&i.to_string());
+            assert!((0.0..1.0).contains(&j));
+        }
+    }
+}

@@ -1,0 +1,403 @@
+//! The Secrets at both ends: reading the IAM user's long-term keys, and rendering, recognising
+//! and checking the output Secret that holds the session.
+
+use crate::crd::{
+    SessionToken, SourceSecretRef, FIELD_MANAGER, OWNER_NAME_ANNOTATION, OWNER_UID_LABEL,
+};
+use crate::sensitive::Sensitive;
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::ByteString;
+use kube::Resource;
+use std::collections::BTreeMap;
+
+pub const KEY_ACCESS_KEY_ID: &str = "AWS_ACCESS_KEY_ID";
+pub const KEY_SECRET_ACCESS_KEY: &str = "AWS_SECRET_ACCESS_KEY";
+pub const KEY_SESSION_TOKEN: &str = "AWS_SESSION_TOKEN";
+pub const KEY_EXPIRATION: &str = "AWS_SESSION_EXPIRATION";
+/// An AWS shared-credentials file (profile `default`), for volume mounts with
+/// `AWS_SHARED_CREDENTIALS_FILE`.
+pub const KEY_CREDENTIALS_FILE: &str = "credentials";
+
+/// Marks output Secrets, so the operator's Secret watch can be label-filtered.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+
+/// Session credentials as the output Secret carries them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SessionSecret {
+    pub access_key_id: String,
+    pub secret_access_key: Sensitive<String>,
+    pub session_token: Sensitive<String>,
+    pub expiration: Timestamp,
+}
+
+/// The IAM user's long-term keys, read from the source Secret.
+#[derive(Clone, Debug)]
+pub struct LongTermKeys {
+    pub access_key_id: String,
+    pub secret_access_key: Sensitive<String>,
+}
+
+/// Why the source Secret cannot be used. Maps to the `Ready`/`Issuing` reasons.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SourceProblem {
+    #[error("{0}")]
+    Missing(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl SourceProblem {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            SourceProblem::Missing(_) => "SourceCredentialsMissing",
+            SourceProblem::Invalid(_) => "SourceCredentialsInvalid",
+        }
+    }
+}
+
+fn data_text<'a>(secret: &'a Secret, key: &str) -> Option<Result<&'a str, ()>> {
+    secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .map(|v| std::str::from_utf8(&v.0).map_err(|_| ()))
+}
+
+/// Reads long-term keys from the source Secret. Session credentials are refused before any
+/// STS call: GetSessionToken only accepts an IAM user's long-term keys.
+pub fn read_long_term_keys(secret: Option<&Secret>, r: &SourceSecretRef) -> Result<LongTermKeys, SourceProblem> {
+    let Some(secret) = secret else {
+        return Err(SourceProblem::Missing(format!("source Secret {:?} not found in this namespace", r.name)));
+    };
+    let text = |key: &str| -> Result<String, SourceProblem> {
+        match data_text(secret, key) {
+            None => Err(SourceProblem::Missing(format!("source Secret {:?} has no key {key:?}", r.name))),
+            Some(Err(())) => Err(SourceProblem::Invalid(format!("source Secret {:?}: key {key:?} is not UTF-8", r.name))),
+            Some(Ok(v)) => Ok(v.trim().to_string()),
+        }
+    };
+    let access_key_id = text(&r.access_key_id_key)?;
+    let secret_access_key = Sensitive::new(text(&r.secret_access_key_key)?);
+    if secret_access_key.expose().is_empty() {
+        return Err(SourceProblem::Invalid(format!("source Secret {:?}: key {:?} is empty", r.name, r.secret_access_key_key)));
+    }
+    let has_session_token = ["AWS_SESSION_TOKEN", "aws_session_token", "sessionToken", "SessionToken"]
+        .iter()
+        .any(|k| data_text(secret, k).is_some_and(|v| v.is_ok_and(|s| !s.trim().is_empty())));
+    crate::sts::check_long_term_keys(&access_key_id, &secret_access_key, has_session_token)
+        .map_err(|why| SourceProblem::Invalid(format!("source Secret {:?}: {why}", r.name)))?;
+    Ok(LongTermKeys { access_key_id, secret_access_key })
+}
+
+/// Renders the output Secret's data for a session.
+pub fn render_data(session: &SessionSecret) -> BTreeMap<String, ByteString> {
+    let expiration = session.expiration.to_string();
+    let credentials_file = format!(
+        "[default]\naws_access_key_id = {}\naws_secret_access_key = {}\naws_session_token = {}\n",
+        session.access_key_id,
+        session.secret_access_key.expose(),
+        session.session_token.expose()
+    );
+    [
+        (KEY_ACCESS_KEY_ID, session.access_key_id.clone()),
+        (KEY_SECRET_ACCESS_KEY, session.secret_access_key.expose().clone()),
+        (KEY_SESSION_TOKEN, session.session_token.expose().clone()),
+        (KEY_EXPIRATION, expiration),
+        (KEY_CREDENTIALS_FILE, credentials_file),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), ByteString(v.into_bytes())))
+    .collect()
+}
+
+/// Reads the session back from an output Secret, if it holds a complete, consistent one
+/// (every key present and the credentials file agreeing with the others).
+pub fn read_session(secret: &Secret) -> Option<SessionSecret> {
+    let get = |k: &str| data_text(secret, k).and_then(Result::ok).map(str::to_string);
+    let session = SessionSecret {
+        access_key_id: get(KEY_ACCESS_KEY_ID)?,
+        secret_access_key: Sensitive::new(get(KEY_SECRET_ACCESS_KEY)?),
+        session_token: Sensitive::new(get(KEY_SESSION_TOKEN)?),
+        expiration: get(KEY_EXPIRATION)?.parse().ok()?,
+    };
+    let expected = render_data(&session);
+    let data = secret.data.as_ref()?;
+    expected.iter().all(|(k, v)| data.get(k) == Some(v)).then_some(session)
+}
+
+/// How the Secret at the output name relates to a SessionToken.
+#[derive(Debug, PartialEq)]
+pub enum Ownership {
+    Absent,
+    /// Ours: controlled by this SessionToken, or (with `retainOnDelete`) labelled with its UID
+    /// and controlled by nobody.
+    Ours,
+    /// Someone else's: never touched.
+    Foreign(String),
+}
+
+pub fn ownership(secret: Option<&Secret>, st: &SessionToken) -> Ownership {
+    let Some(secret) = secret else { return Ownership::Absent };
+    let uid = st.metadata.uid.as_deref().unwrap_or_default();
+    let controller = secret
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true));
+    let labelled = secret.metadata.labels.as_ref().and_then(|l| l.get(OWNER_UID_LABEL)).map(String::as_str) == Some(uid);
+    match controller {
+        Some(owner) if owner.uid == uid => Ownership::Ours,
+        None if labelled => Ownership::Ours,
+        Some(owner) => Ownership::Foreign(format!(
+            "Secret {:?} is controlled by {} {:?}, not by this SessionToken",
+            secret.metadata.name.as_deref().unwrap_or_default(),
+            owner.kind,
+            owner.name
+        )),
+        None => Ownership::Foreign(format!(
+            "Secret {:?} exists and is not managed by this SessionToken",
+            secret.metadata.name.as_deref().unwrap_or_default()
+        )),
+    }
+}
+
+/// The output Secret as it should be: data, the owner label/annotation, the user's labels and
+/// annotations, and a controller owner reference unless `retainOnDelete`.
+pub fn desired_secret(st: &SessionToken, name: &str, session: &SessionSecret) -> Secret {
+    let spec = st.spec.secret.clone().unwrap_or_default();
+    let mut labels = spec.labels.clone();
+    labels.insert(OWNER_UID_LABEL.into(), st.metadata.uid.clone().unwrap_or_default());
+    labels.insert(MANAGED_BY_LABEL.into(), FIELD_MANAGER.into());
+    let mut annotations = spec.annotations.clone();
+    annotations.insert(OWNER_NAME_ANNOTATION.into(), st.metadata.name.clone().unwrap_or_default());
+    let owner_references = (!spec.retain_on_delete).then(|| vec![owner_reference(st)]);
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: st.metadata.namespace.clone(),
+            labels: Some(labels),
+            annotations: Some(annotations),
+            owner_references,
+            ..Default::default()
+        },
+        type_: Some("Opaque".into()),
+        data: Some(render_data(session)),
+        ..Default::default()
+    }
+}
+
+fn owner_reference(st: &SessionToken) -> OwnerReference {
+    OwnerReference {
+        api_version: SessionToken::api_version(&()).into(),
+        kind: SessionToken::kind(&()).into(),
+        name: st.metadata.name.clone().unwrap_or_default(),
+        uid: st.metadata.uid.clone().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
+}
+
+/// Whether the existing Secret already is what `desired` says (for the parts we manage), so
+/// that nothing is written when nothing changed.
+pub fn is_up_to_date(existing: &Secret, desired: &Secret) -> bool {
+    let contains = |have: &Option<BTreeMap<String, String>>, want: &Option<BTreeMap<String, String>>| {
+        want.iter().flatten().all(|(k, v)| have.as_ref().and_then(|h| h.get(k)) == Some(v))
+    };
+    let owner_ok = match &desired.metadata.owner_references {
+        Some(want) => want.iter().all(|w| {
+            existing.metadata.owner_references.iter().flatten().any(|o| {
+                o.uid == w.uid && o.controller == w.controller && o.kind == w.kind && o.name == w.name
+            })
+        }),
+        None => !existing.metadata.owner_references.iter().flatten().any(|o| o.controller == Some(true)),
+    };
+    existing.data == desired.data
+        && existing.type_ == desired.type_
+        && contains(&existing.metadata.labels, &desired.metadata.labels)
+        && contains(&existing.metadata.annotations, &desired.metadata.annotations)
+        && owner_ok
+        && stale_labels(existing, desired).is_empty()
+}
+
+/// Labels and annotations the operator set earlier (via `spec.secret`) that the spec no longer
+/// lists. Server-side apply removes them because the operator owns those fields, so this only
+/// tells whether a write is needed.
+fn stale_labels(existing: &Secret, desired: &Secret) -> Vec<String> {
+    let managed: Vec<&str> = existing
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter(|m| m.manager.as_deref() == Some(FIELD_MANAGER))
+        .filter_map(|m| m.fields_v1.as_ref())
+        .flat_map(|f| {
+            let meta = f.0.get("f:metadata");
+            ["f:labels", "f:annotations"]
+                .into_iter()
+                .filter_map(move |k| meta.and_then(|m| m.get(k)).and_then(|v| v.as_object()))
+                .flat_map(|o| o.keys().filter_map(|k| k.strip_prefix("f:")))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let want = |k: &str| {
+        desired.metadata.labels.as_ref().is_some_and(|l| l.contains_key(k))
+            || desired.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(k))
+    };
+    managed.into_iter().filter(|k| !want(k)).map(str::to_string).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{OutputSecretSpec, SessionTokenSpec};
+
+    fn st(uid: &str) -> SessionToken {
+        let spec: SessionTokenSpec =
+            serde_json::from_value(serde_json::json!({"sourceCredentials": {"secretRef": {"name": "keys"}}})).unwrap();
+        let mut st = SessionToken::new("app", spec);
+        st.metadata.namespace = Some("team".into());
+        st.metadata.uid = Some(uid.into());
+        st
+    }
+
+    fn session() -> SessionSecret {
+        SessionSecret {
+            access_key_id: "ASIAEXAMPLE123456789".into(),
+            secret_access_key: Sensitive::new("secret/with+chars".into()),
+            session_token: Sensitive::new("FwoGZXIvYXdzE//token==".into()),
+            expiration: "2026-11-23T12:00:00Z".parse().unwrap(),
+        }
+    }
+
+    fn source(pairs: &[(&str, &str)]) -> Secret {
+        Secret {
+            metadata: ObjectMeta { name: Some("keys".into()), ..Default::default() },
+            data: Some(pairs.iter().map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec()))).collect()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn output_data_has_every_key_and_a_parsable_credentials_file() {
+        let data = render_data(&session());
+        let text = |k: &str| String::from_utf8(data[k].0.clone()).unwrap();
+        assert_eq!(text(KEY_ACCESS_KEY_ID), "ASIAEXAMPLE123456789");
+        assert_eq!(text(KEY_SECRET_ACCESS_KEY), "secret/with+chars");
+        assert_eq!(text(KEY_SESSION_TOKEN), "FwoGZXIvYXdzE//token==");
+        assert_eq!(text(KEY_EXPIRATION), "2026-11-23T12:00:00Z");
+        assert_eq!(
+            text(KEY_CREDENTIALS_FILE),
+            "[default]\naws_access_key_id = ASIAEXAMPLE123456789\naws_secret_access_key = secret/with+chars\naws_session_token = FwoGZXIvYXdzE//token==\n"
+        );
+    }
+
+    #[test]
+    fn session_reads_back_and_tampering_is_detected() {
+        let st = st("u1");
+        let secret = desired_secret(&st, "app", &session());
+        assert_eq!(read_session(&secret), Some(session()));
+        let mut tampered = secret.clone();
+        tampered.data.as_mut().unwrap().insert(KEY_SESSION_TOKEN.into(), ByteString(b"other".to_vec()));
+        assert_eq!(read_session(&tampered), None);
+        let mut partial = secret.clone();
+        partial.data.as_mut().unwrap().remove(KEY_CREDENTIALS_FILE);
+        assert_eq!(read_session(&partial), None);
+    }
+
+    #[test]
+    fn ownership_is_decided_by_the_controller_uid() {
+        let me = st("u1");
+        assert_eq!(ownership(None, &me), Ownership::Absent);
+        let mine = desired_secret(&me, "app", &session());
+        assert_eq!(ownership(Some(&mine), &me), Ownership::Ours);
+        let other = st("u2");
+        assert!(matches!(ownership(Some(&mine), &other), Ownership::Foreign(_)));
+        let mut plain = mine.clone();
+        plain.metadata.owner_references = None;
+        plain.metadata.labels = None;
+        assert!(matches!(ownership(Some(&plain), &me), Ownership::Foreign(_)));
+        // retained (no owner reference) but labelled with our UID: ours
+        let mut retained = mine.clone();
+        retained.metadata.owner_references = None;
+        assert_eq!(ownership(Some(&retained), &me), Ownership::Ours);
+        // a foreign controller wins over our label
+        assert!(matches!(ownership(Some(&mine), &st("u3")), Ownership::Foreign(_)));
+    }
+
+    #[test]
+    fn retain_on_delete_drops_the_owner_reference() {
+        let mut me = st("u1");
+        me.spec.secret = Some(OutputSecretSpec { retain_on_delete: true, ..Default::default() });
+        let s = desired_secret(&me, "app", &session());
+        assert!(s.metadata.owner_references.is_none());
+        assert_eq!(s.metadata.labels.unwrap()[OWNER_UID_LABEL], "u1");
+    }
+
+    #[test]
+    fn up_to_date_compares_what_we_manage() {
+        let me = st("u1");
+        let desired = desired_secret(&me, "app", &session());
+        let mut existing = desired.clone();
+        existing.metadata.labels.as_mut().unwrap().insert("extra".into(), "kept".into());
+        assert!(is_up_to_date(&existing, &desired));
+        let mut with_labels = me.clone();
+        with_labels.spec.secret = Some(OutputSecretSpec {
+            labels: [("team".to_string(), "a".to_string())].into(),
+            ..Default::default()
+        });
+        assert!(!is_up_to_date(&existing, &desired_secret(&with_labels, "app", &session())));
+        let mut changed = session();
+        changed.access_key_id = "ASIAOTHER".into();
+        assert!(!is_up_to_date(&existing, &desired_secret(&me, "app", &changed)));
+    }
+
+    #[test]
+    fn long_term_keys_are_read_and_session_keys_refused() {
+        let r: SourceSecretRef = serde_json::from_value(serde_json::json!({"name": "keys"})).unwrap();
+        let ok = read_long_term_keys(
+            Some(&source(&[("AWS_ACCESS_KEY_ID", "AKIAIOSFODNN7EXAMPLE\n"), ("AWS_SECRET_ACCESS_KEY", "wJalr")])),
+            &r,
+        )
+        .unwrap();
+        assert_eq!(ok.access_key_id, "AKIAIOSFODNN7EXAMPLE");
+        assert_eq!(read_long_term_keys(None, &r).unwrap_err().reason(), "SourceCredentialsMissing");
+        let absent = read_long_term_keys(Some(&source(&[("AWS_ACCESS_KEY_ID", "AKIAIOSFODNN7EXAMPLE")])), &r);
+        assert_eq!(absent.unwrap_err().reason(), "SourceCredentialsMissing");
+        let session_key = read_long_term_keys(
+            Some(&source(&[("AWS_ACCESS_KEY_ID", "ASIAIOSFODNN7EXAMPLE"), ("AWS_SECRET_ACCESS_KEY", "x")])),
+            &r,
+        );
+        assert_eq!(session_key.unwrap_err().reason(), "SourceCredentialsInvalid");
+        let with_token = read_long_term_keys(
+            Some(&source(&[
+                ("AWS_ACCESS_KEY_ID", "AKIAIOSFODNN7EXAMPLE"),
+                ("AWS_SECRET_ACCESS_KEY", "x"),
+                ("AWS_SESSION_TOKEN", "tok"),
+            ])),
+            &r,
+        );
+        assert_eq!(with_token.unwrap_err().reason(), "SourceCredentialsInvalid");
+        let empty = read_long_term_keys(
+            Some(&source(&[("AWS_ACCESS_KEY_ID", "AKIAIOSFODNN7EXAMPLE"), ("AWS_SECRET_ACCESS_KEY", " ")])),
+            &r,
+        );
+        assert_eq!(empty.unwrap_err().reason(), "SourceCredentialsInvalid");
+        let mut binary = source(&[("AWS_ACCESS_KEY_ID", "AKIAIOSFODNN7EXAMPLE")]);
+        binary.data.as_mut().unwrap().insert("AWS_SECRET_ACCESS_KEY".into(), ByteString(vec![0xff, 0xfe]));
+        assert_eq!(read_long_term_keys(Some(&binary), &r).unwrap_err().reason(), "SourceCredentialsInvalid");
+    }
+
+    #[test]
+    fn problems_never_echo_the_secret_value() {
+        let r: SourceSecretRef = serde_json::from_value(serde_json::json!({"name": "keys"})).unwrap();
+        let err = read_long_term_keys(
+            Some(&source(&[("AWS_ACCESS_KEY_ID", "ASIACANARYKEY0000000"), ("AWS_SECRET_ACCESS_KEY", "CANARY-SECRET")])),
+            &r,
+        )
+        .unwrap_err();
+        assert!(!err.to_string().contains("CANARY-SECRET"), "{err}");
+    }
+}

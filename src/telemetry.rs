@@ -1,0 +1,20 @@
+//! Logging setup. Secrets never reach a log line: they travel as `Sensitive`, whose formatting
+//! prints `<redacted>`.
+
+use tracing_subscriber::{fmt, prelude::*, EnvFilter};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Installs the global subscriber. `RUST_LOG` overrides `default_filter`.
+pub fn init(format: LogFormat, default_filter: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let registry = tracing_subscriber::registry().with(filter);
+    match format {
+        LogFormat::Json => registry.with(fmt::layer().json().flatten_event(true).with_current_span(false)).init(),
+        LogFormat::Text => registry.with(fmt::layer().with_target(false)).init(),
+    }
+}
