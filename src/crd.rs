@@ -45,6 +45,7 @@ fn default_secret_access_key_key() -> String {
     namespaced,
     shortname = "st",
     status = "SessionTokenStatus",
+    doc = "A SessionToken keeps short-lived AWS STS session credentials in a Secret, minted with GetSessionToken from an IAM user's long-term keys and, when spec.mfa is set, a person's MFA code (annotation stssession.dev/token-code, see `kubectl sts approve`). The Secret holds AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_SESSION_EXPIRATION and a shared-credentials file `credentials`, and is rotated before expiry.",
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Status","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
     printcolumn = r#"{"name":"Expires","type":"string","jsonPath":".status.expiration"}"#,

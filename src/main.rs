@@ -179,7 +179,7 @@ async fn run(args: Args) -> Result<()> {
     let _ = stop_tx.send(true);
     if let Some((is_leader, task)) = leadership {
         drop(is_leader);
-        if let Ok(Ok(manager)) = tokio::time::timeout(Duration::from_secs(5), task).await {
+        if let Ok(Ok(Ok(manager))) = tokio::time::timeout(Duration::from_secs(5), task).await {
             let _ = manager.release().await;
         }
     }

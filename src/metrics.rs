@@ -1,1 +1,466 @@
-//! Prometheus metrics and the health/metrics HTTP server (to be written).
+//! Prometheus metrics, and the small HTTP server for `/metrics`, `/healthz` and `/readyz`.
+//!
+//! Labels are only ever namespaces, names, fixed outcome words and condition reasons: nothing
+//! secret reaches a series.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// Content type of `/metrics`.
+pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Buckets of `sts_session_reconcile_duration_seconds`: 5 ms .. ~41 s.
+const RECONCILE_BUCKETS: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0,
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SessionLabels {
+    namespace: String,
+    name: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: String,
+}
+
+/// What [`Metrics::set_session`] records for one `SessionToken`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SessionMetrics {
+    /// Expiration of the current session; `None`: no expiration series.
+    pub expiration: Option<jiff::Timestamp>,
+    /// When the session is due for renewal; `None`: no renewal series.
+    pub renewal: Option<jiff::Timestamp>,
+    pub ready: bool,
+    pub awaiting_token_code: bool,
+}
+
+/// The operator's metrics. `Send + Sync`; share it through an `Arc`.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    expiration: Family<SessionLabels, Gauge>,
+    renewal: Family<SessionLabels, Gauge>,
+    ready: Family<SessionLabels, Gauge>,
+    awaiting_token_code: Family<SessionLabels, Gauge>,
+    sts_calls: Family<OutcomeLabels, Counter>,
+    reconcile_duration: Histogram,
+    reconcile_errors: Family<ReasonLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn unix_seconds(t: jiff::Timestamp) -> i64 {
+    t.as_second()
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let expiration = Family::<SessionLabels, Gauge>::default();
+        let renewal = Family::<SessionLabels, Gauge>::default();
+        let ready = Family::<SessionLabels, Gauge>::default();
+        let awaiting_token_code = Family::<SessionLabels, Gauge>::default();
+        let sts_calls = Family::<OutcomeLabels, Counter>::default();
+        let reconcile_duration = Histogram::new(RECONCILE_BUCKETS);
+        let reconcile_errors = Family::<ReasonLabels, Counter>::default();
+
+        registry.register_with_unit(
+            "sts_session_expiration_timestamp",
+            "Unix time when the SessionToken's current session credentials expire",
+            Unit::Seconds,
+            expiration.clone(),
+        );
+        registry.register_with_unit(
+            "sts_session_renewal_timestamp",
+            "Unix time when the SessionToken's session is due for renewal",
+            Unit::Seconds,
+            renewal.clone(),
+        );
+        registry.register(
+            "sts_session_ready_status",
+            "1 if the SessionToken is Ready (its Secret holds valid session credentials), else 0",
+            ready.clone(),
+        );
+        registry.register(
+            "sts_session_awaiting_token_code",
+            "1 if the SessionToken waits for a human to provide an MFA token code, else 0",
+            awaiting_token_code.clone(),
+        );
+        registry.register(
+            "sts_session_sts_calls",
+            "GetSessionToken calls by outcome",
+            sts_calls.clone(),
+        );
+        registry.register_with_unit(
+            "sts_session_reconcile_duration",
+            "Duration of SessionToken reconciliations",
+            Unit::Seconds,
+            reconcile_duration.clone(),
+        );
+        registry.register(
+            "sts_session_reconcile_errors",
+            "Reconciliations that ended in an error, by reason",
+            reconcile_errors.clone(),
+        );
+
+        Self {
+            registry,
+            expiration,
+            renewal,
+            ready,
+            awaiting_token_code,
+            sts_calls,
+            reconcile_duration,
+            reconcile_errors,
+        }
+    }
+
+    /// Records the state of one `SessionToken` (replacing what was recorded before).
+    pub fn set_session(&self, namespace: &str, name: &str, s: SessionMetrics) {
+        let labels = SessionLabels {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        };
+        match s.expiration {
+            Some(t) => {
+                self.expiration.get_or_create(&labels).set(unix_seconds(t));
+            }
+            None => {
+                self.expiration.remove(&labels);
+            }
+        }
+        match s.renewal {
+            Some(t) => {
+                self.renewal.get_or_create(&labels).set(unix_seconds(t));
+            }
+            None => {
+                self.renewal.remove(&labels);
+            }
+        }
+        self.ready.get_or_create(&labels).set(i64::from(s.ready));
+        self.awaiting_token_code
+            .get_or_create(&labels)
+            .set(i64::from(s.awaiting_token_code));
+    }
+
+    /// Drops every series of one `SessionToken` (call when it is deleted).
+    pub fn remove_session(&self, namespace: &str, name: &str) {
+        let labels = SessionLabels {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        };
+        self.expiration.remove(&labels);
+        self.renewal.remove(&labels);
+        self.ready.remove(&labels);
+        self.awaiting_token_code.remove(&labels);
+    }
+
+    /// Counts one STS call: `outcome` is `sts::OUTCOME_SUCCESS` or `StsError::metric_outcome()`.
+    pub fn sts_call(&self, outcome: &str) {
+        self.sts_calls
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Records one finished reconciliation, and its error reason if it failed.
+    pub fn reconcile_finished(&self, duration: Duration, error_reason: Option<&str>) {
+        self.reconcile_duration.observe(duration.as_secs_f64());
+        if let Some(reason) = error_reason {
+            self.reconcile_errors
+                .get_or_create(&ReasonLabels {
+                    reason: reason.to_owned(),
+                })
+                .inc();
+        }
+    }
+
+    /// All metrics in the OpenMetrics text format (ends with `# EOF`).
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP server
+// ---------------------------------------------------------------------------------------------
+
+/// Serves `GET /metrics`, `/healthz` (200 `ok` while the process serves) and `/readyz` (200
+/// once `ready` is true, else 503) on `addr`; 404 for other paths. Runs until an accept error
+/// it cannot get past (only binding errors are returned early).
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    ready: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let listener = TcpListener::bind(addr).await?;
+    serve_listener(listener, metrics, ready).await
+}
+
+/// [`serve`] on an already bound listener (tests bind port 0).
+pub async fn serve_listener(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    ready: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    loop {
+        let (stream, _peer) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(e) if is_transient_accept_error(&e) => {
+                // E.g. out of file descriptors: back off instead of spinning.
+                tracing::warn!(error = %e, "metrics server: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let metrics = metrics.clone();
+        let ready = ready.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let response = respond(&req, &metrics, &ready);
+                async move { Ok::<_, Infallible>(response) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "metrics server: connection ended with an error");
+            }
+        });
+    }
+}
+
+fn is_transient_accept_error(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        ConnectionAborted | ConnectionReset | Interrupted | WouldBlock | TimedOut
+    ) || matches!(e.raw_os_error(), Some(23 | 24)) // ENFILE, EMFILE
+}
+
+fn respond(
+    req: &Request<Incoming>,
+    metrics: &Metrics,
+    ready: &watch::Receiver<bool>,
+) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    if !matches!(path, "/metrics" | "/healthz" | "/readyz") {
+        return text(StatusCode::NOT_FOUND, "not found\n");
+    }
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+        r.headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return r;
+    }
+    match path {
+        "/metrics" => {
+            let mut r = Response::new(Full::new(Bytes::from(metrics.encode())));
+            r.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static(OPENMETRICS_CONTENT_TYPE),
+            );
+            r.headers_mut()
+                .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            r
+        }
+        "/healthz" => text(StatusCode::OK, "ok\n"),
+        _ if *ready.borrow() => text(StatusCode::OK, "ok\n"),
+        _ => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn ts(s: i64) -> jiff::Timestamp {
+        jiff::Timestamp::from_second(s).unwrap()
+    }
+
+    #[test]
+    fn session_series_come_and_go() {
+        let m = Metrics::new();
+        m.set_session(
+            "team-a",
+            "deploy",
+            SessionMetrics {
+                expiration: Some(ts(1_900_000_000)),
+                renewal: Some(ts(1_899_990_000)),
+                ready: true,
+                awaiting_token_code: false,
+            },
+        );
+        m.set_session(
+            "team-b",
+            "ci",
+            SessionMetrics {
+                expiration: None,
+                renewal: None,
+                ready: false,
+                awaiting_token_code: true,
+            },
+        );
+        let out = m.encode();
+        assert!(out.contains(r#"sts_session_expiration_timestamp_seconds{namespace="team-a",name="deploy"} 1900000000"#), "{out}");
+        assert!(out.contains(r#"sts_session_renewal_timestamp_seconds{namespace="team-a",name="deploy"} 1899990000"#), "{out}");
+        assert!(out.contains(r#"sts_session_ready_status{namespace="team-a",name="deploy"} 1"#), "{out}");
+        assert!(out.contains(r#"sts_session_awaiting_token_code{namespace="team-a",name="deploy"} 0"#), "{out}");
+        assert!(out.contains(r#"sts_session_ready_status{namespace="team-b",name="ci"} 0"#), "{out}");
+        assert!(out.contains(r#"sts_session_awaiting_token_code{namespace="team-b",name="ci"} 1"#), "{out}");
+        assert!(!out.contains(r#"sts_session_expiration_timestamp_seconds{namespace="team-b""#), "{out}");
+        assert!(out.contains("# UNIT sts_session_expiration_timestamp_seconds seconds"), "{out}");
+        assert!(out.ends_with("# EOF\n"), "{out}");
+
+        // An update without expiration drops that series.
+        m.set_session("team-a", "deploy", SessionMetrics { ready: true, ..Default::default() });
+        let out = m.encode();
+        assert!(!out.contains(r#"sts_session_expiration_timestamp_seconds{namespace="team-a""#), "{out}");
+        assert!(!out.contains(r#"sts_session_renewal_timestamp_seconds{namespace="team-a""#), "{out}");
+
+        m.remove_session("team-a", "deploy");
+        let out = m.encode();
+        assert!(!out.contains(r#"name="deploy""#), "{out}");
+        assert!(out.contains(r#"name="ci""#), "{out}");
+        m.remove_session("team-b", "ci");
+        m.remove_session("team-b", "ci");
+        assert!(!m.encode().contains("namespace="));
+    }
+
+    #[test]
+    fn counters_and_histogram() {
+        let m = Metrics::new();
+        m.sts_call("success");
+        m.sts_call("success");
+        m.sts_call("token_code_rejected");
+        m.reconcile_finished(Duration::from_millis(30), None);
+        m.reconcile_finished(Duration::from_secs(2), Some("KubeError"));
+        let out = m.encode();
+        assert!(out.contains(r#"sts_session_sts_calls_total{outcome="success"} 2"#), "{out}");
+        assert!(out.contains(r#"sts_session_sts_calls_total{outcome="token_code_rejected"} 1"#), "{out}");
+        assert!(out.contains("sts_session_reconcile_duration_seconds_count 2"), "{out}");
+        assert!(out.contains(r#"sts_session_reconcile_duration_seconds_bucket{le="0.05"} 1"#), "{out}");
+        assert!(out.contains(r#"sts_session_reconcile_errors_total{reason="KubeError"} 1"#), "{out}");
+    }
+
+    #[test]
+    fn metrics_is_send_and_sync() {
+        fn check<T: Send + Sync + 'static>() {}
+        check::<Metrics>();
+    }
+
+    /// One HTTP/1.1 request over a raw socket; returns (status, headers, body).
+    async fn get(addr: SocketAddr, method: &str, path: &str) -> (u16, String, String) {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let req = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.unwrap();
+        let text = String::from_utf8(buf).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+        (status, head.to_ascii_lowercase(), body.to_owned())
+    }
+
+    #[tokio::test]
+    async fn http_endpoints() {
+        let metrics = Arc::new(Metrics::new());
+        metrics.set_session("ns", "st", SessionMetrics { expiration: Some(ts(2_000_000_000)), ..Default::default() });
+        let (ready_tx, ready_rx) = watch::channel(false);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(serve_listener(listener, metrics.clone(), ready_rx));
+
+        let (status, _, body) = get(addr, "GET", "/healthz").await;
+        assert_eq!((status, body.as_str()), (200, "ok\n"));
+
+        let (status, _, _) = get(addr, "GET", "/readyz").await;
+        assert_eq!(status, 503);
+        ready_tx.send(true).unwrap();
+        let (status, _, body) = get(addr, "GET", "/readyz").await;
+        assert_eq!((status, body.as_str()), (200, "ok\n"));
+        ready_tx.send(false).unwrap();
+        assert_eq!(get(addr, "GET", "/readyz").await.0, 503);
+
+        let (status, head, body) = get(addr, "GET", "/metrics").await;
+        assert_eq!(status, 200);
+        assert!(head.contains("content-type: application/openmetrics-text; version=1.0.0; charset=utf-8"), "{head}");
+        assert!(body.contains(r#"sts_session_expiration_timestamp_seconds{namespace="ns",name="st"} 2000000000"#), "{body}");
+        assert!(body.ends_with("# EOF\n"), "{body}");
+
+        // Fresh values on every scrape.
+        metrics.remove_session("ns", "st");
+        let (_, _, body) = get(addr, "GET", "/metrics").await;
+        assert!(!body.contains(r#"name="st""#), "{body}");
+
+        assert_eq!(get(addr, "GET", "/").await.0, 404);
+        assert_eq!(get(addr, "GET", "/metricsx").await.0, 404);
+        let (status, head, _) = get(addr, "POST", "/metrics").await;
+        assert_eq!(status, 405);
+        assert!(head.contains("allow: get, head"), "{head}");
+        let (status, _, body) = get(addr, "HEAD", "/healthz").await;
+        assert_eq!((status, body.as_str()), (200, ""));
+
+        // Garbage does not take the server down.
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"\x16\x03\x01 not http\r\n\r\n").await.unwrap();
+        let mut sink = Vec::new();
+        let _ = s.read_to_end(&mut sink).await;
+        assert_eq!(get(addr, "GET", "/healthz").await.0, 200);
+
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn serve_reports_bind_errors() {
+        let taken = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = taken.local_addr().unwrap();
+        let (_tx, rx) = watch::channel(true);
+        let r = serve(addr, Arc::new(Metrics::new()), rx).await;
+        assert!(r.is_err());
+    }
+}

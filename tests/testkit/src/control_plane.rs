@@ -652,6 +652,14 @@ impl ControlPlane {
     pub async fn client_as(&self, user: &str) -> Result<Client> {
         Ok(Client::try_from(self.config_for(user).await?)?)
     }
+    /// A new client authenticating with a bearer token (e.g. from a TokenRequest).
+    pub async fn client_with_token(&self, token: &str) -> Result<Client> {
+        let ca = fs::read_to_string(self.ca_file())?;
+        let yaml = kubeconfig_yaml(&self.info.server, &ca, "token-user", &format!("      token: {token}\n"));
+        let kubeconfig = Kubeconfig::from_yaml(&yaml)?;
+        let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
+        Ok(Client::try_from(config)?)
+    }
     /// A new admin client.
     pub async fn admin_client(&self) -> Result<Client> {
         Ok(Client::try_from(config_from_kubeconfig(&self.admin_kubeconfig).await?)?)

@@ -186,6 +186,40 @@ pub fn signature(secret_access_key: &str, auth: &AuthorizationHeader, string_to_
     hex::encode(hmac_sha256(&key, string_to_sign.as_bytes()))
 }
 
+/// Signs a request the way the SDK does and returns the `Authorization` header value, for tests
+/// that send raw requests. `headers` must already hold every header in `signed_headers`
+/// (lower-case names, sorted), including `host` and `x-amz-date` (= `amz_date`).
+#[allow(clippy::too_many_arguments)]
+pub fn authorization_header(
+    access_key_id: &str,
+    secret_access_key: &str,
+    region: &str,
+    amz_date: &str,
+    method: &str,
+    raw_path: &str,
+    raw_query: Option<&str>,
+    headers: &HeaderMap,
+    signed_headers: &[String],
+    body: &[u8],
+) -> String {
+    let auth = AuthorizationHeader {
+        access_key_id: access_key_id.to_owned(),
+        scope_date: amz_date.get(..8).unwrap_or(amz_date).to_owned(),
+        region: region.to_owned(),
+        service: "sts".to_owned(),
+        terminator: "aws4_request".to_owned(),
+        signed_headers: signed_headers.to_vec(),
+        signature: String::new(),
+    };
+    let creq = canonical_request(method, raw_path, raw_query, headers, signed_headers, &sha256_hex(body));
+    let sig = signature(secret_access_key, &auth, &string_to_sign(amz_date, &auth.scope(), &creq));
+    format!(
+        "{ALGORITHM} Credential={access_key_id}/{}, SignedHeaders={}, Signature={sig}",
+        auth.scope(),
+        signed_headers.join(";")
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,1 @@
+../../smoke_moto.rs
