@@ -74,6 +74,9 @@ struct Memory {
     code_required_sent: Option<(Timestamp, u64)>,
     /// Expiration whose `Expired` event was sent.
     expired_sent: Option<Timestamp>,
+    /// The status this process last wrote: if the cached object shows another one, the cache
+    /// lags behind our own write, and acting on it could mint twice.
+    last_written: Option<SessionTokenStatus>,
     /// Consecutive reconcile errors, for the error backoff.
     errors: u32,
     /// Consecutive reconciles that found the source Secret missing or unusable.
@@ -214,7 +217,8 @@ async fn observe(st: Arc<SessionToken>, ctx: &Context) -> Result<Observed, Error
     let mut blocker = None;
     if let Some(e) = &endpoint {
         if let Err(why) = ctx.settings.endpoint_policy.check(e) {
-            blocker = Some(Blocker { reason: "EndpointNotAllowed", message: format!("endpoint {e:?} is not allowed: {why}") });
+            // The raw value may carry `user:password@`: only the policy's parsed account of it is shown.
+            blocker = Some(Blocker { reason: "EndpointNotAllowed", message: format!("spec.endpoint is not allowed: {why}") });
         }
     }
     if blocker.is_none() {
@@ -244,6 +248,18 @@ async fn observe(st: Arc<SessionToken>, ctx: &Context) -> Result<Observed, Error
 }
 
 async fn reconcile_inner(st: Arc<SessionToken>, ctx: &Context) -> Result<Action, Error> {
+    let uid = st.metadata.uid.clone().unwrap_or_default();
+    let stale = ctx.with_memory(&uid, |m| m.last_written.as_ref().is_some_and(|w| Some(w) != st.status.as_ref()));
+    let st = if stale {
+        // The watch cache has not caught up with our last status write: read the object itself.
+        let api: Api<SessionToken> = Api::namespaced(ctx.client.clone(), &st.namespace().unwrap_or_default());
+        match api.get_opt(&st.name_any()).await? {
+            Some(fresh) if fresh.metadata.uid == st.metadata.uid => Arc::new(fresh),
+            _ => return Ok(Action::await_change()),
+        }
+    } else {
+        st
+    };
     let obs = observe(st, ctx).await?;
     let st = obs.st.clone();
     let timing = &ctx.settings.timing;
@@ -347,7 +363,9 @@ async fn reconcile_inner(st: Arc<SessionToken>, ctx: &Context) -> Result<Action,
                 to_write = Some((session, approval));
             }
             Err(e) => {
-                ctx.metrics.sts_call(e.metric_outcome());
+                if e.was_sent() {
+                    ctx.metrics.sts_call(e.metric_outcome());
+                }
                 record_failure(&mut status, &obs, &e);
                 let retry = plan::backoff(status.failed_attempts, timing, &obs.uid);
                 warn!(namespace = obs.ns, name = obs.name, reason = e.reason(), error = %e, attempts = status.failed_attempts, "GetSessionToken failed");
@@ -447,6 +465,7 @@ async fn reconcile_inner(st: Arc<SessionToken>, ctx: &Context) -> Result<Action,
 
     if status != old_status {
         write_status(&sts_api, &obs.name, &status).await?;
+        ctx.with_memory(&obs.uid, |m| m.last_written = Some(status.clone()));
     }
 
     // 6. Requeue at the next instant that matters; never poll while healthy.

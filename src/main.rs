@@ -106,12 +106,14 @@ async fn run(args: Args) -> Result<()> {
     tokio::spawn(metrics::serve_listener(listener, metrics.clone(), ready_rx));
 
     let client = kube::Client::try_default().await.context("connecting to the Kubernetes API")?;
-    let sts = StsClient::new(StsSettings {
+    let sts_settings = StsSettings {
         timeout: args.sts_timeout,
         max_in_flight: args.sts_concurrency.max(1),
         non_mfa_attempts: args.sts_attempts.max(1),
         default_endpoint: args.sts_endpoint.clone(),
-    });
+    };
+    sts_settings.validate().map_err(|e| anyhow::anyhow!("invalid STS settings: {e}"))?;
+    let sts = StsClient::new(sts_settings);
     let settings = Settings {
         default_region: args.default_region.clone(),
         endpoint_policy,

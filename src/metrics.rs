@@ -23,7 +23,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 /// Content type of `/metrics`.
-pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Buckets of `sts_session_reconcile_duration_seconds`: 5 ms .. ~41 s.
 const RECONCILE_BUCKETS: [f64; 14] = [
@@ -348,19 +349,50 @@ mod tests {
         let out = m.encode();
         assert!(out.contains(r#"sts_session_expiration_timestamp_seconds{namespace="team-a",name="deploy"} 1900000000"#), "{out}");
         assert!(out.contains(r#"sts_session_renewal_timestamp_seconds{namespace="team-a",name="deploy"} 1899990000"#), "{out}");
-        assert!(out.contains(r#"sts_session_ready_status{namespace="team-a",name="deploy"} 1"#), "{out}");
-        assert!(out.contains(r#"sts_session_awaiting_token_code{namespace="team-a",name="deploy"} 0"#), "{out}");
-        assert!(out.contains(r#"sts_session_ready_status{namespace="team-b",name="ci"} 0"#), "{out}");
-        assert!(out.contains(r#"sts_session_awaiting_token_code{namespace="team-b",name="ci"} 1"#), "{out}");
-        assert!(!out.contains(r#"sts_session_expiration_timestamp_seconds{namespace="team-b""#), "{out}");
-        assert!(out.contains("# UNIT sts_session_expiration_timestamp_seconds seconds"), "{out}");
+        assert!(
+            out.contains(r#"sts_session_ready_status{namespace="team-a",name="deploy"} 1"#),
+            "{out}"
+        );
+        assert!(
+            out.contains(r#"sts_session_awaiting_token_code{namespace="team-a",name="deploy"} 0"#),
+            "{out}"
+        );
+        assert!(
+            out.contains(r#"sts_session_ready_status{namespace="team-b",name="ci"} 0"#),
+            "{out}"
+        );
+        assert!(
+            out.contains(r#"sts_session_awaiting_token_code{namespace="team-b",name="ci"} 1"#),
+            "{out}"
+        );
+        assert!(
+            !out.contains(r#"sts_session_expiration_timestamp_seconds{namespace="team-b""#),
+            "{out}"
+        );
+        assert!(
+            out.contains("# UNIT sts_session_expiration_timestamp_seconds seconds"),
+            "{out}"
+        );
         assert!(out.ends_with("# EOF\n"), "{out}");
 
         // An update without expiration drops that series.
-        m.set_session("team-a", "deploy", SessionMetrics { ready: true, ..Default::default() });
+        m.set_session(
+            "team-a",
+            "deploy",
+            SessionMetrics {
+                ready: true,
+                ..Default::default()
+            },
+        );
         let out = m.encode();
-        assert!(!out.contains(r#"sts_session_expiration_timestamp_seconds{namespace="team-a""#), "{out}");
-        assert!(!out.contains(r#"sts_session_renewal_timestamp_seconds{namespace="team-a""#), "{out}");
+        assert!(
+            !out.contains(r#"sts_session_expiration_timestamp_seconds{namespace="team-a""#),
+            "{out}"
+        );
+        assert!(
+            !out.contains(r#"sts_session_renewal_timestamp_seconds{namespace="team-a""#),
+            "{out}"
+        );
 
         m.remove_session("team-a", "deploy");
         let out = m.encode();
@@ -380,11 +412,26 @@ mod tests {
         m.reconcile_finished(Duration::from_millis(30), None);
         m.reconcile_finished(Duration::from_secs(2), Some("KubeError"));
         let out = m.encode();
-        assert!(out.contains(r#"sts_session_sts_calls_total{outcome="success"} 2"#), "{out}");
-        assert!(out.contains(r#"sts_session_sts_calls_total{outcome="token_code_rejected"} 1"#), "{out}");
-        assert!(out.contains("sts_session_reconcile_duration_seconds_count 2"), "{out}");
-        assert!(out.contains(r#"sts_session_reconcile_duration_seconds_bucket{le="0.05"} 1"#), "{out}");
-        assert!(out.contains(r#"sts_session_reconcile_errors_total{reason="KubeError"} 1"#), "{out}");
+        assert!(
+            out.contains(r#"sts_session_sts_calls_total{outcome="success"} 2"#),
+            "{out}"
+        );
+        assert!(
+            out.contains(r#"sts_session_sts_calls_total{outcome="token_code_rejected"} 1"#),
+            "{out}"
+        );
+        assert!(
+            out.contains("sts_session_reconcile_duration_seconds_count 2"),
+            "{out}"
+        );
+        assert!(
+            out.contains(r#"sts_session_reconcile_duration_seconds_bucket{le="0.05"} 1"#),
+            "{out}"
+        );
+        assert!(
+            out.contains(r#"sts_session_reconcile_errors_total{reason="KubeError"} 1"#),
+            "{out}"
+        );
     }
 
     #[test]
@@ -396,7 +443,8 @@ mod tests {
     /// One HTTP/1.1 request over a raw socket; returns (status, headers, body).
     async fn get(addr: SocketAddr, method: &str, path: &str) -> (u16, String, String) {
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let req = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        let req =
+            format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
         s.write_all(req.as_bytes()).await.unwrap();
         let mut buf = Vec::new();
         s.read_to_end(&mut buf).await.unwrap();
@@ -409,7 +457,14 @@ mod tests {
     #[tokio::test]
     async fn http_endpoints() {
         let metrics = Arc::new(Metrics::new());
-        metrics.set_session("ns", "st", SessionMetrics { expiration: Some(ts(2_000_000_000)), ..Default::default() });
+        metrics.set_session(
+            "ns",
+            "st",
+            SessionMetrics {
+                expiration: Some(ts(2_000_000_000)),
+                ..Default::default()
+            },
+        );
         let (ready_tx, ready_rx) = watch::channel(false);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -428,8 +483,18 @@ mod tests {
 
         let (status, head, body) = get(addr, "GET", "/metrics").await;
         assert_eq!(status, 200);
-        assert!(head.contains("content-type: application/openmetrics-text; version=1.0.0; charset=utf-8"), "{head}");
-        assert!(body.contains(r#"sts_session_expiration_timestamp_seconds{namespace="ns",name="st"} 2000000000"#), "{body}");
+        assert!(
+            head.contains(
+                "content-type: application/openmetrics-text; version=1.0.0; charset=utf-8"
+            ),
+            "{head}"
+        );
+        assert!(
+            body.contains(
+                r#"sts_session_expiration_timestamp_seconds{namespace="ns",name="st"} 2000000000"#
+            ),
+            "{body}"
+        );
         assert!(body.ends_with("# EOF\n"), "{body}");
 
         // Fresh values on every scrape.

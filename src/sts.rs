@@ -17,7 +17,7 @@ use std::time::Duration;
 use aws_sdk_sts::config::retry::RetryConfig;
 use aws_sdk_sts::config::timeout::TimeoutConfig;
 use aws_sdk_sts::config::{BehaviorVersion, Credentials, IdentityCache, Region, SharedHttpClient};
-use aws_sdk_sts::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_sts::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_sts::operation::get_session_token::{GetSessionTokenError, GetSessionTokenOutput};
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use tokio::sync::Semaphore;
@@ -48,16 +48,24 @@ pub struct TokenCode(Sensitive<String>);
 impl TokenCode {
     pub fn parse(raw: &str) -> Result<TokenCode, InvalidTokenCode> {
         if raw.is_empty() {
-            return Err(InvalidTokenCode { problem: "it is empty" });
+            return Err(InvalidTokenCode {
+                problem: "it is empty",
+            });
         }
         if raw.chars().any(char::is_whitespace) {
-            return Err(InvalidTokenCode { problem: "it contains whitespace" });
+            return Err(InvalidTokenCode {
+                problem: "it contains whitespace",
+            });
         }
         if !raw.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(InvalidTokenCode { problem: "it contains characters other than the digits 0-9" });
+            return Err(InvalidTokenCode {
+                problem: "it contains characters other than the digits 0-9",
+            });
         }
         if raw.len() != 6 {
-            return Err(InvalidTokenCode { problem: "it does not have exactly six digits" });
+            return Err(InvalidTokenCode {
+                problem: "it does not have exactly six digits",
+            });
         }
         Ok(TokenCode(Sensitive::new(raw.to_owned())))
     }
@@ -143,9 +151,11 @@ pub fn check_long_term_keys(
     has_session_token: bool,
 ) -> Result<(), String> {
     if has_session_token {
-        return Err("the Secret holds a session token: GetSessionToken needs an IAM user's \
+        return Err(
+            "the Secret holds a session token: GetSessionToken needs an IAM user's \
                     long-term access keys, not session credentials"
-            .to_owned());
+                .to_owned(),
+        );
     }
     if access_key_id.is_empty() {
         return Err("the access key id is empty".to_owned());
@@ -285,7 +295,9 @@ fn split_url(s: &str) -> Result<RawUrl<'_>, String> {
         return Err("it has a path; give only scheme://host[:port]".to_owned());
     }
     if authority.contains('@') {
-        return Err("it contains user information ('@'); give only scheme://host[:port]".to_owned());
+        return Err(
+            "it contains user information ('@'); give only scheme://host[:port]".to_owned(),
+        );
     }
     if authority.is_empty() {
         return Err("it has no host".to_owned());
@@ -332,7 +344,8 @@ fn parse_port(p: &str) -> Result<u16, String> {
 fn is_dns_label(l: &str) -> bool {
     !l.is_empty()
         && l.len() <= 63
-        && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && l.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !l.starts_with('-')
         && !l.ends_with('-')
 }
@@ -380,7 +393,9 @@ fn parse_host(host: &str, labels_ok: impl Fn(&str) -> bool) -> Result<Host, Stri
     {
         return match host.parse::<Ipv4Addr>() {
             Ok(a) => Ok(Host::Ip(IpAddr::V4(a))),
-            Err(_) => Err("its host looks like a numeric address but is not a valid IPv4 address".to_owned()),
+            Err(_) => Err(
+                "its host looks like a numeric address but is not a valid IPv4 address".to_owned(),
+            ),
         };
     }
     if let Some(bad) = labels.iter().find(|l| !labels_ok(l)) {
@@ -406,7 +421,11 @@ fn parse_endpoint(s: &str) -> Result<Endpoint, String> {
             (p != raw.scheme.default_port()).then_some(p)
         }
     };
-    Ok(Endpoint { scheme: raw.scheme, host, port })
+    Ok(Endpoint {
+        scheme: raw.scheme,
+        host,
+        port,
+    })
 }
 
 /// Parses an endpoint URL strictly and returns its canonical form `scheme://host[:port]`
@@ -555,8 +574,12 @@ impl EndpointPolicy {
         let patterns = list
             .iter()
             .map(|s| {
-                EndpointPattern::parse(s.trim())
-                    .map_err(|why| format!("endpoint pattern {:?} is not valid: {why}", truncate(s, 200)))
+                EndpointPattern::parse(s.trim()).map_err(|why| {
+                    format!(
+                        "endpoint pattern {:?} is not valid: {why}",
+                        truncate(s, 200)
+                    )
+                })
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self { patterns })
@@ -679,7 +702,10 @@ pub enum StsError {
     /// STS refused the source keys (`SignatureDoesNotMatch`, `InvalidClientTokenId`, …), or they
     /// were refused locally before any call (`code` is `None`; see [`check_long_term_keys`]).
     #[error("{}", source_credentials_message(.code.as_deref(), .message))]
-    SourceCredentialsInvalid { code: Option<String>, message: String },
+    SourceCredentialsInvalid {
+        code: Option<String>,
+        message: String,
+    },
     /// `AccessDenied` on a call with MFA: wrong, expired or reused code, or a serial number that
     /// is not the user's MFA device. A new code is needed.
     #[error("STS rejected the MFA token code ({code}): {message}")]
@@ -698,8 +724,12 @@ pub enum StsError {
     Transport { message: String },
     /// Any other error response (5xx, `ValidationError`, `RegionDisabledException`,
     /// `ExpiredToken`, …). `code` is `HTTP <status>` when the response carried no error code.
-    #[error("STS returned an error ({code}, HTTP {status}): {message}")]
-    Service { code: String, message: String, status: u16 },
+    #[error("{}", service_message(.code, *.status, .message))]
+    Service {
+        code: String,
+        message: String,
+        status: u16,
+    },
     /// A success response without all four credential fields, or with an expiration that is
     /// unparsable or not in the future.
     #[error("STS returned an invalid response: {message}")]
@@ -714,6 +744,14 @@ fn source_credentials_message(code: Option<&str>, message: &str) -> String {
     match code {
         Some(code) => format!("STS rejected the source credentials ({code}): {message}"),
         None => format!("the source credentials are not usable: {message}"),
+    }
+}
+
+fn service_message(code: &str, status: u16, message: &str) -> String {
+    if code.starts_with("HTTP ") {
+        format!("STS returned an error ({code}): {message}")
+    } else {
+        format!("STS returned an error ({code}, HTTP {status}): {message}")
     }
 }
 
@@ -798,6 +836,21 @@ fn short(s: impl fmt::Display) -> String {
     truncate(&s.to_string(), MAX_MESSAGE_CHARS)
 }
 
+/// An error and its sources, `Display` only (never `Debug`, which for SDK errors can include the
+/// raw HTTP response), truncated.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(e);
+    while let Some(err) = next {
+        let text = err.to_string();
+        if !text.is_empty() && parts.last() != Some(&text) {
+            parts.push(text);
+        }
+        next = err.source();
+    }
+    short(parts.join(": "))
+}
+
 fn classify_code(code: &str, message: String, status: u16, with_mfa: bool) -> StsError {
     let code_s = code.to_owned();
     match code {
@@ -819,8 +872,13 @@ fn classify_code(code: &str, message: String, status: u16, with_mfa: bool) -> St
             code: code_s,
             message,
         },
-        "Throttling" | "ThrottlingException" | "ThrottledException" | "RequestLimitExceeded"
-        | "TooManyRequestsException" | "RequestThrottled" | "RequestThrottledException"
+        "Throttling"
+        | "ThrottlingException"
+        | "ThrottledException"
+        | "RequestLimitExceeded"
+        | "TooManyRequestsException"
+        | "RequestThrottled"
+        | "RequestThrottledException"
         | "SlowDown" => StsError::Throttled {
             code: code_s,
             message,
@@ -834,7 +892,7 @@ fn classify_code(code: &str, message: String, status: u16, with_mfa: bool) -> St
 }
 
 fn classify(err: SdkError<GetSessionTokenError, HttpResponse>, with_mfa: bool) -> StsError {
-    let context = || short(DisplayErrorContext(&err));
+    let context = || error_chain(&err);
     match &err {
         SdkError::ServiceError(se) => {
             let status = se.raw().status();
@@ -848,7 +906,7 @@ fn classify(err: SdkError<GetSessionTokenError, HttpResponse>, with_mfa: bool) -
                 ),
                 // A success status whose body could not be deserialised.
                 None if status.is_success() => StsError::InvalidResponse {
-                    message: short(DisplayErrorContext(e)),
+                    message: error_chain(e),
                 },
                 None => StsError::Service {
                     code: format!("HTTP {}", status.as_u16()),
@@ -900,6 +958,9 @@ fn credentials_from_output(
     if creds.session_token.is_empty() {
         return Err(invalid("the response has no SessionToken"));
     }
+    if creds.expiration.secs() == 0 && creds.expiration.subsec_nanos() == 0 {
+        return Err(invalid("the response has no Expiration"));
+    }
     let expiration = jiff::Timestamp::new(
         creds.expiration.secs(),
         i32::try_from(creds.expiration.subsec_nanos()).unwrap_or(0),
@@ -907,9 +968,7 @@ fn credentials_from_output(
     .map_err(|_| invalid("the response's Expiration is out of range"))?;
     if expiration <= now {
         return Err(StsError::InvalidResponse {
-            message: format!(
-                "the response's Expiration {expiration} is missing or not in the future"
-            ),
+            message: format!("the response's Expiration {expiration} is not in the future"),
         });
     }
     Ok(SessionCredentials {
@@ -983,16 +1042,17 @@ impl StsClient {
         if let Some((serial, _)) = &req.mfa {
             validate_serial_number(serial).map_err(bad)?;
         }
-        check_long_term_keys(req.access_key_id, req.secret_access_key, false)
-            .map_err(|message| StsError::SourceCredentialsInvalid {
+        check_long_term_keys(req.access_key_id, req.secret_access_key, false).map_err(
+            |message| StsError::SourceCredentialsInvalid {
                 code: None,
                 message,
-            })?;
+            },
+        )?;
         let endpoint = match (req.endpoint, settings.default_endpoint.as_deref()) {
             (Some(e), _) => Some(normalize_endpoint(e).map_err(bad)?),
-            (None, Some(e)) => Some(
-                normalize_endpoint(e).map_err(|why| bad(format!("--sts-endpoint: {why}")))?,
-            ),
+            (None, Some(e)) => {
+                Some(normalize_endpoint(e).map_err(|why| bad(format!("--sts-endpoint: {why}")))?)
+            }
             (None, None) => None,
         };
         let with_mfa = req.mfa.is_some();
@@ -1071,8 +1131,19 @@ mod tests {
     #[test]
     fn token_code_parse() {
         for bad in [
-            " 123456", "123456 ", "12345", "1234567", "+12345", "+123456", "12ab56", "１２３４５６",
-            "", "123 456", "-12345", "12345\n", "٠١٢٣٤٥",
+            " 123456",
+            "123456 ",
+            "12345",
+            "1234567",
+            "+12345",
+            "+123456",
+            "12ab56",
+            "１２３４５６",
+            "",
+            "123 456",
+            "-12345",
+            "12345\n",
+            "٠١٢٣٤٥",
         ] {
             let err = TokenCode::parse(bad).expect_err(bad);
             let msg = err.to_string();
@@ -1086,7 +1157,9 @@ mod tests {
 
     #[test]
     fn serial_numbers() {
-        assert!(validate_serial_number("arn:aws:iam::123456789012:mfa/jane.doe@example.com").is_ok());
+        assert!(
+            validate_serial_number("arn:aws:iam::123456789012:mfa/jane.doe@example.com").is_ok()
+        );
         assert!(validate_serial_number("GAHT12345678").is_ok());
         assert!(validate_serial_number("arn:aws-us-gov:iam::123456789012:mfa/a_b+c=d,e-f").is_ok());
         assert!(validate_serial_number("12345678").is_err());
@@ -1100,10 +1173,24 @@ mod tests {
 
     #[test]
     fn regions_and_durations() {
-        for ok in ["us-east-1", "us-gov-west-1", "cn-north-1", "aws-global", "eusc-de-east-1"] {
+        for ok in [
+            "us-east-1",
+            "us-gov-west-1",
+            "cn-north-1",
+            "aws-global",
+            "eusc-de-east-1",
+        ] {
             assert!(validate_region(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "US-EAST-1", "us-east-1.evil.com", "evil.com/x?", "-us", "us_east_1", "us east"] {
+        for bad in [
+            "",
+            "US-EAST-1",
+            "us-east-1.evil.com",
+            "evil.com/x?",
+            "-us",
+            "us_east_1",
+            "us east",
+        ] {
             assert!(validate_region(bad).is_err(), "{bad}");
         }
         assert!(validate_duration_seconds(900).is_ok());
@@ -1188,9 +1275,21 @@ mod tests {
             assert!(!e.contains("pw@") && !e.contains("user:"), "{e}");
         }
         // Messages say why.
-        assert!(p.check("http://sts.us-east-1.amazonaws.com").unwrap_err().contains("matches none"));
-        assert!(p.check("https://u:secretpw@sts.amazonaws.com").unwrap_err().contains("user information"));
-        assert!(!p.check("https://u:secretpw@sts.amazonaws.com").unwrap_err().contains("secretpw"));
+        assert!(
+            p.check("http://sts.us-east-1.amazonaws.com")
+                .unwrap_err()
+                .contains("matches none")
+        );
+        assert!(
+            p.check("https://u:secretpw@sts.amazonaws.com")
+                .unwrap_err()
+                .contains("user information")
+        );
+        assert!(
+            !p.check("https://u:secretpw@sts.amazonaws.com")
+                .unwrap_err()
+                .contains("secretpw")
+        );
     }
 
     #[test]
@@ -1216,28 +1315,68 @@ mod tests {
         let none = EndpointPolicy::from_patterns(&[]).unwrap();
         assert!(none.check("https://sts.amazonaws.com").is_err());
 
-        for bad in ["https://sts.amazonaws.com/x", "sts.amazonaws.com", "https://*.com:99999", "https://a..b", "https://x?"] {
-            assert!(EndpointPolicy::from_patterns(&[bad.to_owned()]).is_err(), "{bad}");
+        for bad in [
+            "https://sts.amazonaws.com/x",
+            "sts.amazonaws.com",
+            "https://*.com:99999",
+            "https://a..b",
+            "https://x?",
+        ] {
+            assert!(
+                EndpointPolicy::from_patterns(&[bad.to_owned()]).is_err(),
+                "{bad}"
+            );
         }
     }
 
     #[test]
     fn endpoint_normalisation() {
-        assert_eq!(normalize_endpoint("HTTPS://STS.Amazonaws.com:443/").unwrap(), "https://sts.amazonaws.com");
-        assert_eq!(normalize_endpoint("http://127.0.0.1:4566").unwrap(), "http://127.0.0.1:4566");
-        assert_eq!(normalize_endpoint("http://localhost:80").unwrap(), "http://localhost");
-        assert_eq!(normalize_endpoint("https://sts.amazonaws.com:0443").unwrap(), "https://sts.amazonaws.com");
-        assert_eq!(normalize_endpoint("http://[::1]:8080").unwrap(), "http://[::1]:8080");
+        assert_eq!(
+            normalize_endpoint("HTTPS://STS.Amazonaws.com:443/").unwrap(),
+            "https://sts.amazonaws.com"
+        );
+        assert_eq!(
+            normalize_endpoint("http://127.0.0.1:4566").unwrap(),
+            "http://127.0.0.1:4566"
+        );
+        assert_eq!(
+            normalize_endpoint("http://localhost:80").unwrap(),
+            "http://localhost"
+        );
+        assert_eq!(
+            normalize_endpoint("https://sts.amazonaws.com:0443").unwrap(),
+            "https://sts.amazonaws.com"
+        );
+        assert_eq!(
+            normalize_endpoint("http://[::1]:8080").unwrap(),
+            "http://[::1]:8080"
+        );
         assert!(normalize_endpoint("http://[::1").is_err());
         assert!(normalize_endpoint("http://[::1]x").is_err());
     }
 
     #[test]
     fn region_labels() {
-        for ok in ["us-east-1", "us-gov-west-1", "cn-northwest-1", "eusc-de-east-1", "us-isob-east-1", "ap-southeast-10"] {
+        for ok in [
+            "us-east-1",
+            "us-gov-west-1",
+            "cn-northwest-1",
+            "eusc-de-east-1",
+            "us-isob-east-1",
+            "ap-southeast-10",
+        ] {
             assert!(is_region_label(ok), "{ok}");
         }
-        for bad in ["s3", "s3-us-west-2", "s3-external-1", "us-east", "us-east-123", "vpce", "us--1", "a-b-1"] {
+        for bad in [
+            "s3",
+            "s3-us-west-2",
+            "s3-external-1",
+            "us-east",
+            "us-east-123",
+            "vpce",
+            "us--1",
+            "a-b-1",
+        ] {
             assert!(!is_region_label(bad), "{bad}");
         }
     }
@@ -1296,16 +1435,25 @@ mod tests {
         fn call(&self, request: HttpRequest) -> HttpConnectorFuture {
             self.requests.lock().unwrap().push(Recorded {
                 uri: request.uri().to_owned(),
-                body: String::from_utf8(request.body().bytes().unwrap_or_default().to_vec()).unwrap(),
-                authorization: request.headers().get("authorization").unwrap_or("").to_owned(),
+                body: String::from_utf8(request.body().bytes().unwrap_or_default().to_vec())
+                    .unwrap(),
+                authorization: request
+                    .headers()
+                    .get("authorization")
+                    .unwrap_or("")
+                    .to_owned(),
             });
             let next = {
                 let mut q = self.replies.lock().unwrap();
-                if q.len() > 1 { q.pop_front() } else { q.front().map(|c| match c {
-                    Canned::Reply(s, b) => Canned::Reply(*s, b.clone()),
-                    Canned::Hang => Canned::Hang,
-                    Canned::Refuse => Canned::Refuse,
-                }) }
+                if q.len() > 1 {
+                    q.pop_front()
+                } else {
+                    q.front().map(|c| match c {
+                        Canned::Reply(s, b) => Canned::Reply(*s, b.clone()),
+                        Canned::Hang => Canned::Hang,
+                        Canned::Refuse => Canned::Refuse,
+                    })
+                }
             };
             match next.expect("a canned reply") {
                 Canned::Reply(status, body) => HttpConnectorFuture::ready(Ok(HttpResponse::new(
@@ -1330,7 +1478,8 @@ mod tests {
             let me = self.clone();
             let http = http_client_fn(move |_, _| SharedHttpConnector::new(me.clone()));
             let mut c = StsClient::with_http_client(settings, http);
-            Arc::get_mut(&mut c.inner).unwrap().retry_initial_backoff = Some(Duration::from_millis(5));
+            Arc::get_mut(&mut c.inner).unwrap().retry_initial_backoff =
+                Some(Duration::from_millis(5));
             c
         }
         fn requests(&self) -> Vec<Recorded> {
@@ -1444,7 +1593,10 @@ mod tests {
         assert_eq!(creds.session_token.expose(), SESSION_TOKEN);
         assert!(creds.expiration > jiff::Timestamp::now());
         let dbg = format!("{creds:?}");
-        assert!(!dbg.contains(SESSION_SECRET) && !dbg.contains(SESSION_TOKEN), "{dbg}");
+        assert!(
+            !dbg.contains(SESSION_SECRET) && !dbg.contains(SESSION_TOKEN),
+            "{dbg}"
+        );
 
         let reqs = fake.requests();
         assert_eq!(reqs.len(), 1);
@@ -1453,11 +1605,18 @@ mod tests {
         assert_eq!(field(&f, "Action"), Some("GetSessionToken"));
         assert_eq!(field(&f, "Version"), Some("2011-06-15"));
         assert_eq!(field(&f, "DurationSeconds"), Some("3600"));
-        assert_eq!(field(&f, "SerialNumber"), Some("arn:aws:iam::123456789012:mfa/jane"));
+        assert_eq!(
+            field(&f, "SerialNumber"),
+            Some("arn:aws:iam::123456789012:mfa/jane")
+        );
         assert_eq!(field(&f, "TokenCode"), Some("123456"));
         assert!(
-            reqs[0].authorization.contains("Credential=AKIAIOSFODNN7EXAMPLE/")
-                && reqs[0].authorization.contains("/eu-west-1/sts/aws4_request"),
+            reqs[0]
+                .authorization
+                .contains("Credential=AKIAIOSFODNN7EXAMPLE/")
+                && reqs[0]
+                    .authorization
+                    .contains("/eu-west-1/sts/aws4_request"),
             "{}",
             reqs[0].authorization
         );
@@ -1470,7 +1629,10 @@ mod tests {
         let mut s = settings();
         s.default_endpoint = Some("http://127.0.0.1:4566".to_owned());
         let client = fake.client(s);
-        client.get_session_token(request(&secret, false)).await.unwrap();
+        client
+            .get_session_token(request(&secret, false))
+            .await
+            .unwrap();
         let mut req = request(&secret, false);
         req.endpoint = Some("HTTPS://VPCE-1.sts.eu-west-1.vpce.amazonaws.com:443/");
         client.get_session_token(req).await.unwrap();
@@ -1478,29 +1640,55 @@ mod tests {
         let reqs = fake.requests();
         assert_eq!(reqs.len(), 2);
         assert_eq!(reqs[0].uri, "http://127.0.0.1:4566/");
-        assert_eq!(reqs[1].uri, "https://vpce-1.sts.eu-west-1.vpce.amazonaws.com/");
+        assert_eq!(
+            reqs[1].uri,
+            "https://vpce-1.sts.eu-west-1.vpce.amazonaws.com/"
+        );
         let f = form(&reqs[0].body);
         assert_eq!(field(&f, "DurationSeconds"), Some("3600"));
         assert_eq!(field(&f, "SerialNumber"), None);
         assert_eq!(field(&f, "TokenCode"), None);
     }
 
-    async fn call_with(replies: Vec<Canned>, mfa: bool, s: StsSettings) -> (Result<SessionCredentials, StsError>, usize) {
+    async fn call_with(
+        replies: Vec<Canned>,
+        mfa: bool,
+        s: StsSettings,
+    ) -> (Result<SessionCredentials, StsError>, usize) {
         let fake = Fake::new(replies);
         let secret = Sensitive::new(SECRET.to_owned());
-        let r = fake.client(s).get_session_token(request(&secret, mfa)).await;
+        let r = fake
+            .client(s)
+            .get_session_token(request(&secret, mfa))
+            .await;
         (r, fake.requests().len())
     }
 
     #[tokio::test]
     async fn mfa_calls_are_attempted_once() {
-        let (r, n) = call_with(vec![Canned::Reply(500, error_body("InternalFailure", "oops"))], true, settings()).await;
+        let (r, n) = call_with(
+            vec![Canned::Reply(500, error_body("InternalFailure", "oops"))],
+            true,
+            settings(),
+        )
+        .await;
         assert_eq!(n, 1);
         let e = r.unwrap_err();
-        assert!(matches!(&e, StsError::Service { code, status: 500, .. } if code == "InternalFailure"), "{e:?}");
+        assert!(
+            matches!(&e, StsError::Service { code, status: 500, .. } if code == "InternalFailure"),
+            "{e:?}"
+        );
         assert!(e.is_retryable());
 
-        let (r, n) = call_with(vec![Canned::Reply(400, error_body("Throttling", "Rate exceeded"))], true, settings()).await;
+        let (r, n) = call_with(
+            vec![Canned::Reply(
+                400,
+                error_body("Throttling", "Rate exceeded"),
+            )],
+            true,
+            settings(),
+        )
+        .await;
         assert_eq!(n, 1);
         assert_eq!(r.unwrap_err().reason(), "Throttled");
 
@@ -1511,9 +1699,17 @@ mod tests {
 
     #[tokio::test]
     async fn non_mfa_calls_are_retried() {
-        let (r, n) = call_with(vec![Canned::Reply(500, error_body("InternalFailure", "oops"))], false, settings()).await;
+        let (r, n) = call_with(
+            vec![Canned::Reply(500, error_body("InternalFailure", "oops"))],
+            false,
+            settings(),
+        )
+        .await;
         assert_eq!(n, 3);
-        assert!(matches!(r.unwrap_err(), StsError::Service { status: 500, .. }));
+        assert!(matches!(
+            r.unwrap_err(),
+            StsError::Service { status: 500, .. }
+        ));
 
         let (r, n) = call_with(
             vec![
@@ -1529,30 +1725,107 @@ mod tests {
 
         let mut s = settings();
         s.non_mfa_attempts = 1;
-        let (_, n) = call_with(vec![Canned::Reply(500, error_body("InternalFailure", "oops"))], false, s).await;
+        let (_, n) = call_with(
+            vec![Canned::Reply(500, error_body("InternalFailure", "oops"))],
+            false,
+            s,
+        )
+        .await;
         assert_eq!(n, 1);
 
         // Not retried: a client error.
-        let (r, n) = call_with(vec![Canned::Reply(403, error_body("InvalidClientTokenId", "The security token included in the request is invalid."))], false, settings()).await;
+        let (r, n) = call_with(
+            vec![Canned::Reply(
+                403,
+                error_body(
+                    "InvalidClientTokenId",
+                    "The security token included in the request is invalid.",
+                ),
+            )],
+            false,
+            settings(),
+        )
+        .await;
         assert_eq!(n, 1);
         let e = r.unwrap_err();
         assert_eq!(e.reason(), "SourceCredentialsInvalid");
-        assert_eq!(e.to_string(), "STS rejected the source credentials (InvalidClientTokenId): The security token included in the request is invalid.");
+        assert_eq!(
+            e.to_string(),
+            "STS rejected the source credentials (InvalidClientTokenId): The security token included in the request is invalid."
+        );
     }
 
     #[tokio::test]
     async fn error_classification() {
         let cases: Vec<(Canned, bool, &str)> = vec![
-            (Canned::Reply(403, error_body("SignatureDoesNotMatch", "The request signature we calculated does not match")), true, "SourceCredentialsInvalid"),
-            (Canned::Reply(403, error_body("AccessDenied", "MultiFactorAuthentication failed with invalid MFA one time pass code.")), true, "TokenCodeRejected"),
-            (Canned::Reply(403, error_body("AccessDenied", "no")), false, "StsError"),
-            (Canned::Reply(400, error_body("RequestLimitExceeded", "slow down")), true, "Throttled"),
-            (Canned::Reply(400, error_body("TooManyRequestsException", "slow down")), true, "Throttled"),
-            (Canned::Reply(400, error_body("ValidationError", "bad duration")), true, "StsError"),
-            (Canned::Reply(403, error_body("RegionDisabledException", "STS is not activated in this region")), true, "StsError"),
-            (Canned::Reply(400, error_body("ExpiredToken", "expired")), true, "StsError"),
-            (Canned::Reply(502, "Bad Gateway".to_owned()), true, "StsError"),
-            (Canned::Reply(200, "not xml at all".to_owned()), true, "StsError"),
+            (
+                Canned::Reply(
+                    403,
+                    error_body(
+                        "SignatureDoesNotMatch",
+                        "The request signature we calculated does not match",
+                    ),
+                ),
+                true,
+                "SourceCredentialsInvalid",
+            ),
+            (
+                Canned::Reply(
+                    403,
+                    error_body(
+                        "AccessDenied",
+                        "MultiFactorAuthentication failed with invalid MFA one time pass code.",
+                    ),
+                ),
+                true,
+                "TokenCodeRejected",
+            ),
+            (
+                Canned::Reply(403, error_body("AccessDenied", "no")),
+                false,
+                "StsError",
+            ),
+            (
+                Canned::Reply(400, error_body("RequestLimitExceeded", "slow down")),
+                true,
+                "Throttled",
+            ),
+            (
+                Canned::Reply(400, error_body("TooManyRequestsException", "slow down")),
+                true,
+                "Throttled",
+            ),
+            (
+                Canned::Reply(400, error_body("ValidationError", "bad duration")),
+                true,
+                "StsError",
+            ),
+            (
+                Canned::Reply(
+                    403,
+                    error_body(
+                        "RegionDisabledException",
+                        "STS is not activated in this region",
+                    ),
+                ),
+                true,
+                "StsError",
+            ),
+            (
+                Canned::Reply(400, error_body("ExpiredToken", "expired")),
+                true,
+                "StsError",
+            ),
+            (
+                Canned::Reply(502, "Bad Gateway".to_owned()),
+                true,
+                "StsError",
+            ),
+            (
+                Canned::Reply(200, "not xml at all".to_owned()),
+                true,
+                "StsError",
+            ),
         ];
         for (canned, mfa, reason) in cases {
             let (r, _) = call_with(vec![canned], mfa, settings()).await;
@@ -1562,20 +1835,51 @@ mod tests {
             assert!(!text.contains(SECRET) && !text.contains("123456"), "{text}");
         }
 
-        let (r, _) = call_with(vec![Canned::Reply(502, "Bad Gateway".to_owned())], true, settings()).await;
-        assert!(matches!(r.unwrap_err(), StsError::Service { status: 502, .. }));
-        let (r, _) = call_with(vec![Canned::Reply(200, "not xml at all".to_owned())], true, settings()).await;
+        let (r, _) = call_with(
+            vec![Canned::Reply(502, "Bad Gateway".to_owned())],
+            true,
+            settings(),
+        )
+        .await;
+        assert!(matches!(
+            r.unwrap_err(),
+            StsError::Service { status: 502, .. }
+        ));
+        let (r, _) = call_with(
+            vec![Canned::Reply(200, "not xml at all".to_owned())],
+            true,
+            settings(),
+        )
+        .await;
         assert!(matches!(r.unwrap_err(), StsError::InvalidResponse { .. }));
-        let (r, _) = call_with(vec![Canned::Reply(403, error_body("RegionDisabledException", "off"))], true, settings()).await;
+        let (r, _) = call_with(
+            vec![Canned::Reply(
+                403,
+                error_body("RegionDisabledException", "off"),
+            )],
+            true,
+            settings(),
+        )
+        .await;
         let e = r.unwrap_err();
-        assert!(matches!(&e, StsError::Service { code, .. } if code == "RegionDisabledException"), "{e:?}");
+        assert!(
+            matches!(&e, StsError::Service { code, .. } if code == "RegionDisabledException"),
+            "{e:?}"
+        );
         assert!(!e.is_retryable());
 
         // Long STS messages are truncated.
         let long = "x".repeat(1000);
-        let (r, _) = call_with(vec![Canned::Reply(400, error_body("ValidationError", &long))], true, settings()).await;
+        let (r, _) = call_with(
+            vec![Canned::Reply(400, error_body("ValidationError", &long))],
+            true,
+            settings(),
+        )
+        .await;
         match r.unwrap_err() {
-            StsError::Service { message, .. } => assert_eq!(message.chars().count(), MAX_MESSAGE_CHARS + 1),
+            StsError::Service { message, .. } => {
+                assert_eq!(message.chars().count(), MAX_MESSAGE_CHARS + 1)
+            }
             e => panic!("{e:?}"),
         }
     }
@@ -1599,11 +1903,21 @@ mod tests {
         let (r, _) = call_with(vec![Canned::Reply(200, ok_body(&past))], true, settings()).await;
         assert!(matches!(r.unwrap_err(), StsError::InvalidResponse { .. }));
 
-        let (r, _) = call_with(vec![Canned::Reply(200, ok_body("tomorrow"))], true, settings()).await;
+        let (r, _) = call_with(
+            vec![Canned::Reply(200, ok_body("tomorrow"))],
+            true,
+            settings(),
+        )
+        .await;
         assert!(matches!(r.unwrap_err(), StsError::InvalidResponse { .. }));
 
         let exp = future_expiration();
-        for missing in ["SessionToken", "SecretAccessKey", "AccessKeyId", "Expiration"] {
+        for missing in [
+            "SessionToken",
+            "SecretAccessKey",
+            "AccessKeyId",
+            "Expiration",
+        ] {
             let body = ok_body(&exp);
             let start = body.find(&format!("<{missing}>")).unwrap();
             let end_tag = format!("</{missing}>");
@@ -1611,9 +1925,15 @@ mod tests {
             let body = format!("{}{}", &body[..start], &body[end..]);
             let (r, _) = call_with(vec![Canned::Reply(200, body)], true, settings()).await;
             let e = r.unwrap_err();
-            assert!(matches!(e, StsError::InvalidResponse { .. }), "{missing}: {e:?}");
+            assert!(
+                matches!(e, StsError::InvalidResponse { .. }),
+                "{missing}: {e:?}"
+            );
             let text = e.to_string();
-            assert!(!text.contains(SESSION_SECRET) && !text.contains(SESSION_TOKEN), "{text}");
+            assert!(
+                !text.contains(SESSION_SECRET) && !text.contains(SESSION_TOKEN),
+                "{text}"
+            );
         }
         let body = r#"<GetSessionTokenResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><GetSessionTokenResult></GetSessionTokenResult></GetSessionTokenResponse>"#;
         let (r, _) = call_with(vec![Canned::Reply(200, body.to_owned())], true, settings()).await;
@@ -1628,13 +1948,22 @@ mod tests {
 
         let mut r = request(&secret, true);
         r.region = "evil.com/";
-        assert_eq!(client.get_session_token(r).await.unwrap_err().reason(), "InvalidSpec");
+        assert_eq!(
+            client.get_session_token(r).await.unwrap_err().reason(),
+            "InvalidSpec"
+        );
         let mut r = request(&secret, true);
         r.duration_seconds = 60;
-        assert!(matches!(client.get_session_token(r).await, Err(StsError::InvalidRequest { .. })));
+        assert!(matches!(
+            client.get_session_token(r).await,
+            Err(StsError::InvalidRequest { .. })
+        ));
         let mut r = request(&secret, true);
         r.endpoint = Some("https://user:pw@sts.amazonaws.com");
-        assert!(matches!(client.get_session_token(r).await, Err(StsError::InvalidRequest { .. })));
+        assert!(matches!(
+            client.get_session_token(r).await,
+            Err(StsError::InvalidRequest { .. })
+        ));
         let mut r = request(&secret, false);
         r.access_key_id = "ASIAIOSFODNN7EXAMPLE";
         let e = client.get_session_token(r).await.unwrap_err();
@@ -1642,7 +1971,10 @@ mod tests {
         assert!(!e.was_sent());
         let mut r = request(&secret, false);
         r.mfa = Some(("short", TokenCode::parse("123456").unwrap()));
-        assert!(matches!(client.get_session_token(r).await, Err(StsError::InvalidRequest { .. })));
+        assert!(matches!(
+            client.get_session_token(r).await,
+            Err(StsError::InvalidRequest { .. })
+        ));
 
         assert!(fake.requests().is_empty());
     }
@@ -1673,11 +2005,129 @@ mod tests {
         assert!(started.elapsed() >= Duration::from_millis(900));
     }
 
+    // ---- the real HTTP client over loopback --------------------------------------------------
+
+    /// Serves each connection's first request with `reply` (or never answers, if `None`) and
+    /// returns the request bodies it saw.
+    async fn loopback_sts(reply: Option<String>) -> (String, Arc<Mutex<Vec<String>>>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let seen2 = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                let reply = reply.clone();
+                let seen = seen2.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    let body = loop {
+                        let n = stream.read(&mut chunk).await.unwrap();
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        let text = String::from_utf8_lossy(&buf).to_string();
+                        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                            let len: usize = head
+                                .lines()
+                                .find_map(|l| {
+                                    l.to_ascii_lowercase()
+                                        .strip_prefix("content-length:")
+                                        .map(|v| v.trim().parse().unwrap())
+                                })
+                                .unwrap_or(0);
+                            if body.len() >= len {
+                                break body.to_owned();
+                            }
+                        }
+                    };
+                    seen.lock().unwrap().push(body);
+                    match reply {
+                        Some(r) => {
+                            let resp = format!(
+                                "HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{r}",
+                                r.len()
+                            );
+                            stream.write_all(resp.as_bytes()).await.unwrap();
+                            let _ = stream.shutdown().await;
+                        }
+                        None => std::future::pending::<()>().await,
+                    }
+                });
+            }
+        });
+        (endpoint, seen)
+    }
+
+    #[tokio::test]
+    async fn real_client_over_loopback() {
+        let (endpoint, seen) = loopback_sts(Some(ok_body(&future_expiration()))).await;
+        let client = StsClient::new(StsSettings {
+            default_endpoint: Some(endpoint),
+            ..settings()
+        });
+        let secret = Sensitive::new(SECRET.to_owned());
+        let creds = client
+            .get_session_token(request(&secret, true))
+            .await
+            .unwrap();
+        assert_eq!(creds.session_token.expose(), SESSION_TOKEN);
+        let creds = client
+            .get_session_token(request(&secret, false))
+            .await
+            .unwrap();
+        assert_eq!(creds.access_key_id, "ASIAIOSFODNN7EXAMPLE");
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), 2);
+        assert!(seen[0].contains("TokenCode=123456"), "{}", seen[0]);
+        assert!(!seen[1].contains("TokenCode"), "{}", seen[1]);
+    }
+
+    #[tokio::test]
+    async fn real_client_connection_refused_and_timeout() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let client = StsClient::new(StsSettings {
+            default_endpoint: Some(format!("http://127.0.0.1:{port}")),
+            ..settings()
+        });
+        let secret = Sensitive::new(SECRET.to_owned());
+        let e = client
+            .get_session_token(request(&secret, true))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, StsError::Transport { .. }), "{e:?}");
+        assert!(e.to_string().contains("Connection refused"), "{e}");
+        assert!(!e.to_string().contains("DispatchFailure {"), "{e}");
+        assert!(e.is_retryable());
+        assert!(!e.to_string().contains(SECRET));
+
+        let (endpoint, seen) = loopback_sts(None).await;
+        let client = StsClient::new(StsSettings {
+            default_endpoint: Some(endpoint),
+            timeout: Duration::from_millis(500),
+            ..settings()
+        });
+        let e = client
+            .get_session_token(request(&secret, true))
+            .await
+            .unwrap_err();
+        assert_eq!(e, StsError::Timeout);
+        assert_eq!(seen.lock().unwrap().len(), 1);
+    }
+
     #[test]
     fn settings_validation() {
         assert!(StsSettings::default().validate().is_ok());
-        let mut s = StsSettings::default();
-        s.default_endpoint = Some("http://localhost:4566/x".into());
+        let mut s = StsSettings {
+            default_endpoint: Some("http://localhost:4566/x".into()),
+            ..StsSettings::default()
+        };
         assert!(s.validate().is_err());
         s.default_endpoint = Some("http://localhost:4566".into());
         assert!(s.validate().is_ok());

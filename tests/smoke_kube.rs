@@ -114,10 +114,10 @@ async fn crd_watch_status_validation_gc_and_audit() -> Result<()> {
     let watch_task = tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         while let Some(item) = stream.next().await {
-            if let Ok(obj) = item {
-                if tx.send(obj).is_err() {
-                    break;
-                }
+            if let Ok(obj) = item
+                && tx.send(obj).is_err()
+            {
+                break;
             }
         }
     });
@@ -273,5 +273,42 @@ async fn version_users_rbac_tokens_and_namespace_deletion() -> Result<()> {
     .await?;
     eprintln!("namespace deletion took {:.1} s", started.elapsed().as_secs_f64());
     ensure!(cp.audit_events()?.iter().any(|e| e.verb == "delete" && e.resource() == "namespaces" && e.name() == ns));
+    Ok(())
+}
+
+#[tokio::test]
+async fn private_instance_restarts_with_its_data() -> Result<()> {
+    let cp = ControlPlane::start().await?;
+    assert!(cp.is_owned());
+    let dir = cp.dir().to_path_buf();
+    let server = cp.server_url().to_string();
+    let cms = Api::<ConfigMap>::namespaced(cp.admin_client().await?, "default");
+    let cm: ConfigMap = serde_json::from_value(json!({ "metadata": { "name": "survivor" }, "data": { "k": "v" } }))?;
+    cms.create(&PostParams::default(), &cm).await?;
+
+    let t = Instant::now();
+    cp.stop_apiserver().await?;
+    eprintln!("stop_apiserver() took {:.1} s", t.elapsed().as_secs_f64());
+    assert!(cms.get_opt("survivor").await.is_err(), "the API server should be down");
+    let started = Instant::now();
+    cp.start_apiserver().await?;
+    eprintln!("kube-apiserver + etcd restart took {:.1} s", started.elapsed().as_secs_f64());
+    assert_eq!(cp.server_url(), server);
+    // Same port, same CA, same data: a fresh client (and the old one) see it.
+    let got = Api::<ConfigMap>::namespaced(cp.admin_client().await?, "default").get("survivor").await?;
+    assert_eq!(got.data.unwrap_or_default().get("k").map(String::as_str), Some("v"));
+    eventually("the old client to reconnect", Duration::from_secs(10), || async {
+        Ok(cms.get_opt("survivor").await.ok().flatten())
+    })
+    .await?;
+    let t = Instant::now();
+    cp.restart().await?;
+    eprintln!("restart() took {:.1} s", t.elapsed().as_secs_f64());
+    let t = Instant::now();
+    cp.restart_controller_manager().await?;
+    eprintln!("restart_controller_manager() took {:.1} s", t.elapsed().as_secs_f64());
+
+    drop(cp);
+    assert!(!dir.exists() || testkit::process::keep_scratch(), "{} not removed", dir.display());
     Ok(())
 }

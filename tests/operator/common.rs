@@ -3,7 +3,6 @@
 //! `sts-operator` identity with the RBAC it ships with.
 
 use anyhow::{bail, Context as _, Result};
-use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
@@ -70,6 +69,7 @@ impl Operator {
         args.extend(opts.extra_args.iter().cloned());
         let process = ChildProcess::builder(env!("CARGO_BIN_EXE_sts-session-operator"))
             .name(format!("operator-{ns}"))
+            .log_file(cp.dir().join(format!("operator-{ns}-{metrics_port}.log")))
             .args(&args)
             .env("KUBECONFIG", &kubeconfig)
             // debug everywhere: the canary tests grep these logs for secrets
@@ -228,19 +228,15 @@ where
 
 /// Waits until the SessionToken's condition has the given status and reason.
 pub async fn wait_condition(ns: &Ns, name: &str, type_: &str, status: &str, reason: &str, timeout: Duration) -> Result<SessionToken> {
-    let mut seen = (String::new(), String::new());
-    let result = eventually(timeout, &format!("{name} {type_}={status}/{reason}"), || {
-        let seen = &mut seen;
-        async move {
-            let st = ns.session(name).await?;
-            *seen = cond(&st, type_);
-            Ok((seen.0 == status && seen.1 == reason).then_some(st))
-        }
+    let seen = std::sync::Mutex::new((String::new(), String::new()));
+    let result = eventually(timeout, &format!("{name} {type_}={status}/{reason}"), || async {
+        let st = ns.session(name).await?;
+        let now = cond(&st, type_);
+        let hit = now.0 == status && now.1 == reason;
+        *seen.lock().unwrap() = now;
+        Ok(hit.then_some(st))
     })
     .await;
+    let seen = seen.lock().unwrap().clone();
     result.with_context(|| format!("{type_} was {}/{}", seen.0, seen.1))
-}
-
-pub fn ts(s: &str) -> Timestamp {
-    s.parse().expect("timestamp")
 }

@@ -33,7 +33,7 @@ fn source_spec(extra: serde_json::Value) -> serde_json::Value {
 
 /// Parses an AWS shared-credentials file the way the SDKs read it: sections and `k = v`.
 fn parse_credentials_file(text: &str) -> std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>> {
-    let mut out = std::collections::BTreeMap::new();
+    let mut out: std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>> = Default::default();
     let mut section = String::new();
     for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
         if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {

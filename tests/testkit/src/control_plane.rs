@@ -86,6 +86,17 @@ struct Info {
     etcd_peer_port: u16,
     controller_manager_port: u16,
     started_by_pid: u32,
+    /// The starting process serves requests from attached processes (see `serve_requests`).
+    #[serde(default)]
+    serves_requests: bool,
+}
+
+/// Options for [`ControlPlane::start_with`].
+#[derive(Debug, Clone, Default)]
+pub struct StartOptions {
+    /// CRD manifests (files, or directories of `*.yaml`/`*.yml`) applied before
+    /// kube-controller-manager starts, so its garbage collector watches them from the start.
+    pub crds: Vec<PathBuf>,
 }
 
 struct Procs {
@@ -318,6 +329,11 @@ fn is_port_conflict(log: &str) -> bool {
 impl ControlPlane {
     /// Starts a private control plane (several seconds once the binaries are built).
     pub async fn start() -> Result<ControlPlane> {
+        Self::start_with(StartOptions::default()).await
+    }
+
+    /// [`Self::start`] with options.
+    pub async fn start_with(options: StartOptions) -> Result<ControlPlane> {
         let started = Instant::now();
         let bin_dir = tokio::task::spawn_blocking(bin_dir).await??;
         let scratch = ScratchDir::new("cp")?;
@@ -335,6 +351,7 @@ impl ControlPlane {
                 etcd_peer_port: free_port()?,
                 controller_manager_port: free_port()?,
                 started_by_pid: std::process::id(),
+                serves_requests: false,
             };
             let info = Info { server: format!("https://127.0.0.1:{}", info.apiserver_port), ..info };
             write_kubeconfigs(&dir, &info.server, &pki.ca_pem)?;
@@ -355,7 +372,7 @@ impl ControlPlane {
                     _scratch: None,
                 }),
             };
-            match cp.boot().await {
+            match cp.boot(&options).await {
                 Ok(()) => {
                     let mut cp = cp;
                     cp.owned.as_mut().unwrap()._scratch = Some(scratch);
@@ -437,8 +454,15 @@ impl ControlPlane {
             .ok_or_else(|| anyhow!("this control plane was started by another process (attached); use ControlPlane::start()"))
     }
 
-    async fn boot(&self) -> Result<()> {
+    async fn boot(&self, options: &StartOptions) -> Result<()> {
         self.start_etcd_and_apiserver().await?;
+        for path in &options.crds {
+            if path.is_dir() {
+                self.install_crds(path).await?;
+            } else {
+                self.apply_yaml_file(path).await?;
+            }
+        }
         self.start_controller_manager().await
     }
 
@@ -565,22 +589,23 @@ impl ControlPlane {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             exited(kcm)?;
-            if let Ok(Some(view)) = roles.get_opt("view").await {
-                if view.rules.is_some_and(|r| !r.is_empty()) {
-                    return Ok(());
-                }
+            if let Ok(Some(view)) = roles.get_opt("view").await
+                && view.rules.is_some_and(|r| !r.is_empty())
+            {
+                return Ok(());
             }
             ensure!(Instant::now() < deadline, "clusterrole view still has no aggregated rules after 60 s");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
-    /// Stops kube-apiserver and etcd (SIGTERM, SIGKILL after 10 s). Private instances only.
+    /// Stops kube-apiserver (SIGKILL: it keeps no state, and its graceful shutdown waits for
+    /// clients' watches) and etcd (SIGTERM, SIGKILL after 10 s). Private instances only.
     pub async fn stop_apiserver(&self) -> Result<()> {
         let owned = self.owned()?;
         let mut procs = owned.procs.lock().await;
         if let Some(p) = procs.apiserver.take() {
-            p.stop(Duration::from_secs(10)).await?;
+            p.kill_9()?;
         }
         if let Some(p) = procs.etcd.take() {
             p.stop(Duration::from_secs(10)).await?;
@@ -602,6 +627,100 @@ impl ControlPlane {
     pub async fn restart(&self) -> Result<()> {
         self.stop_apiserver().await?;
         self.start_apiserver().await
+    }
+
+    /// Restarts kube-controller-manager (same port). Its garbage collector discovers CRDs created
+    /// after it started only on its 30 s resync, and meanwhile backs off: a restart makes it
+    /// watch them at once. [`Self::apply_yaml`] does this by itself when it creates a CRD.
+    /// Attached instances ask the process that started them (`testenv`) to do it.
+    pub async fn restart_controller_manager(&self) -> Result<()> {
+        if self.owned.is_none() {
+            return self.request_from_owner("restart-controller-manager").await;
+        }
+        let owned = self.owned()?;
+        {
+            let mut procs = owned.procs.lock().await;
+            if let Some(p) = procs.controller_manager.take() {
+                p.stop(Duration::from_secs(10)).await?;
+            }
+        }
+        self.start_controller_manager().await
+    }
+
+    async fn request_from_owner(&self, what: &str) -> Result<()> {
+        ensure!(
+            self.info.serves_requests,
+            "cannot {what}: the process that started this control plane (pid {}) does not serve requests",
+            self.info.started_by_pid
+        );
+        let dir = self.dir.join("requests");
+        fs::create_dir_all(&dir)?;
+        let id = format!("{}-{:08x}", std::process::id(), rand::random::<u32>());
+        let tmp = dir.join(format!("{id}.tmp"));
+        fs::write(&tmp, what)?;
+        fs::rename(&tmp, dir.join(format!("{id}.req")))?;
+        let done = dir.join(format!("{id}.done"));
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            if let Ok(answer) = fs::read_to_string(&done) {
+                let _ = fs::remove_file(&done);
+                ensure!(answer == "ok", "{what} failed: {answer}");
+                return Ok(());
+            }
+            ensure!(Instant::now() < deadline, "no answer to {what} after 90 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// For the starting process (`testenv`), before it runs the command: tells attaching
+    /// processes that [`Self::serve_requests`] will answer their requests.
+    pub fn enable_requests(&self) -> Result<()> {
+        self.owned()?;
+        let mut info = self.info.clone();
+        info.serves_requests = true;
+        let tmp = self.dir.join(format!("{INFO_FILE}.tmp"));
+        fs::write(&tmp, serde_json::to_vec_pretty(&info)?)?;
+        fs::rename(&tmp, self.dir.join(INFO_FILE))?;
+        Ok(())
+    }
+
+    /// For the starting process (`testenv`): serves requests of attached processes (so far:
+    /// `restart-controller-manager`) forever. Run it next to the command.
+    pub async fn serve_requests(&self) -> Result<()> {
+        self.owned()?;
+        let dir = self.dir.join("requests");
+        fs::create_dir_all(&dir)?;
+        loop {
+            let mut requests: Vec<PathBuf> = fs::read_dir(&dir)?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|e| e == "req"))
+                .collect();
+            requests.sort();
+            for req in requests {
+                let what = fs::read_to_string(&req).unwrap_or_default();
+                let _ = fs::remove_file(&req);
+                let result = match what.as_str() {
+                    "restart-controller-manager" => self.restart_controller_manager().await,
+                    other => Err(anyhow!("unknown request {other:?}")),
+                };
+                let answer = match result {
+                    Ok(()) => "ok".to_string(),
+                    Err(e) => format!("{e:#}"),
+                };
+                let done = req.with_extension("done");
+                let tmp = req.with_extension("donetmp");
+                fs::write(&tmp, answer)?;
+                fs::rename(&tmp, &done)?;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn controller_manager_running(&self) -> bool {
+        match &self.owned {
+            Some(owned) => owned.procs.lock().await.controller_manager.is_some(),
+            None => true,
+        }
     }
 
     /// Kills everything now (also done on drop and at exit).
@@ -694,16 +813,23 @@ impl ControlPlane {
 
     /// Server-side-applies every document of a multi-document YAML (as admin, field manager
     /// `testkit`, forced). Namespaced objects without a namespace go to `default`. Waits until
-    /// applied CustomResourceDefinitions are Established.
+    /// applied CustomResourceDefinitions are Established; when one was new, restarts
+    /// kube-controller-manager so that garbage collection covers it at once.
     pub async fn apply_yaml(&self, yaml: &str) -> Result<Vec<DynamicObject>> {
         let client = self.admin_client().await?;
+        let crds = Api::<CustomResourceDefinition>::all(client.clone());
         let mut applied = Vec::new();
+        let mut new_crd = false;
         for doc in serde_yaml::Deserializer::from_str(yaml) {
             let value = serde_yaml::Value::deserialize(doc)?;
             if value.is_null() {
                 continue;
             }
             let obj: DynamicObject = serde_json::from_value(serde_json::to_value(&value)?)?;
+            if obj.types.as_ref().is_some_and(|t| t.kind == "CustomResourceDefinition") {
+                let name = obj.metadata.name.as_deref().unwrap_or_default();
+                new_crd |= crds.get_opt(name).await?.is_none();
+            }
             applied.push(apply_one(&client, obj).await?);
         }
         for obj in &applied {
@@ -718,6 +844,19 @@ impl ControlPlane {
                 )
                 .await
                 .map_err(|_| anyhow!("CRD {name} not Established after 30 s"))??;
+            }
+        }
+        if new_crd && self.controller_manager_running().await {
+            let restarted = self.restart_controller_manager().await;
+            match restarted {
+                Err(e) if self.owned.is_some() => {
+                    return Err(e.context("restarting kube-controller-manager for new CRDs"));
+                }
+                Err(e) => eprintln!(
+                    "testkit: warning: {e:#}; garbage collection covers the new CRDs only after \
+                     kube-controller-manager's next 30 s resync"
+                ),
+                Ok(()) => {}
             }
         }
         Ok(applied)
@@ -1010,3 +1149,42 @@ impl AuditCache {
     }
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn audit_lines_parse_incrementally() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("audit.log");
+        let line = |stage: &str, verb: &str| {
+            format!(
+                r#"{{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata","auditID":"a","stage":"{stage}","requestURI":"/api/v1/namespaces/ns/configmaps","verb":"{verb}","user":{{"username":"alice","groups":["team-a"]}},"objectRef":{{"resource":"configmaps","namespace":"ns","name":"c","apiVersion":"v1"}},"responseStatus":{{"metadata":{{}},"code":201}},"requestReceivedTimestamp":"2026-01-01T00:00:00.000001Z","stageTimestamp":"2026-01-01T00:00:00.000002Z"}}"#
+            )
+        };
+        let mut cache = AuditCache::default();
+        fs::write(&path, format!("{}\n{}", line("ResponseComplete", "create"), &line("ResponseComplete", "get")[..40]))?;
+        cache.refresh(&path)?;
+        assert_eq!(cache.events.len(), 1);
+        let e = &cache.events[0];
+        assert_eq!((e.username(), e.resource(), e.namespace(), e.name(), e.code()), ("alice", "configmaps", "ns", "c", Some(201)));
+        assert!(e.is_write() && e.api_group().is_empty() && e.subresource().is_empty());
+        fs::write(
+            &path,
+            format!("{}\n{}\n{}\n", line("ResponseComplete", "create"), line("ResponseComplete", "get"), line("ResponseStarted", "watch")),
+        )?;
+        cache.refresh(&path)?;
+        assert_eq!(cache.events.iter().map(|e| e.verb.as_str()).collect::<Vec<_>>(), ["create", "get"]);
+        Ok(())
+    }
+
+    #[test]
+    fn tokens_are_deterministic_and_distinct() {
+        let tokens: std::collections::HashSet<String> = TEST_USERS.iter().map(|u| token_for(u.name)).collect();
+        assert_eq!(tokens.len(), TEST_USERS.len());
+        assert_eq!(token_for("alice"), token_for("alice"));
+        assert!(token_file().lines().any(|l| l.ends_with(r#","sts-operator,testkit-uid-sts-operator,"stssession:operators""#)
+            || l.contains(r#",sts-operator,testkit-uid-sts-operator,"stssession:operators""#)));
+    }
+}

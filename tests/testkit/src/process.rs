@@ -523,3 +523,57 @@ pub fn write_private(path: &Path, contents: impl AsRef<[u8]>) -> Result<()> {
     f.write_all(contents.as_ref())?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn child_logs_and_dies() -> Result<()> {
+        let dir = ScratchDir::new("unit")?;
+        let child = ChildProcess::builder("sh")
+            .args(["-c", "echo out; echo err >&2; sleep 60"])
+            .log_file(dir.path().join("sh.log"))
+            .spawn()?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !(child.read_log().contains("out\n") && child.read_log().contains("err\n")) {
+            assert!(Instant::now() < deadline, "log: {}", child.read_log());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(child.is_running());
+        assert!(registry().groups.contains_key(&(child.pid() as i32)));
+        let status = child.kill_9()?;
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(libc::SIGKILL));
+        assert!(!registry().groups.contains_key(&(child.pid() as i32)));
+        let path = dir.path().to_path_buf();
+        drop(child);
+        drop(dir);
+        assert!(!path.exists() || keep_scratch());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn stop_and_exit_status() -> Result<()> {
+        let dir = ScratchDir::new("unit")?;
+        let child = ChildProcess::builder("sh")
+            .args(["-c", "exit 7"])
+            .log_file(dir.path().join("sh.log"))
+            .spawn()?;
+        assert_eq!(child.wait().await?.code(), Some(7));
+        let sleeper = ChildProcess::builder("sleep").arg("60").log_file(dir.path().join("s.log")).spawn()?;
+        let status = sleeper.stop(Duration::from_secs(5)).await?;
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(libc::SIGTERM));
+        Ok(())
+    }
+
+    #[test]
+    fn owners() {
+        let me = std::process::id() as i32;
+        let start = start_time(me).unwrap();
+        assert!(owner_alive(&format!("{me} {start}")));
+        assert!(!owner_alive(&format!("{me} {}", start + 1)));
+        assert!(!owner_alive("garbage"));
+    }
+}

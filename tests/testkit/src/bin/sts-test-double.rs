@@ -37,7 +37,10 @@ fn main() -> anyhow::Result<()> {
 
     let double = StsDouble::start(config)?;
     let user = double.default_user();
-    let mfa = user.mfa.clone().expect("the default user has an MFA device");
+    let mfa = user
+        .mfa
+        .clone()
+        .expect("the default user has an MFA device");
     println!("STS_ENDPOINT={}", double.endpoint());
     println!("AWS_REGION=us-east-1");
     println!("AWS_ACCESS_KEY_ID={}", user.access_key_id);
@@ -54,7 +57,8 @@ fn main() -> anyhow::Result<()> {
         let counter = totp::counter_at(now.as_second());
         if last_counter != Some(counter) {
             last_counter = Some(counter);
-            let valid_until = jiff::Timestamp::from_second((counter as i64 + 1) * totp::STEP_SECONDS)?;
+            let valid_until =
+                jiff::Timestamp::from_second((counter as i64 + 1) * totp::STEP_SECONDS)?;
             eprintln!(
                 "TOTP code {} (window ends {})",
                 mfa.totp_code_at(now),
@@ -66,9 +70,15 @@ fn main() -> anyhow::Result<()> {
             eprintln!(
                 "{} {} key={} duration={} code={} -> {}",
                 call.at.strftime("%H:%M:%SZ"),
-                if call.action.is_empty() { "?" } else { &call.action },
+                if call.action.is_empty() {
+                    "?"
+                } else {
+                    &call.action
+                },
                 call.access_key_id.as_deref().unwrap_or("-"),
-                call.duration_seconds.map(|d| d.to_string()).unwrap_or_else(|| "-".into()),
+                call.duration_seconds
+                    .map(|d| d.to_string())
+                    .unwrap_or_else(|| "-".into()),
                 call.token_code_used.as_deref().unwrap_or("-"),
                 match call.outcome.error_code() {
                     None => format!("Ok {}", call.issued_access_key_id.as_deref().unwrap_or("")),

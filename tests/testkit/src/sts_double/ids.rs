@@ -32,7 +32,10 @@ pub fn secret_access_key() -> String {
 pub fn session_token() -> String {
     let mut bytes = vec![0u8; 300];
     rand::rng().fill(&mut bytes[..]);
-    format!("IQoJb3JpZ2luX2VjE{}", base64::engine::general_purpose::STANDARD.encode(bytes))
+    format!(
+        "IQoJb3JpZ2luX2VjE{}",
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    )
 }
 
 /// A random TOTP seed (20 bytes, the RFC 4226 recommended length).
@@ -49,5 +52,12 @@ pub fn request_id() -> String {
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let h = hex::encode(b);
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }

@@ -43,7 +43,8 @@ use jiff::Timestamp;
 pub use xml::NAMESPACE as XML_NAMESPACE;
 
 /// `AccessDenied` message for a wrong one-time code (the serial is the user's).
-pub const MSG_INVALID_MFA_CODE: &str = "MultiFactorAuthentication failed with invalid MFA one time pass code.";
+pub const MSG_INVALID_MFA_CODE: &str =
+    "MultiFactorAuthentication failed with invalid MFA one time pass code.";
 /// `AccessDenied` message for a serial number that is not the calling user's MFA device.
 pub const MSG_INVALID_MFA_SERIAL: &str = "MultiFactorAuthentication failed, unable to validate MFA code.  Please verify your MFA serial number is valid and associated with this user.";
 /// `AccessDenied` message when only one of serial number and code is given.
@@ -171,11 +172,17 @@ impl TestUser {
     }
     /// The current TOTP code. Panics if the user has no MFA device.
     pub fn totp_code_now(&self) -> String {
-        self.mfa.as_ref().expect("user has no MFA device").totp_code_now()
+        self.mfa
+            .as_ref()
+            .expect("user has no MFA device")
+            .totp_code_now()
     }
     /// The TOTP code at `t`. Panics if the user has no MFA device.
     pub fn totp_code_at(&self, t: Timestamp) -> String {
-        self.mfa.as_ref().expect("user has no MFA device").totp_code_at(t)
+        self.mfa
+            .as_ref()
+            .expect("user has no MFA device")
+            .totp_code_at(t)
     }
     /// The long-term keys as SDK credentials.
     pub fn sdk_credentials(&self) -> aws_credential_types::Credentials {
@@ -290,7 +297,10 @@ impl IssuedSession {
 pub enum Outcome {
     Ok,
     /// An STS error response.
-    Error { code: String, status: u16 },
+    Error {
+        code: String,
+        status: u16,
+    },
     /// The connection was reset without a response (injected).
     ConnectionReset,
 }
@@ -402,7 +412,9 @@ impl StsDouble {
             name: Some(config.default_user_name.clone()),
             mfa: true,
         });
-        let shared = Arc::new(Shared { state: Mutex::new(state) });
+        let shared = Arc::new(Shared {
+            state: Mutex::new(state),
+        });
         let (shutdown, shutdown_rx) = tokio::sync::oneshot::channel();
         let thread = server::spawn(listener, shared.clone(), shutdown_rx)?;
         Ok(StsDouble {
@@ -439,7 +451,9 @@ impl StsDouble {
             .endpoint_url(self.endpoint())
             .http_client(
                 aws_smithy_http_client::Builder::new()
-                    .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring))
+                    .tls_provider(tls::Provider::Rustls(
+                        tls::rustls_provider::CryptoMode::Ring,
+                    ))
                     .build_https(),
             )
     }
@@ -451,7 +465,11 @@ impl StsDouble {
 
     /// Adds a user with random `AKIA...` keys and an MFA device.
     pub fn add_user(&self, kind: UserKind) -> TestUser {
-        self.add_user_with(NewUser { kind, name: None, mfa: true })
+        self.add_user_with(NewUser {
+            kind,
+            name: None,
+            mfa: true,
+        })
     }
 
     pub fn add_user_with(&self, new: NewUser) -> TestUser {
@@ -572,8 +590,8 @@ impl StsDouble {
         let mut state = self.shared.lock();
         match state.sessions.get_mut(access_key_id) {
             Some(s) => {
-                s.expiration = Timestamp::from_second(Timestamp::now().as_second())
-                    .expect("now is in range");
+                s.expiration =
+                    Timestamp::from_second(Timestamp::now().as_second()).expect("now is in range");
                 true
             }
             None => false,
@@ -594,6 +612,8 @@ impl Drop for StsDouble {
 
 impl std::fmt::Debug for StsDouble {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StsDouble").field("endpoint", &self.endpoint).finish_non_exhaustive()
+        f.debug_struct("StsDouble")
+            .field("endpoint", &self.endpoint)
+            .finish_non_exhaustive()
     }
 }

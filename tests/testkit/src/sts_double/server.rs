@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
 use super::sts::{self, RequestParts, StsError};
-use super::{ids, FaultKind, Outcome, Shared};
+use super::{FaultKind, Outcome, Shared, ids};
 
 const MAX_BODY: usize = 1 << 20;
 
@@ -76,7 +76,10 @@ async fn serve(stream: TcpStream, shared: Arc<Shared>) {
 
 /// Makes the coming close of `fd` send RST instead of FIN.
 fn arm_reset(fd: RawFd) {
-    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
     // SAFETY: `fd` is the socket of the connection whose request is being served, so it is open;
     // setsockopt only reads `linger`.
     unsafe {
@@ -123,7 +126,10 @@ async fn handle(
             shared.lock().calls.push(call);
             arm_reset(fd);
             // A service error makes hyper drop the connection without a response.
-            return Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "injected reset"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "injected reset",
+            ));
         }
         Some(kind) => {
             call.injected = true;
@@ -137,13 +143,18 @@ async fn handle(
                 headers: &parts.headers,
                 body: &body,
             };
-            shared.lock().process(&request, &params, &mut call, Timestamp::now())
+            shared
+                .lock()
+                .process(&request, &params, &mut call, Timestamp::now())
         }
     };
     let (status, xml) = match result {
         Ok(xml) => (200, xml),
         Err(err) => {
-            call.outcome = Outcome::Error { code: err.code.to_owned(), status: err.status };
+            call.outcome = Outcome::Error {
+                code: err.code.to_owned(),
+                status: err.status,
+            };
             (err.status, err.to_xml(&request_id))
         }
     };
@@ -153,7 +164,8 @@ async fn handle(
 
 fn response(xml: &str, status: u16, request_id: &str) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(xml.to_owned())));
-    *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    *response.status_mut() =
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let headers = response.headers_mut();
     headers.insert("content-type", "text/xml".parse().expect("valid header"));
     if let Ok(id) = request_id.parse() {

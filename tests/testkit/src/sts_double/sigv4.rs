@@ -23,7 +23,10 @@ pub struct AuthorizationHeader {
 impl AuthorizationHeader {
     /// `date/region/service/aws4_request`
     pub fn scope(&self) -> String {
-        format!("{}/{}/{}/{}", self.scope_date, self.region, self.service, self.terminator)
+        format!(
+            "{}/{}/{}/{}",
+            self.scope_date, self.region, self.service, self.terminator
+        )
     }
 }
 
@@ -82,7 +85,9 @@ pub fn uri_encode(input: &str, keep_slash: bool) -> String {
     let mut out = String::with_capacity(input.len());
     for &b in input.as_bytes() {
         match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(b as char),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(b as char)
+            }
             b'/' if keep_slash => out.push('/'),
             _ => out.push_str(&format!("%{b:02X}")),
         }
@@ -92,16 +97,25 @@ pub fn uri_encode(input: &str, keep_slash: bool) -> String {
 
 /// The canonical URI for non-S3 services: the path as sent, percent-encoded once more.
 pub fn canonical_uri(raw_path: &str) -> String {
-    if raw_path.is_empty() { "/".to_owned() } else { uri_encode(raw_path, true) }
+    if raw_path.is_empty() {
+        "/".to_owned()
+    } else {
+        uri_encode(raw_path, true)
+    }
 }
 
 /// The canonical query string: decoded pairs, re-encoded, sorted by encoded key then value.
 pub fn canonical_query(raw_query: Option<&str>) -> String {
-    let mut pairs: Vec<(String, String)> = form_urlencoded::parse(raw_query.unwrap_or("").as_bytes())
-        .map(|(k, v)| (uri_encode(&k, false), uri_encode(&v, false)))
-        .collect();
+    let mut pairs: Vec<(String, String)> =
+        form_urlencoded::parse(raw_query.unwrap_or("").as_bytes())
+            .map(|(k, v)| (uri_encode(&k, false), uri_encode(&v, false)))
+            .collect();
     pairs.sort();
-    pairs.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&")
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("&")
 }
 
 /// Trims and collapses runs of spaces, as SigV4 canonical header values require.
@@ -170,19 +184,34 @@ fn hmac_sha256(key: &[u8], data: &[u8]) -> [u8; 32] {
 
 /// `kSigning = HMAC(HMAC(HMAC(HMAC("AWS4" + secret, date), region), service), "aws4_request")`
 pub fn signing_key(secret_access_key: &str, date: &str, region: &str, service: &str) -> [u8; 32] {
-    let k_date = hmac_sha256(format!("AWS4{secret_access_key}").as_bytes(), date.as_bytes());
+    let k_date = hmac_sha256(
+        format!("AWS4{secret_access_key}").as_bytes(),
+        date.as_bytes(),
+    );
     let k_region = hmac_sha256(&k_date, region.as_bytes());
     let k_service = hmac_sha256(&k_region, service.as_bytes());
     hmac_sha256(&k_service, b"aws4_request")
 }
 
 pub fn string_to_sign(amz_date: &str, scope: &str, canonical_request: &str) -> String {
-    format!("{ALGORITHM}\n{amz_date}\n{scope}\n{}", sha256_hex(canonical_request.as_bytes()))
+    format!(
+        "{ALGORITHM}\n{amz_date}\n{scope}\n{}",
+        sha256_hex(canonical_request.as_bytes())
+    )
 }
 
 /// The hex signature of `string_to_sign` for the given secret and scope.
-pub fn signature(secret_access_key: &str, auth: &AuthorizationHeader, string_to_sign: &str) -> String {
-    let key = signing_key(secret_access_key, &auth.scope_date, &auth.region, &auth.service);
+pub fn signature(
+    secret_access_key: &str,
+    auth: &AuthorizationHeader,
+    string_to_sign: &str,
+) -> String {
+    let key = signing_key(
+        secret_access_key,
+        &auth.scope_date,
+        &auth.region,
+        &auth.service,
+    );
     hex::encode(hmac_sha256(&key, string_to_sign.as_bytes()))
 }
 
@@ -211,8 +240,19 @@ pub fn authorization_header(
         signed_headers: signed_headers.to_vec(),
         signature: String::new(),
     };
-    let creq = canonical_request(method, raw_path, raw_query, headers, signed_headers, &sha256_hex(body));
-    let sig = signature(secret_access_key, &auth, &string_to_sign(amz_date, &auth.scope(), &creq));
+    let creq = canonical_request(
+        method,
+        raw_path,
+        raw_query,
+        headers,
+        signed_headers,
+        &sha256_hex(body),
+    );
+    let sig = signature(
+        secret_access_key,
+        &auth,
+        &string_to_sign(amz_date, &auth.scope(), &creq),
+    );
     format!(
         "{ALGORITHM} Credential={access_key_id}/{}, SignedHeaders={}, Signature={sig}",
         auth.scope(),

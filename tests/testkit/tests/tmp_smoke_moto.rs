@@ -1,1 +1,0 @@
-../../smoke_moto.rs
