@@ -5,7 +5,7 @@
 use anyhow::{bail, Context as _, Result};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::Client;
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -151,13 +151,17 @@ impl Ns {
         Ok(())
     }
 
-    /// Creates a SessionToken from a JSON spec.
+    /// Creates a SessionToken from a raw JSON spec (sent as is, so the API server, not serde,
+    /// judges malformed input).
     pub async fn create_session(&self, name: &str, spec: serde_json::Value) -> Result<SessionToken> {
-        let st: SessionToken = serde_json::from_value(json!({
+        let ar = ApiResource::erase::<SessionToken>(&());
+        let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), &self.name, &ar);
+        let obj: DynamicObject = serde_json::from_value(json!({
             "apiVersion": "stssession.dev/v1alpha1", "kind": "SessionToken",
             "metadata": {"name": name}, "spec": spec,
         }))?;
-        Ok(self.sessions().create(&PostParams::default(), &st).await?)
+        let created = api.create(&PostParams::default(), &obj).await?;
+        Ok(serde_json::from_value(serde_json::to_value(created)?)?)
     }
 
     /// Sets the approval annotations, as `kubectl annotate` (a merge patch) would.
