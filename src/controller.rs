@@ -30,6 +30,8 @@ use tracing::{debug, info, warn};
 
 pub const READY: &str = "Ready";
 pub const ISSUING: &str = "Issuing";
+/// `Issuing` reason while a claimed code is being used.
+const CLAIMED: &str = "TokenCodeClaimed";
 
 /// Errors that end a reconcile early; retried with per-object backoff. Failures of STS itself
 /// are not errors here: they are recorded in status and retried on schedule.
@@ -268,6 +270,22 @@ async fn reconcile_inner(st: Arc<SessionToken>, ctx: &Context) -> Result<Action,
     let has_mfa = st.spec.mfa.is_some();
     let sts_api: Api<SessionToken> = Api::namespaced(ctx.client.clone(), &obs.ns);
 
+    let mut server_status = old_status.clone();
+
+    // 0. A claim recorded but never resolved: the process using the code died. The code is
+    // spent (STS may or may not have seen it) and the session, if any, is lost.
+    let interrupted_check = status.conditions.iter().find(|c| c.type_ == ISSUING && c.reason == CLAIMED).map(|c| c.last_transition_time);
+    let mut claim_deadline = None;
+    if let Some(claimed_at) = interrupted_check {
+        let deadline = claimed_at + SignedDuration::try_from(ctx.sts.settings().timeout + Duration::from_secs(10)).unwrap_or(SignedDuration::from_secs(60));
+        if obs.now >= deadline {
+            set_condition(&mut status.conditions, ISSUING, "False", "Interrupted", format!(
+                "the operator stopped while using the token code claimed at {claimed_at}; that code is spent and its session, if STS issued one, is lost. Approve again with a new code"), obs.generation, obs.now);
+        } else {
+            claim_deadline = Some(deadline);
+        }
+    }
+
     // 1. The code annotation, if any: claim it exactly once, whatever becomes of it.
     let annotations = st.annotations();
     let raw_code = annotations.get(TOKEN_CODE_ANNOTATION).cloned();
@@ -336,9 +354,23 @@ async fn reconcile_inner(st: Arc<SessionToken>, ctx: &Context) -> Result<Action,
     let auto_reason = (!has_mfa).then(|| plan::automatic_mint_reason(&session_state, hash_matches)).flatten();
     let may_retry = retry_at.is_none_or(|t| obs.now >= t) || spec_changed_since_failure;
     let mut to_write: Option<(SessionSecret, Option<Approval>)> = unsaved;
-    if to_write.is_none() && obs.blocker.is_none() && (code_to_use.is_some() || (auto_reason.is_some() && may_retry)) {
-        let keys = obs.keys.as_ref().expect("no blocker means keys were read");
+    let keys = obs.keys.as_ref().ok().filter(|_| obs.blocker.is_none());
+    if let (None, Some(keys), true) = (&to_write, keys, code_to_use.is_some() || (auto_reason.is_some() && may_retry)) {
         let approval = code_to_use.as_ref().map(|_| Approval { approved_by: approved_by.clone(), time: plan::round_to_second(obs.now) });
+        if code_to_use.is_some() {
+            // Say that the code is being used before using it: if this process dies before the
+            // result is written, the next reconcile can tell that the code is spent.
+            let mut claimed = status.clone();
+            set_condition(&mut claimed.conditions, ISSUING, "Unknown", CLAIMED, format!("a token code was claimed by {}; calling STS", ctx.settings.instance), obs.generation, obs.now);
+            match write_status(&sts_api, &obs.name, &claimed).await {
+                Ok(()) => {
+                    ctx.with_memory(&obs.uid, |m| m.last_written = Some(claimed.clone()));
+                    server_status = claimed.clone();
+                    status = claimed;
+                }
+                Err(e) => warn!(namespace = obs.ns, name = obs.name, error = %e, "could not record the claim; using the code anyway"),
+            }
+        }
         info!(namespace = obs.ns, name = obs.name, with_code = code_to_use.is_some(), why = auto_reason.unwrap_or("approved"), "minting a session");
         let request = SessionRequest {
             region: &obs.region,
@@ -380,6 +412,7 @@ async fn reconcile_inner(st: Arc<SessionToken>, ctx: &Context) -> Result<Action,
     }
 
     // 4. Write the new session, or move/repair the current one.
+    let minted = to_write.clone();
     let written = match to_write {
         Some((session, approval)) => {
             let desired = secret::desired_secret(&st, &obs.out_name, &session);
@@ -463,8 +496,15 @@ async fn reconcile_inner(st: Arc<SessionToken>, ctx: &Context) -> Result<Action,
         awaiting_token_code: awaiting_code,
     });
 
-    if status != old_status {
-        write_status(&sts_api, &obs.name, &status).await?;
+    if status != server_status {
+        if let Err(e) = write_status(&sts_api, &obs.name, &status).await {
+            if let Some(minted) = minted {
+                // The Secret holds the new session but status does not know it yet: keep it,
+                // so the next try records it instead of losing it.
+                ctx.with_memory(&obs.uid, |m| m.unsaved = Some(minted));
+            }
+            return Err(e);
+        }
         ctx.with_memory(&obs.uid, |m| m.last_written = Some(status.clone()));
     }
 
@@ -474,6 +514,7 @@ async fn reconcile_inner(st: Arc<SessionToken>, ctx: &Context) -> Result<Action,
     let source_blocked = obs.blocker.as_ref().is_some_and(|b| b.reason.starts_with("SourceCredentials"));
     let misses = source_misses(ctx, &obs.uid, source_blocked);
     let instants = [
+        claim_deadline,
         status.expiration.filter(|e| *e > obs.now),
         status.renewal_time.filter(|r| *r > obs.now && (auto || has_mfa)),
         next_event,

@@ -127,6 +127,10 @@ async fn run(args: Args) -> Result<()> {
         instance: instance.clone(),
     };
     let ctx = Arc::new(Context::new(client.clone(), sts, metrics, settings));
+    client.apiserver_version().await.context("reaching the Kubernetes API")?;
+    // Ready means able to work, not leading: followers must be ready too, or a rolling update
+    // (new pod ready before the old leader goes) could never finish.
+    let _ = ready_tx.send(true);
 
     // Leadership: only the Lease holder reconciles. Losing it ends the process, so the pod
     // restarts as a follower rather than racing the new leader.
@@ -147,7 +151,6 @@ async fn run(args: Args) -> Result<()> {
         info!(instance, "leading");
         leadership = Some((is_leader, task));
     }
-    let _ = ready_tx.send(true);
 
     let namespaces: Vec<Option<String>> = {
         let list: Vec<String> = args.namespaces.iter().map(|n| n.trim().to_string()).filter(|n| !n.is_empty()).collect();

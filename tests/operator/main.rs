@@ -471,3 +471,126 @@ async fn idle_operator_makes_no_calls_and_no_writes() -> anyhow::Result<()> {
     assert!(all.iter().any(|e| e.namespace() == ns.name && e.resource() == "secrets"));
     Ok(())
 }
+
+#[tokio::test]
+async fn non_mfa_reissues_when_the_secret_goes_or_the_spec_changes() -> anyhow::Result<()> {
+    let cp = control_plane().await;
+    let ns = Ns::new(cp, "reissue").await?;
+    let sts = double(None, CodePolicy::AcceptAny);
+    let user = sts.default_user();
+    ns.create_source_secret("iam-keys", &user.access_key_id, &user.secret_access_key).await?;
+    let op = Operator::start(cp, &ns.name, &opts(sts.endpoint())).await?;
+    ns.create_session("app", source_spec(json!({}))).await?;
+    wait_condition(&ns, "app", "Ready", "True", "Issued", T).await?;
+    let first = ns.secret_data("app").await?.unwrap();
+    let metrics = op.metrics().await?;
+    let series = |m: &str, name: &str| m.lines().any(|l| l.starts_with(name) && l.contains(&format!("namespace=\"{}\"", ns.name)));
+    for name in ["sts_session_expiration_timestamp_seconds", "sts_session_renewal_timestamp_seconds", "sts_session_ready_status"] {
+        assert!(series(&metrics, name), "no {name} series:\n{metrics}");
+    }
+
+    // The output Secret deleted: a new session at once (nothing to keep without MFA).
+    ns.secrets().delete("app", &DeleteParams::default()).await?;
+    let second = eventually(T, "a new Secret", || async {
+        Ok(ns.secret_data("app").await?.filter(|d| d["AWS_ACCESS_KEY_ID"] != first["AWS_ACCESS_KEY_ID"]))
+    })
+    .await?;
+    // A change that shapes the session (its duration): a new session at once, as asked.
+    ns.sessions().patch("app", &PatchParams::default(), &Patch::Merge(&json!({"spec": {"durationSeconds": 7200}}))).await?;
+    eventually(T, "a session for the new spec", || async {
+        Ok(ns.secret_data("app").await?.filter(|d| d["AWS_ACCESS_KEY_ID"] != second["AWS_ACCESS_KEY_ID"]))
+    })
+    .await?;
+    assert_eq!(sts.calls().last().unwrap().duration_seconds, Some(7200));
+    // A change that does not (labels on the Secret): the same session, rewritten in place.
+    let calls = sts.call_count();
+    ns.sessions().patch("app", &PatchParams::default(), &Patch::Merge(&json!({"spec": {"secret": {"labels": {"team": "b"}}}}))).await?;
+    eventually(T, "the label", || async {
+        Ok(ns.secrets().get("app").await?.metadata.labels.unwrap_or_default().get("team").filter(|v| *v == "b").map(|_| ()))
+    })
+    .await?;
+    assert_eq!(sts.call_count(), calls);
+    assert_eq!(ns.session("app").await?.status.unwrap().rotations, 3);
+
+    // Deleted: its metrics series go too.
+    ns.sessions().delete("app", &DeleteParams::default()).await?;
+    eventually(T, "series removed", || async {
+        let m = op.metrics().await?;
+        Ok((!series(&m, "sts_session_expiration_timestamp_seconds") && !series(&m, "sts_session_ready_status")).then_some(()))
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_code_in_last_applied_configuration_is_warned_about() -> anyhow::Result<()> {
+    let cp = control_plane().await;
+    let ns = Ns::new(cp, "lastapplied").await?;
+    let sts = double(None, CodePolicy::AcceptAny);
+    let user = sts.default_user();
+    ns.create_source_secret("iam-keys", &user.access_key_id, &user.secret_access_key).await?;
+    let _op = Operator::start(cp, &ns.name, &opts(sts.endpoint())).await?;
+    ns.create_session("app", source_spec(json!({"mfa": {"serialNumber": user.serial_number().unwrap()}}))).await?;
+    // what `kubectl apply` (client-side) leaves behind
+    let last_applied = json!({"metadata": {"annotations": {"stssession.dev/token-code": "314159"}}}).to_string();
+    let patch = json!({"metadata": {"annotations": {
+        "stssession.dev/token-code": "314159",
+        "kubectl.kubernetes.io/last-applied-configuration": last_applied}}});
+    ns.sessions().patch("app", &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    wait_condition(&ns, "app", "Ready", "True", "Issued", T).await?;
+    let events = ns.events().await?;
+    let warning = events.iter().find(|e| e.reason.as_deref() == Some("TokenCodeInLastApplied")).expect("a TokenCodeInLastApplied event");
+    assert_eq!(warning.type_.as_deref(), Some("Warning"));
+    assert!(!warning.note.clone().unwrap_or_default().contains("314159"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_code_on_a_session_without_mfa_is_removed_with_a_warning() -> anyhow::Result<()> {
+    let cp = control_plane().await;
+    let ns = Ns::new(cp, "nomfa").await?;
+    let sts = double(None, CodePolicy::AcceptAny);
+    let user = sts.default_user();
+    ns.create_source_secret("iam-keys", &user.access_key_id, &user.secret_access_key).await?;
+    let _op = Operator::start(cp, &ns.name, &opts(sts.endpoint())).await?;
+    ns.create_session("app", source_spec(json!({}))).await?;
+    wait_condition(&ns, "app", "Ready", "True", "Issued", T).await?;
+    ns.approve("app", "123456", "alice").await?;
+    eventually(T, "the annotation removed", || async {
+        let st = ns.session("app").await?;
+        Ok((!st.metadata.annotations.unwrap_or_default().contains_key("stssession.dev/token-code")).then_some(()))
+    })
+    .await?;
+    assert!(ns.event_reasons().await?.iter().any(|r| r == "TokenCodeIgnored"));
+    assert_eq!(sts.uses_of_code("123456"), 0);
+    assert_eq!(sts.call_count(), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_operator_killed_while_using_a_code_leaves_a_clear_condition() -> anyhow::Result<()> {
+    let cp = control_plane().await;
+    let ns = Ns::new(cp, "crash").await?;
+    let sts = double(None, CodePolicy::AcceptAny);
+    let user = sts.default_user();
+    ns.create_source_secret("iam-keys", &user.access_key_id, &user.secret_access_key).await?;
+    // no Lease: the restarted operator need not wait for the dead one's to expire
+    let mut o = opts(sts.endpoint());
+    o.leader_election = false;
+    let op = Operator::start(cp, &ns.name, &o).await?;
+    ns.create_session("app", source_spec(json!({"mfa": {"serialNumber": user.serial_number().unwrap()}}))).await?;
+    wait_condition(&ns, "app", "Ready", "False", "AwaitingTokenCode", T).await?;
+    // STS answers slowly; the operator dies while the call is in flight.
+    sts.inject_faults(testkit::sts_double::Fault::Delay(Duration::from_secs(3)));
+    ns.approve("app", "271828", "alice").await?;
+    wait_condition(&ns, "app", "Issuing", "Unknown", "TokenCodeClaimed", T).await?;
+    op.process.kill_9()?;
+    sts.inject_faults(testkit::sts_double::Fault::Delay(Duration::ZERO));
+    let _op2 = Operator::start(cp, &ns.name, &o).await?;
+    // sts-timeout 5 s + 10 s after the claim
+    let st = wait_condition(&ns, "app", "Issuing", "False", "Interrupted", Duration::from_secs(40)).await?;
+    assert!(condition(&st, "Issuing").unwrap().message.contains("Approve again"));
+    assert_eq!(cond(&st, "Ready"), ("False".into(), "AwaitingTokenCode".into()));
+    assert!(sts.uses_of_code("271828") <= 1, "the code was sent again");
+    Ok(())
+}
