@@ -5,7 +5,7 @@
 
 use crate::crd::{
     Approval, Condition, Failure, SessionToken, SessionTokenStatus, APPROVED_BY_ANNOTATION, FIELD_MANAGER,
-    TOKEN_CODE_ANNOTATION,
+    RENEW_ANNOTATION, TOKEN_CODE_ANNOTATION,
 };
 use crate::metrics::{Metrics, SessionMetrics};
 use crate::plan::{self, CodeState, SessionState, Timing};
@@ -306,7 +306,8 @@ async fn reconcile_inner(st: Arc<SessionToken>, ctx: &Context) -> Result<Action,
             ctx.event(&st, EventType::Warning, "TokenCodeInLastApplied",
                 "the token-code annotation was set with client-side `kubectl apply`, which keeps it in the last-applied-configuration annotation; use `kubectl sts approve` or `kubectl annotate`".into()).await;
         }
-        if !claim_code(&sts_api, &obs.name, raw, approved_by.is_some()).await? {
+        let also: &[&str] = if approved_by.is_some() { &[APPROVED_BY_ANNOTATION] } else { &[] };
+        if !claim_annotation(&sts_api, &obs.name, TOKEN_CODE_ANNOTATION, raw, also).await? {
             debug!(namespace = obs.ns, name = obs.name, "code claimed elsewhere or replaced meanwhile");
             return Ok(Action::requeue(Duration::from_secs(1)));
         }
@@ -351,8 +352,21 @@ async fn reconcile_inner(st: Arc<SessionToken>, ctx: &Context) -> Result<Action,
     // 3. Mint, if a code was claimed or (without MFA) the session needs it and backoff allows.
     let retry_at = retry_time(&status, &obs, timing);
     let spec_changed_since_failure = status.observed_generation != obs.generation;
-    let auto_reason = (!has_mfa).then(|| plan::automatic_mint_reason(&session_state, hash_matches)).flatten();
-    let may_retry = retry_at.is_none_or(|t| obs.now >= t) || spec_changed_since_failure;
+    let mut auto_reason = (!has_mfa).then(|| plan::automatic_mint_reason(&session_state, hash_matches)).flatten();
+    let mut may_retry = retry_at.is_none_or(|t| obs.now >= t) || spec_changed_since_failure;
+    // `kubectl sts renew`: mint now, once, where no code is needed.
+    if let Some(requested) = annotations.get(RENEW_ANNOTATION) {
+        if !claim_annotation(&sts_api, &obs.name, RENEW_ANNOTATION, requested, &[]).await? {
+            return Ok(Action::requeue(Duration::from_secs(1)));
+        }
+        if has_mfa {
+            ctx.event(&st, EventType::Warning, "RenewNeedsTokenCode", format!(
+                "this SessionToken has spec.mfa: a new session needs a code; use `kubectl sts approve {} -n {}`", obs.name, obs.ns)).await;
+        } else {
+            auto_reason = Some("renewal requested");
+            may_retry = true;
+        }
+    }
     let mut to_write: Option<(SessionSecret, Option<Approval>)> = unsaved;
     let keys = obs.keys.as_ref().ok().filter(|_| obs.blocker.is_none());
     if let (None, Some(keys), true) = (&to_write, keys, code_to_use.is_some() || (auto_reason.is_some() && may_retry)) {
@@ -633,18 +647,16 @@ async fn code_required_events(ctx: &Context, st: &SessionToken, obs: &Observed, 
     Some(next).filter(|n| n < expiration)
 }
 
-/// Claims the code: one JSON patch that tests the value and removes the annotations, so that
-/// exactly one claimant wins and a newer code set meanwhile survives. Returns false if the
-/// test failed (someone else claimed it, or it changed).
-async fn claim_code(api: &Api<SessionToken>, name: &str, code: &str, has_approved_by: bool) -> Result<bool, Error> {
+/// Claims an annotation: one JSON patch that tests its value and removes it (and `also`), so
+/// that exactly one claimant wins and a newer value set meanwhile survives. Returns false if
+/// the test failed (someone else claimed it, or it changed).
+async fn claim_annotation(api: &Api<SessionToken>, name: &str, key: &str, value: &str, also: &[&str]) -> Result<bool, Error> {
     let path = |key: &str| format!("/metadata/annotations/{}", key.replace('~', "~0").replace('/', "~1"));
     let mut ops = vec![
-        serde_json::json!({"op": "test", "path": path(TOKEN_CODE_ANNOTATION), "value": code}),
-        serde_json::json!({"op": "remove", "path": path(TOKEN_CODE_ANNOTATION)}),
+        serde_json::json!({"op": "test", "path": path(key), "value": value}),
+        serde_json::json!({"op": "remove", "path": path(key)}),
     ];
-    if has_approved_by {
-        ops.push(serde_json::json!({"op": "remove", "path": path(APPROVED_BY_ANNOTATION)}));
-    }
+    ops.extend(also.iter().map(|k| serde_json::json!({"op": "remove", "path": path(k)})));
     let patch: json_patch::Patch = serde_json::from_value(serde_json::Value::Array(ops)).expect("static patch shape");
     let pp = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
     match api.patch(name, &pp, &Patch::<()>::Json(patch)).await {

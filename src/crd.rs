@@ -14,6 +14,9 @@ pub const GROUP: &str = "stssession.dev";
 pub const TOKEN_CODE_ANNOTATION: &str = "stssession.dev/token-code";
 /// Annotation naming who approved; recorded in `status.lastApproval`, removed with the code.
 pub const APPROVED_BY_ANNOTATION: &str = "stssession.dev/approved-by";
+/// Annotation asking for a new session now (`kubectl sts renew`); handled once, then removed.
+/// Only for SessionTokens without `mfa` (those with it need a code: `kubectl sts approve`).
+pub const RENEW_ANNOTATION: &str = "stssession.dev/renew-requested-at";
 /// Label on every output Secret: the owning SessionToken's UID (names can exceed label length).
 pub const OWNER_UID_LABEL: &str = "stssession.dev/session-token-uid";
 /// Annotation on every output Secret: the owning SessionToken's name, for people.

@@ -45,6 +45,9 @@ async fn get_session_token_with_a_wrong_secret_is_refused() -> Result<()> {
     assert_eq!(raw.status().as_u16(), 403);
     let body = raw.body().bytes().map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default();
     assert!(body.contains("SignatureDoesNotMatch"), "{body}");
+    // The SDK parses the error as the operator will see it.
+    use aws_sdk_sts::error::ProvideErrorMetadata;
+    assert_eq!(service_err.err().code(), Some("SignatureDoesNotMatch"), "{body}");
 
     // An unknown key is refused too.
     let unknown = aws_credential_types::Credentials::new("AKIAUNKNOWNKEY000000", "secret", None, None, "unknown");

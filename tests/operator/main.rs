@@ -512,6 +512,19 @@ async fn non_mfa_reissues_when_the_secret_goes_or_the_spec_changes() -> anyhow::
     assert_eq!(sts.call_count(), calls);
     assert_eq!(ns.session("app").await?.status.unwrap().rotations, 3);
 
+    // `kubectl sts renew`: a new session now, handled once.
+    let current = ns.secret_data("app").await?.unwrap();
+    let renew = json!({"metadata": {"annotations": {"stssession.dev/renew-requested-at": Timestamp::now().to_string()}}});
+    ns.sessions().patch("app", &PatchParams::default(), &Patch::Merge(&renew)).await?;
+    eventually(T, "a renewed session", || async {
+        Ok(ns.secret_data("app").await?.filter(|d| d["AWS_ACCESS_KEY_ID"] != current["AWS_ACCESS_KEY_ID"]))
+    })
+    .await?;
+    let st = ns.session("app").await?;
+    assert!(!st.metadata.annotations.unwrap_or_default().contains_key("stssession.dev/renew-requested-at"));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(sts.call_count(), calls + 1, "one renewal, once");
+
     // Deleted: its metrics series go too.
     ns.sessions().delete("app", &DeleteParams::default()).await?;
     eventually(T, "series removed", || async {
