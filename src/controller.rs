@@ -4,23 +4,23 @@
 //! should be writes nothing.
 
 use crate::crd::{
-    Approval, Condition, Failure, SessionToken, SessionTokenStatus, APPROVED_BY_ANNOTATION, FIELD_MANAGER,
-    RENEW_ANNOTATION, TOKEN_CODE_ANNOTATION,
+    APPROVED_BY_ANNOTATION, Approval, Condition, FIELD_MANAGER, Failure, RENEW_ANNOTATION,
+    SessionToken, SessionTokenStatus, TOKEN_CODE_ANNOTATION,
 };
 use crate::metrics::{Metrics, SessionMetrics};
 use crate::plan::{self, CodeState, SessionState, Timing};
-use crate::secret::{self, Ownership, SessionSecret, MANAGED_BY_LABEL};
+use crate::secret::{self, MANAGED_BY_LABEL, Ownership, SessionSecret};
 use crate::sts::{EndpointPolicy, SessionRequest, StsClient, StsError, TokenCode};
 use futures::{StreamExt, TryStreamExt};
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::core::PartialObjectMeta;
+use kube::runtime::WatchStreamExt;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector;
-use kube::core::PartialObjectMeta;
 use kube::runtime::watcher::{self, watcher};
-use kube::runtime::WatchStreamExt;
 use kube::{Client, Resource, ResourceExt};
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -96,7 +96,10 @@ pub struct Context {
 
 impl Context {
     pub fn new(client: Client, sts: StsClient, metrics: Arc<Metrics>, settings: Settings) -> Self {
-        let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: Some(settings.instance.clone()) };
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance: Some(settings.instance.clone()),
+        };
         Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
@@ -113,11 +116,20 @@ impl Context {
     }
 
     fn forget(&self, uid: &str) {
-        self.memory.lock().unwrap_or_else(|p| p.into_inner()).remove(uid);
+        self.memory
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(uid);
     }
 
     async fn event(&self, st: &SessionToken, type_: EventType, reason: &str, note: String) {
-        let ev = Event { type_, reason: reason.into(), note: Some(truncate(&note, 1000)), action: "Reconcile".into(), secondary: None };
+        let ev = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(truncate(&note, 1000)),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
         if let Err(e) = self.recorder.publish(&ev, &st.object_ref(&())).await {
             warn!(error = %e, reason, "could not publish event");
         }
@@ -136,13 +148,28 @@ fn truncate(s: &str, max: usize) -> String {
 }
 
 /// Sets a condition, keeping `lastTransitionTime` when its status does not change.
-pub fn set_condition(conditions: &mut Vec<Condition>, type_: &str, status: &str, reason: &str, message: String, generation: Option<i64>, now: Timestamp) {
+pub fn set_condition(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: Timestamp,
+) {
     let message = truncate(&message, 1000);
     let last_transition_time = match conditions.iter().find(|c| c.type_ == type_) {
         Some(old) if old.status == status => old.last_transition_time,
         _ => plan::round_to_second(now),
     };
-    let new = Condition { type_: type_.into(), status: status.into(), reason: reason.into(), message, last_transition_time, observed_generation: generation };
+    let new = Condition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message,
+        last_transition_time,
+        observed_generation: generation,
+    };
     match conditions.iter_mut().find(|c| c.type_ == type_) {
         Some(c) => *c = new,
         None => conditions.push(new),
@@ -182,7 +209,10 @@ pub async fn reconcile(st: Arc<SessionToken>, ctx: Arc<Context>) -> Result<Actio
     if result.is_ok() {
         ctx.with_memory(&uid, |m| m.errors = 0);
     }
-    ctx.metrics.reconcile_finished(started.elapsed(), result.as_ref().err().map(Error::metric_reason));
+    ctx.metrics.reconcile_finished(
+        started.elapsed(),
+        result.as_ref().err().map(Error::metric_reason),
+    );
     result
 }
 
@@ -193,7 +223,11 @@ pub fn error_policy(st: Arc<SessionToken>, error: &Error, ctx: Arc<Context>) -> 
         m.errors = m.errors.saturating_add(1);
         m.errors
     });
-    let delay = plan::backoff(attempt, &ctx.settings.timing, &format!("{uid}/{}", Timestamp::now().as_millisecond()));
+    let delay = plan::backoff(
+        attempt,
+        &ctx.settings.timing,
+        &format!("{uid}/{}", Timestamp::now().as_millisecond()),
+    );
     warn!(namespace = st.namespace().unwrap_or_default(), name = st.name_any(), %error, attempt, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
 }
@@ -206,30 +240,49 @@ async fn observe(st: Arc<SessionToken>, ctx: &Context) -> Result<Observed, Error
     let out_name = st.output_secret_name();
     let out_secret = secrets.get_opt(&out_name).await?;
     let ownership = secret::ownership(out_secret.as_ref(), &st);
-    let old_name = st.status.as_ref().and_then(|s| s.secret_name.clone()).filter(|n| *n != out_name);
+    let old_name = st
+        .status
+        .as_ref()
+        .and_then(|s| s.secret_name.clone())
+        .filter(|n| *n != out_name);
     let old_secret = match old_name {
-        Some(n) => secrets.get_opt(&n).await?.filter(|s| secret::ownership(Some(s), &st) == Ownership::Ours),
+        Some(n) => secrets
+            .get_opt(&n)
+            .await?
+            .filter(|s| secret::ownership(Some(s), &st) == Ownership::Ours),
         None => None,
     };
     let source_ref = &st.spec.source_credentials.secret_ref;
     let source = secrets.get_opt(&source_ref.name).await?;
     let keys = secret::read_long_term_keys(source.as_ref(), source_ref);
-    let region = st.spec.region.clone().unwrap_or_else(|| ctx.settings.default_region.clone());
+    let region = st
+        .spec
+        .region
+        .clone()
+        .unwrap_or_else(|| ctx.settings.default_region.clone());
     let endpoint = st.spec.endpoint.clone();
     let mut blocker = None;
-    if let Some(e) = &endpoint {
-        if let Err(why) = ctx.settings.endpoint_policy.check(e) {
-            // The raw value may carry `user:password@`: only the policy's parsed account of it is shown.
-            blocker = Some(Blocker { reason: "EndpointNotAllowed", message: format!("spec.endpoint is not allowed: {why}") });
-        }
+    if let Some(Err(why)) = endpoint
+        .as_ref()
+        .map(|e| ctx.settings.endpoint_policy.check(e))
+    {
+        // The raw value may carry `user:password@`: only the policy's parsed account of it is shown.
+        blocker = Some(Blocker {
+            reason: "EndpointNotAllowed",
+            message: format!("spec.endpoint is not allowed: {why}"),
+        });
     }
-    if blocker.is_none() {
-        if let Err(problem) = &keys {
-            blocker = Some(Blocker { reason: problem.reason(), message: problem.to_string() });
-        }
+    if let (None, Err(problem)) = (&blocker, &keys) {
+        blocker = Some(Blocker {
+            reason: problem.reason(),
+            message: problem.to_string(),
+        });
     }
     if let Ownership::Foreign(why) = &ownership {
-        blocker = Some(Blocker { reason: "SecretConflict", message: why.clone() });
+        blocker = Some(Blocker {
+            reason: "SecretConflict",
+            message: why.clone(),
+        });
     }
     Ok(Observed {
         generation: st.metadata.generation,
@@ -251,10 +304,15 @@ async fn observe(st: Arc<SessionToken>, ctx: &Context) -> Result<Observed, Error
 
 async fn reconcile_inner(st: Arc<SessionToken>, ctx: &Context) -> Result<Action, Error> {
     let uid = st.metadata.uid.clone().unwrap_or_default();
-    let stale = ctx.with_memory(&uid, |m| m.last_written.as_ref().is_some_and(|w| Some(w) != st.status.as_ref()));
+    let stale = ctx.with_memory(&uid, |m| {
+        m.last_written
+            .as_ref()
+            .is_some_and(|w| Some(w) != st.status.as_ref())
+    });
     let st = if stale {
         // The watch cache has not caught up with our last status write: read the object itself.
-        let api: Api<SessionToken> = Api::namespaced(ctx.client.clone(), &st.namespace().unwrap_or_default());
+        let api: Api<SessionToken> =
+            Api::namespaced(ctx.client.clone(), &st.namespace().unwrap_or_default());
         match api.get_opt(&st.name_any()).await? {
             Some(fresh) if fresh.metadata.uid == st.metadata.uid => Arc::new(fresh),
             _ => return Ok(Action::await_change()),
@@ -274,13 +332,28 @@ async fn reconcile_inner(st: Arc<SessionToken>, ctx: &Context) -> Result<Action,
 
     // 0. A claim recorded but never resolved: the process using the code died. The code is
     // spent (STS may or may not have seen it) and the session, if any, is lost.
-    let interrupted_check = status.conditions.iter().find(|c| c.type_ == ISSUING && c.reason == CLAIMED).map(|c| c.last_transition_time);
+    let interrupted_check = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == ISSUING && c.reason == CLAIMED)
+        .map(|c| c.last_transition_time);
     let mut claim_deadline = None;
     if let Some(claimed_at) = interrupted_check {
-        let deadline = claimed_at + SignedDuration::try_from(ctx.sts.settings().timeout + Duration::from_secs(10)).unwrap_or(SignedDuration::from_secs(60));
+        let deadline = claimed_at
+            + SignedDuration::try_from(ctx.sts.settings().timeout + Duration::from_secs(10))
+                .unwrap_or(SignedDuration::from_secs(60));
         if obs.now >= deadline {
-            set_condition(&mut status.conditions, ISSUING, "False", "Interrupted", format!(
-                "the operator stopped while using the token code claimed at {claimed_at}; that code is spent and its session, if STS issued one, is lost. Approve again with a new code"), obs.generation, obs.now);
+            set_condition(
+                &mut status.conditions,
+                ISSUING,
+                "False",
+                "Interrupted",
+                format!(
+                    "the operator stopped while using the token code claimed at {claimed_at}; that code is spent and its session, if STS issued one, is lost. Approve again with a new code"
+                ),
+                obs.generation,
+                obs.now,
+            );
         } else {
             claim_deadline = Some(deadline);
         }
@@ -306,9 +379,17 @@ async fn reconcile_inner(st: Arc<SessionToken>, ctx: &Context) -> Result<Action,
             ctx.event(&st, EventType::Warning, "TokenCodeInLastApplied",
                 "the token-code annotation was set with client-side `kubectl apply`, which keeps it in the last-applied-configuration annotation; use `kubectl sts approve` or `kubectl annotate`".into()).await;
         }
-        let also: &[&str] = if approved_by.is_some() { &[APPROVED_BY_ANNOTATION] } else { &[] };
+        let also: &[&str] = if approved_by.is_some() {
+            &[APPROVED_BY_ANNOTATION]
+        } else {
+            &[]
+        };
         if !claim_annotation(&sts_api, &obs.name, TOKEN_CODE_ANNOTATION, raw, also).await? {
-            debug!(namespace = obs.ns, name = obs.name, "code claimed elsewhere or replaced meanwhile");
+            debug!(
+                namespace = obs.ns,
+                name = obs.name,
+                "code claimed elsewhere or replaced meanwhile"
+            );
             return Ok(Action::requeue(Duration::from_secs(1)));
         }
         match &code_state {
@@ -316,18 +397,53 @@ async fn reconcile_inner(st: Arc<SessionToken>, ctx: &Context) -> Result<Action,
                 ctx.event(&st, EventType::Warning, "TokenCodeIgnored", "this SessionToken has no spec.mfa, so it needs no token code; the annotation was removed".into()).await;
             }
             CodeState::Invalid => {
-                set_condition(&mut status.conditions, ISSUING, "False", "InvalidTokenCode", "the token code must be exactly six digits; it was removed unused".into(), obs.generation, obs.now);
-                ctx.event(&st, EventType::Warning, "InvalidTokenCode", "the token code must be exactly six digits; it was removed unused".into()).await;
+                set_condition(
+                    &mut status.conditions,
+                    ISSUING,
+                    "False",
+                    "InvalidTokenCode",
+                    "the token code must be exactly six digits; it was removed unused".into(),
+                    obs.generation,
+                    obs.now,
+                );
+                ctx.event(
+                    &st,
+                    EventType::Warning,
+                    "InvalidTokenCode",
+                    "the token code must be exactly six digits; it was removed unused".into(),
+                )
+                .await;
             }
             CodeState::Expired { age } => {
-                let msg = format!("the token code was set {}s ago, longer than the {}s a code is accepted; it was removed unused. Approve again with a fresh code", age.as_secs(), timing.token_code_max_age.as_secs());
-                set_condition(&mut status.conditions, ISSUING, "False", "TokenCodeExpired", msg.clone(), obs.generation, obs.now);
-                ctx.event(&st, EventType::Warning, "TokenCodeExpired", msg).await;
+                let msg = format!(
+                    "the token code was set {}s ago, longer than the {}s a code is accepted; it was removed unused. Approve again with a fresh code",
+                    age.as_secs(),
+                    timing.token_code_max_age.as_secs()
+                );
+                set_condition(
+                    &mut status.conditions,
+                    ISSUING,
+                    "False",
+                    "TokenCodeExpired",
+                    msg.clone(),
+                    obs.generation,
+                    obs.now,
+                );
+                ctx.event(&st, EventType::Warning, "TokenCodeExpired", msg)
+                    .await;
             }
             CodeState::Usable => match &obs.blocker {
                 Some(b) => {
                     let msg = format!("the token code was removed unused: {}", b.message);
-                    set_condition(&mut status.conditions, ISSUING, "False", b.reason, msg.clone(), obs.generation, obs.now);
+                    set_condition(
+                        &mut status.conditions,
+                        ISSUING,
+                        "False",
+                        b.reason,
+                        msg.clone(),
+                        obs.generation,
+                        obs.now,
+                    );
                     ctx.event(&st, EventType::Warning, b.reason, msg).await;
                 }
                 None => code_to_use = TokenCode::parse(raw).ok(),
@@ -342,17 +458,32 @@ async fn reconcile_inner(st: Arc<SessionToken>, ctx: &Context) -> Result<Action,
         _ => None,
     });
     let held = holder.and_then(secret::read_session).filter(|s| {
-        Some(&s.access_key_id) == old_status.access_key_id.as_ref() && Some(s.expiration) == old_status.expiration
+        Some(&s.access_key_id) == old_status.access_key_id.as_ref()
+            && Some(s.expiration) == old_status.expiration
     });
     let unsaved = ctx.with_memory(&obs.uid, |m| m.unsaved.take());
-    let session_state = plan::session_state(status.expiration, status.renewal_time, held.is_some(), obs.now);
-    let hash = obs.keys.as_ref().ok().map(|k| plan::session_hash(&st.spec, &obs.region, obs.endpoint.as_deref(), &k.access_key_id));
+    let session_state = plan::session_state(
+        status.expiration,
+        status.renewal_time,
+        held.is_some(),
+        obs.now,
+    );
+    let hash = obs.keys.as_ref().ok().map(|k| {
+        plan::session_hash(
+            &st.spec,
+            &obs.region,
+            obs.endpoint.as_deref(),
+            &k.access_key_id,
+        )
+    });
     let hash_matches = hash.is_some() && hash == status.session_hash;
 
     // 3. Mint, if a code was claimed or (without MFA) the session needs it and backoff allows.
     let retry_at = retry_time(&status, &obs, timing);
     let spec_changed_since_failure = status.observed_generation != obs.generation;
-    let mut auto_reason = (!has_mfa).then(|| plan::automatic_mint_reason(&session_state, hash_matches)).flatten();
+    let mut auto_reason = (!has_mfa)
+        .then(|| plan::automatic_mint_reason(&session_state, hash_matches))
+        .flatten();
     let mut may_retry = retry_at.is_none_or(|t| obs.now >= t) || spec_changed_since_failure;
     // `kubectl sts renew`: mint now, once, where no code is needed.
     if let Some(requested) = annotations.get(RENEW_ANNOTATION) {
@@ -369,23 +500,49 @@ async fn reconcile_inner(st: Arc<SessionToken>, ctx: &Context) -> Result<Action,
     }
     let mut to_write: Option<(SessionSecret, Option<Approval>)> = unsaved;
     let keys = obs.keys.as_ref().ok().filter(|_| obs.blocker.is_none());
-    if let (None, Some(keys), true) = (&to_write, keys, code_to_use.is_some() || (auto_reason.is_some() && may_retry)) {
-        let approval = code_to_use.as_ref().map(|_| Approval { approved_by: approved_by.clone(), time: plan::round_to_second(obs.now) });
+    if let (None, Some(keys), true) = (
+        &to_write,
+        keys,
+        code_to_use.is_some() || (auto_reason.is_some() && may_retry),
+    ) {
+        let approval = code_to_use.as_ref().map(|_| Approval {
+            approved_by: approved_by.clone(),
+            time: plan::round_to_second(obs.now),
+        });
         if code_to_use.is_some() {
             // Say that the code is being used before using it: if this process dies before the
             // result is written, the next reconcile can tell that the code is spent.
             let mut claimed = status.clone();
-            set_condition(&mut claimed.conditions, ISSUING, "Unknown", CLAIMED, format!("a token code was claimed by {}; calling STS", ctx.settings.instance), obs.generation, obs.now);
+            set_condition(
+                &mut claimed.conditions,
+                ISSUING,
+                "Unknown",
+                CLAIMED,
+                format!(
+                    "a token code was claimed by {}; calling STS",
+                    ctx.settings.instance
+                ),
+                obs.generation,
+                obs.now,
+            );
             match write_status(&sts_api, &obs.name, &claimed).await {
                 Ok(()) => {
                     ctx.with_memory(&obs.uid, |m| m.last_written = Some(claimed.clone()));
                     server_status = claimed.clone();
                     status = claimed;
                 }
-                Err(e) => warn!(namespace = obs.ns, name = obs.name, error = %e, "could not record the claim; using the code anyway"),
+                Err(e) => {
+                    warn!(namespace = obs.ns, name = obs.name, error = %e, "could not record the claim; using the code anyway")
+                }
             }
         }
-        info!(namespace = obs.ns, name = obs.name, with_code = code_to_use.is_some(), why = auto_reason.unwrap_or("approved"), "minting a session");
+        info!(
+            namespace = obs.ns,
+            name = obs.name,
+            with_code = code_to_use.is_some(),
+            why = auto_reason.unwrap_or("approved"),
+            "minting a session"
+        );
         let request = SessionRequest {
             region: &obs.region,
             endpoint: obs.endpoint.as_deref(),
@@ -437,7 +594,13 @@ async fn reconcile_inner(st: Arc<SessionToken>, ctx: &Context) -> Result<Action,
             let issued_at = plan::round_to_second(obs.now);
             status.expiration = Some(session.expiration);
             status.issued_at = Some(issued_at);
-            status.renewal_time = Some(plan::renewal_time(issued_at, session.expiration, st.spec.renewal.as_ref(), timing, &format!("{}/{}", obs.uid, session.expiration)));
+            status.renewal_time = Some(plan::renewal_time(
+                issued_at,
+                session.expiration,
+                st.spec.renewal.as_ref(),
+                timing,
+                &format!("{}/{}", obs.uid, session.expiration),
+            ));
             status.access_key_id = Some(session.access_key_id.clone());
             status.secret_name = Some(obs.out_name.clone());
             status.session_hash = hash.clone();
@@ -447,35 +610,75 @@ async fn reconcile_inner(st: Arc<SessionToken>, ctx: &Context) -> Result<Action,
             if approval.is_some() {
                 status.last_approval = approval;
             }
-            set_condition(&mut status.conditions, ISSUING, "True", "Succeeded", format!("session {} issued, expires {}", session.access_key_id, session.expiration), obs.generation, obs.now);
-            ctx.event(&st, EventType::Normal, "Issued", format!("session {} written to Secret {}, expires {}", session.access_key_id, obs.out_name, session.expiration)).await;
+            set_condition(
+                &mut status.conditions,
+                ISSUING,
+                "True",
+                "Succeeded",
+                format!(
+                    "session {} issued, expires {}",
+                    session.access_key_id, session.expiration
+                ),
+                obs.generation,
+                obs.now,
+            );
+            ctx.event(
+                &st,
+                EventType::Normal,
+                "Issued",
+                format!(
+                    "session {} written to Secret {}, expires {}",
+                    session.access_key_id, obs.out_name, session.expiration
+                ),
+            )
+            .await;
             true
         }
         None => {
-            if let (Some(session), true) = (held.as_ref(), obs.blocker.is_none() || matches!(obs.blocker, Some(Blocker { reason: "SourceCredentialsMissing" | "SourceCredentialsInvalid" | "EndpointNotAllowed", .. }))) {
-                if !matches!(obs.ownership, Ownership::Foreign(_)) {
-                    // Same session, but the Secret's metadata or name must change.
-                    let desired = secret::desired_secret(&st, &obs.out_name, session);
-                    let up_to_date = obs.out_secret.as_ref().is_some_and(|s| secret::is_up_to_date(s, &desired));
-                    if !up_to_date {
-                        write_secret(ctx, &obs, &desired).await.map_err(Error::SecretWrite)?;
-                        status.secret_name = Some(obs.out_name.clone());
-                    }
+            // Same session, but the Secret's metadata or name must change. (Source or endpoint
+            // problems do not stop that: they only stop new sessions.)
+            if let Some(session) = held
+                .as_ref()
+                .filter(|_| !matches!(obs.ownership, Ownership::Foreign(_)))
+            {
+                let desired = secret::desired_secret(&st, &obs.out_name, session);
+                if !obs
+                    .out_secret
+                    .as_ref()
+                    .is_some_and(|s| secret::is_up_to_date(s, &desired))
+                {
+                    write_secret(ctx, &obs, &desired)
+                        .await
+                        .map_err(Error::SecretWrite)?;
+                    status.secret_name = Some(obs.out_name.clone());
                 }
             }
             false
         }
     };
-    if let Some(old) = &obs.old_secret {
-        if status.secret_name.as_deref() == Some(obs.out_name.as_str()) {
-            let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &obs.ns);
-            let name = old.name_any();
-            let dp = DeleteParams { preconditions: Some(Preconditions { uid: old.metadata.uid.clone(), resource_version: None }), ..Default::default() };
-            match secrets.delete(&name, &dp).await {
-                Ok(_) => info!(namespace = obs.ns, name = obs.name, old = name, "deleted the previous output Secret after a rename"),
-                Err(kube::Error::Api(e)) if e.code == 404 => {}
-                Err(e) => return Err(e.into()),
-            }
+    if let Some(old) = obs
+        .old_secret
+        .as_ref()
+        .filter(|_| status.secret_name.as_deref() == Some(obs.out_name.as_str()))
+    {
+        let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &obs.ns);
+        let name = old.name_any();
+        let dp = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: old.metadata.uid.clone(),
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
+        match secrets.delete(&name, &dp).await {
+            Ok(_) => info!(
+                namespace = obs.ns,
+                name = obs.name,
+                old = name,
+                "deleted the previous output Secret after a rename"
+            ),
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e.into()),
         }
     }
 
@@ -485,8 +688,17 @@ async fn reconcile_inner(st: Arc<SessionToken>, ctx: &Context) -> Result<Action,
     } else {
         session_state
     };
-    let (ready_status, ready_reason, ready_message) = ready_condition(&st, &obs, &status, &session_state);
-    set_condition(&mut status.conditions, READY, ready_status, ready_reason, ready_message, obs.generation, obs.now);
+    let (ready_status, ready_reason, ready_message) =
+        ready_condition(&st, &obs, &status, &session_state);
+    set_condition(
+        &mut status.conditions,
+        READY,
+        ready_status,
+        ready_reason,
+        ready_message,
+        obs.generation,
+        obs.now,
+    );
     let awaiting_code = has_mfa && !session_state_is_fresh(&session_state);
     let mut next_event = None;
     if has_mfa {
@@ -499,16 +711,28 @@ async fn reconcile_inner(st: Arc<SessionToken>, ctx: &Context) -> Result<Action,
             first
         });
         if first && old_status_ready_reason(&old_status) != Some("Expired") {
-            ctx.event(&st, EventType::Warning, "Expired", format!("the session expired at {expiration}; the Secret's credentials no longer work")).await;
+            ctx.event(
+                &st,
+                EventType::Warning,
+                "Expired",
+                format!(
+                    "the session expired at {expiration}; the Secret's credentials no longer work"
+                ),
+            )
+            .await;
         }
     }
     status.observed_generation = obs.generation;
-    ctx.metrics.set_session(&obs.ns, &obs.name, SessionMetrics {
-        expiration: status.expiration,
-        renewal: status.renewal_time,
-        ready: ready_status == "True",
-        awaiting_token_code: awaiting_code,
-    });
+    ctx.metrics.set_session(
+        &obs.ns,
+        &obs.name,
+        SessionMetrics {
+            expiration: status.expiration,
+            renewal: status.renewal_time,
+            ready: ready_status == "True",
+            awaiting_token_code: awaiting_code,
+        },
+    );
 
     if status != server_status {
         if let Err(e) = write_status(&sts_api, &obs.name, &status).await {
@@ -525,17 +749,25 @@ async fn reconcile_inner(st: Arc<SessionToken>, ctx: &Context) -> Result<Action,
     // 6. Requeue at the next instant that matters; never poll while healthy.
     let retry_at = retry_time(&status, &obs, timing);
     let auto = !has_mfa && obs.blocker.is_none();
-    let source_blocked = obs.blocker.as_ref().is_some_and(|b| b.reason.starts_with("SourceCredentials"));
+    // Neither the source Secret nor a foreign Secret in the way is watched: look again, with
+    // capped backoff (reads only), until the problem goes.
+    let source_blocked = obs
+        .blocker
+        .as_ref()
+        .is_some_and(|b| b.reason.starts_with("SourceCredentials") || b.reason == "SecretConflict");
     let misses = source_misses(ctx, &obs.uid, source_blocked);
     let instants = [
         claim_deadline,
         status.expiration.filter(|e| *e > obs.now),
-        status.renewal_time.filter(|r| *r > obs.now && (auto || has_mfa)),
+        status
+            .renewal_time
+            .filter(|r| *r > obs.now && (auto || has_mfa)),
         next_event,
         retry_at.filter(|_| auto),
-        // A missing or broken source Secret is not watched: look again, with capped backoff.
         source_blocked.then(|| {
-            obs.now + SignedDuration::try_from(plan::backoff(misses, timing, &obs.uid)).unwrap_or(SignedDuration::from_secs(300))
+            obs.now
+                + SignedDuration::try_from(plan::backoff(misses, timing, &obs.uid))
+                    .unwrap_or(SignedDuration::from_secs(300))
         }),
     ];
     Ok(match plan::requeue_after(obs.now, &instants) {
@@ -547,13 +779,21 @@ async fn reconcile_inner(st: Arc<SessionToken>, ctx: &Context) -> Result<Action,
 /// How often in a row the source Secret was looked at in vain, to grow its retry delay.
 fn source_misses(ctx: &Context, uid: &str, missing: bool) -> u32 {
     ctx.with_memory(uid, |m| {
-        m.source_misses = if missing { m.source_misses.saturating_add(1) } else { 0 };
+        m.source_misses = if missing {
+            m.source_misses.saturating_add(1)
+        } else {
+            0
+        };
         m.source_misses
     })
 }
 
 fn old_status_ready_reason(status: &SessionTokenStatus) -> Option<&str> {
-    status.conditions.iter().find(|c| c.type_ == READY).map(|c| c.reason.as_str())
+    status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == READY)
+        .map(|c| c.reason.as_str())
 }
 
 fn session_state_is_fresh(s: &SessionState) -> bool {
@@ -573,27 +813,72 @@ fn retry_time(status: &SessionTokenStatus, obs: &Observed, timing: &Timing) -> O
 fn record_failure(status: &mut SessionTokenStatus, obs: &Observed, e: &StsError) {
     status.failed_attempts = status.failed_attempts.saturating_add(1);
     let message = truncate(&e.to_string(), 500);
-    status.last_failure = Some(Failure { time: plan::round_to_second(obs.now), reason: e.reason().into(), message: message.clone() });
-    set_condition(&mut status.conditions, ISSUING, "False", e.reason(), message, obs.generation, obs.now);
+    status.last_failure = Some(Failure {
+        time: plan::round_to_second(obs.now),
+        reason: e.reason().into(),
+        message: message.clone(),
+    });
+    set_condition(
+        &mut status.conditions,
+        ISSUING,
+        "False",
+        e.reason(),
+        message,
+        obs.generation,
+        obs.now,
+    );
 }
 
-fn ready_condition(st: &SessionToken, obs: &Observed, status: &SessionTokenStatus, session: &SessionState) -> (&'static str, &'static str, String) {
+fn ready_condition(
+    st: &SessionToken,
+    obs: &Observed,
+    status: &SessionTokenStatus,
+    session: &SessionState,
+) -> (&'static str, &'static str, String) {
     let has_mfa = st.spec.mfa.is_some();
-    if let Some(Blocker { reason: "SecretConflict", message }) = &obs.blocker {
+    if let Some(Blocker {
+        reason: "SecretConflict",
+        message,
+    }) = &obs.blocker
+    {
         return ("False", "SecretConflict", message.clone());
     }
-    let approve_hint = format!("approve with `kubectl sts approve {} -n {}`", obs.name, obs.ns);
+    let approve_hint = format!(
+        "approve with `kubectl sts approve {} -n {}`",
+        obs.name, obs.ns
+    );
     match session {
-        SessionState::Valid { expiration, renewal } => {
-            let what = if has_mfa { "a new code is needed" } else { "renews" };
-            ("True", "Issued", format!("session valid until {expiration}; {what} at {renewal}"))
+        SessionState::Valid {
+            expiration,
+            renewal,
+        } => {
+            let what = if has_mfa {
+                "a new code is needed"
+            } else {
+                "renews"
+            };
+            (
+                "True",
+                "Issued",
+                format!("session valid until {expiration}; {what} at {renewal}"),
+            )
         }
-        SessionState::RenewalDue { expiration } if has_mfa => {
-            ("True", "AwaitingTokenCode", format!("session valid until {expiration}; {approve_hint} before then"))
-        }
+        SessionState::RenewalDue { expiration } if has_mfa => (
+            "True",
+            "AwaitingTokenCode",
+            format!("session valid until {expiration}; {approve_hint} before then"),
+        ),
         SessionState::RenewalDue { expiration } => {
-            let why = status.last_failure.as_ref().map(|f| format!("; renewal failing: {}", f.message)).unwrap_or_default();
-            ("True", "Issued", format!("session valid until {expiration}, renewal due{why}"))
+            let why = status
+                .last_failure
+                .as_ref()
+                .map(|f| format!("; renewal failing: {}", f.message))
+                .unwrap_or_default();
+            (
+                "True",
+                "Issued",
+                format!("session valid until {expiration}, renewal due{why}"),
+            )
         }
         other => {
             if let Some(b) = &obs.blocker {
@@ -603,10 +888,21 @@ fn ready_condition(st: &SessionToken, obs: &Observed, status: &SessionTokenStatu
                 SessionState::SecretMissing { expiration } if has_mfa => (
                     "False",
                     "SecretMissing",
-                    format!("the Secret {} no longer holds the session valid until {expiration} (the operator keeps no copy); {approve_hint}", obs.out_name),
+                    format!(
+                        "the Secret {} no longer holds the session valid until {expiration} (the operator keeps no copy); {approve_hint}",
+                        obs.out_name
+                    ),
                 ),
-                SessionState::Expired { expiration } if has_mfa => ("False", "Expired", format!("the session expired at {expiration}; {approve_hint}")),
-                SessionState::None if has_mfa => ("False", "AwaitingTokenCode", format!("no session yet; {approve_hint}")),
+                SessionState::Expired { expiration } if has_mfa => (
+                    "False",
+                    "Expired",
+                    format!("the session expired at {expiration}; {approve_hint}"),
+                ),
+                SessionState::None if has_mfa => (
+                    "False",
+                    "AwaitingTokenCode",
+                    format!("no session yet; {approve_hint}"),
+                ),
                 _ => match &status.last_failure {
                     Some(f) => ("False", failure_reason(&f.reason), f.message.clone()),
                     None => ("False", "Issuing", "minting a session".into()),
@@ -629,10 +925,19 @@ fn failure_reason(reason: &str) -> &'static str {
 
 /// Sends `TokenCodeRequired` at the renewal time and every interval after, until a code
 /// arrives or the session expires; returns when the next one is due.
-async fn code_required_events(ctx: &Context, st: &SessionToken, obs: &Observed, status: &SessionTokenStatus, session: &SessionState) -> Option<Timestamp> {
-    let SessionState::RenewalDue { expiration } = session else { return None };
+async fn code_required_events(
+    ctx: &Context,
+    st: &SessionToken,
+    obs: &Observed,
+    status: &SessionTokenStatus,
+    session: &SessionState,
+) -> Option<Timestamp> {
+    let SessionState::RenewalDue { expiration } = session else {
+        return None;
+    };
     let renewal = status.renewal_time?;
-    let (period, next) = plan::code_required_period(renewal, obs.now, ctx.settings.timing.code_required_interval);
+    let (period, next) =
+        plan::code_required_period(renewal, obs.now, ctx.settings.timing.code_required_interval);
     let send = ctx.with_memory(&obs.uid, |m| {
         let send = m.code_required_sent != Some((renewal, period));
         m.code_required_sent = Some((renewal, period));
@@ -650,15 +955,33 @@ async fn code_required_events(ctx: &Context, st: &SessionToken, obs: &Observed, 
 /// Claims an annotation: one JSON patch that tests its value and removes it (and `also`), so
 /// that exactly one claimant wins and a newer value set meanwhile survives. Returns false if
 /// the test failed (someone else claimed it, or it changed).
-async fn claim_annotation(api: &Api<SessionToken>, name: &str, key: &str, value: &str, also: &[&str]) -> Result<bool, Error> {
-    let path = |key: &str| format!("/metadata/annotations/{}", key.replace('~', "~0").replace('/', "~1"));
+async fn claim_annotation(
+    api: &Api<SessionToken>,
+    name: &str,
+    key: &str,
+    value: &str,
+    also: &[&str],
+) -> Result<bool, Error> {
+    let path = |key: &str| {
+        format!(
+            "/metadata/annotations/{}",
+            key.replace('~', "~0").replace('/', "~1")
+        )
+    };
     let mut ops = vec![
         serde_json::json!({"op": "test", "path": path(key), "value": value}),
         serde_json::json!({"op": "remove", "path": path(key)}),
     ];
-    ops.extend(also.iter().map(|k| serde_json::json!({"op": "remove", "path": path(k)})));
-    let patch: json_patch::Patch = serde_json::from_value(serde_json::Value::Array(ops)).expect("static patch shape");
-    let pp = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
+    ops.extend(
+        also.iter()
+            .map(|k| serde_json::json!({"op": "remove", "path": path(k)})),
+    );
+    let patch: json_patch::Patch =
+        serde_json::from_value(serde_json::Value::Array(ops)).expect("static patch shape");
+    let pp = PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..Default::default()
+    };
     match api.patch(name, &pp, &Patch::<()>::Json(patch)).await {
         Ok(_) => Ok(true),
         // A failed `test` op is 422 (Unprocessable) or 409; the object gone is 404.
@@ -676,16 +999,28 @@ async fn write_secret(ctx: &Context, obs: &Observed, desired: &Secret) -> Result
     loop {
         attempt += 1;
         let result = match (&obs.out_secret, &obs.ownership) {
-            (None, _) | (_, Ownership::Absent) => {
-                secrets.create(&PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }, desired).await.map(|_| ())
-            }
+            (None, _) | (_, Ownership::Absent) => secrets
+                .create(
+                    &PostParams {
+                        field_manager: Some(FIELD_MANAGER.into()),
+                        ..Default::default()
+                    },
+                    desired,
+                )
+                .await
+                .map(|_| ()),
             (Some(existing), Ownership::Ours) => {
                 let mut body = desired.clone();
                 body.metadata.resource_version = existing.metadata.resource_version.clone();
                 let pp = PatchParams::apply(FIELD_MANAGER).force();
-                secrets.patch(&obs.out_name, &pp, &Patch::Apply(&body)).await.map(|_| ())
+                secrets
+                    .patch(&obs.out_name, &pp, &Patch::Apply(&body))
+                    .await
+                    .map(|_| ())
             }
-            (Some(_), Ownership::Foreign(_)) => unreachable!("a blocker stops writes to a foreign Secret"),
+            (Some(_), Ownership::Foreign(_)) => {
+                unreachable!("a blocker stops writes to a foreign Secret")
+            }
         };
         match result {
             Ok(()) => return Ok(()),
@@ -700,7 +1035,11 @@ async fn write_secret(ctx: &Context, obs: &Observed, desired: &Secret) -> Result
     }
 }
 
-async fn write_status(api: &Api<SessionToken>, name: &str, status: &SessionTokenStatus) -> Result<(), Error> {
+async fn write_status(
+    api: &Api<SessionToken>,
+    name: &str,
+    status: &SessionTokenStatus,
+) -> Result<(), Error> {
     let body = serde_json::json!({
         "apiVersion": SessionToken::api_version(&()),
         "kind": SessionToken::kind(&()),
@@ -723,10 +1062,19 @@ fn trigger_hash(st: &SessionToken) -> Option<u64> {
 }
 
 /// Runs the controller for one scope (all namespaces, or one) until `shutdown` resolves.
-pub async fn run(ctx: Arc<Context>, namespace: Option<String>, concurrency: u16, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
+pub async fn run(
+    ctx: Arc<Context>,
+    namespace: Option<String>,
+    concurrency: u16,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
     let client = ctx.client.clone();
-    let (sessions, secrets): (Api<SessionToken>, Api<PartialObjectMeta<Secret>>) = match &namespace {
-        Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
+    let (sessions, secrets): (Api<SessionToken>, Api<PartialObjectMeta<Secret>>) = match &namespace
+    {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+        ),
         None => (Api::all(client.clone()), Api::all(client.clone())),
     };
     let (reader, writer) = reflector::store();
@@ -745,9 +1093,14 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, concurrency: u16,
         .predicate_filter(trigger_hash, Default::default());
     // Only Secrets the operator labelled, and only their metadata: memory stays flat however
     // many Secrets the cluster holds.
-    let owned = watcher(secrets, watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={FIELD_MANAGER}")).any_semantic())
-        .default_backoff()
-        .touched_objects();
+    let owned = watcher(
+        secrets,
+        watcher::Config::default()
+            .labels(&format!("{MANAGED_BY_LABEL}={FIELD_MANAGER}"))
+            .any_semantic(),
+    )
+    .default_backoff()
+    .touched_objects();
     Controller::for_stream(main_stream, reader)
         .owns_stream(owned)
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
@@ -756,7 +1109,9 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, concurrency: u16,
         .for_each(|result| async move {
             match result {
                 Ok((obj, _)) => debug!(object = %obj, "reconciled"),
-                Err(kube::runtime::controller::Error::ObjectNotFound(obj)) => debug!(object = %obj, "gone"),
+                Err(kube::runtime::controller::Error::ObjectNotFound(obj)) => {
+                    debug!(object = %obj, "gone")
+                }
                 Err(e) => debug!(error = %e, "controller event"),
             }
         })
@@ -774,15 +1129,39 @@ mod tests {
     #[test]
     fn conditions_keep_transition_time_when_status_is_unchanged() {
         let mut c = vec![];
-        set_condition(&mut c, READY, "False", "AwaitingTokenCode", "a".into(), Some(1), t(0));
-        set_condition(&mut c, READY, "False", "Expired", "b".into(), Some(2), t(10));
+        set_condition(
+            &mut c,
+            READY,
+            "False",
+            "AwaitingTokenCode",
+            "a".into(),
+            Some(1),
+            t(0),
+        );
+        set_condition(
+            &mut c,
+            READY,
+            "False",
+            "Expired",
+            "b".into(),
+            Some(2),
+            t(10),
+        );
         assert_eq!(c.len(), 1);
         assert_eq!(c[0].last_transition_time, t(0));
         assert_eq!(c[0].reason, "Expired");
         assert_eq!(c[0].observed_generation, Some(2));
         set_condition(&mut c, READY, "True", "Issued", "c".into(), Some(2), t(20));
         assert_eq!(c[0].last_transition_time, t(20));
-        set_condition(&mut c, ISSUING, "True", "Succeeded", "d".into(), Some(2), t(30));
+        set_condition(
+            &mut c,
+            ISSUING,
+            "True",
+            "Succeeded",
+            "d".into(),
+            Some(2),
+            t(30),
+        );
         assert_eq!(c.len(), 2);
     }
 

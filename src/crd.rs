@@ -141,7 +141,10 @@ pub struct OutputSecretSpec {
     /// source Secret. Changing it moves the current credentials to the new Secret and deletes
     /// the old one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
     pub name: Option<String>,
     /// Labels set on the Secret (and kept there).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -271,7 +274,11 @@ impl SessionToken {
     }
 
     pub fn condition(&self, type_: &str) -> Option<&Condition> {
-        self.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_)
+        self.status
+            .as_ref()?
+            .conditions
+            .iter()
+            .find(|c| c.type_ == type_)
     }
 }
 
@@ -304,8 +311,14 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(spec.duration_seconds, 43200);
-        assert_eq!(spec.source_credentials.secret_ref.access_key_id_key, "AWS_ACCESS_KEY_ID");
-        assert_eq!(spec.source_credentials.secret_ref.secret_access_key_key, "AWS_SECRET_ACCESS_KEY");
+        assert_eq!(
+            spec.source_credentials.secret_ref.access_key_id_key,
+            "AWS_ACCESS_KEY_ID"
+        );
+        assert_eq!(
+            spec.source_credentials.secret_ref.secret_access_key_key,
+            "AWS_SECRET_ACCESS_KEY"
+        );
     }
 }
 
@@ -322,7 +335,10 @@ mod sync {
     /// `cargo run --bin crdgen > crds/stssession.dev_sessiontokens.yaml`.
     #[test]
     fn checked_in_crd_matches_the_types() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/stssession.dev_sessiontokens.yaml");
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/crds/stssession.dev_sessiontokens.yaml"
+        );
         let checked_in = std::fs::read_to_string(path).unwrap_or_default();
         assert!(
             checked_in == super::crd_yaml(),

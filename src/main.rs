@@ -7,13 +7,14 @@ use std::sync::Arc;
 use std::time::Duration;
 use sts_session_operator::controller::{self, Context, Settings};
 use sts_session_operator::metrics::{self, Metrics};
-use sts_session_operator::plan::{parse_duration, Timing};
+use sts_session_operator::plan::{Timing, parse_duration};
 use sts_session_operator::sts::{EndpointPolicy, StsClient, StsSettings};
 use sts_session_operator::telemetry::{self, LogFormat};
 use tracing::{error, info, warn};
 
 fn duration(text: &str) -> Result<Duration, String> {
-    parse_duration(text).ok_or_else(|| format!("{text:?} is not a duration such as 90s, 5m or 1h30m"))
+    parse_duration(text)
+        .ok_or_else(|| format!("{text:?} is not a duration such as 90s, 5m or 1h30m"))
 }
 
 /// Keeps STS session credentials fresh in Secrets, as SessionToken resources ask.
@@ -21,7 +22,12 @@ fn duration(text: &str) -> Result<Duration, String> {
 #[command(version, about)]
 struct Args {
     /// Namespaces to watch, comma-separated. Empty: all namespaces.
-    #[arg(long, env = "WATCH_NAMESPACES", value_delimiter = ',', default_value = "")]
+    #[arg(
+        long,
+        env = "WATCH_NAMESPACES",
+        value_delimiter = ',',
+        default_value = ""
+    )]
     namespaces: Vec<String>,
     /// Region for SessionTokens that name none.
     #[arg(long, env = "DEFAULT_REGION", default_value = "us-east-1")]
@@ -94,25 +100,39 @@ async fn main() -> Result<()> {
 }
 
 async fn run(args: Args) -> Result<()> {
-    let instance = args.instance.clone().unwrap_or_else(|| format!("sts-session-operator-{}", std::process::id()));
-    let endpoint_policy = if args.allowed_sts_endpoints.iter().all(|p| p.trim().is_empty()) {
+    let instance = args
+        .instance
+        .clone()
+        .unwrap_or_else(|| format!("sts-session-operator-{}", std::process::id()));
+    let endpoint_policy = if args
+        .allowed_sts_endpoints
+        .iter()
+        .all(|p| p.trim().is_empty())
+    {
         EndpointPolicy::aws_default()
     } else {
-        EndpointPolicy::from_patterns(&args.allowed_sts_endpoints).map_err(|e| anyhow::anyhow!("--allowed-sts-endpoints: {e}"))?
+        EndpointPolicy::from_patterns(&args.allowed_sts_endpoints)
+            .map_err(|e| anyhow::anyhow!("--allowed-sts-endpoints: {e}"))?
     };
     let metrics = Arc::new(Metrics::new());
     let (ready_tx, ready_rx) = tokio::sync::watch::channel(false);
-    let listener = tokio::net::TcpListener::bind(args.metrics_address).await.with_context(|| format!("binding {}", args.metrics_address))?;
+    let listener = tokio::net::TcpListener::bind(args.metrics_address)
+        .await
+        .with_context(|| format!("binding {}", args.metrics_address))?;
     tokio::spawn(metrics::serve_listener(listener, metrics.clone(), ready_rx));
 
-    let client = kube::Client::try_default().await.context("connecting to the Kubernetes API")?;
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API")?;
     let sts_settings = StsSettings {
         timeout: args.sts_timeout,
         max_in_flight: args.sts_concurrency.max(1),
         non_mfa_attempts: args.sts_attempts.max(1),
         default_endpoint: args.sts_endpoint.clone(),
     };
-    sts_settings.validate().map_err(|e| anyhow::anyhow!("invalid STS settings: {e}"))?;
+    sts_settings
+        .validate()
+        .map_err(|e| anyhow::anyhow!("invalid STS settings: {e}"))?;
     let sts = StsClient::new(sts_settings);
     let settings = Settings {
         default_region: args.default_region.clone(),
@@ -127,7 +147,10 @@ async fn run(args: Args) -> Result<()> {
         instance: instance.clone(),
     };
     let ctx = Arc::new(Context::new(client.clone(), sts, metrics, settings));
-    client.apiserver_version().await.context("reaching the Kubernetes API")?;
+    client
+        .apiserver_version()
+        .await
+        .context("reaching the Kubernetes API")?;
     // Ready means able to work, not leading: followers must be ready too, or a rolling update
     // (new pod ready before the old leader goes) could never finish.
     let _ = ready_tx.send(true);
@@ -136,25 +159,38 @@ async fn run(args: Args) -> Result<()> {
     // restarts as a follower rather than racing the new leader.
     let mut leadership = None;
     if args.leader_election {
-        let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &args.lease_name)
-            .with_namespace(&args.lease_namespace)
-            .with_identity(&instance)
-            .with_field_manager(sts_session_operator::crd::FIELD_MANAGER)
-            .build()
-            .await
-            .context("setting up leader election")?;
+        let manager =
+            kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &args.lease_name)
+                .with_namespace(&args.lease_namespace)
+                .with_identity(&instance)
+                .with_field_manager(sts_session_operator::crd::FIELD_MANAGER)
+                .build()
+                .await
+                .context("setting up leader election")?;
         let (mut is_leader, task) = manager.watch().await;
         info!(instance, lease = args.lease_name, "waiting for leadership");
         while !*is_leader.borrow_and_update() {
-            is_leader.changed().await.context("leader election stopped")?;
+            is_leader
+                .changed()
+                .await
+                .context("leader election stopped")?;
         }
         info!(instance, "leading");
         leadership = Some((is_leader, task));
     }
 
     let namespaces: Vec<Option<String>> = {
-        let list: Vec<String> = args.namespaces.iter().map(|n| n.trim().to_string()).filter(|n| !n.is_empty()).collect();
-        if list.is_empty() { vec![None] } else { list.into_iter().map(Some).collect() }
+        let list: Vec<String> = args
+            .namespaces
+            .iter()
+            .map(|n| n.trim().to_string())
+            .filter(|n| !n.is_empty())
+            .collect();
+        if list.is_empty() {
+            vec![None]
+        } else {
+            list.into_iter().map(Some).collect()
+        }
     };
     info!(namespaces = ?namespaces, "starting controllers");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -192,7 +228,8 @@ async fn run(args: Args) -> Result<()> {
 }
 
 async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}

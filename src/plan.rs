@@ -2,7 +2,7 @@
 //! resource is usable, whether the current session is valid, when to renew, whether to mint,
 //! how long to back off, what the conditions say. No I/O here, so all of it is tested directly.
 
-use crate::crd::{RenewalSpec, SessionToken, SessionTokenSpec, DEFAULT_RENEW_BEFORE_PERCENTAGE};
+use crate::crd::{DEFAULT_RENEW_BEFORE_PERCENTAGE, RenewalSpec, SessionToken, SessionTokenSpec};
 use jiff::{SignedDuration, Timestamp};
 use std::time::Duration;
 
@@ -61,7 +61,9 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
         return None;
     }
     while !rest.is_empty() {
-        let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
         let value: f64 = rest[..num_len].parse().ok()?;
         rest = &rest[num_len..];
         let (unit, len) = if rest.starts_with("ms") {
@@ -94,18 +96,28 @@ pub fn renewal_time(
     timing: &Timing,
     jitter_seed: &str,
 ) -> Timestamp {
-    let lifetime = expiration.duration_since(issued_at).max(SignedDuration::ZERO);
+    let lifetime = expiration
+        .duration_since(issued_at)
+        .max(SignedDuration::ZERO);
     let lifetime_secs = lifetime.as_secs_f64();
     let window_secs = match renewal {
-        Some(RenewalSpec { renew_before: Some(text), .. }) => {
-            parse_duration(text).map(|d| d.as_secs_f64()).unwrap_or(lifetime_secs / 3.0)
-        }
-        Some(RenewalSpec { renew_before_percentage: Some(p), .. }) => {
-            lifetime_secs * f64::from((*p).clamp(1, 99)) / 100.0
-        }
+        Some(RenewalSpec {
+            renew_before: Some(text),
+            ..
+        }) => parse_duration(text)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(lifetime_secs / 3.0),
+        Some(RenewalSpec {
+            renew_before_percentage: Some(p),
+            ..
+        }) => lifetime_secs * f64::from((*p).clamp(1, 99)) / 100.0,
         _ => lifetime_secs * f64::from(DEFAULT_RENEW_BEFORE_PERCENTAGE) / 100.0,
     };
-    let window_secs = if window_secs >= lifetime_secs { lifetime_secs / 3.0 } else { window_secs };
+    let window_secs = if window_secs >= lifetime_secs {
+        lifetime_secs / 3.0
+    } else {
+        window_secs
+    };
     let jitter_secs = (window_secs * 0.05).min(timing.renewal_jitter_max.as_secs_f64())
         * unit_jitter(jitter_seed);
     let advance = SignedDuration::from_secs_f64(window_secs + jitter_secs);
@@ -151,7 +163,9 @@ pub fn code_state(
     now: Timestamp,
     timing: &Timing,
 ) -> CodeState {
-    let Some(raw) = raw_code else { return CodeState::Absent };
+    let Some(raw) = raw_code else {
+        return CodeState::Absent;
+    };
     if !has_mfa {
         return CodeState::NotNeeded;
     }
@@ -160,8 +174,11 @@ pub fn code_state(
     }
     if let Some(set_at) = set_at {
         let age = now.duration_since(set_at);
-        if age > SignedDuration::try_from(timing.token_code_max_age).unwrap_or(SignedDuration::MAX) {
-            return CodeState::Expired { age: age.unsigned_abs() };
+        if age > SignedDuration::try_from(timing.token_code_max_age).unwrap_or(SignedDuration::MAX)
+        {
+            return CodeState::Expired {
+                age: age.unsigned_abs(),
+            };
         }
     }
     CodeState::Usable
@@ -192,8 +209,17 @@ pub fn annotation_set_at(st: &SessionToken, key: &str) -> Option<Timestamp> {
 
 /// Fingerprint of everything that shapes a session: when it changes, the current session no
 /// longer matches its spec (non-MFA: mint at once; MFA: at the next approval).
-pub fn session_hash(spec: &SessionTokenSpec, region: &str, endpoint: Option<&str>, source_key_id: &str) -> String {
-    let serial = spec.mfa.as_ref().map(|m| m.serial_number.as_str()).unwrap_or("");
+pub fn session_hash(
+    spec: &SessionTokenSpec,
+    region: &str,
+    endpoint: Option<&str>,
+    source_key_id: &str,
+) -> String {
+    let serial = spec
+        .mfa
+        .as_ref()
+        .map(|m| m.serial_number.as_str())
+        .unwrap_or("");
     let text = format!(
         "v1|{}|{}|{}|{}|{}",
         spec.duration_seconds,
@@ -211,7 +237,10 @@ pub enum SessionState {
     /// Never minted (or the record was lost).
     None,
     /// Valid and matching the Secret; renew at `renewal`.
-    Valid { expiration: Timestamp, renewal: Timestamp },
+    Valid {
+        expiration: Timestamp,
+        renewal: Timestamp,
+    },
     /// Valid, but the renewal time has passed.
     RenewalDue { expiration: Timestamp },
     /// Past its expiration.
@@ -222,7 +251,10 @@ pub enum SessionState {
 
 impl SessionState {
     pub fn is_valid(&self) -> bool {
-        matches!(self, SessionState::Valid { .. } | SessionState::RenewalDue { .. })
+        matches!(
+            self,
+            SessionState::Valid { .. } | SessionState::RenewalDue { .. }
+        )
     }
 }
 
@@ -234,7 +266,9 @@ pub fn session_state(
     secret_holds_session: bool,
     now: Timestamp,
 ) -> SessionState {
-    let Some(expiration) = expiration else { return SessionState::None };
+    let Some(expiration) = expiration else {
+        return SessionState::None;
+    };
     if now >= expiration {
         return SessionState::Expired { expiration };
     }
@@ -242,7 +276,10 @@ pub fn session_state(
         return SessionState::SecretMissing { expiration };
     }
     match renewal {
-        Some(renewal) if now < renewal => SessionState::Valid { expiration, renewal },
+        Some(renewal) if now < renewal => SessionState::Valid {
+            expiration,
+            renewal,
+        },
         _ => SessionState::RenewalDue { expiration },
     }
 }
@@ -261,7 +298,11 @@ pub fn automatic_mint_reason(session: &SessionState, hash_matches: bool) -> Opti
 
 /// When a `TokenCodeRequired` event is due: at the renewal time, then every interval.
 /// Returns the index of the current period (0 = at renewal) and when the next one starts.
-pub fn code_required_period(renewal: Timestamp, now: Timestamp, interval: Duration) -> (u64, Timestamp) {
+pub fn code_required_period(
+    renewal: Timestamp,
+    now: Timestamp,
+    interval: Duration,
+) -> (u64, Timestamp) {
     let elapsed = now.duration_since(renewal).as_secs_f64().max(0.0);
     let step = interval.as_secs_f64().max(1.0);
     let period = (elapsed / step).floor() as u64;
@@ -289,7 +330,10 @@ mod tests {
     }
 
     fn no_jitter() -> Timing {
-        Timing { renewal_jitter_max: Duration::ZERO, ..Timing::default() }
+        Timing {
+            renewal_jitter_max: Duration::ZERO,
+            ..Timing::default()
+        }
     }
 
     #[test]
@@ -301,18 +345,42 @@ mod tests {
 
     #[test]
     fn renewal_percentage_and_duration_windows() {
-        let pct = RenewalSpec { renew_before_percentage: Some(10), renew_before: None };
-        assert_eq!(renewal_time(t(0), t(1000), Some(&pct), &no_jitter(), "x"), t(900));
-        let dur = RenewalSpec { renew_before_percentage: None, renew_before: Some("5m".into()) };
-        assert_eq!(renewal_time(t(0), t(3600), Some(&dur), &no_jitter(), "x"), t(3300));
+        let pct = RenewalSpec {
+            renew_before_percentage: Some(10),
+            renew_before: None,
+        };
+        assert_eq!(
+            renewal_time(t(0), t(1000), Some(&pct), &no_jitter(), "x"),
+            t(900)
+        );
+        let dur = RenewalSpec {
+            renew_before_percentage: None,
+            renew_before: Some("5m".into()),
+        };
+        assert_eq!(
+            renewal_time(t(0), t(3600), Some(&dur), &no_jitter(), "x"),
+            t(3300)
+        );
     }
 
     #[test]
     fn window_not_shorter_than_lifetime_falls_back_to_a_third() {
-        let dur = RenewalSpec { renew_before_percentage: None, renew_before: Some("2h".into()) };
-        assert_eq!(renewal_time(t(0), t(3600), Some(&dur), &no_jitter(), "x"), t(2400));
-        let dur = RenewalSpec { renew_before_percentage: None, renew_before: Some("1h".into()) };
-        assert_eq!(renewal_time(t(0), t(3600), Some(&dur), &no_jitter(), "x"), t(2400));
+        let dur = RenewalSpec {
+            renew_before_percentage: None,
+            renew_before: Some("2h".into()),
+        };
+        assert_eq!(
+            renewal_time(t(0), t(3600), Some(&dur), &no_jitter(), "x"),
+            t(2400)
+        );
+        let dur = RenewalSpec {
+            renew_before_percentage: None,
+            renew_before: Some("1h".into()),
+        };
+        assert_eq!(
+            renewal_time(t(0), t(3600), Some(&dur), &no_jitter(), "x"),
+            t(2400)
+        );
     }
 
     #[test]
@@ -323,17 +391,27 @@ mod tests {
         for i in 0..50 {
             let seed = format!("uid-{i}");
             let r = renewal_time(t(0), t(43200), None, &timing, &seed);
-            assert!(r <= base && r >= base - SignedDuration::from_secs(300), "{r} vs {base}");
+            assert!(
+                r <= base && r >= base - SignedDuration::from_secs(300),
+                "{r} vs {base}"
+            );
             assert_eq!(r, renewal_time(t(0), t(43200), None, &timing, &seed));
             distinct.insert(r);
         }
-        assert!(distinct.len() > 40, "jitter does not spread: {}", distinct.len());
+        assert!(
+            distinct.len() > 40,
+            "jitter does not spread: {}",
+            distinct.len()
+        );
     }
 
     #[test]
     fn renewal_never_before_issue_for_tiny_lifetimes() {
         assert!(renewal_time(t(0), t(3), None, &Timing::default(), "s") >= t(0));
-        assert_eq!(renewal_time(t(10), t(5), None, &Timing::default(), "s"), t(10));
+        assert_eq!(
+            renewal_time(t(10), t(5), None, &Timing::default(), "s"),
+            t(10)
+        );
     }
 
     #[test]
@@ -353,12 +431,24 @@ mod tests {
         let d1 = backoff(1, &timing, "u");
         let d2 = backoff(2, &timing, "u");
         let d5 = backoff(5, &timing, "u");
-        assert!(d1 >= Duration::from_secs(4) && d1 <= Duration::from_secs(5), "{d1:?}");
-        assert!(d2 >= Duration::from_secs(8) && d2 <= Duration::from_secs(10), "{d2:?}");
-        assert!(d5 >= Duration::from_secs(64) && d5 <= Duration::from_secs(80), "{d5:?}");
+        assert!(
+            d1 >= Duration::from_secs(4) && d1 <= Duration::from_secs(5),
+            "{d1:?}"
+        );
+        assert!(
+            d2 >= Duration::from_secs(8) && d2 <= Duration::from_secs(10),
+            "{d2:?}"
+        );
+        assert!(
+            d5 >= Duration::from_secs(64) && d5 <= Duration::from_secs(80),
+            "{d5:?}"
+        );
         for n in [10, 30, 1000, u32::MAX] {
             let d = backoff(n, &timing, "u");
-            assert!(d <= timing.backoff_cap && d >= timing.backoff_cap.mul_f64(0.8), "{n}: {d:?}");
+            assert!(
+                d <= timing.backoff_cap && d >= timing.backoff_cap.mul_f64(0.8),
+                "{n}: {d:?}"
+            );
         }
         assert_eq!(backoff(3, &timing, "u"), backoff(3, &timing, "u"));
         assert_ne!(backoff(3, &timing, "u"), backoff(3, &timing, "v"));
@@ -368,18 +458,50 @@ mod tests {
     fn code_states() {
         let timing = Timing::default();
         let now = t(1000);
-        assert_eq!(code_state(None, true, None, now, &timing), CodeState::Absent);
-        assert_eq!(code_state(Some("123456"), true, Some(t(990)), now, &timing), CodeState::Usable);
-        assert_eq!(code_state(Some("123456"), true, None, now, &timing), CodeState::Usable);
-        assert_eq!(code_state(Some("123456"), false, Some(t(990)), now, &timing), CodeState::NotNeeded);
+        assert_eq!(
+            code_state(None, true, None, now, &timing),
+            CodeState::Absent
+        );
+        assert_eq!(
+            code_state(Some("123456"), true, Some(t(990)), now, &timing),
+            CodeState::Usable
+        );
+        assert_eq!(
+            code_state(Some("123456"), true, None, now, &timing),
+            CodeState::Usable
+        );
+        assert_eq!(
+            code_state(Some("123456"), false, Some(t(990)), now, &timing),
+            CodeState::NotNeeded
+        );
         assert_eq!(
             code_state(Some("123456"), true, Some(t(900)), now, &timing),
-            CodeState::Expired { age: Duration::from_secs(100) }
+            CodeState::Expired {
+                age: Duration::from_secs(100)
+            }
         );
         // exactly at the limit is still usable
-        assert_eq!(code_state(Some("123456"), true, Some(t(910)), now, &timing), CodeState::Usable);
-        for bad in ["12ab5", "12345", "1234567", " 123456", "123456 ", "+12345", "１２３４５６", "", "12 456", "-12345"] {
-            assert_eq!(code_state(Some(bad), true, Some(t(999)), now, &timing), CodeState::Invalid, "{bad:?}");
+        assert_eq!(
+            code_state(Some("123456"), true, Some(t(910)), now, &timing),
+            CodeState::Usable
+        );
+        for bad in [
+            "12ab5",
+            "12345",
+            "1234567",
+            " 123456",
+            "123456 ",
+            "+12345",
+            "１２３４５６",
+            "",
+            "12 456",
+            "-12345",
+        ] {
+            assert_eq!(
+                code_state(Some(bad), true, Some(t(999)), now, &timing),
+                CodeState::Invalid,
+                "{bad:?}"
+            );
         }
     }
 
@@ -389,25 +511,51 @@ mod tests {
         assert_eq!(session_state(None, None, false, now), SessionState::None);
         assert_eq!(
             session_state(Some(t(200)), Some(t(150)), true, now),
-            SessionState::Valid { expiration: t(200), renewal: t(150) }
+            SessionState::Valid {
+                expiration: t(200),
+                renewal: t(150)
+            }
         );
-        assert_eq!(session_state(Some(t(200)), Some(t(100)), true, now), SessionState::RenewalDue { expiration: t(200) });
-        assert_eq!(session_state(Some(t(200)), None, true, now), SessionState::RenewalDue { expiration: t(200) });
-        assert_eq!(session_state(Some(t(100)), Some(t(50)), true, now), SessionState::Expired { expiration: t(100) });
-        assert_eq!(session_state(Some(t(200)), Some(t(150)), false, now), SessionState::SecretMissing { expiration: t(200) });
+        assert_eq!(
+            session_state(Some(t(200)), Some(t(100)), true, now),
+            SessionState::RenewalDue { expiration: t(200) }
+        );
+        assert_eq!(
+            session_state(Some(t(200)), None, true, now),
+            SessionState::RenewalDue { expiration: t(200) }
+        );
+        assert_eq!(
+            session_state(Some(t(100)), Some(t(50)), true, now),
+            SessionState::Expired { expiration: t(100) }
+        );
+        assert_eq!(
+            session_state(Some(t(200)), Some(t(150)), false, now),
+            SessionState::SecretMissing { expiration: t(200) }
+        );
         // an expired session is Expired even if the Secret is gone
-        assert_eq!(session_state(Some(t(50)), Some(t(20)), false, now), SessionState::Expired { expiration: t(50) });
+        assert_eq!(
+            session_state(Some(t(50)), Some(t(20)), false, now),
+            SessionState::Expired { expiration: t(50) }
+        );
     }
 
     #[test]
     fn automatic_minting() {
-        let valid = SessionState::Valid { expiration: t(2), renewal: t(1) };
+        let valid = SessionState::Valid {
+            expiration: t(2),
+            renewal: t(1),
+        };
         assert_eq!(automatic_mint_reason(&valid, true), None);
         assert_eq!(automatic_mint_reason(&valid, false), Some("spec changed"));
         assert!(automatic_mint_reason(&SessionState::None, true).is_some());
-        assert!(automatic_mint_reason(&SessionState::RenewalDue { expiration: t(1) }, true).is_some());
+        assert!(
+            automatic_mint_reason(&SessionState::RenewalDue { expiration: t(1) }, true).is_some()
+        );
         assert!(automatic_mint_reason(&SessionState::Expired { expiration: t(1) }, true).is_some());
-        assert!(automatic_mint_reason(&SessionState::SecretMissing { expiration: t(1) }, true).is_some());
+        assert!(
+            automatic_mint_reason(&SessionState::SecretMissing { expiration: t(1) }, true)
+                .is_some()
+        );
     }
 
     #[test]
@@ -421,9 +569,15 @@ mod tests {
 
     #[test]
     fn requeue_picks_the_earliest_instant_and_never_zero() {
-        assert_eq!(requeue_after(t(0), &[None, Some(t(30)), Some(t(10))]), Some(Duration::from_secs(10)));
+        assert_eq!(
+            requeue_after(t(0), &[None, Some(t(30)), Some(t(10))]),
+            Some(Duration::from_secs(10))
+        );
         assert_eq!(requeue_after(t(0), &[None]), None);
-        assert_eq!(requeue_after(t(10), &[Some(t(0))]), Some(Duration::from_millis(200)));
+        assert_eq!(
+            requeue_after(t(10), &[Some(t(0))]),
+            Some(Duration::from_millis(200))
+        );
     }
 
     #[test]
@@ -435,7 +589,10 @@ mod tests {
         let h = session_hash(&spec, "us-east-1", None, "AKIA1");
         assert_eq!(h, session_hash(&spec, "us-east-1", None, "AKIA1"));
         assert_ne!(h, session_hash(&spec, "eu-west-1", None, "AKIA1"));
-        assert_ne!(h, session_hash(&spec, "us-east-1", Some("https://x"), "AKIA1"));
+        assert_ne!(
+            h,
+            session_hash(&spec, "us-east-1", Some("https://x"), "AKIA1")
+        );
         assert_ne!(h, session_hash(&spec, "us-east-1", None, "AKIA2"));
         let mut longer = spec.clone();
         longer.duration_seconds = 900;

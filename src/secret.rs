@@ -2,13 +2,13 @@
 //! and checking the output Secret that holds the session.
 
 use crate::crd::{
-    SessionToken, SourceSecretRef, FIELD_MANAGER, OWNER_NAME_ANNOTATION, OWNER_UID_LABEL,
+    FIELD_MANAGER, OWNER_NAME_ANNOTATION, OWNER_UID_LABEL, SessionToken, SourceSecretRef,
 };
 use crate::sensitive::Sensitive;
 use jiff::Timestamp;
+use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-use k8s_openapi::ByteString;
 use kube::Resource;
 use std::collections::BTreeMap;
 
@@ -67,28 +67,51 @@ fn data_text<'a>(secret: &'a Secret, key: &str) -> Option<Result<&'a str, ()>> {
 
 /// Reads long-term keys from the source Secret. Session credentials are refused before any
 /// STS call: GetSessionToken only accepts an IAM user's long-term keys.
-pub fn read_long_term_keys(secret: Option<&Secret>, r: &SourceSecretRef) -> Result<LongTermKeys, SourceProblem> {
+pub fn read_long_term_keys(
+    secret: Option<&Secret>,
+    r: &SourceSecretRef,
+) -> Result<LongTermKeys, SourceProblem> {
     let Some(secret) = secret else {
-        return Err(SourceProblem::Missing(format!("source Secret {:?} not found in this namespace", r.name)));
+        return Err(SourceProblem::Missing(format!(
+            "source Secret {:?} not found in this namespace",
+            r.name
+        )));
     };
     let text = |key: &str| -> Result<String, SourceProblem> {
         match data_text(secret, key) {
-            None => Err(SourceProblem::Missing(format!("source Secret {:?} has no key {key:?}", r.name))),
-            Some(Err(())) => Err(SourceProblem::Invalid(format!("source Secret {:?}: key {key:?} is not UTF-8", r.name))),
+            None => Err(SourceProblem::Missing(format!(
+                "source Secret {:?} has no key {key:?}",
+                r.name
+            ))),
+            Some(Err(())) => Err(SourceProblem::Invalid(format!(
+                "source Secret {:?}: key {key:?} is not UTF-8",
+                r.name
+            ))),
             Some(Ok(v)) => Ok(v.trim().to_string()),
         }
     };
     let access_key_id = text(&r.access_key_id_key)?;
     let secret_access_key = Sensitive::new(text(&r.secret_access_key_key)?);
     if secret_access_key.expose().is_empty() {
-        return Err(SourceProblem::Invalid(format!("source Secret {:?}: key {:?} is empty", r.name, r.secret_access_key_key)));
+        return Err(SourceProblem::Invalid(format!(
+            "source Secret {:?}: key {:?} is empty",
+            r.name, r.secret_access_key_key
+        )));
     }
-    let has_session_token = ["AWS_SESSION_TOKEN", "aws_session_token", "sessionToken", "SessionToken"]
-        .iter()
-        .any(|k| data_text(secret, k).is_some_and(|v| v.is_ok_and(|s| !s.trim().is_empty())));
+    let has_session_token = [
+        "AWS_SESSION_TOKEN",
+        "aws_session_token",
+        "sessionToken",
+        "SessionToken",
+    ]
+    .iter()
+    .any(|k| data_text(secret, k).is_some_and(|v| v.is_ok_and(|s| !s.trim().is_empty())));
     crate::sts::check_long_term_keys(&access_key_id, &secret_access_key, has_session_token)
         .map_err(|why| SourceProblem::Invalid(format!("source Secret {:?}: {why}", r.name)))?;
-    Ok(LongTermKeys { access_key_id, secret_access_key })
+    Ok(LongTermKeys {
+        access_key_id,
+        secret_access_key,
+    })
 }
 
 /// Renders the output Secret's data for a session.
@@ -102,7 +125,10 @@ pub fn render_data(session: &SessionSecret) -> BTreeMap<String, ByteString> {
     );
     [
         (KEY_ACCESS_KEY_ID, session.access_key_id.clone()),
-        (KEY_SECRET_ACCESS_KEY, session.secret_access_key.expose().clone()),
+        (
+            KEY_SECRET_ACCESS_KEY,
+            session.secret_access_key.expose().clone(),
+        ),
         (KEY_SESSION_TOKEN, session.session_token.expose().clone()),
         (KEY_EXPIRATION, expiration),
         (KEY_CREDENTIALS_FILE, credentials_file),
@@ -115,7 +141,11 @@ pub fn render_data(session: &SessionSecret) -> BTreeMap<String, ByteString> {
 /// Reads the session back from an output Secret, if it holds a complete, consistent one
 /// (every key present and the credentials file agreeing with the others).
 pub fn read_session(secret: &Secret) -> Option<SessionSecret> {
-    let get = |k: &str| data_text(secret, k).and_then(Result::ok).map(str::to_string);
+    let get = |k: &str| {
+        data_text(secret, k)
+            .and_then(Result::ok)
+            .map(str::to_string)
+    };
     let session = SessionSecret {
         access_key_id: get(KEY_ACCESS_KEY_ID)?,
         secret_access_key: Sensitive::new(get(KEY_SECRET_ACCESS_KEY)?),
@@ -124,7 +154,10 @@ pub fn read_session(secret: &Secret) -> Option<SessionSecret> {
     };
     let expected = render_data(&session);
     let data = secret.data.as_ref()?;
-    expected.iter().all(|(k, v)| data.get(k) == Some(v)).then_some(session)
+    expected
+        .iter()
+        .all(|(k, v)| data.get(k) == Some(v))
+        .then_some(session)
 }
 
 /// How the Secret at the output name relates to a SessionToken.
@@ -139,7 +172,9 @@ pub enum Ownership {
 }
 
 pub fn ownership(secret: Option<&Secret>, st: &SessionToken) -> Ownership {
-    let Some(secret) = secret else { return Ownership::Absent };
+    let Some(secret) = secret else {
+        return Ownership::Absent;
+    };
     let uid = st.metadata.uid.as_deref().unwrap_or_default();
     let controller = secret
         .metadata
@@ -147,7 +182,13 @@ pub fn ownership(secret: Option<&Secret>, st: &SessionToken) -> Ownership {
         .iter()
         .flatten()
         .find(|o| o.controller == Some(true));
-    let labelled = secret.metadata.labels.as_ref().and_then(|l| l.get(OWNER_UID_LABEL)).map(String::as_str) == Some(uid);
+    let labelled = secret
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(OWNER_UID_LABEL))
+        .map(String::as_str)
+        == Some(uid);
     match controller {
         Some(owner) if owner.uid == uid => Ownership::Ours,
         None if labelled => Ownership::Ours,
@@ -169,10 +210,16 @@ pub fn ownership(secret: Option<&Secret>, st: &SessionToken) -> Ownership {
 pub fn desired_secret(st: &SessionToken, name: &str, session: &SessionSecret) -> Secret {
     let spec = st.spec.secret.clone().unwrap_or_default();
     let mut labels = spec.labels.clone();
-    labels.insert(OWNER_UID_LABEL.into(), st.metadata.uid.clone().unwrap_or_default());
+    labels.insert(
+        OWNER_UID_LABEL.into(),
+        st.metadata.uid.clone().unwrap_or_default(),
+    );
     labels.insert(MANAGED_BY_LABEL.into(), FIELD_MANAGER.into());
     let mut annotations = spec.annotations.clone();
-    annotations.insert(OWNER_NAME_ANNOTATION.into(), st.metadata.name.clone().unwrap_or_default());
+    annotations.insert(
+        OWNER_NAME_ANNOTATION.into(),
+        st.metadata.name.clone().unwrap_or_default(),
+    );
     let owner_references = (!spec.retain_on_delete).then(|| vec![owner_reference(st)]);
     Secret {
         metadata: ObjectMeta {
@@ -203,21 +250,40 @@ fn owner_reference(st: &SessionToken) -> OwnerReference {
 /// Whether the existing Secret already is what `desired` says (for the parts we manage), so
 /// that nothing is written when nothing changed.
 pub fn is_up_to_date(existing: &Secret, desired: &Secret) -> bool {
-    let contains = |have: &Option<BTreeMap<String, String>>, want: &Option<BTreeMap<String, String>>| {
-        want.iter().flatten().all(|(k, v)| have.as_ref().and_then(|h| h.get(k)) == Some(v))
+    let contains = |have: &Option<BTreeMap<String, String>>,
+                    want: &Option<BTreeMap<String, String>>| {
+        want.iter()
+            .flatten()
+            .all(|(k, v)| have.as_ref().and_then(|h| h.get(k)) == Some(v))
     };
     let owner_ok = match &desired.metadata.owner_references {
         Some(want) => want.iter().all(|w| {
-            existing.metadata.owner_references.iter().flatten().any(|o| {
-                o.uid == w.uid && o.controller == w.controller && o.kind == w.kind && o.name == w.name
-            })
+            existing
+                .metadata
+                .owner_references
+                .iter()
+                .flatten()
+                .any(|o| {
+                    o.uid == w.uid
+                        && o.controller == w.controller
+                        && o.kind == w.kind
+                        && o.name == w.name
+                })
         }),
-        None => !existing.metadata.owner_references.iter().flatten().any(|o| o.controller == Some(true)),
+        None => !existing
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|o| o.controller == Some(true)),
     };
     existing.data == desired.data
         && existing.type_ == desired.type_
         && contains(&existing.metadata.labels, &desired.metadata.labels)
-        && contains(&existing.metadata.annotations, &desired.metadata.annotations)
+        && contains(
+            &existing.metadata.annotations,
+            &desired.metadata.annotations,
+        )
         && owner_ok
         && stale_labels(existing, desired).is_empty()
 }
@@ -243,10 +309,22 @@ fn stale_labels(existing: &Secret, desired: &Secret) -> Vec<String> {
         })
         .collect();
     let want = |k: &str| {
-        desired.metadata.labels.as_ref().is_some_and(|l| l.contains_key(k))
-            || desired.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(k))
+        desired
+            .metadata
+            .labels
+            .as_ref()
+            .is_some_and(|l| l.contains_key(k))
+            || desired
+                .metadata
+                .annotations
+                .as_ref()
+                .is_some_and(|a| a.contains_key(k))
     };
-    managed.into_iter().filter(|k| !want(k)).map(str::to_string).collect()
+    managed
+        .into_iter()
+        .filter(|k| !want(k))
+        .map(str::to_string)
+        .collect()
 }
 
 #[cfg(test)]
@@ -255,8 +333,10 @@ mod tests {
     use crate::crd::{OutputSecretSpec, SessionTokenSpec};
 
     fn st(uid: &str) -> SessionToken {
-        let spec: SessionTokenSpec =
-            serde_json::from_value(serde_json::json!({"sourceCredentials": {"secretRef": {"name": "keys"}}})).unwrap();
+        let spec: SessionTokenSpec = serde_json::from_value(
+            serde_json::json!({"sourceCredentials": {"secretRef": {"name": "keys"}}}),
+        )
+        .unwrap();
         let mut st = SessionToken::new("app", spec);
         st.metadata.namespace = Some("team".into());
         st.metadata.uid = Some(uid.into());
@@ -274,8 +354,16 @@ mod tests {
 
     fn source(pairs: &[(&str, &str)]) -> Secret {
         Secret {
-            metadata: ObjectMeta { name: Some("keys".into()), ..Default::default() },
-            data: Some(pairs.iter().map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec()))).collect()),
+            metadata: ObjectMeta {
+                name: Some("keys".into()),
+                ..Default::default()
+            },
+            data: Some(
+                pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
+                    .collect(),
+            ),
             ..Default::default()
         }
     }
@@ -300,7 +388,11 @@ mod tests {
         let secret = desired_secret(&st, "app", &session());
         assert_eq!(read_session(&secret), Some(session()));
         let mut tampered = secret.clone();
-        tampered.data.as_mut().unwrap().insert(KEY_SESSION_TOKEN.into(), ByteString(b"other".to_vec()));
+        tampered
+            .data
+            .as_mut()
+            .unwrap()
+            .insert(KEY_SESSION_TOKEN.into(), ByteString(b"other".to_vec()));
         assert_eq!(read_session(&tampered), None);
         let mut partial = secret.clone();
         partial.data.as_mut().unwrap().remove(KEY_CREDENTIALS_FILE);
@@ -314,23 +406,35 @@ mod tests {
         let mine = desired_secret(&me, "app", &session());
         assert_eq!(ownership(Some(&mine), &me), Ownership::Ours);
         let other = st("u2");
-        assert!(matches!(ownership(Some(&mine), &other), Ownership::Foreign(_)));
+        assert!(matches!(
+            ownership(Some(&mine), &other),
+            Ownership::Foreign(_)
+        ));
         let mut plain = mine.clone();
         plain.metadata.owner_references = None;
         plain.metadata.labels = None;
-        assert!(matches!(ownership(Some(&plain), &me), Ownership::Foreign(_)));
+        assert!(matches!(
+            ownership(Some(&plain), &me),
+            Ownership::Foreign(_)
+        ));
         // retained (no owner reference) but labelled with our UID: ours
         let mut retained = mine.clone();
         retained.metadata.owner_references = None;
         assert_eq!(ownership(Some(&retained), &me), Ownership::Ours);
         // a foreign controller wins over our label
-        assert!(matches!(ownership(Some(&mine), &st("u3")), Ownership::Foreign(_)));
+        assert!(matches!(
+            ownership(Some(&mine), &st("u3")),
+            Ownership::Foreign(_)
+        ));
     }
 
     #[test]
     fn retain_on_delete_drops_the_owner_reference() {
         let mut me = st("u1");
-        me.spec.secret = Some(OutputSecretSpec { retain_on_delete: true, ..Default::default() });
+        me.spec.secret = Some(OutputSecretSpec {
+            retain_on_delete: true,
+            ..Default::default()
+        });
         let s = desired_secret(&me, "app", &session());
         assert!(s.metadata.owner_references.is_none());
         assert_eq!(s.metadata.labels.unwrap()[OWNER_UID_LABEL], "u1");
@@ -341,36 +445,63 @@ mod tests {
         let me = st("u1");
         let desired = desired_secret(&me, "app", &session());
         let mut existing = desired.clone();
-        existing.metadata.labels.as_mut().unwrap().insert("extra".into(), "kept".into());
+        existing
+            .metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert("extra".into(), "kept".into());
         assert!(is_up_to_date(&existing, &desired));
         let mut with_labels = me.clone();
         with_labels.spec.secret = Some(OutputSecretSpec {
             labels: [("team".to_string(), "a".to_string())].into(),
             ..Default::default()
         });
-        assert!(!is_up_to_date(&existing, &desired_secret(&with_labels, "app", &session())));
+        assert!(!is_up_to_date(
+            &existing,
+            &desired_secret(&with_labels, "app", &session())
+        ));
         let mut changed = session();
         changed.access_key_id = "ASIAOTHER".into();
-        assert!(!is_up_to_date(&existing, &desired_secret(&me, "app", &changed)));
+        assert!(!is_up_to_date(
+            &existing,
+            &desired_secret(&me, "app", &changed)
+        ));
     }
 
     #[test]
     fn long_term_keys_are_read_and_session_keys_refused() {
-        let r: SourceSecretRef = serde_json::from_value(serde_json::json!({"name": "keys"})).unwrap();
+        let r: SourceSecretRef =
+            serde_json::from_value(serde_json::json!({"name": "keys"})).unwrap();
         let ok = read_long_term_keys(
-            Some(&source(&[("AWS_ACCESS_KEY_ID", "AKIAIOSFODNN7EXAMPLE\n"), ("AWS_SECRET_ACCESS_KEY", "wJalr")])),
+            Some(&source(&[
+                ("AWS_ACCESS_KEY_ID", "AKIAIOSFODNN7EXAMPLE\n"),
+                ("AWS_SECRET_ACCESS_KEY", "wJalr"),
+            ])),
             &r,
         )
         .unwrap();
         assert_eq!(ok.access_key_id, "AKIAIOSFODNN7EXAMPLE");
-        assert_eq!(read_long_term_keys(None, &r).unwrap_err().reason(), "SourceCredentialsMissing");
-        let absent = read_long_term_keys(Some(&source(&[("AWS_ACCESS_KEY_ID", "AKIAIOSFODNN7EXAMPLE")])), &r);
-        assert_eq!(absent.unwrap_err().reason(), "SourceCredentialsMissing");
-        let session_key = read_long_term_keys(
-            Some(&source(&[("AWS_ACCESS_KEY_ID", "ASIAIOSFODNN7EXAMPLE"), ("AWS_SECRET_ACCESS_KEY", "x")])),
+        assert_eq!(
+            read_long_term_keys(None, &r).unwrap_err().reason(),
+            "SourceCredentialsMissing"
+        );
+        let absent = read_long_term_keys(
+            Some(&source(&[("AWS_ACCESS_KEY_ID", "AKIAIOSFODNN7EXAMPLE")])),
             &r,
         );
-        assert_eq!(session_key.unwrap_err().reason(), "SourceCredentialsInvalid");
+        assert_eq!(absent.unwrap_err().reason(), "SourceCredentialsMissing");
+        let session_key = read_long_term_keys(
+            Some(&source(&[
+                ("AWS_ACCESS_KEY_ID", "ASIAIOSFODNN7EXAMPLE"),
+                ("AWS_SECRET_ACCESS_KEY", "x"),
+            ])),
+            &r,
+        );
+        assert_eq!(
+            session_key.unwrap_err().reason(),
+            "SourceCredentialsInvalid"
+        );
         let with_token = read_long_term_keys(
             Some(&source(&[
                 ("AWS_ACCESS_KEY_ID", "AKIAIOSFODNN7EXAMPLE"),
@@ -381,20 +512,34 @@ mod tests {
         );
         assert_eq!(with_token.unwrap_err().reason(), "SourceCredentialsInvalid");
         let empty = read_long_term_keys(
-            Some(&source(&[("AWS_ACCESS_KEY_ID", "AKIAIOSFODNN7EXAMPLE"), ("AWS_SECRET_ACCESS_KEY", " ")])),
+            Some(&source(&[
+                ("AWS_ACCESS_KEY_ID", "AKIAIOSFODNN7EXAMPLE"),
+                ("AWS_SECRET_ACCESS_KEY", " "),
+            ])),
             &r,
         );
         assert_eq!(empty.unwrap_err().reason(), "SourceCredentialsInvalid");
         let mut binary = source(&[("AWS_ACCESS_KEY_ID", "AKIAIOSFODNN7EXAMPLE")]);
-        binary.data.as_mut().unwrap().insert("AWS_SECRET_ACCESS_KEY".into(), ByteString(vec![0xff, 0xfe]));
-        assert_eq!(read_long_term_keys(Some(&binary), &r).unwrap_err().reason(), "SourceCredentialsInvalid");
+        binary
+            .data
+            .as_mut()
+            .unwrap()
+            .insert("AWS_SECRET_ACCESS_KEY".into(), ByteString(vec![0xff, 0xfe]));
+        assert_eq!(
+            read_long_term_keys(Some(&binary), &r).unwrap_err().reason(),
+            "SourceCredentialsInvalid"
+        );
     }
 
     #[test]
     fn problems_never_echo_the_secret_value() {
-        let r: SourceSecretRef = serde_json::from_value(serde_json::json!({"name": "keys"})).unwrap();
+        let r: SourceSecretRef =
+            serde_json::from_value(serde_json::json!({"name": "keys"})).unwrap();
         let err = read_long_term_keys(
-            Some(&source(&[("AWS_ACCESS_KEY_ID", "ASIACANARYKEY0000000"), ("AWS_SECRET_ACCESS_KEY", "CANARY-SECRET")])),
+            Some(&source(&[
+                ("AWS_ACCESS_KEY_ID", "ASIACANARYKEY0000000"),
+                ("AWS_SECRET_ACCESS_KEY", "CANARY-SECRET"),
+            ])),
             &r,
         )
         .unwrap_err();

@@ -2,11 +2,11 @@
 //! namespace per test, an STS peer, and the real operator binary running as the
 //! `sts-operator` identity with the RBAC it ships with.
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::Client;
+use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 use sts_session_operator::crd::{Condition, SessionToken};
 use testkit::control_plane::ControlPlane;
-use testkit::process::{free_port, ChildProcess};
+use testkit::process::{ChildProcess, free_port};
 use tokio::sync::OnceCell;
 
 pub const OPERATOR_USER: &str = "sts-operator";
@@ -27,8 +27,12 @@ pub async fn control_plane() -> &'static ControlPlane {
     INSTALLED
         .get_or_init(|| async {
             let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-            cp.install_crds(root.join("crds")).await.expect("installing the CRD");
-            cp.apply_yaml_file(root.join("tests/fixtures/operator-rbac.yaml")).await.expect("installing RBAC");
+            cp.install_crds(root.join("crds"))
+                .await
+                .expect("installing the CRD");
+            cp.apply_yaml_file(root.join("tests/fixtures/operator-rbac.yaml"))
+                .await
+                .expect("installing RBAC");
         })
         .await;
     cp
@@ -73,12 +77,18 @@ impl Operator {
             .args(&args)
             .env("KUBECONFIG", &kubeconfig)
             // debug everywhere: the canary tests grep these logs for secrets
-            .env("RUST_LOG", "debug,hyper=info,h2=info,rustls=info,tower=info")
+            .env(
+                "RUST_LOG",
+                "debug,hyper=info,h2=info,rustls=info,tower=info",
+            )
             .env("AWS_EC2_METADATA_DISABLED", "true")
             .env_remove("AWS_ACCESS_KEY_ID")
             .env_remove("AWS_SECRET_ACCESS_KEY")
             .spawn()?;
-        let op = Operator { process, metrics_port };
+        let op = Operator {
+            process,
+            metrics_port,
+        };
         op.wait_ready().await?;
         Ok(op)
     }
@@ -95,7 +105,10 @@ impl Operator {
                 bail!("operator exited:\n{}", self.process.log_tail(40));
             }
             if tokio::time::Instant::now() > deadline {
-                bail!("operator not ready after 30s:\n{}", self.process.log_tail(40));
+                bail!(
+                    "operator not ready after 30s:\n{}",
+                    self.process.log_tail(40)
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -114,11 +127,17 @@ impl Operator {
 async fn http_get(port: u16, path: &str) -> Result<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").as_bytes()).await?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
     let mut buf = String::new();
     s.read_to_string(&mut buf).await?;
     let status = buf.split(' ').nth(1).unwrap_or("").to_string();
-    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Ok(format!("{status}\n{body}"))
 }
 
@@ -131,7 +150,10 @@ pub struct Ns {
 impl Ns {
     pub async fn new(cp: &ControlPlane, prefix: &str) -> Result<Ns> {
         let name = cp.new_namespace(prefix).await?;
-        Ok(Ns { name, client: cp.admin_client().await? })
+        Ok(Ns {
+            name,
+            client: cp.admin_client().await?,
+        })
     }
 
     pub fn sessions(&self) -> Api<SessionToken> {
@@ -142,18 +164,29 @@ impl Ns {
         Api::namespaced(self.client.clone(), &self.name)
     }
 
-    pub async fn create_source_secret(&self, name: &str, access_key_id: &str, secret_access_key: &str) -> Result<()> {
+    pub async fn create_source_secret(
+        &self,
+        name: &str,
+        access_key_id: &str,
+        secret_access_key: &str,
+    ) -> Result<()> {
         let secret: Secret = serde_json::from_value(json!({
             "metadata": {"name": name},
             "stringData": {"AWS_ACCESS_KEY_ID": access_key_id, "AWS_SECRET_ACCESS_KEY": secret_access_key},
         }))?;
-        self.secrets().create(&PostParams::default(), &secret).await?;
+        self.secrets()
+            .create(&PostParams::default(), &secret)
+            .await?;
         Ok(())
     }
 
     /// Creates a SessionToken from a raw JSON spec (sent as is, so the API server, not serde,
     /// judges malformed input).
-    pub async fn create_session(&self, name: &str, spec: serde_json::Value) -> Result<SessionToken> {
+    pub async fn create_session(
+        &self,
+        name: &str,
+        spec: serde_json::Value,
+    ) -> Result<SessionToken> {
         let ar = ApiResource::erase::<SessionToken>(&());
         let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), &self.name, &ar);
         let obj: DynamicObject = serde_json::from_value(json!({
@@ -168,7 +201,9 @@ impl Ns {
     pub async fn approve(&self, name: &str, code: &str, by: &str) -> Result<()> {
         let patch = json!({"metadata": {"annotations": {
             "stssession.dev/token-code": code, "stssession.dev/approved-by": by}}});
-        self.sessions().patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        self.sessions()
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
         Ok(())
     }
 
@@ -195,7 +230,12 @@ impl Ns {
     }
 
     pub async fn event_reasons(&self) -> Result<Vec<String>> {
-        Ok(self.events().await?.into_iter().filter_map(|e| e.reason).collect())
+        Ok(self
+            .events()
+            .await?
+            .into_iter()
+            .filter_map(|e| e.reason)
+            .collect())
     }
 }
 
@@ -205,7 +245,9 @@ pub fn condition(st: &SessionToken, type_: &str) -> Option<Condition> {
 
 /// (status, reason) of a condition, for compact assertions.
 pub fn cond(st: &SessionToken, type_: &str) -> (String, String) {
-    condition(st, type_).map(|c| (c.status, c.reason)).unwrap_or_default()
+    condition(st, type_)
+        .map(|c| (c.status, c.reason))
+        .unwrap_or_default()
 }
 
 /// Polls `check` until it returns Some, or fails with the last state after `timeout`.
@@ -223,7 +265,9 @@ where
             Err(e) => last_err = Some(e),
         }
         if tokio::time::Instant::now() > deadline {
-            let why = last_err.map(|e| format!(" (last error: {e:#})")).unwrap_or_default();
+            let why = last_err
+                .map(|e| format!(" (last error: {e:#})"))
+                .unwrap_or_default();
             bail!("timed out after {timeout:?} waiting for {what}{why}");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -231,15 +275,26 @@ where
 }
 
 /// Waits until the SessionToken's condition has the given status and reason.
-pub async fn wait_condition(ns: &Ns, name: &str, type_: &str, status: &str, reason: &str, timeout: Duration) -> Result<SessionToken> {
+pub async fn wait_condition(
+    ns: &Ns,
+    name: &str,
+    type_: &str,
+    status: &str,
+    reason: &str,
+    timeout: Duration,
+) -> Result<SessionToken> {
     let seen = std::sync::Mutex::new((String::new(), String::new()));
-    let result = eventually(timeout, &format!("{name} {type_}={status}/{reason}"), || async {
-        let st = ns.session(name).await?;
-        let now = cond(&st, type_);
-        let hit = now.0 == status && now.1 == reason;
-        *seen.lock().unwrap() = now;
-        Ok(hit.then_some(st))
-    })
+    let result = eventually(
+        timeout,
+        &format!("{name} {type_}={status}/{reason}"),
+        || async {
+            let st = ns.session(name).await?;
+            let now = cond(&st, type_);
+            let hit = now.0 == status && now.1 == reason;
+            *seen.lock().unwrap() = now;
+            Ok(hit.then_some(st))
+        },
+    )
     .await;
     let seen = seen.lock().unwrap().clone();
     result.with_context(|| format!("{type_} was {}/{}", seen.0, seen.1))

@@ -14,15 +14,26 @@ use testkit::sts_double::{CodePolicy, StsDouble, StsDoubleConfig};
 const T: Duration = Duration::from_secs(30);
 
 fn double(lifetime: Option<Duration>, policy: CodePolicy) -> StsDouble {
-    StsDouble::start(StsDoubleConfig { returned_lifetime: lifetime, code_policy: policy, ..Default::default() }).expect("STS double")
+    StsDouble::start(StsDoubleConfig {
+        returned_lifetime: lifetime,
+        code_policy: policy,
+        ..Default::default()
+    })
+    .expect("STS double")
 }
 
 fn opts(endpoint: String) -> OperatorOptions {
-    OperatorOptions { sts_endpoint: endpoint, extra_args: vec![], leader_election: true, user: OPERATOR_USER }
+    OperatorOptions {
+        sts_endpoint: endpoint,
+        extra_args: vec![],
+        leader_election: true,
+        user: OPERATOR_USER,
+    }
 }
 
 fn source_spec(extra: serde_json::Value) -> serde_json::Value {
-    let mut spec = json!({"durationSeconds": 3600, "sourceCredentials": {"secretRef": {"name": "iam-keys"}}});
+    let mut spec =
+        json!({"durationSeconds": 3600, "sourceCredentials": {"secretRef": {"name": "iam-keys"}}});
     if let (Some(s), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
         for (k, v) in e {
             s.insert(k.clone(), v.clone());
@@ -32,15 +43,24 @@ fn source_spec(extra: serde_json::Value) -> serde_json::Value {
 }
 
 /// Parses an AWS shared-credentials file the way the SDKs read it: sections and `k = v`.
-fn parse_credentials_file(text: &str) -> std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>> {
-    let mut out: std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>> = Default::default();
+fn parse_credentials_file(
+    text: &str,
+) -> std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>> {
+    let mut out: std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>> =
+        Default::default();
     let mut section = String::new();
-    for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+    for line in text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
         if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
             section = name.to_string();
             out.entry(section.clone()).or_insert_with(Default::default);
         } else if let Some((k, v)) = line.split_once('=') {
-            out.entry(section.clone()).or_insert_with(Default::default).insert(k.trim().to_string(), v.trim().to_string());
+            out.entry(section.clone())
+                .or_insert_with(Default::default)
+                .insert(k.trim().to_string(), v.trim().to_string());
         }
     }
     out
@@ -53,7 +73,8 @@ async fn non_mfa_session_is_issued_and_rotates_before_expiry() -> anyhow::Result
     // STS returns 8 s sessions whatever is asked: renewal (33 % before) comes ~5 s after issue.
     let sts = double(Some(Duration::from_secs(8)), CodePolicy::Totp);
     let user = sts.default_user();
-    ns.create_source_secret("iam-keys", &user.access_key_id, &user.secret_access_key).await?;
+    ns.create_source_secret("iam-keys", &user.access_key_id, &user.secret_access_key)
+        .await?;
     let op = Operator::start(cp, &ns.name, &opts(sts.endpoint())).await?;
     ns.create_session("app", source_spec(json!({}))).await?;
 
@@ -63,28 +84,43 @@ async fn non_mfa_session_is_issued_and_rotates_before_expiry() -> anyhow::Result
     let first_key = data["AWS_ACCESS_KEY_ID"].clone();
     assert!(first_key.starts_with("ASIA"), "{first_key}");
     assert_eq!(Some(&first_key), status.access_key_id.as_ref());
-    let issued = sts.issued_session(&first_key).expect("the double issued this key");
+    let issued = sts
+        .issued_session(&first_key)
+        .expect("the double issued this key");
     assert_eq!(data["AWS_SECRET_ACCESS_KEY"], issued.secret_access_key);
     assert_eq!(data["AWS_SESSION_TOKEN"], issued.session_token);
     let expiration: Timestamp = data["AWS_SESSION_EXPIRATION"].parse()?;
     assert_eq!(Some(expiration), status.expiration);
     let creds = parse_credentials_file(&data["credentials"]);
     assert_eq!(creds["default"]["aws_access_key_id"], first_key);
-    assert_eq!(creds["default"]["aws_secret_access_key"], issued.secret_access_key);
+    assert_eq!(
+        creds["default"]["aws_secret_access_key"],
+        issued.secret_access_key
+    );
     assert_eq!(creds["default"]["aws_session_token"], issued.session_token);
     // renewal from the expiration STS returned (8 s), not the 3600 s requested
     let renewal = status.renewal_time.unwrap();
-    assert!(renewal < expiration && renewal > expiration - SignedDuration::from_secs(8), "renewal {renewal} expiration {expiration}");
+    assert!(
+        renewal < expiration && renewal > expiration - SignedDuration::from_secs(8),
+        "renewal {renewal} expiration {expiration}"
+    );
     assert_eq!(sts.calls()[0].duration_seconds, Some(3600));
 
     // It rotates by itself, several times, one STS call per rotation, never serving expired keys.
     let mut keys = vec![first_key];
     let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
     while keys.len() < 4 {
-        assert!(tokio::time::Instant::now() < deadline, "only {} sessions after 40s", keys.len());
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} sessions after 40s",
+            keys.len()
+        );
         if let Some(data) = ns.secret_data("app").await? {
             let exp: Timestamp = data["AWS_SESSION_EXPIRATION"].parse()?;
-            assert!(exp > Timestamp::now() - SignedDuration::from_millis(500), "the Secret holds expired credentials");
+            assert!(
+                exp > Timestamp::now() - SignedDuration::from_millis(500),
+                "the Secret holds expired credentials"
+            );
             if keys.last() != Some(&data["AWS_ACCESS_KEY_ID"]) {
                 keys.push(data["AWS_ACCESS_KEY_ID"].clone());
             }
@@ -93,9 +129,16 @@ async fn non_mfa_session_is_issued_and_rotates_before_expiry() -> anyhow::Result
     }
     let st = ns.session("app").await?;
     let rotations = st.status.as_ref().unwrap().rotations;
-    let gst_calls = sts.calls().iter().filter(|c| c.action == "GetSessionToken").count() as i64;
+    let gst_calls = sts
+        .calls()
+        .iter()
+        .filter(|c| c.action == "GetSessionToken")
+        .count() as i64;
     assert!(rotations >= 4, "rotations {rotations}");
-    assert!(gst_calls == rotations || gst_calls == rotations + 1, "{gst_calls} STS calls for {rotations} rotations");
+    assert!(
+        gst_calls == rotations || gst_calls == rotations + 1,
+        "{gst_calls} STS calls for {rotations} rotations"
+    );
     assert!(op.process.is_running());
     Ok(())
 }
@@ -105,11 +148,21 @@ async fn moto_accepts_the_operators_signed_calls() -> anyhow::Result<()> {
     let cp = control_plane().await;
     let ns = Ns::new(cp, "moto").await?;
     let moto = testkit::moto::Moto::shared().await;
-    ns.create_source_secret("iam-keys", moto.access_key_id(), moto.secret_access_key()).await?;
-    ns.create_source_secret("wrong-keys", moto.access_key_id(), "not-the-secret-key-0000000000000000000000").await?;
+    ns.create_source_secret("iam-keys", moto.access_key_id(), moto.secret_access_key())
+        .await?;
+    ns.create_source_secret(
+        "wrong-keys",
+        moto.access_key_id(),
+        "not-the-secret-key-0000000000000000000000",
+    )
+    .await?;
     let _op = Operator::start(cp, &ns.name, &opts(moto.endpoint().to_string())).await?;
     ns.create_session("good", source_spec(json!({}))).await?;
-    ns.create_session("bad", json!({"durationSeconds": 900, "sourceCredentials": {"secretRef": {"name": "wrong-keys"}}})).await?;
+    ns.create_session(
+        "bad",
+        json!({"durationSeconds": 900, "sourceCredentials": {"secretRef": {"name": "wrong-keys"}}}),
+    )
+    .await?;
     wait_condition(&ns, "good", "Ready", "True", "Issued", T).await?;
     let data = ns.secret_data("good").await?.expect("Secret");
     assert!(!data["AWS_SESSION_TOKEN"].is_empty());
@@ -130,9 +183,14 @@ async fn mfa_session_waits_for_a_code_and_uses_each_code_once() -> anyhow::Resul
     let ns = Ns::new(cp, "mfa").await?;
     let sts = double(None, CodePolicy::Totp);
     let user = sts.default_user();
-    ns.create_source_secret("iam-keys", &user.access_key_id, &user.secret_access_key).await?;
+    ns.create_source_secret("iam-keys", &user.access_key_id, &user.secret_access_key)
+        .await?;
     let op = Operator::start(cp, &ns.name, &opts(sts.endpoint())).await?;
-    ns.create_session("app", source_spec(json!({"mfa": {"serialNumber": user.serial_number().unwrap()}}))).await?;
+    ns.create_session(
+        "app",
+        source_spec(json!({"mfa": {"serialNumber": user.serial_number().unwrap()}})),
+    )
+    .await?;
 
     // Before approval: AwaitingTokenCode, no Secret, no STS call.
     wait_condition(&ns, "app", "Ready", "False", "AwaitingTokenCode", T).await?;
@@ -143,7 +201,13 @@ async fn mfa_session_waits_for_a_code_and_uses_each_code_once() -> anyhow::Resul
     // A malformed code: dropped, InvalidTokenCode, no STS call.
     ns.approve("app", "12ab5", "alice").await?;
     let st = wait_condition(&ns, "app", "Issuing", "False", "InvalidTokenCode", T).await?;
-    assert!(!st.metadata.annotations.clone().unwrap_or_default().contains_key("stssession.dev/token-code"));
+    assert!(
+        !st.metadata
+            .annotations
+            .clone()
+            .unwrap_or_default()
+            .contains_key("stssession.dev/token-code")
+    );
     assert_eq!(sts.call_count(), 0);
 
     // The right code: a session, both annotations gone, lastApproval recorded.
@@ -151,12 +215,29 @@ async fn mfa_session_waits_for_a_code_and_uses_each_code_once() -> anyhow::Resul
     ns.approve("app", &code, "alice").await?;
     let st = wait_condition(&ns, "app", "Ready", "True", "Issued", T).await?;
     let annotations = st.metadata.annotations.clone().unwrap_or_default();
-    assert!(!annotations.contains_key("stssession.dev/token-code"), "{annotations:?}");
-    assert!(!annotations.contains_key("stssession.dev/approved-by"), "{annotations:?}");
+    assert!(
+        !annotations.contains_key("stssession.dev/token-code"),
+        "{annotations:?}"
+    );
+    assert!(
+        !annotations.contains_key("stssession.dev/approved-by"),
+        "{annotations:?}"
+    );
     let status = st.status.clone().unwrap();
-    assert_eq!(status.last_approval.as_ref().unwrap().approved_by.as_deref(), Some("alice"));
+    assert_eq!(
+        status
+            .last_approval
+            .as_ref()
+            .unwrap()
+            .approved_by
+            .as_deref(),
+        Some("alice")
+    );
     let data = ns.secret_data("app").await?.expect("Secret");
-    assert_eq!(Some(&data["AWS_ACCESS_KEY_ID"]), status.access_key_id.as_ref());
+    assert_eq!(
+        Some(&data["AWS_ACCESS_KEY_ID"]),
+        status.access_key_id.as_ref()
+    );
     assert_eq!(sts.uses_of_code(&code), 1);
     let call = &sts.calls()[0];
     assert_eq!(call.serial_number.as_deref(), user.serial_number());
@@ -168,26 +249,60 @@ async fn mfa_session_waits_for_a_code_and_uses_each_code_once() -> anyhow::Resul
     ns.approve("app", wrong, "bob").await?;
     let st = wait_condition(&ns, "app", "Issuing", "False", "TokenCodeRejected", T).await?;
     assert_eq!(cond(&st, "Ready"), ("True".into(), "Issued".into()));
-    assert!(!st.metadata.annotations.clone().unwrap_or_default().contains_key("stssession.dev/token-code"));
-    assert_eq!(ns.secret_data("app").await?.unwrap(), data, "a rejected code must not touch the valid Secret");
+    assert!(
+        !st.metadata
+            .annotations
+            .clone()
+            .unwrap_or_default()
+            .contains_key("stssession.dev/token-code")
+    );
+    assert_eq!(
+        ns.secret_data("app").await?.unwrap(),
+        data,
+        "a rejected code must not touch the valid Secret"
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(sts.call_count() - before, 1, "a rejected code is never retried");
+    assert_eq!(
+        sts.call_count() - before,
+        1,
+        "a rejected code is never retried"
+    );
     assert_eq!(sts.uses_of_code(wrong), 1);
 
     let reasons = ns.event_reasons().await?;
     for r in ["InvalidTokenCode", "Issued", "TokenCodeRejected"] {
-        assert!(reasons.iter().any(|x| x == r), "no {r} event in {reasons:?}");
+        assert!(
+            reasons.iter().any(|x| x == r),
+            "no {r} event in {reasons:?}"
+        );
     }
     // The code never leaves the annotation: not in status, events, logs or metrics.
     let st_json = serde_json::to_string(&ns.session("app").await?.status)?;
     let events = serde_json::to_string(&ns.events().await?)?;
     let log = op.log();
     let metrics = op.metrics().await?;
-    for (what, text) in [("status", &st_json), ("events", &events), ("log", &log), ("metrics", &metrics)] {
-        assert!(!text.contains(&code), "the token code appears in the {what}");
-        assert!(!text.contains(&user.secret_access_key), "the long-term secret key appears in the {what}");
-        assert!(!text.contains(&data["AWS_SESSION_TOKEN"]), "the session token appears in the {what}");
-        assert!(!text.contains(&data["AWS_SECRET_ACCESS_KEY"]), "the session secret appears in the {what}");
+    for (what, text) in [
+        ("status", &st_json),
+        ("events", &events),
+        ("log", &log),
+        ("metrics", &metrics),
+    ] {
+        assert!(
+            !text.contains(&code),
+            "the token code appears in the {what}"
+        );
+        assert!(
+            !text.contains(&user.secret_access_key),
+            "the long-term secret key appears in the {what}"
+        );
+        assert!(
+            !text.contains(&data["AWS_SESSION_TOKEN"]),
+            "the session token appears in the {what}"
+        );
+        assert!(
+            !text.contains(&data["AWS_SECRET_ACCESS_KEY"]),
+            "the session secret appears in the {what}"
+        );
     }
     Ok(())
 }
@@ -198,17 +313,36 @@ async fn an_old_code_is_dropped_without_an_sts_call() -> anyhow::Result<()> {
     let ns = Ns::new(cp, "oldcode").await?;
     let sts = double(None, CodePolicy::AcceptAny);
     let user = sts.default_user();
-    ns.create_source_secret("iam-keys", &user.access_key_id, &user.secret_access_key).await?;
-    ns.create_session("app", source_spec(json!({"mfa": {"serialNumber": user.serial_number().unwrap()}}))).await?;
+    ns.create_source_secret("iam-keys", &user.access_key_id, &user.secret_access_key)
+        .await?;
+    ns.create_session(
+        "app",
+        source_spec(json!({"mfa": {"serialNumber": user.serial_number().unwrap()}})),
+    )
+    .await?;
     // The code is set while no operator runs, and is older than the 6 s limit when it starts.
     ns.approve("app", "123456", "alice").await?;
     tokio::time::sleep(Duration::from_secs(7)).await;
     let _op = Operator::start(cp, &ns.name, &opts(sts.endpoint())).await?;
     let st = wait_condition(&ns, "app", "Issuing", "False", "TokenCodeExpired", T).await?;
-    assert_eq!(cond(&st, "Ready"), ("False".into(), "AwaitingTokenCode".into()));
-    assert!(!st.metadata.annotations.clone().unwrap_or_default().contains_key("stssession.dev/token-code"));
+    assert_eq!(
+        cond(&st, "Ready"),
+        ("False".into(), "AwaitingTokenCode".into())
+    );
+    assert!(
+        !st.metadata
+            .annotations
+            .clone()
+            .unwrap_or_default()
+            .contains_key("stssession.dev/token-code")
+    );
     assert_eq!(sts.call_count(), 0);
-    assert!(ns.event_reasons().await?.iter().any(|r| r == "TokenCodeExpired"));
+    assert!(
+        ns.event_reasons()
+            .await?
+            .iter()
+            .any(|r| r == "TokenCodeExpired")
+    );
     Ok(())
 }
 
@@ -218,9 +352,14 @@ async fn mfa_session_asks_for_a_code_at_renewal_then_expires() -> anyhow::Result
     let ns = Ns::new(cp, "mfaexp").await?;
     let sts = double(Some(Duration::from_secs(9)), CodePolicy::AcceptAny);
     let user = sts.default_user();
-    ns.create_source_secret("iam-keys", &user.access_key_id, &user.secret_access_key).await?;
+    ns.create_source_secret("iam-keys", &user.access_key_id, &user.secret_access_key)
+        .await?;
     let op = Operator::start(cp, &ns.name, &opts(sts.endpoint())).await?;
-    ns.create_session("app", source_spec(json!({"mfa": {"serialNumber": user.serial_number().unwrap()}}))).await?;
+    ns.create_session(
+        "app",
+        source_spec(json!({"mfa": {"serialNumber": user.serial_number().unwrap()}})),
+    )
+    .await?;
     wait_condition(&ns, "app", "Ready", "False", "AwaitingTokenCode", T).await?;
     ns.approve("app", "424242", "alice").await?;
     wait_condition(&ns, "app", "Ready", "True", "Issued", T).await?;
@@ -229,19 +368,33 @@ async fn mfa_session_asks_for_a_code_at_renewal_then_expires() -> anyhow::Result
     assert!(st.status.as_ref().unwrap().expiration.unwrap() > Timestamp::now());
     let metrics = op.metrics().await?;
     assert!(
-        metrics.lines().any(|l| l.starts_with("sts_session_awaiting_token_code") && l.contains(&ns.name) && l.trim_end().ends_with(" 1")),
+        metrics
+            .lines()
+            .any(|l| l.starts_with("sts_session_awaiting_token_code")
+                && l.contains(&ns.name)
+                && l.trim_end().ends_with(" 1")),
         "{metrics}"
     );
     wait_condition(&ns, "app", "Ready", "False", "Expired", T).await?;
     let events = ns.events().await?;
-    let required = events.iter().filter(|e| e.reason.as_deref() == Some("TokenCodeRequired")).count();
+    let required = events
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some("TokenCodeRequired"))
+        .count();
     let series: i32 = events
         .iter()
         .filter(|e| e.reason.as_deref() == Some("TokenCodeRequired"))
         .map(|e| e.series.as_ref().map(|s| s.count).unwrap_or(1))
         .sum();
-    assert!(required >= 1 && series >= 2, "TokenCodeRequired should repeat: {required} events, {series} occurrences");
-    assert!(events.iter().any(|e| e.reason.as_deref() == Some("Expired")));
+    assert!(
+        required >= 1 && series >= 2,
+        "TokenCodeRequired should repeat: {required} events, {series} occurrences"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("Expired"))
+    );
     assert_eq!(sts.call_count(), 1, "no STS call without a code");
     Ok(())
 }
@@ -251,9 +404,12 @@ async fn two_operators_racing_for_one_code_reach_sts_once() -> anyhow::Result<()
     let cp = control_plane().await;
     let ns = Ns::new(cp, "race").await?;
     let sts = double(None, CodePolicy::AcceptAny);
-    sts.inject_faults(testkit::sts_double::Fault::Delay(Duration::from_millis(300)));
+    sts.inject_faults(testkit::sts_double::Fault::Delay(Duration::from_millis(
+        300,
+    )));
     let user = sts.default_user();
-    ns.create_source_secret("iam-keys", &user.access_key_id, &user.secret_access_key).await?;
+    ns.create_source_secret("iam-keys", &user.access_key_id, &user.secret_access_key)
+        .await?;
     let mut o = opts(sts.endpoint());
     o.leader_election = false;
     let _a = Operator::start(cp, &ns.name, &o).await?;
@@ -261,20 +417,37 @@ async fn two_operators_racing_for_one_code_reach_sts_once() -> anyhow::Result<()
     let _b = Operator::start(cp, &ns.name, &o).await?;
     for i in 0..5 {
         let name = format!("app-{i}");
-        ns.create_session(&name, source_spec(json!({"mfa": {"serialNumber": user.serial_number().unwrap()}}))).await?;
+        ns.create_session(
+            &name,
+            source_spec(json!({"mfa": {"serialNumber": user.serial_number().unwrap()}})),
+        )
+        .await?;
     }
     for i in 0..5 {
-        wait_condition(&ns, &format!("app-{i}"), "Ready", "False", "AwaitingTokenCode", T).await?;
+        wait_condition(
+            &ns,
+            &format!("app-{i}"),
+            "Ready",
+            "False",
+            "AwaitingTokenCode",
+            T,
+        )
+        .await?;
     }
     for i in 0..5 {
-        ns.approve(&format!("app-{i}"), &format!("55555{i}"), "alice").await?;
+        ns.approve(&format!("app-{i}"), &format!("55555{i}"), "alice")
+            .await?;
     }
     for i in 0..5 {
         wait_condition(&ns, &format!("app-{i}"), "Ready", "True", "Issued", T).await?;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     for i in 0..5 {
-        assert_eq!(sts.uses_of_code(&format!("55555{i}")), 1, "code {i} reached STS more than once");
+        assert_eq!(
+            sts.uses_of_code(&format!("55555{i}")),
+            1,
+            "code {i} reached STS more than once"
+        );
     }
     assert_eq!(sts.call_count(), 5);
     Ok(())
@@ -289,20 +462,44 @@ async fn invalid_specs_are_rejected_at_apply() -> anyhow::Result<()> {
         (json!({"durationSeconds": 129601}), "durationSeconds"),
         (json!({"durationSeconds": "1h"}), "durationSeconds"),
         (json!({"mfa": {"serialNumber": "short"}}), "serialNumber"),
-        (json!({"mfa": {"serialNumber": "arn:aws:iam::123456789012:mfa/bad name"}}), "serialNumber"),
-        (json!({"mfa": {"serialNumber": "x".repeat(257)}}), "serialNumber"),
-        (json!({"renewal": {"renewBeforePercentage": 10, "renewBefore": "1h"}}), "not both"),
-        (json!({"renewal": {"renewBeforePercentage": 100}}), "renewBeforePercentage"),
+        (
+            json!({"mfa": {"serialNumber": "arn:aws:iam::123456789012:mfa/bad name"}}),
+            "serialNumber",
+        ),
+        (
+            json!({"mfa": {"serialNumber": "x".repeat(257)}}),
+            "serialNumber",
+        ),
+        (
+            json!({"renewal": {"renewBeforePercentage": 10, "renewBefore": "1h"}}),
+            "not both",
+        ),
+        (
+            json!({"renewal": {"renewBeforePercentage": 100}}),
+            "renewBeforePercentage",
+        ),
         (json!({"renewal": {"renewBefore": "1 hour"}}), "renewBefore"),
-        (json!({"secret": {"name": "iam-keys"}}), "must differ from the source Secret"),
+        (
+            json!({"secret": {"name": "iam-keys"}}),
+            "must differ from the source Secret",
+        ),
     ];
     for (i, (extra, needle)) in cases.iter().enumerate() {
-        let err = ns.create_session(&format!("bad-{i}"), source_spec(extra.clone())).await.expect_err(&format!("case {i} {extra} was admitted"));
+        let err = ns
+            .create_session(&format!("bad-{i}"), source_spec(extra.clone()))
+            .await
+            .expect_err(&format!("case {i} {extra} was admitted"));
         let text = format!("{err:#}");
-        assert!(text.contains(needle), "case {i}: {text} does not mention {needle}");
+        assert!(
+            text.contains(needle),
+            "case {i}: {text} does not mention {needle}"
+        );
     }
     // The output name defaults to the SessionToken's name, so naming it like the source is refused too.
-    let err = ns.create_session("iam-keys", source_spec(json!({}))).await.expect_err("same name as the source");
+    let err = ns
+        .create_session("iam-keys", source_spec(json!({})))
+        .await
+        .expect_err("same name as the source");
     assert!(format!("{err:#}").contains("must differ from the source Secret"));
     Ok(())
 }
@@ -314,14 +511,21 @@ async fn a_disallowed_endpoint_sends_nothing() -> anyhow::Result<()> {
     let sts = double(None, CodePolicy::AcceptAny);
     let evil = double(None, CodePolicy::AcceptAny);
     let user = sts.default_user();
-    ns.create_source_secret("iam-keys", &user.access_key_id, &user.secret_access_key).await?;
+    ns.create_source_secret("iam-keys", &user.access_key_id, &user.secret_access_key)
+        .await?;
     // the operator allows only http://127.0.0.1:*; localhost is another host name
     let _op = Operator::start(cp, &ns.name, &opts(sts.endpoint())).await?;
     let evil_endpoint = evil.endpoint().replace("127.0.0.1", "localhost");
-    ns.create_session("app", source_spec(json!({"endpoint": evil_endpoint}))).await?;
+    ns.create_session("app", source_spec(json!({"endpoint": evil_endpoint})))
+        .await?;
     ns.create_session("mfa", source_spec(json!({"endpoint": evil_endpoint, "mfa": {"serialNumber": user.serial_number().unwrap()}}))).await?;
     let st = wait_condition(&ns, "app", "Ready", "False", "EndpointNotAllowed", T).await?;
-    assert!(condition(&st, "Ready").unwrap().message.contains("not allowed"));
+    assert!(
+        condition(&st, "Ready")
+            .unwrap()
+            .message
+            .contains("not allowed")
+    );
     wait_condition(&ns, "mfa", "Ready", "False", "EndpointNotAllowed", T).await?;
     ns.approve("mfa", "123456", "alice").await?;
     wait_condition(&ns, "mfa", "Issuing", "False", "EndpointNotAllowed", T).await?;
@@ -337,33 +541,106 @@ async fn source_problems_are_reported_and_session_keys_refused() -> anyhow::Resu
     let ns = Ns::new(cp, "source").await?;
     let sts = double(None, CodePolicy::AcceptAny);
     let user = sts.default_user();
-    ns.create_source_secret("session-keys", "ASIAIOSFODNN7EXAMPLE", "x").await?;
-    ns.create_source_secret("wrong-secret", &user.access_key_id, "wrong-secret-key-000000000000000000000000").await?;
-    ns.create_source_secret("unknown-key", "AKIAUNKNOWNKEY000000", "whatever-000000000000000000000000000000").await?;
+    ns.create_source_secret("session-keys", "ASIAIOSFODNN7EXAMPLE", "x")
+        .await?;
+    ns.create_source_secret(
+        "wrong-secret",
+        &user.access_key_id,
+        "wrong-secret-key-000000000000000000000000",
+    )
+    .await?;
+    ns.create_source_secret(
+        "unknown-key",
+        "AKIAUNKNOWNKEY000000",
+        "whatever-000000000000000000000000000000",
+    )
+    .await?;
     let _op = Operator::start(cp, &ns.name, &opts(sts.endpoint())).await?;
     ns.create_session("missing", source_spec(json!({}))).await?;
-    ns.create_session("session", json!({"sourceCredentials": {"secretRef": {"name": "session-keys"}}})).await?;
-    ns.create_session("wrong", json!({"sourceCredentials": {"secretRef": {"name": "wrong-secret"}}})).await?;
-    ns.create_session("unknown", json!({"sourceCredentials": {"secretRef": {"name": "unknown-key"}}})).await?;
+    ns.create_session(
+        "session",
+        json!({"sourceCredentials": {"secretRef": {"name": "session-keys"}}}),
+    )
+    .await?;
+    ns.create_session(
+        "wrong",
+        json!({"sourceCredentials": {"secretRef": {"name": "wrong-secret"}}}),
+    )
+    .await?;
+    ns.create_session(
+        "unknown",
+        json!({"sourceCredentials": {"secretRef": {"name": "unknown-key"}}}),
+    )
+    .await?;
     // STS refuses them: SignatureDoesNotMatch / InvalidClientTokenId -> SourceCredentialsInvalid
     for name in ["wrong", "unknown"] {
         let st = wait_condition(&ns, name, "Ready", "False", "SourceCredentialsInvalid", T).await?;
-        assert_eq!(cond(&st, "Issuing"), ("False".into(), "SourceCredentialsInvalid".into()));
+        assert_eq!(
+            cond(&st, "Issuing"),
+            ("False".into(), "SourceCredentialsInvalid".into())
+        );
         let status = st.status.unwrap();
         assert!(status.failed_attempts >= 1 && status.last_failure.is_some());
     }
-    let refused: Vec<_> = sts.calls().iter().filter_map(|c| c.outcome.error_code().map(str::to_string)).collect();
-    assert!(refused.contains(&"SignatureDoesNotMatch".to_string()) && refused.contains(&"InvalidClientTokenId".to_string()), "{refused:?}");
-    let st = wait_condition(&ns, "missing", "Ready", "False", "SourceCredentialsMissing", T).await?;
-    assert!(condition(&st, "Ready").unwrap().message.contains("iam-keys"));
-    wait_condition(&ns, "session", "Ready", "False", "SourceCredentialsInvalid", T).await?;
+    let refused: Vec<_> = sts
+        .calls()
+        .iter()
+        .filter_map(|c| c.outcome.error_code().map(str::to_string))
+        .collect();
+    assert!(
+        refused.contains(&"SignatureDoesNotMatch".to_string())
+            && refused.contains(&"InvalidClientTokenId".to_string()),
+        "{refused:?}"
+    );
+    let st = wait_condition(
+        &ns,
+        "missing",
+        "Ready",
+        "False",
+        "SourceCredentialsMissing",
+        T,
+    )
+    .await?;
+    assert!(
+        condition(&st, "Ready")
+            .unwrap()
+            .message
+            .contains("iam-keys")
+    );
+    wait_condition(
+        &ns,
+        "session",
+        "Ready",
+        "False",
+        "SourceCredentialsInvalid",
+        T,
+    )
+    .await?;
     // the Secret appears: retried (backoff 1 s, capped at 4 s in this test) without a spec change
-    ns.create_source_secret("iam-keys", &user.access_key_id, &user.secret_access_key).await?;
+    ns.create_source_secret("iam-keys", &user.access_key_id, &user.secret_access_key)
+        .await?;
     let calls_before = sts.calls().iter().filter(|c| c.outcome.is_ok()).count();
     assert_eq!(calls_before, 0);
-    wait_condition(&ns, "missing", "Ready", "True", "Issued", Duration::from_secs(20)).await?;
-    assert_eq!(sts.calls().iter().filter(|c| c.outcome.is_ok()).count(), 1, "only the good one was issued");
-    assert!(sts.calls().iter().all(|c| c.access_key_id.as_deref() != Some("ASIAIOSFODNN7EXAMPLE")), "session keys reached STS");
+    wait_condition(
+        &ns,
+        "missing",
+        "Ready",
+        "True",
+        "Issued",
+        Duration::from_secs(20),
+    )
+    .await?;
+    assert_eq!(
+        sts.calls().iter().filter(|c| c.outcome.is_ok()).count(),
+        1,
+        "only the good one was issued"
+    );
+    assert!(
+        sts.calls()
+            .iter()
+            .all(|c| c.access_key_id.as_deref() != Some("ASIAIOSFODNN7EXAMPLE")),
+        "session keys reached STS"
+    );
     Ok(())
 }
 
@@ -373,17 +650,26 @@ async fn secrets_are_garbage_collected_retained_or_left_alone() -> anyhow::Resul
     let ns = Ns::new(cp, "owner").await?;
     let sts = double(None, CodePolicy::AcceptAny);
     let user = sts.default_user();
-    ns.create_source_secret("iam-keys", &user.access_key_id, &user.secret_access_key).await?;
+    ns.create_source_secret("iam-keys", &user.access_key_id, &user.secret_access_key)
+        .await?;
     // a foreign Secret where one SessionToken wants to write
     let foreign: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
         "metadata": {"name": "taken", "labels": {"owner": "someone-else"}},
         "stringData": {"AWS_ACCESS_KEY_ID": "theirs"}
     }))?;
-    let foreign = ns.secrets().create(&PostParams::default(), &foreign).await?;
+    let foreign = ns
+        .secrets()
+        .create(&PostParams::default(), &foreign)
+        .await?;
     let _op = Operator::start(cp, &ns.name, &opts(sts.endpoint())).await?;
     ns.create_session("owned", source_spec(json!({}))).await?;
-    ns.create_session("kept", source_spec(json!({"secret": {"retainOnDelete": true, "labels": {"team": "a"}}}))).await?;
-    ns.create_session("clash", source_spec(json!({"secret": {"name": "taken"}}))).await?;
+    ns.create_session(
+        "kept",
+        source_spec(json!({"secret": {"retainOnDelete": true, "labels": {"team": "a"}}})),
+    )
+    .await?;
+    ns.create_session("clash", source_spec(json!({"secret": {"name": "taken"}})))
+        .await?;
     wait_condition(&ns, "owned", "Ready", "True", "Issued", T).await?;
     wait_condition(&ns, "kept", "Ready", "True", "Issued", T).await?;
     let st = wait_condition(&ns, "clash", "Ready", "False", "SecretConflict", T).await?;
@@ -393,15 +679,27 @@ async fn secrets_are_garbage_collected_retained_or_left_alone() -> anyhow::Resul
     assert!(kept.metadata.owner_references.is_none());
     let owned = ns.secrets().get("owned").await?;
     let owner = &owned.metadata.owner_references.as_ref().unwrap()[0];
-    assert_eq!((owner.kind.as_str(), owner.controller), ("SessionToken", Some(true)));
+    assert_eq!(
+        (owner.kind.as_str(), owner.controller),
+        ("SessionToken", Some(true))
+    );
 
     for name in ["owned", "kept", "clash"] {
         ns.sessions().delete(name, &DeleteParams::default()).await?;
     }
-    eventually(T, "the owned Secret garbage-collected", || async { Ok(ns.secrets().get_opt("owned").await?.is_none().then_some(())) }).await?;
-    assert!(ns.secrets().get_opt("kept").await?.is_some(), "retainOnDelete keeps the Secret");
+    eventually(T, "the owned Secret garbage-collected", || async {
+        Ok(ns.secrets().get_opt("owned").await?.is_none().then_some(()))
+    })
+    .await?;
+    assert!(
+        ns.secrets().get_opt("kept").await?.is_some(),
+        "retainOnDelete keeps the Secret"
+    );
     let after = ns.secrets().get("taken").await?;
-    assert_eq!(after.metadata.resource_version, foreign.metadata.resource_version, "the foreign Secret was written");
+    assert_eq!(
+        after.metadata.resource_version, foreign.metadata.resource_version,
+        "the foreign Secret was written"
+    );
     assert_eq!(after.data, foreign.data);
     Ok(())
 }
@@ -412,27 +710,57 @@ async fn renaming_the_output_moves_the_session_and_deletes_the_old_secret() -> a
     let ns = Ns::new(cp, "rename").await?;
     let sts = double(None, CodePolicy::AcceptAny);
     let user = sts.default_user();
-    ns.create_source_secret("iam-keys", &user.access_key_id, &user.secret_access_key).await?;
+    ns.create_source_secret("iam-keys", &user.access_key_id, &user.secret_access_key)
+        .await?;
     let _op = Operator::start(cp, &ns.name, &opts(sts.endpoint())).await?;
-    ns.create_session("app", source_spec(json!({"mfa": {"serialNumber": user.serial_number().unwrap()}}))).await?;
+    ns.create_session(
+        "app",
+        source_spec(json!({"mfa": {"serialNumber": user.serial_number().unwrap()}})),
+    )
+    .await?;
     ns.approve("app", "123123", "alice").await?;
     wait_condition(&ns, "app", "Ready", "True", "Issued", T).await?;
     let before = ns.secret_data("app").await?.unwrap();
     ns.sessions()
-        .patch("app", &PatchParams::default(), &Patch::Merge(&json!({"spec": {"secret": {"name": "app-creds", "annotations": {"x": "y"}}}})))
+        .patch(
+            "app",
+            &PatchParams::default(),
+            &Patch::Merge(
+                &json!({"spec": {"secret": {"name": "app-creds", "annotations": {"x": "y"}}}}),
+            ),
+        )
         .await?;
     eventually(T, "the session moved", || async {
-        Ok((ns.secret_data("app").await?.is_none() && ns.secret_data("app-creds").await?.as_ref() == Some(&before)).then_some(()))
+        Ok((ns.secret_data("app").await?.is_none()
+            && ns.secret_data("app-creds").await?.as_ref() == Some(&before))
+        .then_some(()))
     })
     .await?;
     let st = ns.session("app").await?;
-    assert_eq!(st.status.as_ref().unwrap().secret_name.as_deref(), Some("app-creds"));
+    assert_eq!(
+        st.status.as_ref().unwrap().secret_name.as_deref(),
+        Some("app-creds")
+    );
     assert_eq!(cond(&st, "Ready"), ("True".into(), "Issued".into()));
-    assert_eq!(ns.secrets().get("app-creds").await?.metadata.annotations.unwrap()["x"], "y");
-    assert_eq!(sts.call_count(), 1, "moving needs no new session (and no new code)");
+    assert_eq!(
+        ns.secrets()
+            .get("app-creds")
+            .await?
+            .metadata
+            .annotations
+            .unwrap()["x"],
+        "y"
+    );
+    assert_eq!(
+        sts.call_count(),
+        1,
+        "moving needs no new session (and no new code)"
+    );
 
     // Deleting the Secret of a valid MFA session: SecretMissing (the operator keeps no copy).
-    ns.secrets().delete("app-creds", &DeleteParams::default()).await?;
+    ns.secrets()
+        .delete("app-creds", &DeleteParams::default())
+        .await?;
     wait_condition(&ns, "app", "Ready", "False", "SecretMissing", T).await?;
     Ok(())
 }
@@ -443,12 +771,18 @@ async fn idle_operator_makes_no_calls_and_no_writes() -> anyhow::Result<()> {
     let ns = Ns::new(cp, "idle").await?;
     let sts = double(None, CodePolicy::AcceptAny);
     let user = sts.default_user();
-    ns.create_source_secret("iam-keys", &user.access_key_id, &user.secret_access_key).await?;
+    ns.create_source_secret("iam-keys", &user.access_key_id, &user.secret_access_key)
+        .await?;
     let _op = Operator::start(cp, &ns.name, &opts(sts.endpoint())).await?;
     for i in 0..3 {
-        ns.create_session(&format!("auto-{i}"), source_spec(json!({}))).await?;
+        ns.create_session(&format!("auto-{i}"), source_spec(json!({})))
+            .await?;
     }
-    ns.create_session("mfa", source_spec(json!({"mfa": {"serialNumber": user.serial_number().unwrap()}}))).await?;
+    ns.create_session(
+        "mfa",
+        source_spec(json!({"mfa": {"serialNumber": user.serial_number().unwrap()}})),
+    )
+    .await?;
     ns.approve("mfa", "999999", "alice").await?;
     for name in ["auto-0", "auto-1", "auto-2", "mfa"] {
         wait_condition(&ns, name, "Ready", "True", "Issued", T).await?;
@@ -463,12 +797,23 @@ async fn idle_operator_makes_no_calls_and_no_writes() -> anyhow::Result<()> {
         .writes_by(OPERATOR_USER, since)?
         .into_iter()
         .filter(|e| e.namespace() == ns.name && e.resource() != "leases")
-        .map(|e| format!("{} {} {}/{}", e.verb, e.resource(), e.name(), e.subresource()))
+        .map(|e| {
+            format!(
+                "{} {} {}/{}",
+                e.verb,
+                e.resource(),
+                e.name(),
+                e.subresource()
+            )
+        })
         .collect();
     assert!(writes.is_empty(), "writes while idle: {writes:?}");
     // ...and the audit log does see the operator's writes (the count above can fail).
     let all = cp.writes_by(OPERATOR_USER, since - SignedDuration::from_secs(120))?;
-    assert!(all.iter().any(|e| e.namespace() == ns.name && e.resource() == "secrets"));
+    assert!(
+        all.iter()
+            .any(|e| e.namespace() == ns.name && e.resource() == "secrets")
+    );
     Ok(())
 }
 
@@ -478,35 +823,70 @@ async fn non_mfa_reissues_when_the_secret_goes_or_the_spec_changes() -> anyhow::
     let ns = Ns::new(cp, "reissue").await?;
     let sts = double(None, CodePolicy::AcceptAny);
     let user = sts.default_user();
-    ns.create_source_secret("iam-keys", &user.access_key_id, &user.secret_access_key).await?;
+    ns.create_source_secret("iam-keys", &user.access_key_id, &user.secret_access_key)
+        .await?;
     let op = Operator::start(cp, &ns.name, &opts(sts.endpoint())).await?;
     ns.create_session("app", source_spec(json!({}))).await?;
     wait_condition(&ns, "app", "Ready", "True", "Issued", T).await?;
     let first = ns.secret_data("app").await?.unwrap();
     let metrics = op.metrics().await?;
-    let series = |m: &str, name: &str| m.lines().any(|l| l.starts_with(name) && l.contains(&format!("namespace=\"{}\"", ns.name)));
-    for name in ["sts_session_expiration_timestamp_seconds", "sts_session_renewal_timestamp_seconds", "sts_session_ready_status"] {
+    let series = |m: &str, name: &str| {
+        m.lines()
+            .any(|l| l.starts_with(name) && l.contains(&format!("namespace=\"{}\"", ns.name)))
+    };
+    for name in [
+        "sts_session_expiration_timestamp_seconds",
+        "sts_session_renewal_timestamp_seconds",
+        "sts_session_ready_status",
+    ] {
         assert!(series(&metrics, name), "no {name} series:\n{metrics}");
     }
 
     // The output Secret deleted: a new session at once (nothing to keep without MFA).
     ns.secrets().delete("app", &DeleteParams::default()).await?;
     let second = eventually(T, "a new Secret", || async {
-        Ok(ns.secret_data("app").await?.filter(|d| d["AWS_ACCESS_KEY_ID"] != first["AWS_ACCESS_KEY_ID"]))
+        Ok(ns
+            .secret_data("app")
+            .await?
+            .filter(|d| d["AWS_ACCESS_KEY_ID"] != first["AWS_ACCESS_KEY_ID"]))
     })
     .await?;
     // A change that shapes the session (its duration): a new session at once, as asked.
-    ns.sessions().patch("app", &PatchParams::default(), &Patch::Merge(&json!({"spec": {"durationSeconds": 7200}}))).await?;
+    ns.sessions()
+        .patch(
+            "app",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"durationSeconds": 7200}})),
+        )
+        .await?;
     eventually(T, "a session for the new spec", || async {
-        Ok(ns.secret_data("app").await?.filter(|d| d["AWS_ACCESS_KEY_ID"] != second["AWS_ACCESS_KEY_ID"]))
+        Ok(ns
+            .secret_data("app")
+            .await?
+            .filter(|d| d["AWS_ACCESS_KEY_ID"] != second["AWS_ACCESS_KEY_ID"]))
     })
     .await?;
     assert_eq!(sts.calls().last().unwrap().duration_seconds, Some(7200));
     // A change that does not (labels on the Secret): the same session, rewritten in place.
     let calls = sts.call_count();
-    ns.sessions().patch("app", &PatchParams::default(), &Patch::Merge(&json!({"spec": {"secret": {"labels": {"team": "b"}}}}))).await?;
+    ns.sessions()
+        .patch(
+            "app",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"secret": {"labels": {"team": "b"}}}})),
+        )
+        .await?;
     eventually(T, "the label", || async {
-        Ok(ns.secrets().get("app").await?.metadata.labels.unwrap_or_default().get("team").filter(|v| *v == "b").map(|_| ()))
+        Ok(ns
+            .secrets()
+            .get("app")
+            .await?
+            .metadata
+            .labels
+            .unwrap_or_default()
+            .get("team")
+            .filter(|v| *v == "b")
+            .map(|_| ()))
     })
     .await?;
     assert_eq!(sts.call_count(), calls);
@@ -515,21 +895,35 @@ async fn non_mfa_reissues_when_the_secret_goes_or_the_spec_changes() -> anyhow::
     // `kubectl sts renew`: a new session now, handled once.
     let current = ns.secret_data("app").await?.unwrap();
     let renew = json!({"metadata": {"annotations": {"stssession.dev/renew-requested-at": Timestamp::now().to_string()}}});
-    ns.sessions().patch("app", &PatchParams::default(), &Patch::Merge(&renew)).await?;
+    ns.sessions()
+        .patch("app", &PatchParams::default(), &Patch::Merge(&renew))
+        .await?;
     eventually(T, "a renewed session", || async {
-        Ok(ns.secret_data("app").await?.filter(|d| d["AWS_ACCESS_KEY_ID"] != current["AWS_ACCESS_KEY_ID"]))
+        Ok(ns
+            .secret_data("app")
+            .await?
+            .filter(|d| d["AWS_ACCESS_KEY_ID"] != current["AWS_ACCESS_KEY_ID"]))
     })
     .await?;
     let st = ns.session("app").await?;
-    assert!(!st.metadata.annotations.unwrap_or_default().contains_key("stssession.dev/renew-requested-at"));
+    assert!(
+        !st.metadata
+            .annotations
+            .unwrap_or_default()
+            .contains_key("stssession.dev/renew-requested-at")
+    );
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(sts.call_count(), calls + 1, "one renewal, once");
 
     // Deleted: its metrics series go too.
-    ns.sessions().delete("app", &DeleteParams::default()).await?;
+    ns.sessions()
+        .delete("app", &DeleteParams::default())
+        .await?;
     eventually(T, "series removed", || async {
         let m = op.metrics().await?;
-        Ok((!series(&m, "sts_session_expiration_timestamp_seconds") && !series(&m, "sts_session_ready_status")).then_some(()))
+        Ok((!series(&m, "sts_session_expiration_timestamp_seconds")
+            && !series(&m, "sts_session_ready_status"))
+        .then_some(()))
     })
     .await?;
     Ok(())
@@ -541,18 +935,29 @@ async fn a_code_in_last_applied_configuration_is_warned_about() -> anyhow::Resul
     let ns = Ns::new(cp, "lastapplied").await?;
     let sts = double(None, CodePolicy::AcceptAny);
     let user = sts.default_user();
-    ns.create_source_secret("iam-keys", &user.access_key_id, &user.secret_access_key).await?;
+    ns.create_source_secret("iam-keys", &user.access_key_id, &user.secret_access_key)
+        .await?;
     let _op = Operator::start(cp, &ns.name, &opts(sts.endpoint())).await?;
-    ns.create_session("app", source_spec(json!({"mfa": {"serialNumber": user.serial_number().unwrap()}}))).await?;
+    ns.create_session(
+        "app",
+        source_spec(json!({"mfa": {"serialNumber": user.serial_number().unwrap()}})),
+    )
+    .await?;
     // what `kubectl apply` (client-side) leaves behind
-    let last_applied = json!({"metadata": {"annotations": {"stssession.dev/token-code": "314159"}}}).to_string();
+    let last_applied =
+        json!({"metadata": {"annotations": {"stssession.dev/token-code": "314159"}}}).to_string();
     let patch = json!({"metadata": {"annotations": {
         "stssession.dev/token-code": "314159",
         "kubectl.kubernetes.io/last-applied-configuration": last_applied}}});
-    ns.sessions().patch("app", &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    ns.sessions()
+        .patch("app", &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
     wait_condition(&ns, "app", "Ready", "True", "Issued", T).await?;
     let events = ns.events().await?;
-    let warning = events.iter().find(|e| e.reason.as_deref() == Some("TokenCodeInLastApplied")).expect("a TokenCodeInLastApplied event");
+    let warning = events
+        .iter()
+        .find(|e| e.reason.as_deref() == Some("TokenCodeInLastApplied"))
+        .expect("a TokenCodeInLastApplied event");
     assert_eq!(warning.type_.as_deref(), Some("Warning"));
     assert!(!warning.note.clone().unwrap_or_default().contains("314159"));
     Ok(())
@@ -564,17 +969,28 @@ async fn a_code_on_a_session_without_mfa_is_removed_with_a_warning() -> anyhow::
     let ns = Ns::new(cp, "nomfa").await?;
     let sts = double(None, CodePolicy::AcceptAny);
     let user = sts.default_user();
-    ns.create_source_secret("iam-keys", &user.access_key_id, &user.secret_access_key).await?;
+    ns.create_source_secret("iam-keys", &user.access_key_id, &user.secret_access_key)
+        .await?;
     let _op = Operator::start(cp, &ns.name, &opts(sts.endpoint())).await?;
     ns.create_session("app", source_spec(json!({}))).await?;
     wait_condition(&ns, "app", "Ready", "True", "Issued", T).await?;
     ns.approve("app", "123456", "alice").await?;
     eventually(T, "the annotation removed", || async {
         let st = ns.session("app").await?;
-        Ok((!st.metadata.annotations.unwrap_or_default().contains_key("stssession.dev/token-code")).then_some(()))
+        Ok((!st
+            .metadata
+            .annotations
+            .unwrap_or_default()
+            .contains_key("stssession.dev/token-code"))
+        .then_some(()))
     })
     .await?;
-    assert!(ns.event_reasons().await?.iter().any(|r| r == "TokenCodeIgnored"));
+    assert!(
+        ns.event_reasons()
+            .await?
+            .iter()
+            .any(|r| r == "TokenCodeIgnored")
+    );
     assert_eq!(sts.uses_of_code("123456"), 0);
     assert_eq!(sts.call_count(), 1);
     Ok(())
@@ -586,12 +1002,17 @@ async fn an_operator_killed_while_using_a_code_leaves_a_clear_condition() -> any
     let ns = Ns::new(cp, "crash").await?;
     let sts = double(None, CodePolicy::AcceptAny);
     let user = sts.default_user();
-    ns.create_source_secret("iam-keys", &user.access_key_id, &user.secret_access_key).await?;
+    ns.create_source_secret("iam-keys", &user.access_key_id, &user.secret_access_key)
+        .await?;
     // no Lease: the restarted operator need not wait for the dead one's to expire
     let mut o = opts(sts.endpoint());
     o.leader_election = false;
     let op = Operator::start(cp, &ns.name, &o).await?;
-    ns.create_session("app", source_spec(json!({"mfa": {"serialNumber": user.serial_number().unwrap()}}))).await?;
+    ns.create_session(
+        "app",
+        source_spec(json!({"mfa": {"serialNumber": user.serial_number().unwrap()}})),
+    )
+    .await?;
     wait_condition(&ns, "app", "Ready", "False", "AwaitingTokenCode", T).await?;
     // STS answers slowly; the operator dies while the call is in flight.
     sts.inject_faults(testkit::sts_double::Fault::Delay(Duration::from_secs(3)));
@@ -601,9 +1022,25 @@ async fn an_operator_killed_while_using_a_code_leaves_a_clear_condition() -> any
     sts.inject_faults(testkit::sts_double::Fault::Delay(Duration::ZERO));
     let _op2 = Operator::start(cp, &ns.name, &o).await?;
     // sts-timeout 5 s + 10 s after the claim
-    let st = wait_condition(&ns, "app", "Issuing", "False", "Interrupted", Duration::from_secs(40)).await?;
-    assert!(condition(&st, "Issuing").unwrap().message.contains("Approve again"));
-    assert_eq!(cond(&st, "Ready"), ("False".into(), "AwaitingTokenCode".into()));
+    let st = wait_condition(
+        &ns,
+        "app",
+        "Issuing",
+        "False",
+        "Interrupted",
+        Duration::from_secs(40),
+    )
+    .await?;
+    assert!(
+        condition(&st, "Issuing")
+            .unwrap()
+            .message
+            .contains("Approve again")
+    );
+    assert_eq!(
+        cond(&st, "Ready"),
+        ("False".into(), "AwaitingTokenCode".into())
+    );
     assert!(sts.uses_of_code("271828") <= 1, "the code was sent again");
     Ok(())
 }

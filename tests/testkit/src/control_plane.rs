@@ -55,12 +55,30 @@ pub struct TestUser {
 /// Every user a test can act as (besides `system:*` identities). Token users also get
 /// `system:authenticated`. None but [`ADMIN`] has any permission until a test grants it.
 pub const TEST_USERS: &[TestUser] = &[
-    TestUser { name: ADMIN, groups: &["system:masters"] },
-    TestUser { name: "sts-operator", groups: &["stssession:operators"] },
-    TestUser { name: "sts-operator-2", groups: &["stssession:operators"] },
-    TestUser { name: "alice", groups: &["team-a"] },
-    TestUser { name: "bob", groups: &["team-b"] },
-    TestUser { name: "mallory", groups: &["outsiders"] },
+    TestUser {
+        name: ADMIN,
+        groups: &["system:masters"],
+    },
+    TestUser {
+        name: "sts-operator",
+        groups: &["stssession:operators"],
+    },
+    TestUser {
+        name: "sts-operator-2",
+        groups: &["stssession:operators"],
+    },
+    TestUser {
+        name: "alice",
+        groups: &["team-a"],
+    },
+    TestUser {
+        name: "bob",
+        groups: &["team-b"],
+    },
+    TestUser {
+        name: "mallory",
+        groups: &["outsiders"],
+    },
 ];
 
 /// Looks a test user up by name.
@@ -107,7 +125,9 @@ struct Procs {
 
 impl Procs {
     fn all(&self) -> impl Iterator<Item = &ChildProcess> {
-        [&self.etcd, &self.apiserver, &self.controller_manager].into_iter().flatten()
+        [&self.etcd, &self.apiserver, &self.controller_manager]
+            .into_iter()
+            .flatten()
     }
     fn kill_all(&mut self) {
         // Dropping kills (SIGKILL to the process group) and reaps.
@@ -163,20 +183,36 @@ pub fn bin_dir() -> Result<PathBuf> {
         Some(dir) => PathBuf::from(dir),
         None => {
             let script = workspace_root().join("hack/build-control-plane.sh");
-            eprintln!("testkit: {ENV_BIN_DIR} not set, running {}", script.display());
+            eprintln!(
+                "testkit: {ENV_BIN_DIR} not set, running {}",
+                script.display()
+            );
             let out = std::process::Command::new("bash")
                 .arg(&script)
                 .stderr(std::process::Stdio::inherit())
                 .output()
                 .with_context(|| format!("cannot run {}", script.display()))?;
-            ensure!(out.status.success(), "{} failed: {}", script.display(), out.status);
+            ensure!(
+                out.status.success(),
+                "{} failed: {}",
+                script.display(),
+                out.status
+            );
             let stdout = String::from_utf8_lossy(&out.stdout);
             let last = stdout.lines().rev().find(|l| !l.trim().is_empty());
-            PathBuf::from(last.context("build-control-plane.sh printed nothing")?.trim())
+            PathBuf::from(
+                last.context("build-control-plane.sh printed nothing")?
+                    .trim(),
+            )
         }
     };
     for bin in ["etcd", "kube-apiserver", "kube-controller-manager"] {
-        ensure!(dir.join(bin).is_file(), "{} is missing in {}", bin, dir.display());
+        ensure!(
+            dir.join(bin).is_file(),
+            "{} is missing in {}",
+            bin,
+            dir.display()
+        );
     }
     Ok(CACHE.get_or_init(|| dir).clone())
 }
@@ -190,15 +226,20 @@ struct Pki {
 
 fn generate_pki(dir: &Path) -> Result<Pki> {
     use rcgen::{
-        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-        KeyUsagePurpose, SanType,
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose, SanType,
     };
     let ca_key = KeyPair::generate()?;
     let mut ca_params = CertificateParams::default();
-    ca_params.distinguished_name.push(DnType::CommonName, "sts-testkit-ca");
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "sts-testkit-ca");
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.key_usages =
-        vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     let ca_cert = ca_params.self_signed(&ca_key)?;
     let ca_pem = ca_cert.pem();
     let issuer = Issuer::new(ca_params, ca_key);
@@ -207,24 +248,37 @@ fn generate_pki(dir: &Path) -> Result<Pki> {
     // Serving certificate (kube-apiserver and kube-controller-manager).
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::default();
-    params.distinguished_name.push(DnType::CommonName, "sts-testkit-serving");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "sts-testkit-serving");
     params.subject_alt_names = vec![
         SanType::DnsName("localhost".try_into()?),
         SanType::IpAddress("127.0.0.1".parse()?),
     ];
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     let cert = params.signed_by(&key, &issuer)?;
     write_private(&dir.join("serving.crt"), cert.pem())?;
     write_private(&dir.join("serving.key"), key.serialize_pem())?;
 
     // Client certificates.
-    for (file, cn) in [("admin", ADMIN), ("controller-manager", CONTROLLER_MANAGER_USER)] {
+    for (file, cn) in [
+        ("admin", ADMIN),
+        ("controller-manager", CONTROLLER_MANAGER_USER),
+    ] {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::default();
         params.distinguished_name.push(DnType::CommonName, cn);
-        params.distinguished_name.push(DnType::OrganizationName, "system:masters");
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, "system:masters");
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         let cert = params.signed_by(&key, &issuer)?;
         write_private(&dir.join(format!("{file}.crt")), cert.pem())?;
@@ -294,7 +348,10 @@ users:
 }
 
 fn write_kubeconfigs(dir: &Path, server: &str, ca_pem: &str) -> Result<()> {
-    for (file, cn) in [("admin", ADMIN), ("controller-manager", "kube-controller-manager")] {
+    for (file, cn) in [
+        ("admin", ADMIN),
+        ("controller-manager", "kube-controller-manager"),
+    ] {
         let cert = fs::read_to_string(dir.join(format!("{file}.crt")))?;
         let key = fs::read_to_string(dir.join(format!("{file}.key")))?;
         let auth = format!(
@@ -315,7 +372,8 @@ fn write_kubeconfigs(dir: &Path, server: &str, ca_pem: &str) -> Result<()> {
 
 /// A `kube::Config` from a kubeconfig file.
 pub async fn config_from_kubeconfig(path: &Path) -> Result<Config> {
-    let kubeconfig = Kubeconfig::read_from(path).with_context(|| format!("reading {}", path.display()))?;
+    let kubeconfig =
+        Kubeconfig::read_from(path).with_context(|| format!("reading {}", path.display()))?;
     Ok(Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?)
 }
 
@@ -353,7 +411,10 @@ impl ControlPlane {
                 started_by_pid: std::process::id(),
                 serves_requests: false,
             };
-            let info = Info { server: format!("https://127.0.0.1:{}", info.apiserver_port), ..info };
+            let info = Info {
+                server: format!("https://127.0.0.1:{}", info.apiserver_port),
+                ..info
+            };
             write_kubeconfigs(&dir, &info.server, &pki.ca_pem)?;
             fs::write(dir.join(INFO_FILE), serde_json::to_vec_pretty(&info)?)?;
             let _ = fs::remove_dir_all(dir.join("etcd-data"));
@@ -405,7 +466,8 @@ impl ControlPlane {
     /// Attaches to a control plane started by another process (see `testenv`).
     pub async fn attach(admin_kubeconfig: &Path, dir: &Path) -> Result<ControlPlane> {
         let info: Info = serde_json::from_slice(
-            &fs::read(dir.join(INFO_FILE)).with_context(|| format!("no {INFO_FILE} in {}", dir.display()))?,
+            &fs::read(dir.join(INFO_FILE))
+                .with_context(|| format!("no {INFO_FILE} in {}", dir.display()))?,
         )?;
         let cp = ControlPlane {
             dir: dir.to_path_buf(),
@@ -431,7 +493,11 @@ impl ControlPlane {
                     Some(kubeconfig) => {
                         let dir = std::env::var_os(ENV_CONTROL_PLANE_DIR)
                             .filter(|v| !v.is_empty())
-                            .ok_or_else(|| anyhow!("{ENV_KUBECONFIG} is set but {ENV_CONTROL_PLANE_DIR} is not"));
+                            .ok_or_else(|| {
+                                anyhow!(
+                                    "{ENV_KUBECONFIG} is set but {ENV_CONTROL_PLANE_DIR} is not"
+                                )
+                            });
                         match dir {
                             Ok(dir) => Self::attach(Path::new(&kubeconfig), Path::new(&dir)).await,
                             Err(e) => Err(e),
@@ -542,12 +608,19 @@ impl ControlPlane {
         // "ready": the default namespace and the RBAC bootstrap roles exist.
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let ns = Api::<Namespace>::all(client.clone()).get_opt("default").await;
-            let role = Api::<ClusterRole>::all(client.clone()).get_opt("cluster-admin").await;
+            let ns = Api::<Namespace>::all(client.clone())
+                .get_opt("default")
+                .await;
+            let role = Api::<ClusterRole>::all(client.clone())
+                .get_opt("cluster-admin")
+                .await;
             if matches!((ns, role), (Ok(Some(_)), Ok(Some(_)))) {
                 return Ok(());
             }
-            ensure!(Instant::now() < deadline, "namespace default / clusterrole cluster-admin missing after 30 s");
+            ensure!(
+                Instant::now() < deadline,
+                "namespace default / clusterrole cluster-admin missing after 30 s"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -581,9 +654,13 @@ impl ControlPlane {
 
     async fn wait_controller_manager(&self, kcm: &ChildProcess, port: u16) -> Result<()> {
         let mut config = Config::new(format!("https://127.0.0.1:{port}").parse()?);
-        config.root_cert = Some(vec![pem_to_der(&fs::read_to_string(self.dir.join("ca.crt"))?)?]);
+        config.root_cert = Some(vec![pem_to_der(&fs::read_to_string(
+            self.dir.join("ca.crt"),
+        )?)?]);
         let kcm_client = Client::try_from(config)?;
-        wait_readyz(&kcm_client, Duration::from_secs(60), Some(kcm)).await.map_err(|e| anyhow!("/healthz: {e:#}"))?;
+        wait_readyz(&kcm_client, Duration::from_secs(60), Some(kcm))
+            .await
+            .map_err(|e| anyhow!("/healthz: {e:#}"))?;
         // The clusterrole-aggregation controller has filled the aggregated roles.
         let roles = Api::<ClusterRole>::all(self.admin_client().await?);
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -594,7 +671,10 @@ impl ControlPlane {
             {
                 return Ok(());
             }
-            ensure!(Instant::now() < deadline, "clusterrole view still has no aggregated rules after 60 s");
+            ensure!(
+                Instant::now() < deadline,
+                "clusterrole view still has no aggregated rules after 60 s"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -617,7 +697,10 @@ impl ControlPlane {
     pub async fn start_apiserver(&self) -> Result<()> {
         {
             let procs = self.owned()?.procs.lock().await;
-            ensure!(procs.apiserver.is_none() && procs.etcd.is_none(), "kube-apiserver/etcd still running");
+            ensure!(
+                procs.apiserver.is_none() && procs.etcd.is_none(),
+                "kube-apiserver/etcd still running"
+            );
         }
         self.start_etcd_and_apiserver().await
     }
@@ -756,7 +839,10 @@ impl ControlPlane {
     /// Kubeconfig (bearer token) of a [`TEST_USERS`] user; the admin's is the certificate one.
     /// Panics on an unknown user.
     pub fn kubeconfig_for(&self, user: &str) -> PathBuf {
-        assert!(test_user(user).is_some(), "unknown test user {user:?}; known: {TEST_USERS:?}");
+        assert!(
+            test_user(user).is_some(),
+            "unknown test user {user:?}; known: {TEST_USERS:?}"
+        );
         if user == ADMIN {
             return self.admin_kubeconfig.clone();
         }
@@ -774,14 +860,22 @@ impl ControlPlane {
     /// A new client authenticating with a bearer token (e.g. from a TokenRequest).
     pub async fn client_with_token(&self, token: &str) -> Result<Client> {
         let ca = fs::read_to_string(self.ca_file())?;
-        let yaml = kubeconfig_yaml(&self.info.server, &ca, "token-user", &format!("      token: {token}\n"));
+        let yaml = kubeconfig_yaml(
+            &self.info.server,
+            &ca,
+            "token-user",
+            &format!("      token: {token}\n"),
+        );
         let kubeconfig = Kubeconfig::from_yaml(&yaml)?;
-        let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
+        let config =
+            Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
         Ok(Client::try_from(config)?)
     }
     /// A new admin client.
     pub async fn admin_client(&self) -> Result<Client> {
-        Ok(Client::try_from(config_from_kubeconfig(&self.admin_kubeconfig).await?)?)
+        Ok(Client::try_from(
+            config_from_kubeconfig(&self.admin_kubeconfig).await?,
+        )?)
     }
 
     /// Paths of the process logs (etcd, kube-apiserver, kube-controller-manager).
@@ -800,11 +894,17 @@ impl ControlPlane {
             .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
             .collect();
         prefix.truncate(50);
-        let name = format!("{}-{:06x}", prefix.trim_matches('-'), rand::random::<u32>() & 0xff_ffff);
+        let name = format!(
+            "{}-{:06x}",
+            prefix.trim_matches('-'),
+            rand::random::<u32>() & 0xff_ffff
+        );
         let ns: Namespace = serde_json::from_value(serde_json::json!({
             "metadata": { "name": name, "labels": { "testkit.stssession.dev/test": "true" } }
         }))?;
-        Api::<Namespace>::all(self.admin_client().await?).create(&PostParams::default(), &ns).await?;
+        Api::<Namespace>::all(self.admin_client().await?)
+            .create(&PostParams::default(), &ns)
+            .await?;
         Ok(name)
     }
 
@@ -826,7 +926,11 @@ impl ControlPlane {
                 continue;
             }
             let obj: DynamicObject = serde_json::from_value(serde_json::to_value(&value)?)?;
-            if obj.types.as_ref().is_some_and(|t| t.kind == "CustomResourceDefinition") {
+            if obj
+                .types
+                .as_ref()
+                .is_some_and(|t| t.kind == "CustomResourceDefinition")
+            {
                 let name = obj.metadata.name.as_deref().unwrap_or_default();
                 new_crd |= crds.get_opt(name).await?.is_none();
             }
@@ -865,8 +969,11 @@ impl ControlPlane {
     /// [`Self::apply_yaml`] on a file.
     pub async fn apply_yaml_file(&self, path: impl AsRef<Path>) -> Result<Vec<DynamicObject>> {
         let path = path.as_ref();
-        let yaml = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        self.apply_yaml(&yaml).await.with_context(|| format!("applying {}", path.display()))
+        let yaml =
+            fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        self.apply_yaml(&yaml)
+            .await
+            .with_context(|| format!("applying {}", path.display()))
     }
 
     /// Applies every `*.yaml`/`*.yml` file of `dir` (sorted by name), waiting for CRDs to be
@@ -936,16 +1043,26 @@ impl ControlPlane {
             if let Some(e) = self.audit_events_where(since, &pred)?.into_iter().next() {
                 return Ok(e);
             }
-            ensure!(Instant::now() < deadline, "no matching audit event after {timeout:?}");
+            ensure!(
+                Instant::now() < deadline,
+                "no matching audit event after {timeout:?}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 }
 
 async fn apply_one(client: &Client, mut obj: DynamicObject) -> Result<DynamicObject> {
-    let types = obj.types.clone().context("object without apiVersion/kind")?;
+    let types = obj
+        .types
+        .clone()
+        .context("object without apiVersion/kind")?;
     let gvk = GroupVersionKind::try_from(&types)?;
-    let name = obj.metadata.name.clone().context("object without metadata.name")?;
+    let name = obj
+        .metadata
+        .name
+        .clone()
+        .context("object without metadata.name")?;
     // Discovery lags a moment behind a CRD that was just Established.
     let deadline = Instant::now() + Duration::from_secs(15);
     let (ar, caps) = loop {
@@ -960,7 +1077,11 @@ async fn apply_one(client: &Client, mut obj: DynamicObject) -> Result<DynamicObj
     };
     let api: Api<DynamicObject> = match caps.scope {
         Scope::Namespaced => {
-            let ns = obj.metadata.namespace.get_or_insert_with(|| "default".into()).clone();
+            let ns = obj
+                .metadata
+                .namespace
+                .get_or_insert_with(|| "default".into())
+                .clone();
             Api::namespaced_with(client.clone(), &ns, &ar)
         }
         Scope::Cluster => Api::all_with(client.clone(), &ar),
@@ -996,20 +1117,29 @@ fn failure(what: &str, p: &ChildProcess, e: anyhow::Error) -> anyhow::Error {
 }
 
 /// Polls `/readyz` (or `/healthz`, for kube-controller-manager) until it answers `ok`.
-async fn wait_readyz(client: &Client, timeout: Duration, process: Option<&ChildProcess>) -> Result<()> {
+async fn wait_readyz(
+    client: &Client,
+    timeout: Duration,
+    process: Option<&ChildProcess>,
+) -> Result<()> {
     let deadline = Instant::now() + timeout;
-    let path = if process.is_some_and(|p| p.name() == "kube-controller-manager") { "/healthz" } else { "/readyz" };
+    let path = if process.is_some_and(|p| p.name() == "kube-controller-manager") {
+        "/healthz"
+    } else {
+        "/readyz"
+    };
     loop {
         if let Some(p) = process {
             exited(p)?;
         }
         let req = hyper::Request::get(path).body(Vec::new())?;
-        let last = match tokio::time::timeout(Duration::from_secs(5), client.request_text(req)).await {
-            Ok(Ok(body)) if body.trim() == "ok" => return Ok(()),
-            Ok(Ok(body)) => body,
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => "timed out".to_string(),
-        };
+        let last =
+            match tokio::time::timeout(Duration::from_secs(5), client.request_text(req)).await {
+                Ok(Ok(body)) if body.trim() == "ok" => return Ok(()),
+                Ok(Ok(body)) => body,
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "timed out".to_string(),
+            };
         if Instant::now() >= deadline {
             bail!("{path} not ok after {timeout:?}: {last}");
         }
@@ -1091,17 +1221,23 @@ impl AuditEvent {
         self.obj().and_then(|o| o.resource.as_deref()).unwrap_or("")
     }
     pub fn namespace(&self) -> &str {
-        self.obj().and_then(|o| o.namespace.as_deref()).unwrap_or("")
+        self.obj()
+            .and_then(|o| o.namespace.as_deref())
+            .unwrap_or("")
     }
     pub fn name(&self) -> &str {
         self.obj().and_then(|o| o.name.as_deref()).unwrap_or("")
     }
     pub fn subresource(&self) -> &str {
-        self.obj().and_then(|o| o.subresource.as_deref()).unwrap_or("")
+        self.obj()
+            .and_then(|o| o.subresource.as_deref())
+            .unwrap_or("")
     }
     /// `""` for the core group.
     pub fn api_group(&self) -> &str {
-        self.obj().and_then(|o| o.api_group.as_deref()).unwrap_or("")
+        self.obj()
+            .and_then(|o| o.api_group.as_deref())
+            .unwrap_or("")
     }
     /// HTTP status code of the response.
     pub fn code(&self) -> Option<u16> {
@@ -1133,7 +1269,9 @@ impl AuditCache {
         let mut buf = Vec::with_capacity((len - self.offset) as usize);
         f.read_to_end(&mut buf)?;
         // Only complete lines; a partial last line is read next time.
-        let Some(end) = buf.iter().rposition(|&b| b == b'\n') else { return Ok(()) };
+        let Some(end) = buf.iter().rposition(|&b| b == b'\n') else {
+            return Ok(());
+        };
         for line in buf[..end].split(|&b| b == b'\n') {
             if line.is_empty() {
                 continue;
@@ -1149,7 +1287,6 @@ impl AuditCache {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1164,27 +1301,58 @@ mod tests {
             )
         };
         let mut cache = AuditCache::default();
-        fs::write(&path, format!("{}\n{}", line("ResponseComplete", "create"), &line("ResponseComplete", "get")[..40]))?;
+        fs::write(
+            &path,
+            format!(
+                "{}\n{}",
+                line("ResponseComplete", "create"),
+                &line("ResponseComplete", "get")[..40]
+            ),
+        )?;
         cache.refresh(&path)?;
         assert_eq!(cache.events.len(), 1);
         let e = &cache.events[0];
-        assert_eq!((e.username(), e.resource(), e.namespace(), e.name(), e.code()), ("alice", "configmaps", "ns", "c", Some(201)));
+        assert_eq!(
+            (
+                e.username(),
+                e.resource(),
+                e.namespace(),
+                e.name(),
+                e.code()
+            ),
+            ("alice", "configmaps", "ns", "c", Some(201))
+        );
         assert!(e.is_write() && e.api_group().is_empty() && e.subresource().is_empty());
         fs::write(
             &path,
-            format!("{}\n{}\n{}\n", line("ResponseComplete", "create"), line("ResponseComplete", "get"), line("ResponseStarted", "watch")),
+            format!(
+                "{}\n{}\n{}\n",
+                line("ResponseComplete", "create"),
+                line("ResponseComplete", "get"),
+                line("ResponseStarted", "watch")
+            ),
         )?;
         cache.refresh(&path)?;
-        assert_eq!(cache.events.iter().map(|e| e.verb.as_str()).collect::<Vec<_>>(), ["create", "get"]);
+        assert_eq!(
+            cache
+                .events
+                .iter()
+                .map(|e| e.verb.as_str())
+                .collect::<Vec<_>>(),
+            ["create", "get"]
+        );
         Ok(())
     }
 
     #[test]
     fn tokens_are_deterministic_and_distinct() {
-        let tokens: std::collections::HashSet<String> = TEST_USERS.iter().map(|u| token_for(u.name)).collect();
+        let tokens: std::collections::HashSet<String> =
+            TEST_USERS.iter().map(|u| token_for(u.name)).collect();
         assert_eq!(tokens.len(), TEST_USERS.len());
         assert_eq!(token_for("alice"), token_for("alice"));
-        assert!(token_file().lines().any(|l| l.ends_with(r#","sts-operator,testkit-uid-sts-operator,"stssession:operators""#)
-            || l.contains(r#",sts-operator,testkit-uid-sts-operator,"stssession:operators""#)));
+        assert!(token_file().lines().any(|l| {
+            l.ends_with(r#","sts-operator,testkit-uid-sts-operator,"stssession:operators""#)
+                || l.contains(r#",sts-operator,testkit-uid-sts-operator,"stssession:operators""#)
+        }));
     }
 }

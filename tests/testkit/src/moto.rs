@@ -6,7 +6,9 @@
 //! access key), then checks that authentication is on: one more unsigned request must be
 //! rejected. From then on every request must carry a valid SigV4 signature of that key.
 //!
-//! `moto_server` comes from `$STS_TEST_VENV/bin` (set by `hack/test.sh`), else from `PATH`.
+//! `moto_server` comes from `$STS_TEST_VENV/bin` (set by `hack/test.sh`), else from `PATH`; it
+//! runs through `hack/moto_server.py`, which gives its authentication errors (e.g.
+//! `SignatureDoesNotMatch`) the body shape real STS uses, so that SDKs parse their codes.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -53,26 +55,55 @@ impl std::fmt::Debug for Moto {
 pub fn moto_server_path() -> Result<PathBuf> {
     if let Some(venv) = std::env::var_os(ENV_VENV).filter(|v| !v.is_empty()) {
         let p = PathBuf::from(venv).join("bin/moto_server");
-        ensure!(p.is_file(), "{} does not exist ({ENV_VENV} is set)", p.display());
+        ensure!(
+            p.is_file(),
+            "{} does not exist ({ENV_VENV} is set)",
+            p.display()
+        );
         return Ok(p);
     }
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .map(|d| d.join("moto_server"))
         .find(|p| p.is_file())
-        .ok_or_else(|| anyhow!("moto_server not found: set {ENV_VENV} (hack/test.sh does) or put it on PATH"))
+        .ok_or_else(|| {
+            anyhow!("moto_server not found: set {ENV_VENV} (hack/test.sh does) or put it on PATH")
+        })
+}
+
+/// The Python interpreter of a pip-installed script (its `#!` line).
+fn script_interpreter(script: &std::path::Path) -> Result<PathBuf> {
+    let text =
+        std::fs::read_to_string(script).with_context(|| format!("reading {}", script.display()))?;
+    let shebang = text
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("#!"))
+        .unwrap_or("")
+        .trim();
+    let interpreter = shebang.split_whitespace().next().unwrap_or("");
+    ensure!(
+        !interpreter.is_empty() && !interpreter.ends_with("/env"),
+        "{}: no usable #! line",
+        script.display()
+    );
+    Ok(PathBuf::from(interpreter))
 }
 
 impl Moto {
     /// Starts a private moto server and sets it up (a second or two).
     pub async fn start() -> Result<Moto> {
         let server = moto_server_path()?;
+        let python = script_interpreter(&server)?;
+        let wrapper = crate::control_plane::workspace_root().join("hack/moto_server.py");
+        ensure!(wrapper.is_file(), "{} is missing", wrapper.display());
         let scratch = ScratchDir::new("moto")?;
         let mut last = None;
         for _ in 0..3 {
             let port = free_port()?;
-            let process = ChildProcess::builder(&server)
+            let process = ChildProcess::builder(&python)
                 .name("moto_server")
+                .arg(&wrapper)
                 .args(["-H", "127.0.0.1", "-p", &port.to_string()])
                 .env("INITIAL_NO_AUTH_ACTION_COUNT", SETUP_CALLS.to_string())
                 .env("PYTHONUNBUFFERED", "1")
@@ -88,7 +119,11 @@ impl Moto {
                     let endpoint = format!("http://127.0.0.1:{port}");
                     let setup = setup(&endpoint).await;
                     let (user_arn, access_key_id, secret_access_key) = setup.map_err(|e| {
-                        anyhow!("moto setup failed: {e:#}\n--- {} ---\n{}", process.log_path().display(), process.log_tail(30))
+                        anyhow!(
+                            "moto setup failed: {e:#}\n--- {} ---\n{}",
+                            process.log_path().display(),
+                            process.log_tail(30)
+                        )
                     })?;
                     return Ok(Moto {
                         process,
@@ -102,7 +137,11 @@ impl Moto {
                 Err(e) => {
                     let log = process.read_log();
                     let conflict = log.contains("Address already in use");
-                    let err = anyhow!("moto_server did not start: {e:#}\n--- {} ---\n{}", process.log_path().display(), tail(&log, 30));
+                    let err = anyhow!(
+                        "moto_server did not start: {e:#}\n--- {} ---\n{}",
+                        process.log_path().display(),
+                        tail(&log, 30)
+                    );
                     if !conflict {
                         return Err(err);
                     }
@@ -115,8 +154,12 @@ impl Moto {
 
     /// One moto per test binary, started on first use. Panics if it cannot start.
     pub async fn shared() -> &'static Moto {
-        static SHARED: tokio::sync::OnceCell<std::result::Result<Moto, String>> = tokio::sync::OnceCell::const_new();
-        match SHARED.get_or_init(|| async { Moto::start().await.map_err(|e| format!("{e:#}")) }).await {
+        static SHARED: tokio::sync::OnceCell<std::result::Result<Moto, String>> =
+            tokio::sync::OnceCell::const_new();
+        match SHARED
+            .get_or_init(|| async { Moto::start().await.map_err(|e| format!("{e:#}")) })
+            .await
+        {
             Ok(m) => m,
             Err(e) => panic!("moto is not available: {e}"),
         }
@@ -164,10 +207,15 @@ impl Moto {
 
 /// An STS client config as the operator builds one: explicit endpoint, region, static
 /// credentials, no ambient configuration, rustls on ring.
-pub fn sts_config(endpoint: &str, credentials: aws_credential_types::Credentials) -> aws_sdk_sts::Config {
+pub fn sts_config(
+    endpoint: &str,
+    credentials: aws_credential_types::Credentials,
+) -> aws_sdk_sts::Config {
     use aws_smithy_http_client::tls;
     let http_client = aws_smithy_http_client::Builder::new()
-        .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring))
+        .tls_provider(tls::Provider::Rustls(
+            tls::rustls_provider::CryptoMode::Ring,
+        ))
         .build_https();
     aws_sdk_sts::Config::builder()
         .behavior_version_latest()
@@ -185,10 +233,16 @@ async fn wait_ready(process: &ChildProcess, port: u16) -> Result<()> {
         if let Some(status) = process.try_wait()? {
             bail!("moto_server exited: {status}");
         }
-        if wait_for_port(port, Duration::from_millis(200)).await.is_ok() {
+        if wait_for_port(port, Duration::from_millis(200))
+            .await
+            .is_ok()
+        {
             return Ok(());
         }
-        ensure!(Instant::now() < deadline, "moto_server not listening after 30 s");
+        ensure!(
+            Instant::now() < deadline,
+            "moto_server not listening after 30 s"
+        );
     }
 }
 
@@ -212,11 +266,14 @@ async fn setup(endpoint: &str) -> Result<(String, String, String)> {
         bodies.push(body);
     }
     let user_arn = xml_text(&bodies[0], "Arn").context("CreateUser: no Arn")?;
-    let access_key_id = xml_text(&bodies[2], "AccessKeyId").context("CreateAccessKey: no AccessKeyId")?;
-    let secret = xml_text(&bodies[2], "SecretAccessKey").context("CreateAccessKey: no SecretAccessKey")?;
+    let access_key_id =
+        xml_text(&bodies[2], "AccessKeyId").context("CreateAccessKey: no AccessKeyId")?;
+    let secret =
+        xml_text(&bodies[2], "SecretAccessKey").context("CreateAccessKey: no SecretAccessKey")?;
 
     // All setup calls counted: the next unsigned request must be refused.
-    let (status, body) = iam_unsigned(endpoint, &[("Action", "GetUser"), ("UserName", USER_NAME)]).await?;
+    let (status, body) =
+        iam_unsigned(endpoint, &[("Action", "GetUser"), ("UserName", USER_NAME)]).await?;
     ensure!(
         status == 403,
         "moto still accepts unsigned requests after {SETUP_CALLS} setup calls ({status}: {body}); \
@@ -236,7 +293,10 @@ async fn iam_unsigned(endpoint: &str, params: &[(&str, &str)]) -> Result<(u16, S
     form.append_pair("Version", "2010-05-08");
     let body = form.finish();
     let req = hyper::Request::post(format!("{endpoint}/"))
-        .header("content-type", "application/x-www-form-urlencoded; charset=utf-8")
+        .header(
+            "content-type",
+            "application/x-www-form-urlencoded; charset=utf-8",
+        )
         .header(
             "authorization",
             format!(

@@ -62,11 +62,16 @@ extern "C" fn cleanup_at_exit() {
                 guard = Some(p.into_inner());
                 break;
             }
-            Err(std::sync::TryLockError::WouldBlock) => std::thread::sleep(Duration::from_millis(5)),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
         }
     }
     let Some(mut reg) = guard else { return };
-    let (groups, dirs) = (std::mem::take(&mut reg.groups), std::mem::take(&mut reg.dirs));
+    let (groups, dirs) = (
+        std::mem::take(&mut reg.groups),
+        std::mem::take(&mut reg.dirs),
+    );
     drop(reg);
     for pid in groups.keys() {
         unsafe {
@@ -124,7 +129,14 @@ fn spawn_guarded(mut cmd: Command) -> io::Result<Child> {
             if libc::setpgid(0, 0) != 0 {
                 return Err(io::Error::last_os_error());
             }
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
                 return Err(io::Error::last_os_error());
             }
             // The parent may have died between fork and prctl: then nobody would kill us.
@@ -138,7 +150,8 @@ fn spawn_guarded(mut cmd: Command) -> io::Result<Child> {
     spawner()
         .send(SpawnRequest { cmd, reply: tx })
         .map_err(|_| io::Error::other("testkit spawner thread is gone"))?;
-    rx.recv().map_err(|_| io::Error::other("testkit spawner thread is gone"))?
+    rx.recv()
+        .map_err(|_| io::Error::other("testkit spawner thread is gone"))?
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -159,7 +172,11 @@ impl ProcessBuilder {
             .unwrap_or(program)
             .to_string_lossy()
             .into_owned();
-        Self { cmd: Command::new(program), name, log_path: None }
+        Self {
+            cmd: Command::new(program),
+            name,
+            log_path: None,
+        }
     }
     /// Name used in messages (default: the program's file name).
     pub fn name(mut self, name: impl Into<String>) -> Self {
@@ -210,7 +227,11 @@ impl ProcessBuilder {
     }
 
     pub fn spawn(self) -> Result<ChildProcess> {
-        let Self { mut cmd, name, log_path } = self;
+        let Self {
+            mut cmd,
+            name,
+            log_path,
+        } = self;
         let log_path = log_path.with_context(|| format!("{name}: no log file given"))?;
         if let Some(parent) = log_path.parent() {
             fs::create_dir_all(parent)?;
@@ -226,7 +247,9 @@ impl ProcessBuilder {
             jiff::Timestamp::now(),
             cmd
         )?;
-        cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
         // Hold the registry while spawning so that `atexit` cannot miss a child.
         let mut reg = registry();
         let child = spawn_guarded(cmd).with_context(|| format!("cannot spawn {name}"))?;
@@ -237,7 +260,10 @@ impl ProcessBuilder {
             name,
             pid: pid as u32,
             log_path,
-            state: Mutex::new(State { child, status: None }),
+            state: Mutex::new(State {
+                child,
+                status: None,
+            }),
         })
     }
 }
@@ -281,7 +307,9 @@ impl ChildProcess {
     }
     /// The whole log (lossy UTF-8).
     pub fn read_log(&self) -> String {
-        fs::read(&self.log_path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
+        fs::read(&self.log_path)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
     }
     /// The last `lines` lines of the log.
     pub fn log_tail(&self, lines: usize) -> String {
@@ -320,7 +348,11 @@ impl ChildProcess {
             return Ok(());
         }
         if unsafe { libc::kill(self.pid as i32, signal) } != 0 {
-            bail!("kill({}, {signal}): {}", self.pid, io::Error::last_os_error());
+            bail!(
+                "kill({}, {signal}): {}",
+                self.pid,
+                io::Error::last_os_error()
+            );
         }
         Ok(())
     }
@@ -418,8 +450,12 @@ fn start_time(pid: i32) -> Option<u64> {
 
 fn owner_alive(owner: &str) -> bool {
     let mut it = owner.split_whitespace();
-    let (Some(pid), Some(start)) = (it.next(), it.next()) else { return false };
-    let (Ok(pid), Ok(start)) = (pid.parse::<i32>(), start.parse::<u64>()) else { return false };
+    let (Some(pid), Some(start)) = (it.next(), it.next()) else {
+        return false;
+    };
+    let (Ok(pid), Ok(start)) = (pid.parse::<i32>(), start.parse::<u64>()) else {
+        return false;
+    };
     start_time(pid) == Some(start)
 }
 
@@ -427,7 +463,9 @@ fn owner_alive(owner: &str) -> bool {
 pub fn sweep_stale_scratch_dirs() {
     static SWEPT: Once = Once::new();
     SWEPT.call_once(|| {
-        let Ok(entries) = fs::read_dir(scratch_root()) else { return };
+        let Ok(entries) = fs::read_dir(scratch_root()) else {
+            return;
+        };
         for entry in entries.flatten() {
             let path = entry.path();
             let owner = fs::read_to_string(path.join(OWNER_FILE)).unwrap_or_default();
@@ -468,7 +506,9 @@ impl ScratchDir {
             match fs::create_dir(&candidate) {
                 Ok(()) => break candidate,
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(e).with_context(|| format!("cannot create {}", candidate.display())),
+                Err(e) => {
+                    return Err(e).with_context(|| format!("cannot create {}", candidate.display()));
+                }
             }
         };
         let start = start_time(pid as i32).unwrap_or(0);
@@ -500,7 +540,10 @@ pub fn free_port() -> Result<u16> {
 pub async fn wait_for_port(port: u16, timeout: Duration) -> Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
             return Ok(());
         }
         if Instant::now() >= deadline {
@@ -561,7 +604,10 @@ mod tests {
             .log_file(dir.path().join("sh.log"))
             .spawn()?;
         assert_eq!(child.wait().await?.code(), Some(7));
-        let sleeper = ChildProcess::builder("sleep").arg("60").log_file(dir.path().join("s.log")).spawn()?;
+        let sleeper = ChildProcess::builder("sleep")
+            .arg("60")
+            .log_file(dir.path().join("s.log"))
+            .spawn()?;
         let status = sleeper.stop(Duration::from_secs(5)).await?;
         use std::os::unix::process::ExitStatusExt;
         assert_eq!(status.signal(), Some(libc::SIGTERM));

@@ -43,7 +43,10 @@ fn main() -> ExitCode {
         eprintln!("{USAGE}");
         return ExitCode::from(2);
     }
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     ExitCode::from(rt.block_on(run(options, cmd)))
 }
 
@@ -107,7 +110,11 @@ async fn run(options: StartOptions, cmd: Vec<String>) -> u8 {
             "testenv: the command failed; control plane logs and audit log {} {}{}",
             if keep { "kept in" } else { "were in" },
             cp.dir().display(),
-            if keep { "" } else { " (set STS_TEST_KEEP=1 to keep them)" }
+            if keep {
+                ""
+            } else {
+                " (set STS_TEST_KEEP=1 to keep them)"
+            }
         );
     }
     cp.shutdown().await;
