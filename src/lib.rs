@@ -5,6 +5,7 @@ pub mod controller;
 pub mod crd;
 pub mod metrics;
 pub mod plan;
+pub mod plugin;
 pub mod secret;
 pub mod sensitive;
 pub mod sts;

@@ -96,10 +96,11 @@ impl Operator {
     async fn wait_ready(&self) -> Result<()> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(body) = http_get(self.metrics_port, "/readyz").await {
-                if body.starts_with("200") {
-                    return Ok(());
-                }
+            if http_get(self.metrics_port, "/readyz")
+                .await
+                .is_ok_and(|b| b.starts_with("200"))
+            {
+                return Ok(());
             }
             if !self.process.is_running() {
                 bail!("operator exited:\n{}", self.process.log_tail(40));

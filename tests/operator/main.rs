@@ -3,6 +3,7 @@
 //! as the `sts-operator` identity, so its API writes can be counted in the audit log.
 
 mod common;
+mod plugin;
 
 use common::*;
 use jiff::{SignedDuration, Timestamp};
@@ -20,6 +21,40 @@ fn double(lifetime: Option<Duration>, policy: CodePolicy) -> StsDouble {
         ..Default::default()
     })
     .expect("STS double")
+}
+
+/// The usual test world: a namespace with the STS double's user's keys in `iam-keys`, and an
+/// operator watching that namespace. Bind `op` and `sts`, at least as `op: _op`: fields left
+/// to `..` are dropped at once, and with them the operator process or the STS double.
+struct World {
+    cp: &'static testkit::control_plane::ControlPlane,
+    ns: Ns,
+    sts: StsDouble,
+    user: testkit::sts_double::TestUser,
+    op: Operator,
+}
+
+impl World {
+    async fn start(
+        prefix: &str,
+        lifetime: Option<Duration>,
+        policy: CodePolicy,
+    ) -> anyhow::Result<World> {
+        let cp = control_plane().await;
+        let ns = Ns::new(cp, prefix).await?;
+        let sts = double(lifetime, policy);
+        let user = sts.default_user();
+        ns.create_source_secret("iam-keys", &user.access_key_id, &user.secret_access_key)
+            .await?;
+        let op = Operator::start(cp, &ns.name, &opts(sts.endpoint())).await?;
+        Ok(World {
+            cp,
+            ns,
+            sts,
+            user,
+            op,
+        })
+    }
 }
 
 fn opts(endpoint: String) -> OperatorOptions {
@@ -56,10 +91,10 @@ fn parse_credentials_file(
     {
         if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
             section = name.to_string();
-            out.entry(section.clone()).or_insert_with(Default::default);
+            out.entry(section.clone()).or_default();
         } else if let Some((k, v)) = line.split_once('=') {
             out.entry(section.clone())
-                .or_insert_with(Default::default)
+                .or_default()
                 .insert(k.trim().to_string(), v.trim().to_string());
         }
     }
@@ -68,14 +103,9 @@ fn parse_credentials_file(
 
 #[tokio::test]
 async fn non_mfa_session_is_issued_and_rotates_before_expiry() -> anyhow::Result<()> {
-    let cp = control_plane().await;
-    let ns = Ns::new(cp, "auto").await?;
     // STS returns 8 s sessions whatever is asked: renewal (33 % before) comes ~5 s after issue.
-    let sts = double(Some(Duration::from_secs(8)), CodePolicy::Totp);
-    let user = sts.default_user();
-    ns.create_source_secret("iam-keys", &user.access_key_id, &user.secret_access_key)
-        .await?;
-    let op = Operator::start(cp, &ns.name, &opts(sts.endpoint())).await?;
+    let World { ns, sts, op, .. } =
+        World::start("auto", Some(Duration::from_secs(8)), CodePolicy::Totp).await?;
     ns.create_session("app", source_spec(json!({}))).await?;
 
     let st = wait_condition(&ns, "app", "Ready", "True", "Issued", T).await?;
@@ -166,26 +196,28 @@ async fn moto_accepts_the_operators_signed_calls() -> anyhow::Result<()> {
     wait_condition(&ns, "good", "Ready", "True", "Issued", T).await?;
     let data = ns.secret_data("good").await?.expect("Secret");
     assert!(!data["AWS_SESSION_TOKEN"].is_empty());
-    // moto checks SigV4 for real: the wrong secret key is refused. (moto nests <Errors> in its
-    // error bodies, so the SDK reads no error code: the reason is the generic StsError, with
-    // the HTTP status. The exact classification is tested against the STS test double.)
-    let st = wait_condition(&ns, "bad", "Ready", "False", "StsError", T).await?;
+    // moto checks SigV4 for real: the wrong secret key is refused (SignatureDoesNotMatch; moto
+    // 5.2.5's error body is one the SDK reads, unlike the nested <Errors> of earlier 5.2s).
+    let st = wait_condition(&ns, "bad", "Ready", "False", "SourceCredentialsInvalid", T).await?;
     let issuing = condition(&st, "Issuing").unwrap();
-    assert_eq!(issuing.status, "False");
-    assert!(issuing.message.contains("403"), "{}", issuing.message);
+    assert_eq!(
+        (issuing.status.as_str(), issuing.reason.as_str()),
+        ("False", "SourceCredentialsInvalid")
+    );
+    assert!(
+        issuing.message.contains("SignatureDoesNotMatch"),
+        "{}",
+        issuing.message
+    );
     assert!(ns.secret_data("bad").await?.is_none());
     Ok(())
 }
 
 #[tokio::test]
 async fn mfa_session_waits_for_a_code_and_uses_each_code_once() -> anyhow::Result<()> {
-    let cp = control_plane().await;
-    let ns = Ns::new(cp, "mfa").await?;
-    let sts = double(None, CodePolicy::Totp);
-    let user = sts.default_user();
-    ns.create_source_secret("iam-keys", &user.access_key_id, &user.secret_access_key)
-        .await?;
-    let op = Operator::start(cp, &ns.name, &opts(sts.endpoint())).await?;
+    let World {
+        ns, sts, user, op, ..
+    } = World::start("mfa", None, CodePolicy::Totp).await?;
     ns.create_session(
         "app",
         source_spec(json!({"mfa": {"serialNumber": user.serial_number().unwrap()}})),
@@ -348,13 +380,14 @@ async fn an_old_code_is_dropped_without_an_sts_call() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn mfa_session_asks_for_a_code_at_renewal_then_expires() -> anyhow::Result<()> {
-    let cp = control_plane().await;
-    let ns = Ns::new(cp, "mfaexp").await?;
-    let sts = double(Some(Duration::from_secs(9)), CodePolicy::AcceptAny);
-    let user = sts.default_user();
-    ns.create_source_secret("iam-keys", &user.access_key_id, &user.secret_access_key)
-        .await?;
-    let op = Operator::start(cp, &ns.name, &opts(sts.endpoint())).await?;
+    let World {
+        ns, sts, user, op, ..
+    } = World::start(
+        "mfaexp",
+        Some(Duration::from_secs(9)),
+        CodePolicy::AcceptAny,
+    )
+    .await?;
     ns.create_session(
         "app",
         source_spec(json!({"mfa": {"serialNumber": user.serial_number().unwrap()}})),
@@ -706,13 +739,13 @@ async fn secrets_are_garbage_collected_retained_or_left_alone() -> anyhow::Resul
 
 #[tokio::test]
 async fn renaming_the_output_moves_the_session_and_deletes_the_old_secret() -> anyhow::Result<()> {
-    let cp = control_plane().await;
-    let ns = Ns::new(cp, "rename").await?;
-    let sts = double(None, CodePolicy::AcceptAny);
-    let user = sts.default_user();
-    ns.create_source_secret("iam-keys", &user.access_key_id, &user.secret_access_key)
-        .await?;
-    let _op = Operator::start(cp, &ns.name, &opts(sts.endpoint())).await?;
+    let World {
+        ns,
+        sts,
+        user,
+        op: _op,
+        ..
+    } = World::start("rename", None, CodePolicy::AcceptAny).await?;
     ns.create_session(
         "app",
         source_spec(json!({"mfa": {"serialNumber": user.serial_number().unwrap()}})),
@@ -767,13 +800,14 @@ async fn renaming_the_output_moves_the_session_and_deletes_the_old_secret() -> a
 
 #[tokio::test]
 async fn idle_operator_makes_no_calls_and_no_writes() -> anyhow::Result<()> {
-    let cp = control_plane().await;
-    let ns = Ns::new(cp, "idle").await?;
-    let sts = double(None, CodePolicy::AcceptAny);
-    let user = sts.default_user();
-    ns.create_source_secret("iam-keys", &user.access_key_id, &user.secret_access_key)
-        .await?;
-    let _op = Operator::start(cp, &ns.name, &opts(sts.endpoint())).await?;
+    let World {
+        cp,
+        ns,
+        sts,
+        user,
+        op: _op,
+        ..
+    } = World::start("idle", None, CodePolicy::AcceptAny).await?;
     for i in 0..3 {
         ns.create_session(&format!("auto-{i}"), source_spec(json!({})))
             .await?;
@@ -819,13 +853,7 @@ async fn idle_operator_makes_no_calls_and_no_writes() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn non_mfa_reissues_when_the_secret_goes_or_the_spec_changes() -> anyhow::Result<()> {
-    let cp = control_plane().await;
-    let ns = Ns::new(cp, "reissue").await?;
-    let sts = double(None, CodePolicy::AcceptAny);
-    let user = sts.default_user();
-    ns.create_source_secret("iam-keys", &user.access_key_id, &user.secret_access_key)
-        .await?;
-    let op = Operator::start(cp, &ns.name, &opts(sts.endpoint())).await?;
+    let World { ns, sts, op, .. } = World::start("reissue", None, CodePolicy::AcceptAny).await?;
     ns.create_session("app", source_spec(json!({}))).await?;
     wait_condition(&ns, "app", "Ready", "True", "Issued", T).await?;
     let first = ns.secret_data("app").await?.unwrap();
@@ -931,13 +959,13 @@ async fn non_mfa_reissues_when_the_secret_goes_or_the_spec_changes() -> anyhow::
 
 #[tokio::test]
 async fn a_code_in_last_applied_configuration_is_warned_about() -> anyhow::Result<()> {
-    let cp = control_plane().await;
-    let ns = Ns::new(cp, "lastapplied").await?;
-    let sts = double(None, CodePolicy::AcceptAny);
-    let user = sts.default_user();
-    ns.create_source_secret("iam-keys", &user.access_key_id, &user.secret_access_key)
-        .await?;
-    let _op = Operator::start(cp, &ns.name, &opts(sts.endpoint())).await?;
+    let World {
+        ns,
+        user,
+        op: _op,
+        sts: _sts,
+        ..
+    } = World::start("lastapplied", None, CodePolicy::AcceptAny).await?;
     ns.create_session(
         "app",
         source_spec(json!({"mfa": {"serialNumber": user.serial_number().unwrap()}})),
@@ -965,13 +993,9 @@ async fn a_code_in_last_applied_configuration_is_warned_about() -> anyhow::Resul
 
 #[tokio::test]
 async fn a_code_on_a_session_without_mfa_is_removed_with_a_warning() -> anyhow::Result<()> {
-    let cp = control_plane().await;
-    let ns = Ns::new(cp, "nomfa").await?;
-    let sts = double(None, CodePolicy::AcceptAny);
-    let user = sts.default_user();
-    ns.create_source_secret("iam-keys", &user.access_key_id, &user.secret_access_key)
-        .await?;
-    let _op = Operator::start(cp, &ns.name, &opts(sts.endpoint())).await?;
+    let World {
+        ns, sts, op: _op, ..
+    } = World::start("nomfa", None, CodePolicy::AcceptAny).await?;
     ns.create_session("app", source_spec(json!({}))).await?;
     wait_condition(&ns, "app", "Ready", "True", "Issued", T).await?;
     ns.approve("app", "123456", "alice").await?;

@@ -1,0 +1,935 @@
+//! The pure parts of the `kubectl sts` plugin (`src/bin/kubectl-sts.rs`): checking a code,
+//! the patches it sends, the `status` table, and deciding from a SessionToken whether an
+//! approval or a renewal has worked. No I/O here, so all of it is unit-tested.
+
+use crate::crd::{
+    APPROVED_BY_ANNOTATION, Approval, Condition, Failure, RENEW_ANNOTATION, SessionToken,
+    TOKEN_CODE_ANNOTATION,
+};
+use jiff::{SignedDuration, Timestamp};
+use kube::ResourceExt;
+use serde::Serialize;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+/// Field manager of the plugin's writes (visible in `managedFields`).
+pub const FIELD_MANAGER: &str = "kubectl-sts";
+
+/// Exit code: the approval or renewal worked (or, for `status`, the table was printed).
+pub const EXIT_OK: i32 = 0;
+/// Exit code: the operator used the code (or tried to renew) and failed; or the API failed.
+pub const EXIT_FAILED: i32 = 1;
+/// Exit code: bad usage, a bad code, a missing object, or no permission; nothing was written.
+pub const EXIT_USAGE: i32 = 2;
+/// Exit code: no outcome within `--timeout`.
+pub const EXIT_TIMEOUT: i32 = 3;
+
+/// Clock and rounding slack when comparing the operator's timestamps (whole seconds) with
+/// the moment the plugin wrote its annotation.
+pub const TOLERANCE: SignedDuration = SignedDuration::from_secs(2);
+/// How long the annotation may be gone without the status recording anything new before the
+/// plugin reports what the status says (the operator removed it without an attempt, e.g.
+/// because the SessionToken was blocked, or someone else removed it).
+pub const SETTLE: Duration = Duration::from_secs(5);
+
+const ISSUING: &str = "Issuing";
+const READY: &str = "Ready";
+const CLAIMED: &str = "TokenCodeClaimed";
+
+/// Why a code is refused before anything is sent. The messages never contain the code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CodeError {
+    Empty,
+    NotDigits,
+    WrongLength(usize),
+}
+
+impl std::fmt::Display for CodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CodeError::Empty => write!(f, "no MFA code given: a code is exactly six digits (0-9)"),
+            CodeError::NotDigits => {
+                write!(
+                    f,
+                    "the MFA code must be exactly six digits (0-9); it contains other characters"
+                )
+            }
+            CodeError::WrongLength(n) => {
+                write!(
+                    f,
+                    "the MFA code must be exactly six digits (0-9); it has {n}"
+                )
+            }
+        }
+    }
+}
+
+impl std::error::Error for CodeError {}
+
+/// Checks an MFA code: exactly six ASCII digits, nothing else (no spaces, no signs).
+pub fn validate_code(code: &str) -> Result<(), CodeError> {
+    if code.is_empty() {
+        return Err(CodeError::Empty);
+    }
+    if !code.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(CodeError::NotDigits);
+    }
+    if code.len() != 6 {
+        return Err(CodeError::WrongLength(code.len()));
+    }
+    Ok(())
+}
+
+/// The code from one line read from stdin: without its line ending and surrounding blanks.
+pub fn code_from_line(line: &str) -> &str {
+    line.trim()
+}
+
+/// Replaces every occurrence of `secret` in `text` (e.g. a server message) with `******`.
+pub fn redact(text: &str, secret: &str) -> String {
+    if secret.is_empty() {
+        return text.to_string();
+    }
+    text.replace(secret, "******")
+}
+
+/// The merge patch of `kubectl sts approve`: the code and who approved.
+pub fn approve_patch(code: &str, username: &str) -> Value {
+    json!({"metadata": {"annotations": {
+        TOKEN_CODE_ANNOTATION: code,
+        APPROVED_BY_ANNOTATION: username,
+    }}})
+}
+
+/// The merge patch of `kubectl sts renew`.
+pub fn renew_patch(at: Timestamp) -> Value {
+    json!({"metadata": {"annotations": {RENEW_ANNOTATION: at.to_string()}}})
+}
+
+/// Time left until `expiration`, as `kubectl get` prints ages: `1d04h`, `11h58m`, `4m05s`,
+/// `42s`; `expired` once it is past; `<none>` without an expiration.
+pub fn format_left(expiration: Option<Timestamp>, now: Timestamp) -> String {
+    let Some(exp) = expiration else {
+        return "<none>".into();
+    };
+    let left = exp.duration_since(now).as_secs();
+    if left <= 0 {
+        return "expired".into();
+    }
+    let (d, h, m, s) = (
+        left / 86_400,
+        (left % 86_400) / 3600,
+        (left % 3600) / 60,
+        left % 60,
+    );
+    if d > 0 {
+        format!("{d}d{h:02}h")
+    } else if h > 0 {
+        format!("{h}h{m:02}m")
+    } else if m > 0 {
+        format!("{m}m{s:02}s")
+    } else {
+        format!("{s}s")
+    }
+}
+
+/// Does the SessionToken wait for a person's code: it has `spec.mfa` and no usable session
+/// (Ready reason `AwaitingTokenCode`, `Expired` or `SecretMissing`).
+pub fn awaiting_code(st: &SessionToken) -> bool {
+    st.spec.mfa.is_some()
+        && st.condition(READY).is_some_and(|c| {
+            matches!(
+                c.reason.as_str(),
+                "AwaitingTokenCode" | "Expired" | "SecretMissing"
+            )
+        })
+}
+
+/// One line of `kubectl sts status`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Row {
+    pub namespace: String,
+    pub name: String,
+    pub ready: String,
+    pub reason: String,
+    pub expires: Option<String>,
+    pub left: String,
+    pub renews: Option<String>,
+    pub mfa: bool,
+    pub awaiting_code: bool,
+    pub secret: Option<String>,
+}
+
+fn rfc3339(t: Timestamp) -> String {
+    // Whole seconds, as the API server prints times.
+    Timestamp::from_second(t.as_second())
+        .unwrap_or(t)
+        .to_string()
+}
+
+pub fn row(st: &SessionToken, now: Timestamp) -> Row {
+    let status = st.status.clone().unwrap_or_default();
+    let ready = st.condition(READY);
+    Row {
+        namespace: st.namespace().unwrap_or_default(),
+        name: st.name_any(),
+        ready: ready
+            .map(|c| c.status.clone())
+            .unwrap_or_else(|| "Unknown".into()),
+        reason: ready.map(|c| c.reason.clone()).unwrap_or_default(),
+        expires: status.expiration.map(rfc3339),
+        left: format_left(status.expiration, now),
+        renews: status.renewal_time.map(rfc3339),
+        mfa: st.spec.mfa.is_some(),
+        awaiting_code: awaiting_code(st),
+        secret: status.secret_name.clone(),
+    }
+}
+
+fn yes_no(b: bool) -> &'static str {
+    if b { "yes" } else { "no" }
+}
+
+fn or_none(s: &Option<String>) -> String {
+    s.clone()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "<none>".into())
+}
+
+/// Columns padded like kubectl's, three spaces apart; NAMESPACE first when `all_namespaces`.
+pub fn render_table(rows: &[Row], all_namespaces: bool) -> String {
+    let mut header = vec![
+        "NAME",
+        "READY",
+        "REASON",
+        "EXPIRES",
+        "LEFT",
+        "RENEWS",
+        "MFA",
+        "AWAITING CODE",
+        "SECRET",
+    ];
+    if all_namespaces {
+        header.insert(0, "NAMESPACE");
+    }
+    let mut lines: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
+    for r in rows {
+        let mut cells = vec![
+            r.name.clone(),
+            r.ready.clone(),
+            or_none(&Some(r.reason.clone())),
+            or_none(&r.expires),
+            r.left.clone(),
+            or_none(&r.renews),
+            yes_no(r.mfa).into(),
+            yes_no(r.awaiting_code).into(),
+            or_none(&r.secret),
+        ];
+        if all_namespaces {
+            cells.insert(0, r.namespace.clone());
+        }
+        lines.push(cells);
+    }
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| {
+            lines
+                .iter()
+                .map(|l| l[i].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for line in &lines {
+        let mut text = String::new();
+        for (i, cell) in line.iter().enumerate() {
+            if i + 1 == line.len() {
+                text.push_str(cell);
+            } else {
+                text.push_str(&format!("{cell:<w$}   ", w = widths[i]));
+            }
+        }
+        out.push_str(text.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// The details `kubectl sts status NAME` prints below the table.
+pub fn render_details(st: &SessionToken, now: Timestamp) -> String {
+    let status = st.status.clone().unwrap_or_default();
+    let mut out = String::new();
+    let mut line = |k: &str, v: String| out.push_str(&format!("{:<15}{v}\n", format!("{k}:")));
+    line(
+        "MFA device",
+        st.spec
+            .mfa
+            .as_ref()
+            .map(|m| m.serial_number.clone())
+            .unwrap_or_else(|| "<none>".into()),
+    );
+    line("Output Secret", st.output_secret_name());
+    line("Access key id", or_none(&status.access_key_id));
+    line("Issued at", or_none(&status.issued_at.map(rfc3339)));
+    line(
+        "Expires",
+        match status.expiration {
+            Some(e) => format!("{} ({})", rfc3339(e), format_left(Some(e), now)),
+            None => "<none>".into(),
+        },
+    );
+    line("Renews", or_none(&status.renewal_time.map(rfc3339)));
+    line("Rotations", status.rotations.to_string());
+    line(
+        "Last approval",
+        match &status.last_approval {
+            Some(a) => format!(
+                "by {} at {}",
+                a.approved_by.as_deref().unwrap_or("<unknown>"),
+                rfc3339(a.time)
+            ),
+            None => "<none>".into(),
+        },
+    );
+    if let Some(f) = &status.last_failure {
+        line(
+            "Last failure",
+            format!("{} at {}: {}", f.reason, rfc3339(f.time), f.message),
+        );
+    }
+    out.push_str("Conditions:\n");
+    if status.conditions.is_empty() {
+        out.push_str("  <none>\n");
+    }
+    for c in &status.conditions {
+        out.push_str(&format!(
+            "  {:<8} {:<8} {:<20} {}\n",
+            c.type_, c.status, c.reason, c.message
+        ));
+    }
+    out
+}
+
+/// `-o json` of one SessionToken: its row plus conditions and the last approval.
+pub fn details_json(st: &SessionToken, now: Timestamp) -> Value {
+    let status = st.status.clone().unwrap_or_default();
+    let mut v = serde_json::to_value(row(st, now)).unwrap_or_default();
+    if let Some(o) = v.as_object_mut() {
+        o.insert(
+            "conditions".into(),
+            serde_json::to_value(&status.conditions).unwrap_or_default(),
+        );
+        o.insert(
+            "lastApproval".into(),
+            serde_json::to_value(&status.last_approval).unwrap_or_default(),
+        );
+        o.insert(
+            "lastFailure".into(),
+            serde_json::to_value(&status.last_failure).unwrap_or_default(),
+        );
+        o.insert(
+            "issuedAt".into(),
+            serde_json::to_value(status.issued_at).unwrap_or_default(),
+        );
+        o.insert(
+            "accessKeyId".into(),
+            serde_json::to_value(&status.access_key_id).unwrap_or_default(),
+        );
+    }
+    v
+}
+
+/// What the SessionToken looked like just before the plugin wrote its annotation: the
+/// outcome must be something that happened after it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Baseline {
+    pub issuing: Option<Condition>,
+    pub last_failure: Option<Failure>,
+    pub last_approval: Option<Approval>,
+    pub rotations: i64,
+}
+
+impl Baseline {
+    pub fn of(st: &SessionToken) -> Baseline {
+        let status = st.status.clone().unwrap_or_default();
+        Baseline {
+            issuing: st.condition(ISSUING).cloned(),
+            last_failure: status.last_failure,
+            last_approval: status.last_approval,
+            rotations: status.rotations,
+        }
+    }
+}
+
+/// What the plugin is still waiting for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Waiting {
+    /// The annotation is still on the object: the operator has not picked it up.
+    NotClaimed,
+    /// The operator claimed the code and is calling STS.
+    CallingSts,
+    /// The annotation is gone; the status does not show the outcome yet.
+    Status,
+}
+
+impl Waiting {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Waiting::NotClaimed => {
+                "the operator has not picked up the request (is it running, and watching this namespace?)"
+            }
+            Waiting::CallingSts => "the operator claimed the code and is still waiting for STS",
+            Waiting::Status => "the operator took the request but has not recorded an outcome yet",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Pending(Waiting),
+    Succeeded {
+        expiration: Option<Timestamp>,
+        secret: Option<String>,
+        access_key_id: Option<String>,
+        approved_by: Option<String>,
+    },
+    Failed {
+        reason: String,
+        message: String,
+    },
+}
+
+impl Outcome {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Outcome::Pending(_) => EXIT_TIMEOUT,
+            Outcome::Succeeded { .. } => EXIT_OK,
+            Outcome::Failed { .. } => EXIT_FAILED,
+        }
+    }
+}
+
+fn succeeded(st: &SessionToken) -> Outcome {
+    let status = st.status.clone().unwrap_or_default();
+    Outcome::Succeeded {
+        expiration: status.expiration,
+        secret: status.secret_name,
+        access_key_id: status.access_key_id,
+        approved_by: status.last_approval.and_then(|a| a.approved_by),
+    }
+}
+
+fn has_annotation(st: &SessionToken, key: &str) -> bool {
+    st.metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(key))
+}
+
+/// The current state as a failure: the Issuing condition if it is not True, else Ready if it
+/// is not True, else `fallback`.
+fn failure_from_conditions(st: &SessionToken, fallback: (&str, &str)) -> Outcome {
+    let pick = [st.condition(ISSUING), st.condition(READY)]
+        .into_iter()
+        .flatten()
+        .find(|c| c.status != "True");
+    match pick {
+        Some(c) => Outcome::Failed {
+            reason: c.reason.clone(),
+            message: c.message.clone(),
+        },
+        None => Outcome::Failed {
+            reason: fallback.0.into(),
+            message: fallback.1.into(),
+        },
+    }
+}
+
+/// Has the code set at `set_at` been used? `gone_for`: how long the code annotation has been
+/// seen absent, to stop waiting for a status that will not change (see [`SETTLE`]).
+pub fn approve_outcome(
+    st: &SessionToken,
+    set_at: Timestamp,
+    base: &Baseline,
+    gone_for: Option<Duration>,
+) -> Outcome {
+    if has_annotation(st, TOKEN_CODE_ANNOTATION) {
+        return Outcome::Pending(Waiting::NotClaimed);
+    }
+    let issuing = st.condition(ISSUING);
+    if issuing.is_some_and(|c| c.reason == CLAIMED) {
+        return Outcome::Pending(Waiting::CallingSts);
+    }
+    let status = st.status.clone().unwrap_or_default();
+    let fresh_approval = status
+        .last_approval
+        .as_ref()
+        .is_some_and(|a| a.time >= set_at - TOLERANCE);
+    if issuing.is_some_and(|c| c.status == "True" && c.reason == "Succeeded") && fresh_approval {
+        return succeeded(st);
+    }
+    // Between the claim (annotation removed) and the status write, the status is still the old
+    // one: only a change since the baseline is this approval's outcome.
+    let changed = issuing != base.issuing.as_ref()
+        || status.last_failure != base.last_failure
+        || status.rotations != base.rotations;
+    if changed {
+        if let Some(c) = issuing.filter(|c| c.status != "True") {
+            return Outcome::Failed {
+                reason: c.reason.clone(),
+                message: c.message.clone(),
+            };
+        }
+    }
+    if gone_for.is_some_and(|g| g >= SETTLE) {
+        return failure_from_conditions(
+            st,
+            (
+                "TokenCodeRemoved",
+                "the code annotation was removed, but no session was recorded for it (did someone else remove it?)",
+            ),
+        );
+    }
+    Outcome::Pending(Waiting::Status)
+}
+
+/// Has the renewal asked for at `requested_at` happened?
+pub fn renew_outcome(
+    st: &SessionToken,
+    requested_at: Timestamp,
+    base: &Baseline,
+    gone_for: Option<Duration>,
+) -> Outcome {
+    if has_annotation(st, RENEW_ANNOTATION) {
+        return Outcome::Pending(Waiting::NotClaimed);
+    }
+    let status = st.status.clone().unwrap_or_default();
+    let since = requested_at - TOLERANCE;
+    if status.rotations > base.rotations && status.issued_at.is_some_and(|t| t >= since) {
+        return succeeded(st);
+    }
+    if let Some(f) = status
+        .last_failure
+        .as_ref()
+        .filter(|f| Some(*f) != base.last_failure.as_ref() && f.time >= since)
+    {
+        return Outcome::Failed {
+            reason: f.reason.clone(),
+            message: f.message.clone(),
+        };
+    }
+    if gone_for.is_some_and(|g| g >= SETTLE) {
+        return failure_from_conditions(
+            st,
+            (
+                "NotRenewed",
+                "the renewal request was removed, but no new session was recorded (see the SessionToken's events)",
+            ),
+        );
+    }
+    Outcome::Pending(Waiting::Status)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + s).unwrap()
+    }
+
+    fn st(v: Value) -> SessionToken {
+        let mut base = json!({
+            "apiVersion": "stssession.dev/v1alpha1", "kind": "SessionToken",
+            "metadata": {"name": "app", "namespace": "team-a"},
+            "spec": {"sourceCredentials": {"secretRef": {"name": "iam-keys"}}, "mfa": {"serialNumber": "arn:aws:iam::123456789012:mfa/alice"}},
+        });
+        merge(&mut base, v);
+        serde_json::from_value(base).unwrap()
+    }
+
+    fn merge(a: &mut Value, b: Value) {
+        match (a, b) {
+            (Value::Object(a), Value::Object(b)) => {
+                for (k, v) in b {
+                    if v.is_null() {
+                        a.remove(&k);
+                    } else {
+                        merge(a.entry(k).or_insert(Value::Null), v);
+                    }
+                }
+            }
+            (a, b) => *a = b,
+        }
+    }
+
+    fn cond(type_: &str, status: &str, reason: &str, at: i64) -> Value {
+        json!({"type": type_, "status": status, "reason": reason, "message": format!("{reason} message"), "lastTransitionTime": t(at).to_string()})
+    }
+
+    #[test]
+    fn codes_are_six_ascii_digits() {
+        assert_eq!(validate_code("123456"), Ok(()));
+        assert_eq!(validate_code("000000"), Ok(()));
+        assert_eq!(validate_code(""), Err(CodeError::Empty));
+        for bad in [
+            "12ab56",
+            " 12345",
+            "12345 ",
+            "+12345",
+            "-12345",
+            "12 456",
+            "１２３４５６",
+            "12345\n",
+        ] {
+            assert_eq!(validate_code(bad), Err(CodeError::NotDigits), "{bad:?}");
+        }
+        assert_eq!(validate_code("12345"), Err(CodeError::WrongLength(5)));
+        assert_eq!(validate_code("1234567"), Err(CodeError::WrongLength(7)));
+        // messages never repeat the code
+        for bad in ["12ab56", "98765", "9876543"] {
+            let msg = validate_code(bad).unwrap_err().to_string();
+            assert!(!msg.contains(bad) && msg.contains("six digits"), "{msg}");
+        }
+        assert_eq!(code_from_line("123456\r\n"), "123456");
+        assert_eq!(code_from_line("  123456  \n"), "123456");
+    }
+
+    #[test]
+    fn redaction_hides_every_occurrence() {
+        assert_eq!(
+            redact("code 123456 refused (123456)", "123456"),
+            "code ****** refused (******)"
+        );
+        assert_eq!(redact("nothing", ""), "nothing");
+    }
+
+    #[test]
+    fn patches_carry_the_annotations() {
+        let p = approve_patch("123456", "alice");
+        assert_eq!(
+            p["metadata"]["annotations"]["stssession.dev/token-code"],
+            "123456"
+        );
+        assert_eq!(
+            p["metadata"]["annotations"]["stssession.dev/approved-by"],
+            "alice"
+        );
+        assert_eq!(p["metadata"]["annotations"].as_object().unwrap().len(), 2);
+        let r = renew_patch(t(0));
+        assert_eq!(
+            r["metadata"]["annotations"]["stssession.dev/renew-requested-at"],
+            "2027-01-15T08:00:00Z"
+        );
+    }
+
+    #[test]
+    fn left_is_formatted_like_kubectl_ages() {
+        let now = t(0);
+        assert_eq!(format_left(None, now), "<none>");
+        assert_eq!(format_left(Some(t(-5)), now), "expired");
+        assert_eq!(format_left(Some(t(0)), now), "expired");
+        assert_eq!(format_left(Some(t(42)), now), "42s");
+        assert_eq!(format_left(Some(t(245)), now), "4m05s");
+        assert_eq!(
+            format_left(Some(t(11 * 3600 + 58 * 60 + 59)), now),
+            "11h58m"
+        );
+        assert_eq!(format_left(Some(t(3600)), now), "1h00m");
+        assert_eq!(format_left(Some(t(86_400 + 4 * 3600 + 120)), now), "1d04h");
+    }
+
+    #[test]
+    fn rows_and_table() {
+        let now = t(0);
+        let issued = st(json!({"status": {
+            "conditions": [cond("Ready", "True", "Issued", -10), cond("Issuing", "True", "Succeeded", -10)],
+            "expiration": t(3600).to_string(), "renewalTime": t(2400).to_string(), "secretName": "app-aws", "rotations": 1,
+        }}));
+        let r = row(&issued, now);
+        assert_eq!(
+            r,
+            Row {
+                namespace: "team-a".into(),
+                name: "app".into(),
+                ready: "True".into(),
+                reason: "Issued".into(),
+                expires: Some("2027-01-15T09:00:00Z".into()),
+                left: "1h00m".into(),
+                renews: Some("2027-01-15T08:40:00Z".into()),
+                mfa: true,
+                awaiting_code: false,
+                secret: Some("app-aws".into()),
+            }
+        );
+        let waiting = st(
+            json!({"metadata": {"name": "db"}, "status": {"conditions": [cond("Ready", "False", "AwaitingTokenCode", -10)]}}),
+        );
+        let expired_auto = st(
+            json!({"metadata": {"name": "auto"}, "spec": {"mfa": null}, "status": {
+            "conditions": [cond("Ready", "False", "Expired", -10)], "expiration": t(-1).to_string()}}),
+        );
+        assert!(awaiting_code(&waiting));
+        assert!(
+            !awaiting_code(&expired_auto),
+            "no MFA: nobody is asked for a code"
+        );
+        assert!(awaiting_code(&st(
+            json!({"status": {"conditions": [cond("Ready", "False", "Expired", -1)]}})
+        )));
+        assert!(awaiting_code(&st(
+            json!({"status": {"conditions": [cond("Ready", "True", "AwaitingTokenCode", -1)]}})
+        )));
+
+        let table = render_table(
+            &[r.clone(), row(&waiting, now), row(&expired_auto, now)],
+            false,
+        );
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 4);
+        let cols: Vec<&str> = lines[0]
+            .split("   ")
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect();
+        assert_eq!(
+            cols,
+            [
+                "NAME",
+                "READY",
+                "REASON",
+                "EXPIRES",
+                "LEFT",
+                "RENEWS",
+                "MFA",
+                "AWAITING CODE",
+                "SECRET"
+            ]
+        );
+        let cells = |l: &str| l.split_whitespace().map(str::to_string).collect::<Vec<_>>();
+        assert_eq!(
+            cells(lines[1]),
+            [
+                "app",
+                "True",
+                "Issued",
+                "2027-01-15T09:00:00Z",
+                "1h00m",
+                "2027-01-15T08:40:00Z",
+                "yes",
+                "no",
+                "app-aws"
+            ]
+        );
+        assert_eq!(
+            cells(lines[2]),
+            [
+                "db",
+                "False",
+                "AwaitingTokenCode",
+                "<none>",
+                "<none>",
+                "<none>",
+                "yes",
+                "yes",
+                "<none>"
+            ]
+        );
+        assert_eq!(
+            cells(lines[3]),
+            [
+                "auto",
+                "False",
+                "Expired",
+                "2027-01-15T07:59:59Z",
+                "expired",
+                "<none>",
+                "no",
+                "no",
+                "<none>"
+            ]
+        );
+        // columns line up: every header starts where its cells start
+        let starts = |l: &str| {
+            let b = l.as_bytes();
+            (0..b.len())
+                .filter(|&i| {
+                    b[i] != b' ' && (i == 0 || (i >= 2 && b[i - 1] == b' ' && b[i - 2] == b' '))
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(starts(lines[0]).len(), 9);
+        for l in &lines[1..] {
+            assert_eq!(starts(l), starts(lines[0]), "{table}");
+        }
+        let all = render_table(&[r], true);
+        assert!(all.starts_with("NAMESPACE   NAME"), "{all}");
+        assert!(
+            all.lines().nth(1).unwrap().starts_with("team-a      app "),
+            "{all}"
+        );
+    }
+
+    #[test]
+    fn details_show_messages_and_the_last_approval() {
+        let s = st(json!({"status": {
+            "conditions": [cond("Ready", "True", "Issued", -10), cond("Issuing", "False", "TokenCodeRejected", -5)],
+            "lastApproval": {"approvedBy": "alice", "time": t(-10).to_string()},
+            "expiration": t(60).to_string(),
+        }}));
+        let d = render_details(&s, t(0));
+        assert!(d.contains("by alice at 2027-01-15T07:59:50Z"), "{d}");
+        assert!(
+            d.contains("TokenCodeRejected message") && d.contains("Issued message"),
+            "{d}"
+        );
+        assert!(d.contains("(1m00s)"), "{d}");
+        let j = details_json(&s, t(0));
+        assert_eq!(j["lastApproval"]["approvedBy"], "alice");
+        assert_eq!(j["conditions"][1]["reason"], "TokenCodeRejected");
+        assert_eq!(j["awaitingCode"], false);
+    }
+
+    #[test]
+    fn approval_outcomes() {
+        let set_at = t(0);
+        let before = st(json!({"status": {
+            "conditions": [cond("Ready", "False", "AwaitingTokenCode", -100), cond("Issuing", "False", "TokenCodeRejected", -100)],
+            "lastFailure": {"time": t(-100).to_string(), "reason": "TokenCodeRejected", "message": "old"},
+            "lastApproval": {"approvedBy": "bob", "time": t(-1000).to_string()}, "rotations": 1,
+        }}));
+        let base = Baseline::of(&before);
+        let with_code =
+            st(json!({"metadata": {"annotations": {"stssession.dev/token-code": "123456"}}}));
+        assert_eq!(
+            approve_outcome(&with_code, set_at, &base, None),
+            Outcome::Pending(Waiting::NotClaimed)
+        );
+        // claimed, status not yet written: still the old rejection, which is not this outcome
+        assert_eq!(
+            approve_outcome(&before, set_at, &base, Some(Duration::from_secs(1))),
+            Outcome::Pending(Waiting::Status)
+        );
+        // ...unless nothing changes for long: then the current state is reported
+        assert!(
+            matches!(approve_outcome(&before, set_at, &base, Some(SETTLE)), Outcome::Failed { reason, .. } if reason == "TokenCodeRejected")
+        );
+        let claimed = st(
+            json!({"status": {"conditions": [cond("Ready", "False", "AwaitingTokenCode", -100), cond("Issuing", "Unknown", CLAIMED, 0)]}}),
+        );
+        assert_eq!(
+            approve_outcome(&claimed, set_at, &base, Some(SETTLE * 10)),
+            Outcome::Pending(Waiting::CallingSts)
+        );
+        let ok = st(json!({"status": {
+            "conditions": [cond("Ready", "True", "Issued", 1), cond("Issuing", "True", "Succeeded", 1)],
+            "lastApproval": {"approvedBy": "alice", "time": t(-1).to_string()},
+            "expiration": t(3600).to_string(), "secretName": "app", "accessKeyId": "ASIAEXAMPLE", "rotations": 2,
+        }}));
+        assert_eq!(
+            approve_outcome(&ok, set_at, &base, None),
+            Outcome::Succeeded {
+                expiration: Some(t(3600)),
+                secret: Some("app".into()),
+                access_key_id: Some("ASIAEXAMPLE".into()),
+                approved_by: Some("alice".into())
+            }
+        );
+        assert_eq!(
+            approve_outcome(&ok, set_at, &base, None).exit_code(),
+            EXIT_OK
+        );
+        // an older approval's success is not this one's
+        let old_ok = st(json!({"status": {
+            "conditions": [cond("Ready", "True", "Issued", -100), cond("Issuing", "True", "Succeeded", -100)],
+            "lastApproval": {"approvedBy": "bob", "time": t(-3).to_string()}, "rotations": 1}}));
+        assert_eq!(
+            approve_outcome(&old_ok, set_at, &Baseline::of(&old_ok), None),
+            Outcome::Pending(Waiting::Status)
+        );
+        assert!(
+            matches!(approve_outcome(&old_ok, set_at, &Baseline::of(&old_ok), Some(SETTLE)), Outcome::Failed { reason, .. } if reason == "TokenCodeRemoved")
+        );
+        let rejected = st(json!({"status": {
+            "conditions": [cond("Ready", "False", "AwaitingTokenCode", -100), cond("Issuing", "False", "TokenCodeRejected", 1)],
+            "lastFailure": {"time": t(1).to_string(), "reason": "TokenCodeRejected", "message": "new"}, "rotations": 1,
+        }}));
+        let out = approve_outcome(&rejected, set_at, &base, None);
+        assert_eq!(
+            out,
+            Outcome::Failed {
+                reason: "TokenCodeRejected".into(),
+                message: "TokenCodeRejected message".into()
+            }
+        );
+        assert_eq!(out.exit_code(), EXIT_FAILED);
+        // a failure without an STS call (no lastFailure), e.g. an endpoint not allowed
+        let blocked = st(
+            json!({"status": {"conditions": [cond("Issuing", "False", "EndpointNotAllowed", 1)]}}),
+        );
+        assert!(
+            matches!(approve_outcome(&blocked, set_at, &Baseline::default(), None), Outcome::Failed { reason, .. } if reason == "EndpointNotAllowed")
+        );
+        assert_eq!(Outcome::Pending(Waiting::Status).exit_code(), EXIT_TIMEOUT);
+    }
+
+    #[test]
+    fn renewal_outcomes() {
+        let at = t(0);
+        let before = st(
+            json!({"spec": {"mfa": null}, "status": {"issuedAt": t(-50).to_string(), "rotations": 3, "expiration": t(3000).to_string()}}),
+        );
+        let base = Baseline::of(&before);
+        let asked = st(
+            json!({"spec": {"mfa": null}, "metadata": {"annotations": {"stssession.dev/renew-requested-at": at.to_string()}}}),
+        );
+        assert_eq!(
+            renew_outcome(&asked, at, &base, None),
+            Outcome::Pending(Waiting::NotClaimed)
+        );
+        assert_eq!(
+            renew_outcome(&before, at, &base, Some(Duration::from_secs(1))),
+            Outcome::Pending(Waiting::Status)
+        );
+        let renewed = st(
+            json!({"spec": {"mfa": null}, "status": {"issuedAt": t(0).to_string(), "rotations": 4, "expiration": t(3600).to_string(), "secretName": "app"}}),
+        );
+        assert!(
+            matches!(renew_outcome(&renewed, at, &base, None), Outcome::Succeeded { expiration: Some(e), .. } if e == t(3600))
+        );
+        // a rotation before the request does not count
+        let rotated_before = st(
+            json!({"spec": {"mfa": null}, "status": {"issuedAt": t(-10).to_string(), "rotations": 4}}),
+        );
+        assert_eq!(
+            renew_outcome(&rotated_before, at, &base, None),
+            Outcome::Pending(Waiting::Status)
+        );
+        let failed = st(
+            json!({"spec": {"mfa": null}, "status": {"issuedAt": t(-50).to_string(), "rotations": 3,
+            "lastFailure": {"time": t(1).to_string(), "reason": "Throttled", "message": "slow down"}}}),
+        );
+        assert_eq!(
+            renew_outcome(&failed, at, &base, None),
+            Outcome::Failed {
+                reason: "Throttled".into(),
+                message: "slow down".into()
+            }
+        );
+        let blocked = st(
+            json!({"spec": {"mfa": null}, "status": {"rotations": 3, "issuedAt": t(-50).to_string(),
+            "conditions": [cond("Ready", "False", "SourceCredentialsMissing", -100)]}}),
+        );
+        assert_eq!(
+            renew_outcome(&blocked, at, &base, Some(Duration::from_secs(2))),
+            Outcome::Pending(Waiting::Status)
+        );
+        assert!(
+            matches!(renew_outcome(&blocked, at, &base, Some(SETTLE)), Outcome::Failed { reason, .. } if reason == "SourceCredentialsMissing")
+        );
+        assert!(
+            matches!(renew_outcome(&before, at, &base, Some(SETTLE)), Outcome::Failed { reason, .. } if reason == "NotRenewed")
+        );
+    }
+}
