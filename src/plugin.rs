@@ -474,13 +474,11 @@ pub fn approve_outcome(
     let changed = issuing != base.issuing.as_ref()
         || status.last_failure != base.last_failure
         || status.rotations != base.rotations;
-    if changed {
-        if let Some(c) = issuing.filter(|c| c.status != "True") {
-            return Outcome::Failed {
-                reason: c.reason.clone(),
-                message: c.message.clone(),
-            };
-        }
+    if let Some(c) = issuing.filter(|c| changed && c.status != "True") {
+        return Outcome::Failed {
+            reason: c.reason.clone(),
+            message: c.message.clone(),
+        };
     }
     if gone_for.is_some_and(|g| g >= SETTLE) {
         return failure_from_conditions(

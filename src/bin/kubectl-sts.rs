@@ -30,7 +30,7 @@ Exit codes:
   3  timed out waiting for the operator";
 
 /// Approve, renew and inspect SessionTokens (stssession.dev) of the sts-session-operator.
-#[derive(Parser, Debug)]
+#[derive(Parser)] // no Debug: it would hold the code
 #[command(name = "kubectl-sts", bin_name = "kubectl sts", version, after_help = AFTER_HELP)]
 struct Cli {
     #[command(flatten)]
@@ -52,7 +52,7 @@ struct Global {
     context: Option<String>,
 }
 
-#[derive(Subcommand, Debug)]
+#[derive(Subcommand)]
 enum Command {
     /// Approve a new session of a SessionToken with MFA, with a code from its device
     ///
@@ -145,7 +145,8 @@ impl Exit {
     }
 }
 
-/// The code of this run, redacted from every message printed (a server message might echo it).
+/// The (valid, six-digit) code of this run, redacted from every message printed (a server
+/// message might echo it).
 static CODE: OnceLock<Sensitive<String>> = OnceLock::new();
 
 fn safe(text: &str) -> String {
@@ -184,8 +185,10 @@ async fn run(cli: Cli) -> Result<(), Exit> {
             // A code given on the command line is checked before anything is sent.
             let code = code.map(Sensitive::new);
             if let Some(c) = &code {
-                let _ = CODE.set(c.clone());
+                // (the validation messages never contain the code; a valid one is redacted
+                // from every later message)
                 plugin::validate_code(c.expose()).map_err(|e| Exit::usage(e.to_string()))?;
+                let _ = CODE.set(c.clone());
             }
             let (client, ns) = connect(&cli.global).await?;
             approve(client, &ns, &name, code, &wait).await
@@ -209,7 +212,7 @@ async fn run(cli: Cli) -> Result<(), Exit> {
 /// places (KUBECONFIG, ~/.kube/config, in-cluster).
 async fn connect(g: &Global) -> Result<(Client, String), Exit> {
     let options = KubeConfigOptions {
-        context: None,
+        context: g.context.clone(),
         ..Default::default()
     };
     let config = match &g.kubeconfig {
@@ -349,8 +352,8 @@ async fn approve(
         Some(c) => c,
         None => {
             let c = read_code(ns, name)?;
-            let _ = CODE.set(c.clone());
             plugin::validate_code(c.expose()).map_err(|e| Exit::usage(e.to_string()))?;
+            let _ = CODE.set(c.clone());
             c
         }
     };

@@ -1,0 +1,813 @@
+//! End-to-end tests of the `kubectl sts` plugin: the real binary, run as a child process with a
+//! test user's kubeconfig, against the shared control plane, the operator and the STS double.
+
+use crate::common::*;
+use anyhow::{Context as _, Result};
+use jiff::Timestamp;
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+use sts_session_operator::crd::SessionToken;
+use testkit::control_plane::ControlPlane;
+use testkit::sts_double::{CodePolicy, StsDouble, StsDoubleConfig};
+use tokio::io::AsyncWriteExt;
+
+const T: Duration = Duration::from_secs(30);
+const PLUGIN: &str = env!("CARGO_BIN_EXE_kubectl-sts");
+
+/// One run of a command: exit code and output.
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn all(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+    fn show(&self) -> String {
+        format!(
+            "exit {}\n--- stdout\n{}--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+/// Runs `program args` with `env`, feeding `stdin` (else an empty, non-terminal stdin).
+async fn run_program(
+    program: &Path,
+    args: &[&str],
+    env: &[(&str, &std::ffi::OsStr)],
+    stdin: Option<&str>,
+) -> Result<Run> {
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("starting {}", program.display()))?;
+    let mut input = child.stdin.take().expect("piped stdin");
+    if let Some(text) = stdin {
+        input.write_all(text.as_bytes()).await?;
+    }
+    drop(input);
+    let out = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
+        .await
+        .with_context(|| format!("{} {args:?} did not finish in 120 s", program.display()))??;
+    Ok(Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
+}
+
+/// `kubectl-sts args` as `user` of the control plane.
+async fn sts_as(cp: &ControlPlane, user: &str, args: &[&str], stdin: Option<&str>) -> Result<Run> {
+    let kubeconfig = cp.kubeconfig_for(user);
+    run_program(
+        Path::new(PLUGIN),
+        args,
+        &[("KUBECONFIG", kubeconfig.as_os_str())],
+        stdin,
+    )
+    .await
+}
+
+/// Lets `user` approve and renew (get/list/watch/patch SessionTokens) in `ns`, and nothing else.
+async fn grant_approver(cp: &ControlPlane, ns: &str, user: &str) -> Result<()> {
+    cp.apply_yaml(&format!(
+        r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{name: sts-approver, namespace: {ns}}}
+rules:
+  - apiGroups: ["stssession.dev"]
+    resources: ["sessiontokens"]
+    verbs: ["get", "list", "watch", "patch"]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: sts-approver-{user}, namespace: {ns}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: sts-approver}}
+subjects:
+  - {{apiGroup: rbac.authorization.k8s.io, kind: User, name: {user}}}
+"#
+    ))
+    .await?;
+    // RBAC takes effect through the API server's informers: wait until it does.
+    let client = cp.client_as(user).await?;
+    let api: kube::Api<SessionToken> = kube::Api::namespaced(client, ns);
+    eventually(T, "the approver role in effect", || async {
+        Ok(api.list(&Default::default()).await.ok().map(|_| ()))
+    })
+    .await
+}
+
+fn spec(mfa: Option<&str>) -> serde_json::Value {
+    let mut spec =
+        json!({"durationSeconds": 3600, "sourceCredentials": {"secretRef": {"name": "iam-keys"}}});
+    if let Some(serial) = mfa {
+        spec["mfa"] = json!({"serialNumber": serial});
+    }
+    spec
+}
+
+fn annotations(st: &SessionToken) -> std::collections::BTreeMap<String, String> {
+    st.metadata.annotations.clone().unwrap_or_default()
+}
+
+/// The table's lines as cells (cells are separated by at least two spaces; none holds two).
+fn table(text: &str) -> Vec<Vec<String>> {
+    text.lines()
+        .take_while(|l| !l.trim().is_empty())
+        .map(|l| {
+            l.split("  ")
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .map(str::to_string)
+                .collect()
+        })
+        .collect()
+}
+
+/// The table's row whose column `key` is `value`, as (header, cell) pairs.
+fn table_row(
+    text: &str,
+    key: &str,
+    value: &str,
+) -> Option<std::collections::BTreeMap<String, String>> {
+    let t = table(text);
+    let header = t.first()?.clone();
+    let col = header.iter().position(|h| h == key)?;
+    t.iter()
+        .skip(1)
+        .find(|r| r.get(col).map(String::as_str) == Some(value))
+        .map(|r| header.iter().cloned().zip(r.iter().cloned()).collect())
+}
+
+fn whole_seconds(t: Timestamp) -> String {
+    Timestamp::from_second(t.as_second()).unwrap().to_string()
+}
+
+/// `kubectl` on PATH (the test virtualenv's first), if any.
+fn find_kubectl() -> Option<PathBuf> {
+    let venv = std::env::var_os("STS_TEST_VENV").map(|v| PathBuf::from(v).join("bin"));
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    venv.into_iter()
+        .chain(std::env::split_paths(&path))
+        .map(|d| d.join("kubectl"))
+        .find(|p| p.metadata().is_ok_and(|m| m.is_file()))
+}
+
+#[tokio::test]
+async fn plugin_help_and_local_refusals_need_no_cluster() -> Result<()> {
+    let nowhere = tempdir("nokube")?;
+    let missing = nowhere.join("missing-kubeconfig");
+    let env: Vec<(&str, &std::ffi::OsStr)> = vec![
+        ("KUBECONFIG", missing.as_os_str()),
+        ("HOME", nowhere.as_os_str()),
+    ];
+    let help = run_program(Path::new(PLUGIN), &["--help"], &env, None).await?;
+    assert_eq!(help.code, 0, "{}", help.show());
+    for word in [
+        "approve",
+        "status",
+        "renew",
+        "--namespace",
+        "--kubeconfig",
+        "--context",
+        "Exit codes",
+        "kubectl sts",
+    ] {
+        assert!(
+            help.stdout.contains(word),
+            "--help lacks {word}:\n{}",
+            help.show()
+        );
+    }
+    let approve_help = run_program(Path::new(PLUGIN), &["approve", "--help"], &env, None).await?;
+    assert_eq!(approve_help.code, 0, "{}", approve_help.show());
+    for word in ["--code", "--timeout", "--no-wait", "six-digit"] {
+        assert!(
+            approve_help.stdout.contains(word),
+            "approve --help lacks {word}:\n{}",
+            approve_help.show()
+        );
+    }
+    let status_help = run_program(Path::new(PLUGIN), &["status", "--help"], &env, None).await?;
+    assert!(
+        status_help.code == 0 && status_help.stdout.contains("--all-namespaces"),
+        "{}",
+        status_help.show()
+    );
+
+    // A bad code is refused before any connection (there is no kubeconfig to connect with).
+    for bad in ["12ab56", "12345", "1234567", " 12345"] {
+        let r = run_program(
+            Path::new(PLUGIN),
+            &["approve", "app", "--code", bad],
+            &env,
+            None,
+        )
+        .await?;
+        assert_eq!(r.code, 2, "{}", r.show());
+        assert!(
+            r.stderr.contains("six digits") && !r.stderr.contains("kubeconfig"),
+            "{}",
+            r.show()
+        );
+        assert!(
+            !r.all().contains(bad.trim()),
+            "the code was printed:\n{}",
+            r.show()
+        );
+    }
+    // No kubeconfig: a clear message, exit 2.
+    let r = run_program(Path::new(PLUGIN), &["status"], &env, None).await?;
+    assert_eq!(r.code, 2, "{}", r.show());
+    assert!(r.stderr.contains("no kubeconfig found"), "{}", r.show());
+    // Usage errors are clap's: exit 2.
+    let r = run_program(Path::new(PLUGIN), &["status", "x", "-A"], &env, None).await?;
+    assert_eq!(r.code, 2, "{}", r.show());
+    let r = run_program(Path::new(PLUGIN), &["frobnicate"], &env, None).await?;
+    assert_eq!(r.code, 2, "{}", r.show());
+    let _ = std::fs::remove_dir_all(&nowhere);
+    Ok(())
+}
+
+fn tempdir(prefix: &str) -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!(
+        "kubectl-sts-{prefix}-{}-{:08x}",
+        std::process::id(),
+        rand_u32()
+    ));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+fn rand_u32() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(Timestamp::now().as_nanosecond() as u64);
+    h.finish() as u32
+}
+
+#[tokio::test]
+async fn plugin_refuses_bad_input_and_missing_rights_without_writing() -> Result<()> {
+    let cp = control_plane().await;
+    let ns = Ns::new(cp, "plugin-refuse").await?;
+    grant_approver(cp, &ns.name, "alice").await?;
+    ns.create_session("mfa", spec(Some("arn:aws:iam::123456789012:mfa/alice")))
+        .await?;
+    ns.create_session("auto", spec(None)).await?;
+    let n = ns.name.as_str();
+    let version = |st: SessionToken| st.metadata.resource_version.unwrap_or_default();
+    let mfa_rv = version(ns.session("mfa").await?);
+    let auto_rv = version(ns.session("auto").await?);
+
+    // Malformed codes: exit 2, nothing written, the code not echoed.
+    let r = sts_as(
+        cp,
+        "alice",
+        &["approve", "mfa", "-n", n, "--code", "12ab56"],
+        None,
+    )
+    .await?;
+    assert_eq!(r.code, 2, "{}", r.show());
+    assert!(
+        r.stderr.contains("six digits") && !r.all().contains("12ab56"),
+        "{}",
+        r.show()
+    );
+    let r = sts_as(cp, "alice", &["approve", "mfa", "-n", n], Some("98765\n")).await?;
+    assert_eq!(r.code, 2, "{}", r.show());
+    assert!(
+        r.stderr.contains("six digits") && !r.all().contains("98765"),
+        "{}",
+        r.show()
+    );
+    let r = sts_as(cp, "alice", &["approve", "mfa", "-n", n], None).await?;
+    assert_eq!(r.code, 2, "empty stdin:\n{}", r.show());
+
+    // The wrong command for the kind of SessionToken.
+    let r = sts_as(
+        cp,
+        "alice",
+        &["approve", "auto", "-n", n, "--code", "123456"],
+        None,
+    )
+    .await?;
+    assert_eq!(r.code, 2, "{}", r.show());
+    assert!(
+        r.stderr.contains("no spec.mfa")
+            && r.stderr.contains(&format!("kubectl sts renew auto -n {n}")),
+        "{}",
+        r.show()
+    );
+    let r = sts_as(cp, "alice", &["renew", "mfa", "-n", n], None).await?;
+    assert_eq!(r.code, 2, "{}", r.show());
+    assert!(
+        r.stderr
+            .contains(&format!("kubectl sts approve mfa -n {n}")),
+        "{}",
+        r.show()
+    );
+
+    // Not found.
+    let r = sts_as(
+        cp,
+        "alice",
+        &["approve", "missing", "-n", n, "--code", "123456"],
+        None,
+    )
+    .await?;
+    assert_eq!(r.code, 2, "{}", r.show());
+    assert!(
+        r.stderr
+            .contains(&format!("SessionToken {n}/missing not found")),
+        "{}",
+        r.show()
+    );
+    let r = sts_as(cp, "alice", &["status", "missing", "-n", n], None).await?;
+    assert!(
+        r.code == 2
+            && r.stderr
+                .contains(&format!("SessionToken {n}/missing not found")),
+        "{}",
+        r.show()
+    );
+
+    // No rights: the API server's message, exit 2.
+    for args in [
+        vec!["approve", "mfa", "-n", n, "--code", "123456"],
+        vec!["status", "-n", n],
+        vec!["renew", "auto", "-n", n],
+    ] {
+        let r = sts_as(cp, "mallory", &args, None).await?;
+        assert_eq!(r.code, 2, "{args:?}\n{}", r.show());
+        assert!(
+            r.stderr.contains("Forbidden") && r.stderr.contains("User \"mallory\" cannot"),
+            "{args:?}\n{}",
+            r.show()
+        );
+        assert!(!r.all().contains("123456"), "{}", r.show());
+    }
+    // alice's rights end at her namespace
+    let r = sts_as(cp, "alice", &["status", "-A"], None).await?;
+    assert!(
+        r.code == 2 && r.stderr.contains("Forbidden"),
+        "{}",
+        r.show()
+    );
+
+    assert_eq!(
+        version(ns.session("mfa").await?),
+        mfa_rv,
+        "a refused command wrote the MFA SessionToken"
+    );
+    assert_eq!(
+        version(ns.session("auto").await?),
+        auto_rv,
+        "a refused command wrote the SessionToken without MFA"
+    );
+
+    // No operator in this namespace: a bounded wait, exit 3, the code still set for it.
+    let r = sts_as(
+        cp,
+        "alice",
+        &[
+            "approve",
+            "mfa",
+            "-n",
+            n,
+            "--code",
+            "135790",
+            "--timeout",
+            "2s",
+        ],
+        None,
+    )
+    .await?;
+    assert_eq!(r.code, 3, "{}", r.show());
+    assert!(
+        r.stderr.contains("timed out after 2s") && r.stderr.contains("has not picked up"),
+        "{}",
+        r.show()
+    );
+    assert!(
+        !r.all().contains("135790"),
+        "the code was printed:\n{}",
+        r.show()
+    );
+    let st = ns.session("mfa").await?;
+    assert_eq!(
+        annotations(&st)
+            .get("stssession.dev/token-code")
+            .map(String::as_str),
+        Some("135790")
+    );
+    assert_eq!(
+        annotations(&st)
+            .get("stssession.dev/approved-by")
+            .map(String::as_str),
+        Some("alice")
+    );
+    // ...set by a merge patch of field manager kubectl-sts, not kept in last-applied-configuration
+    assert!(!annotations(&st).contains_key("kubectl.kubernetes.io/last-applied-configuration"));
+    let managers: Vec<String> = st
+        .metadata
+        .managed_fields
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|m| m.manager)
+        .collect();
+    assert!(managers.iter().any(|m| m == "kubectl-sts"), "{managers:?}");
+    // --no-wait returns at once
+    let r = sts_as(cp, "alice", &["renew", "auto", "-n", n, "--no-wait"], None).await?;
+    assert_eq!(r.code, 0, "{}", r.show());
+    assert!(
+        annotations(&ns.session("auto").await?).contains_key("stssession.dev/renew-requested-at")
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn plugin_approves_with_codes_and_shows_status() -> Result<()> {
+    let cp = control_plane().await;
+    let ns = Ns::new(cp, "plugin-approve").await?;
+    let n = ns.name.clone();
+    let n = n.as_str();
+    let sts = StsDouble::start(StsDoubleConfig {
+        code_policy: CodePolicy::AcceptAny,
+        ..Default::default()
+    })?;
+    let user = sts.default_user();
+    ns.create_source_secret("iam-keys", &user.access_key_id, &user.secret_access_key)
+        .await?;
+    grant_approver(cp, n, "alice").await?;
+    let _op = Operator::start(
+        cp,
+        n,
+        &OperatorOptions {
+            sts_endpoint: sts.endpoint(),
+            extra_args: vec![],
+            leader_election: false,
+            user: OPERATOR_USER,
+        },
+    )
+    .await?;
+    ns.create_session("app", spec(Some(user.serial_number().unwrap())))
+        .await?;
+    wait_condition(&ns, "app", "Ready", "False", "AwaitingTokenCode", T).await?;
+
+    // Before any approval: awaiting a code.
+    let r = sts_as(cp, "alice", &["status", "-n", n], None).await?;
+    assert_eq!(r.code, 0, "{}", r.show());
+    let header = &table(&r.stdout)[0];
+    assert_eq!(
+        header,
+        &[
+            "NAME",
+            "READY",
+            "REASON",
+            "EXPIRES",
+            "LEFT",
+            "RENEWS",
+            "MFA",
+            "AWAITING CODE",
+            "SECRET"
+        ],
+        "{}",
+        r.show()
+    );
+    let row = table_row(&r.stdout, "NAME", "app").with_context(|| r.show())?;
+    assert_eq!(
+        (row["READY"].as_str(), row["REASON"].as_str()),
+        ("False", "AwaitingTokenCode"),
+        "{}",
+        r.show()
+    );
+    assert_eq!(
+        (
+            row["MFA"].as_str(),
+            row["AWAITING CODE"].as_str(),
+            row["LEFT"].as_str()
+        ),
+        ("yes", "yes", "<none>"),
+        "{}",
+        r.show()
+    );
+
+    // 1. --code: used, approver from the SelfSubjectReview.
+    let r = sts_as(
+        cp,
+        "alice",
+        &["approve", "app", "-n", n, "--code", "123456"],
+        None,
+    )
+    .await?;
+    assert_eq!(r.code, 0, "{}", r.show());
+    assert!(
+        !r.all().contains("123456"),
+        "the code was printed:\n{}",
+        r.show()
+    );
+    let st = ns.session("app").await?;
+    let status = st.status.clone().unwrap();
+    let approval = status.last_approval.clone().expect("lastApproval");
+    assert_eq!(approval.approved_by.as_deref(), Some("alice"));
+    assert!(
+        !annotations(&st).contains_key("stssession.dev/token-code")
+            && !annotations(&st).contains_key("stssession.dev/approved-by")
+    );
+    let expiration = status.expiration.expect("expiration");
+    assert!(
+        r.stdout.contains(&whole_seconds(expiration)),
+        "no expiry in the output:\n{}",
+        r.show()
+    );
+    assert!(
+        r.stdout.contains(&format!("{n}/app")) && r.stdout.contains("approved by alice"),
+        "{}",
+        r.show()
+    );
+    assert!(
+        r.stdout.contains(status.access_key_id.as_deref().unwrap()),
+        "{}",
+        r.show()
+    );
+    assert_eq!(sts.uses_of_code("123456"), 1);
+    let first_key = ns.secret_data("app").await?.unwrap()["AWS_ACCESS_KEY_ID"].clone();
+    assert_eq!(Some(&first_key), status.access_key_id.as_ref());
+
+    // 2. A code STS refuses: exit 1 with the reason; the valid Secret stays.
+    sts.set_rejected_codes(["654321"]);
+    let r = sts_as(
+        cp,
+        "alice",
+        &["approve", "app", "-n", n, "--code", "654321"],
+        None,
+    )
+    .await?;
+    assert_eq!(r.code, 1, "{}", r.show());
+    assert!(r.stderr.contains("TokenCodeRejected"), "{}", r.show());
+    assert!(
+        !r.all().contains("654321"),
+        "the code was printed:\n{}",
+        r.show()
+    );
+    assert_eq!(sts.uses_of_code("654321"), 1);
+    assert_eq!(
+        ns.secret_data("app").await?.unwrap()["AWS_ACCESS_KEY_ID"],
+        first_key
+    );
+
+    // 3. The code piped on stdin (no terminal, no --code), with --kubeconfig/--context naming a
+    // kubeconfig whose user entry is not called alice, and whose context's namespace is the
+    // test's (no -n): the approver is who the API server says, not a kubeconfig name.
+    let dir = tempdir("kubeconfig")?;
+    let renamed = dir.join("config");
+    let text = std::fs::read_to_string(cp.kubeconfig_for("alice"))?;
+    assert!(text.contains("namespace: default"), "{text}");
+    let text = text
+        .replace("alice", "someone-else")
+        .replace("namespace: default", &format!("namespace: {n}"));
+    std::fs::write(&renamed, text)?;
+    let missing = dir.join("missing");
+    let renamed_arg = renamed.to_str().unwrap();
+    let args = [
+        "approve",
+        "app",
+        "--kubeconfig",
+        renamed_arg,
+        "--context",
+        "someone-else@sts-testkit",
+    ];
+    let env = [("KUBECONFIG", missing.as_os_str())];
+    let r = run_program(Path::new(PLUGIN), &args, &env, Some("246810\n")).await?;
+    assert_eq!(r.code, 0, "{}", r.show());
+    assert!(
+        !r.all().contains("246810"),
+        "the code was printed:\n{}",
+        r.show()
+    );
+    assert_eq!(sts.uses_of_code("246810"), 1);
+    let st = ns.session("app").await?;
+    let status = st.status.clone().unwrap();
+    assert_eq!(
+        status
+            .last_approval
+            .as_ref()
+            .unwrap()
+            .approved_by
+            .as_deref(),
+        Some("alice")
+    );
+    assert!(status.last_approval.as_ref().unwrap().time >= approval.time);
+    assert_ne!(
+        ns.secret_data("app").await?.unwrap()["AWS_ACCESS_KEY_ID"],
+        first_key,
+        "a new session"
+    );
+    let args = [
+        "status",
+        "--kubeconfig",
+        renamed_arg,
+        "--context",
+        "nowhere",
+    ];
+    let r = run_program(Path::new(PLUGIN), &args, &[], None).await?;
+    assert!(
+        r.code == 2 && r.stderr.contains("nowhere"),
+        "an unknown context:\n{}",
+        r.show()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // status: the issued session, in the columns.
+    let r = sts_as(cp, "alice", &["status", "-n", n], None).await?;
+    assert_eq!(r.code, 0, "{}", r.show());
+    let row = table_row(&r.stdout, "NAME", "app").with_context(|| r.show())?;
+    assert_eq!(
+        (row["READY"].as_str(), row["REASON"].as_str()),
+        ("True", "Issued"),
+        "{}",
+        r.show()
+    );
+    assert_eq!(
+        row["EXPIRES"],
+        whole_seconds(status.expiration.unwrap()),
+        "{}",
+        r.show()
+    );
+    assert_eq!(
+        row["RENEWS"],
+        whole_seconds(status.renewal_time.unwrap()),
+        "{}",
+        r.show()
+    );
+    assert!(
+        row["LEFT"].starts_with("59m") || row["LEFT"] == "1h00m",
+        "{}",
+        r.show()
+    );
+    assert_eq!(
+        (
+            row["MFA"].as_str(),
+            row["AWAITING CODE"].as_str(),
+            row["SECRET"].as_str()
+        ),
+        ("yes", "no", "app"),
+        "{}",
+        r.show()
+    );
+    // status NAME: the conditions' messages and the last approval
+    let r = sts_as(cp, "alice", &["status", "app", "-n", n], None).await?;
+    assert_eq!(r.code, 0, "{}", r.show());
+    assert!(
+        r.stdout.contains("Last approval:") && r.stdout.contains("by alice at"),
+        "{}",
+        r.show()
+    );
+    for c in &status.conditions {
+        assert!(
+            r.stdout.contains(&c.message),
+            "condition {} message missing:\n{}",
+            c.type_,
+            r.show()
+        );
+    }
+    // -o json
+    let r = sts_as(cp, "alice", &["status", "app", "-n", n, "-o", "json"], None).await?;
+    assert_eq!(r.code, 0, "{}", r.show());
+    let j: serde_json::Value = serde_json::from_str(&r.stdout).with_context(|| r.show())?;
+    assert_eq!(
+        (j["name"].as_str(), j["ready"].as_str(), j["mfa"].as_bool()),
+        (Some("app"), Some("True"), Some(true))
+    );
+    assert_eq!(j["lastApproval"]["approvedBy"], "alice");
+    let r = sts_as(cp, "alice", &["status", "-n", n, "-o", "json"], None).await?;
+    let j: serde_json::Value = serde_json::from_str(&r.stdout).with_context(|| r.show())?;
+    assert_eq!(j["items"][0]["awaitingCode"], false, "{}", r.show());
+    // -A (as admin: alice may only list her namespace)
+    let r = sts_as(cp, "admin", &["status", "-A"], None).await?;
+    assert_eq!(r.code, 0, "{}", r.show());
+    assert_eq!(table(&r.stdout)[0][0], "NAMESPACE", "{}", r.show());
+    let row = table_row(&r.stdout, "NAMESPACE", n).with_context(|| r.show())?;
+    assert_eq!(
+        (row["NAME"].as_str(), row["REASON"].as_str()),
+        ("app", "Issued"),
+        "{}",
+        r.show()
+    );
+
+    // Through kubectl's plugin mechanism, with the binary's directory on PATH.
+    match find_kubectl() {
+        None => println!("NOTE: no kubectl on PATH: `kubectl sts` through kubectl not checked"),
+        Some(kubectl) => {
+            let dir = Path::new(PLUGIN).parent().unwrap().to_path_buf();
+            let path = std::env::join_paths(std::iter::once(dir).chain(std::env::split_paths(
+                &std::env::var_os("PATH").unwrap_or_default(),
+            )))?;
+            let kubeconfig = cp.kubeconfig_for("alice");
+            let env = [
+                ("PATH", path.as_os_str()),
+                ("KUBECONFIG", kubeconfig.as_os_str()),
+            ];
+            let r = run_program(&kubectl, &["sts", "status", "-n", n], &env, None).await?;
+            assert_eq!(r.code, 0, "{} sts status:\n{}", kubectl.display(), r.show());
+            let row = table_row(&r.stdout, "NAME", "app").with_context(|| r.show())?;
+            assert_eq!(row["REASON"], "Issued", "{}", r.show());
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn plugin_renews_a_session_without_mfa() -> Result<()> {
+    let cp = control_plane().await;
+    let ns = Ns::new(cp, "plugin-renew").await?;
+    let n = ns.name.clone();
+    let n = n.as_str();
+    let sts = StsDouble::start(StsDoubleConfig {
+        code_policy: CodePolicy::AcceptAny,
+        ..Default::default()
+    })?;
+    let user = sts.default_user();
+    ns.create_source_secret("iam-keys", &user.access_key_id, &user.secret_access_key)
+        .await?;
+    grant_approver(cp, n, "alice").await?;
+    let _op = Operator::start(
+        cp,
+        n,
+        &OperatorOptions {
+            sts_endpoint: sts.endpoint(),
+            extra_args: vec![],
+            leader_election: false,
+            user: OPERATOR_USER,
+        },
+    )
+    .await?;
+    ns.create_session("auto", spec(None)).await?;
+    wait_condition(&ns, "auto", "Ready", "True", "Issued", T).await?;
+    let before = ns.secret_data("auto").await?.unwrap()["AWS_ACCESS_KEY_ID"].clone();
+    let calls = sts.call_count();
+
+    let r = sts_as(cp, "alice", &["renew", "auto", "-n", n], None).await?;
+    assert_eq!(r.code, 0, "{}", r.show());
+    let after = ns.secret_data("auto").await?.unwrap()["AWS_ACCESS_KEY_ID"].clone();
+    assert_ne!(after, before, "the Secret holds the old session");
+    assert!(
+        r.stdout.contains(&after) && r.stdout.contains(&format!("{n}/auto")),
+        "{}",
+        r.show()
+    );
+    let st = ns.session("auto").await?;
+    assert!(
+        r.stdout.contains(&whole_seconds(
+            st.status.as_ref().unwrap().expiration.unwrap()
+        )),
+        "{}",
+        r.show()
+    );
+    assert!(!annotations(&st).contains_key("stssession.dev/renew-requested-at"));
+    assert_eq!(sts.call_count(), calls + 1);
+
+    let r = sts_as(cp, "alice", &["status", "-n", n], None).await?;
+    let row = table_row(&r.stdout, "NAME", "auto").with_context(|| r.show())?;
+    assert_eq!(
+        (
+            row["READY"].as_str(),
+            row["MFA"].as_str(),
+            row["AWAITING CODE"].as_str()
+        ),
+        ("True", "no", "no"),
+        "{}",
+        r.show()
+    );
+
+    // A renewal that fails: exit 1 with the reason.
+    ns.secrets().delete("iam-keys", &Default::default()).await?;
+    ns.create_source_secret(
+        "iam-keys",
+        &user.access_key_id,
+        "wrong-secret-key-000000000000000000000000",
+    )
+    .await?;
+    let r = sts_as(cp, "alice", &["renew", "auto", "-n", n], None).await?;
+    assert_eq!(r.code, 1, "{}", r.show());
+    assert!(
+        r.stderr.contains("renewal failed") && r.stderr.contains("SourceCredentialsInvalid"),
+        "{}",
+        r.show()
+    );
+    Ok(())
+}
