@@ -36,6 +36,15 @@ venv="$cache/venv-$(sha256sum "$req" | cut -c1-12)"
   fi
 ) 9>"$venv.lock"
 
+# -- helm (install-path tests: tests/install.rs; block owned by the chart/deploy work) ------------
+# Built once from hack/helm/go.mod and cached by version; tests/install.rs builds it itself when
+# STS_TEST_HELM is unset.
+started=$SECONDS
+STS_TEST_HELM=$(bash hack/build-helm.sh | tail -n 1)   # (not `export X=$(…)`: that hides a failure)
+export STS_TEST_HELM
+echo "helm build took $((SECONDS - started)) s ($STS_TEST_HELM)"
+# -- end of helm block ----------------------------------------------------------------------------
+
 # -- 3. environment ------------------------------------------------------------------------------
 export STS_TEST_BIN_DIR="$bin_dir"
 export STS_TEST_VENV="$venv"

@@ -1,0 +1,90 @@
+{{/* Chart name, possibly overridden. */}}
+{{- define "sts-session-operator.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Full name: fullnameOverride, else the release name if it contains the chart name, else
+"<release>-<chart>". Cut to 52 characters so that suffixes ("-leader-election") stay within 63.
+*/}}
+{{- define "sts-session-operator.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 52 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 52 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 52 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "sts-session-operator.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "sts-session-operator.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "sts-session-operator.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "sts-session-operator.labels" -}}
+helm.sh/chart: {{ include "sts-session-operator.chart" . }}
+{{ include "sts-session-operator.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/component: operator
+app.kubernetes.io/part-of: sts-session-operator
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "sts-session-operator.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "sts-session-operator.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "sts-session-operator.leaseName" -}}
+{{- default (include "sts-session-operator.fullname" .) .Values.leaderElection.leaseName }}
+{{- end }}
+
+{{- define "sts-session-operator.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/* The operator's rights on SessionTokens, Secrets and Events (as tests/fixtures/operator-rbac.yaml). */}}
+{{- define "sts-session-operator.workRules" -}}
+- apiGroups: ["stssession.dev"]
+  resources: ["sessiontokens"]
+  verbs: ["get", "list", "watch", "patch"]  # patch: claiming a token code (removing the annotations)
+- apiGroups: ["stssession.dev"]
+  resources: ["sessiontokens/status"]
+  verbs: ["patch"]
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+- apiGroups: ["events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+{{- if .Values.rbac.rolloutRestartTargets }}
+- apiGroups: ["apps"]
+  resources: ["deployments", "statefulsets", "daemonsets"]
+  verbs: ["get", "patch"]  # spec.rolloutRestartTargets: restarting workloads after a rotation
+{{- end }}
+{{- end }}
+
+{{/* Refuses combinations that would break at run time. */}}
+{{- define "sts-session-operator.validate" -}}
+{{- if and (gt (int .Values.replicas) 1) (not .Values.leaderElection.enabled) }}
+{{- fail "replicas > 1 needs leaderElection.enabled=true: without a Lease every replica would reconcile, and two replicas could race for the same MFA code" }}
+{{- end }}
+{{- if and .Values.approvalPolicy.enabled (has "Deny" .Values.approvalPolicy.validationActions) (has "Warn" .Values.approvalPolicy.validationActions) }}
+{{- fail "approvalPolicy.validationActions: use Deny or Warn, not both (Kubernetes refuses the combination)" }}
+{{- end }}
+{{- end }}

@@ -1,0 +1,1749 @@
+//! Install paths, against the real control plane: the Helm chart (rendered by the pinned helm,
+//! applied to kube-apiserver), `deploy/` (`kubectl apply -k`), the chart's least-privilege RBAC
+//! (the real operator binary runs with the chart's ServiceAccount identity and arguments), and
+//! the guarded-approval ValidatingAdmissionPolicy (as different users).
+//!
+//! helm: `$STS_TEST_HELM`, else `hack/build-helm.sh` (built once, cached). kubectl:
+//! `$STS_TEST_VENV/bin/kubectl`, else `kubectl` on PATH (hack/test.sh provides both).
+//!
+//! Cluster-scoped objects a test creates (ClusterRoles, bindings, admission policies) are deleted
+//! when it ends, even when it fails, so that nothing leaks into the test binaries that run after
+//! this one on the same control plane. Policies are scoped to the test's namespaces where the
+//! test allows it.
+
+use anyhow::{Context as _, Result, anyhow, bail, ensure};
+use k8s_openapi::api::authentication::v1::TokenRequest;
+use k8s_openapi::api::authorization::v1::SubjectAccessReview;
+use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+use k8s_openapi::api::rbac::v1::ClusterRole;
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::core::GroupVersionKind;
+use kube::discovery::Scope;
+use kube::{Client, ResourceExt as _};
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+use testkit::control_plane::ControlPlane;
+use testkit::process::{ChildProcess, ScratchDir, free_port, write_private};
+use testkit::sts_double::{StsDouble, StsDoubleConfig};
+
+const CHART: &str = "charts/sts-session-operator";
+const CODE: &str = "stssession.dev/token-code";
+const APPROVED_BY: &str = "stssession.dev/approved-by";
+const T: Duration = Duration::from_secs(30);
+
+/// The tests share one API server. Those that reach into every namespace (an approval policy
+/// without a namespace selector: default values, deploy/; an operator watching all namespaces)
+/// hold this for writing; those that such tests would disturb (the approval-policy test, the
+/// namespace-scoped operator test) hold it for reading.
+static EVERY_NAMESPACE: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tools.
+
+/// The pinned helm: `$STS_TEST_HELM`, else built (once, cached) by hack/build-helm.sh.
+fn helm() -> Result<PathBuf> {
+    static HELM: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    HELM.get_or_init(|| {
+        if let Some(p) = std::env::var_os("STS_TEST_HELM").filter(|p| !p.is_empty()) {
+            let p = PathBuf::from(p);
+            return if p.is_file() {
+                Ok(p)
+            } else {
+                Err(format!("STS_TEST_HELM={} is not a file", p.display()))
+            };
+        }
+        let out = Command::new("bash")
+            .arg(root().join("hack/build-helm.sh"))
+            .stderr(Stdio::inherit())
+            .output()
+            .map_err(|e| format!("running hack/build-helm.sh: {e}"))?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        match stdout.lines().last() {
+            Some(line) if out.status.success() && Path::new(line.trim()).is_file() => {
+                Ok(PathBuf::from(line.trim()))
+            }
+            _ => Err(format!(
+                "hack/build-helm.sh failed ({}): {stdout}",
+                out.status
+            )),
+        }
+    })
+    .clone()
+    .map_err(|e| anyhow!(e))
+}
+
+/// kubectl from the test virtualenv (`$STS_TEST_VENV/bin`), else from PATH.
+fn kubectl() -> Result<PathBuf> {
+    if let Some(venv) = std::env::var_os("STS_TEST_VENV").filter(|v| !v.is_empty()) {
+        let p = PathBuf::from(venv).join("bin/kubectl");
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            let p = dir.join("kubectl");
+            if p.is_file() {
+                return Ok(p);
+            }
+        }
+    }
+    bail!(
+        "kubectl not found: neither $STS_TEST_VENV/bin/kubectl nor kubectl on PATH. Run the tests with \
+         `make test` (hack/test.sh installs kubectl from hack/requirements-test.txt into a virtualenv and \
+         sets STS_TEST_VENV), or put kubectl on PATH"
+    )
+}
+
+fn run(cmd: &mut Command) -> Result<Output> {
+    cmd.output().with_context(|| format!("running {cmd:?}"))
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Control plane and rendering.
+
+async fn control_plane() -> &'static ControlPlane {
+    static CRDS: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    let cp = ControlPlane::shared().await;
+    CRDS.get_or_init(|| async {
+        cp.install_crds(root().join("crds"))
+            .await
+            .expect("installing the CRD");
+    })
+    .await;
+    cp
+}
+
+/// A fresh release name, so that cluster-scoped objects of parallel tests do not collide.
+fn release_name() -> String {
+    format!("sso-{:06x}", rand::random::<u32>() & 0xff_ffff)
+}
+
+fn fullname(release: &str) -> String {
+    format!("{release}-sts-session-operator")
+}
+
+/// `helm template RELEASE CHART --namespace NS -f VALUES` (values as JSON, which is YAML).
+fn helm_template(release: &str, namespace: &str, values: &Value) -> Result<Output> {
+    let dir = ScratchDir::new("helm-values")?;
+    let file = dir.path().join("values.yaml");
+    std::fs::write(&file, serde_json::to_vec_pretty(values)?)?;
+    run(Command::new(helm()?)
+        .args(["template", release])
+        .arg(root().join(CHART))
+        .args(["--namespace", namespace, "-f"])
+        .arg(&file))
+}
+
+/// The chart's manifests: (YAML, documents).
+fn render(release: &str, namespace: &str, values: &Value) -> Result<(String, Vec<Value>)> {
+    let out = helm_template(release, namespace, values)?;
+    ensure!(
+        out.status.success(),
+        "helm template failed ({}):\n{}",
+        out.status,
+        text(&out.stderr)
+    );
+    let yaml = text(&out.stdout);
+    Ok((yaml.clone(), parse_docs(&yaml)?))
+}
+
+fn parse_docs(yaml: &str) -> Result<Vec<Value>> {
+    use serde::Deserialize as _;
+    let mut docs = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(yaml) {
+        let v = serde_yaml::Value::deserialize(doc)?;
+        if !v.is_null() {
+            docs.push(serde_json::to_value(v)?);
+        }
+    }
+    Ok(docs)
+}
+
+fn s<'a>(v: &'a Value, pointer: &str) -> &'a str {
+    v.pointer(pointer)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+}
+
+/// (kind, namespace, name) of each document.
+fn ids(docs: &[Value]) -> BTreeSet<(String, String, String)> {
+    docs.iter()
+        .map(|d| {
+            (
+                s(d, "/kind").to_string(),
+                s(d, "/metadata/namespace").to_string(),
+                s(d, "/metadata/name").to_string(),
+            )
+        })
+        .collect()
+}
+
+fn id(kind: &str, ns: &str, name: &str) -> (String, String, String) {
+    (kind.to_string(), ns.to_string(), name.to_string())
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> Result<&'a Value> {
+    docs.iter()
+        .find(|d| s(d, "/kind") == kind && s(d, "/metadata/name") == name)
+        .with_context(|| format!("no {kind} {name} in {:?}", ids(docs)))
+}
+
+/// True if any rule reaches Secrets (by name or wildcard, in the core group or any).
+fn grants_secrets(role: &Value) -> bool {
+    role["rules"].as_array().into_iter().flatten().any(|rule| {
+        let has = |field: &str, want: &[&str]| {
+            rule[field]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|x| want.contains(&x.as_str().unwrap_or_default()))
+        };
+        has("apiGroups", &["", "*"]) && has("resources", &["secrets", "*"])
+    })
+}
+
+/// Deletes objects when dropped (test end, pass or panic), on a runtime of its own.
+struct Cleanup {
+    kubeconfig: PathBuf,
+    objects: Vec<Value>,
+}
+
+impl Cleanup {
+    /// The cluster-scoped objects among `docs` (namespaced ones go with their test namespaces).
+    fn cluster_scoped(cp: &ControlPlane, docs: &[Value]) -> Cleanup {
+        const CLUSTER_KINDS: &[&str] = &[
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicyBinding",
+        ];
+        let objects = docs
+            .iter()
+            .filter(|d| CLUSTER_KINDS.contains(&s(d, "/kind")))
+            .cloned()
+            .collect();
+        Cleanup {
+            kubeconfig: cp.admin_kubeconfig().to_path_buf(),
+            objects,
+        }
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let objects = std::mem::take(&mut self.objects);
+        let kubeconfig = self.kubeconfig.clone();
+        let done = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let client = Client::try_from(
+                    testkit::control_plane::config_from_kubeconfig(&kubeconfig).await?,
+                )?;
+                for obj in objects.iter().rev() {
+                    if let Err(e) = delete(&client, obj).await {
+                        eprintln!(
+                            "cleanup: {} {}: {e:#}",
+                            s(obj, "/kind"),
+                            s(obj, "/metadata/name")
+                        );
+                    }
+                }
+                anyhow::Ok(())
+            })
+        })
+        .join();
+        if let Ok(Err(e)) = done {
+            eprintln!("cleanup failed: {e:#}");
+        }
+    }
+}
+
+async fn dynamic_api(client: &Client, obj: &Value) -> Result<(Api<DynamicObject>, String)> {
+    let (group, version) = match s(obj, "/apiVersion").split_once('/') {
+        Some((g, v)) => (g.to_string(), v.to_string()),
+        None => (String::new(), s(obj, "/apiVersion").to_string()),
+    };
+    let gvk = GroupVersionKind::gvk(&group, &version, s(obj, "/kind"));
+    let (ar, caps) = kube::discovery::pinned_kind(client, &gvk).await?;
+    let api = match caps.scope {
+        Scope::Cluster => Api::all_with(client.clone(), &ar),
+        Scope::Namespaced => {
+            Api::namespaced_with(client.clone(), s(obj, "/metadata/namespace"), &ar)
+        }
+    };
+    Ok((api, s(obj, "/metadata/name").to_string()))
+}
+
+async fn delete(client: &Client, obj: &Value) -> Result<()> {
+    let (api, name) = dynamic_api(client, obj).await?;
+    match api.delete(&name, &Default::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn exists(client: &Client, obj: &Value) -> Result<bool> {
+    let (api, name) = dynamic_api(client, obj).await?;
+    Ok(api.get_opt(&name).await?.is_some())
+}
+
+/// Renders and server-side-applies the chart as admin; the cluster-scoped objects are deleted
+/// when the returned guard drops.
+async fn install(
+    cp: &ControlPlane,
+    release: &str,
+    namespace: &str,
+    values: &Value,
+) -> Result<(Vec<Value>, Cleanup)> {
+    let (yaml, docs) = render(release, namespace, values)?;
+    let cleanup = Cleanup::cluster_scoped(cp, &docs);
+    cp.apply_yaml(&yaml)
+        .await
+        .context("server-side apply of the rendered chart")?;
+    Ok((docs, cleanup))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The chart's files.
+
+#[test]
+fn chart_crds_are_a_byte_identical_copy_of_crds() -> Result<()> {
+    let list = |dir: &Path| -> Result<BTreeMap<String, Vec<u8>>> {
+        let mut out = BTreeMap::new();
+        for e in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+            let p = e?.path();
+            out.insert(
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&p)?,
+            );
+        }
+        Ok(out)
+    };
+    let source = list(&root().join("crds"))?;
+    let chart = list(&root().join(CHART).join("crds"))?;
+    ensure!(!source.is_empty(), "crds/ is empty");
+    let fix =
+        "fix: bash hack/generate-deploy.sh (copies crds/ into the chart, then regenerates deploy/)";
+    ensure!(
+        source.keys().eq(chart.keys()),
+        "{CHART}/crds/ has {:?}, crds/ has {:?}; {fix}",
+        chart.keys().collect::<Vec<_>>(),
+        source.keys().collect::<Vec<_>>()
+    );
+    for (name, bytes) in &source {
+        ensure!(
+            &chart[name] == bytes,
+            "{CHART}/crds/{name} differs from crds/{name}; {fix}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn deploy_dir_is_what_generate_deploy_makes_now() -> Result<()> {
+    let scratch = ScratchDir::new("deploy")?;
+    let fresh_dir = scratch.path().join("deploy");
+    let out = run(Command::new("bash")
+        .arg(root().join("hack/generate-deploy.sh"))
+        .arg(&fresh_dir)
+        .env("HELM", helm()?))?;
+    ensure!(
+        out.status.success(),
+        "hack/generate-deploy.sh failed:\n{}",
+        text(&out.stderr)
+    );
+    let read = |dir: &Path| -> Result<BTreeMap<String, String>> {
+        let mut m = BTreeMap::new();
+        for e in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+            let p = e?.path();
+            m.insert(
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read_to_string(&p)?,
+            );
+        }
+        Ok(m)
+    };
+    let fresh = read(&fresh_dir)?;
+    let committed = read(&root().join("deploy"))?;
+    let names: BTreeSet<&String> = fresh.keys().chain(committed.keys()).collect();
+    let stale: Vec<&String> = names
+        .into_iter()
+        .filter(|n| fresh.get(*n) != committed.get(*n))
+        .collect();
+    ensure!(
+        stale.is_empty(),
+        "deploy/ is out of date ({stale:?} differ); regenerate it with: bash hack/generate-deploy.sh"
+    );
+    ensure!(
+        fresh.contains_key("kustomization.yaml") && fresh.len() >= 4,
+        "unexpected deploy/ contents: {:?}",
+        fresh.keys()
+    );
+    Ok(())
+}
+
+#[test]
+fn values_schema_rejects_bad_values_with_readable_messages() -> Result<()> {
+    // Control: the defaults, and a full set of good values, render.
+    let good = json!({
+        "replicas": 3, "watchNamespaces": ["team-a", "team-b"], "logFormat": "text",
+        "defaultRegion": "eu-west-1", "stsEndpoint": "https://sts.eu-west-1.amazonaws.com",
+        "allowedStsEndpoints": ["https://sts.*.amazonaws.com"], "extraArgs": ["--sts-timeout=15s"],
+        "metrics": {"serviceMonitor": {"enabled": true}}, "approverRole": {"aggregateToEdit": true},
+    });
+    for values in [json!({}), good] {
+        let out = helm_template("r", "ns", &values)?;
+        ensure!(
+            out.status.success(),
+            "good values {values} refused:\n{}",
+            text(&out.stderr)
+        );
+    }
+    let cases = [
+        (json!({"replicas": -1}), "/replicas"),
+        (json!({"replicas": "two"}), "/replicas"),
+        (json!({"logFormat": "xml"}), "/logFormat"),
+        (json!({"replicaCount": 2}), "replicaCount"),
+        (json!({"watchNamespaces": "team-a"}), "/watchNamespaces"),
+        (json!({"watchNamespaces": ["Team_A"]}), "/watchNamespaces/0"),
+        (json!({"image": {"repository": ""}}), "/image/repository"),
+        (
+            json!({"approvalPolicy": {"validationActions": ["Block"]}}),
+            "/approvalPolicy/validationActions/0",
+        ),
+        (json!({"metrics": {"port": 70000}}), "/metrics/port"),
+        (
+            json!({"replicas": 2, "leaderElection": {"enabled": false}}),
+            "leaderElection.enabled",
+        ),
+        (
+            json!({"approvalPolicy": {"validationActions": ["Deny", "Warn"]}}),
+            "not both",
+        ),
+    ];
+    for (values, expected) in cases {
+        let out = helm_template("r", "ns", &values)?;
+        let stderr = text(&out.stderr);
+        ensure!(
+            !out.status.success(),
+            "helm template accepted bad values {values}"
+        );
+        ensure!(
+            stderr.contains(expected),
+            "bad values {values}: the message does not point at {expected:?}:\n{stderr}"
+        );
+        ensure!(
+            !stderr.contains("panic"),
+            "helm panicked on {values}:\n{stderr}"
+        );
+    }
+    // The schema message names the key; print one for the record.
+    let out = helm_template("r", "ns", &json!({"logFormat": "xml"}))?;
+    eprintln!("example refusal:\n{}", text(&out.stderr));
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rendered and applied.
+
+#[tokio::test]
+async fn chart_with_default_values_applies_to_the_api_server() -> Result<()> {
+    let cp = control_plane().await;
+    let _lock = EVERY_NAMESPACE.write().await;
+    let ns = cp.new_namespace("install-default").await?;
+    let release = release_name();
+    let f = fullname(&release);
+    let (docs, _cleanup) = install(cp, &release, &ns, &json!({})).await?;
+
+    let expected: BTreeSet<_> = [
+        id("ServiceAccount", &ns, &f),
+        id("ClusterRole", "", &f),
+        id("ClusterRoleBinding", "", &f),
+        id("Role", &ns, &format!("{f}-leader-election")),
+        id("RoleBinding", &ns, &format!("{f}-leader-election")),
+        id("ClusterRole", "", &format!("{f}-approve")),
+        id("Service", &ns, &format!("{f}-metrics")),
+        id("Deployment", &ns, &f),
+        id("PodDisruptionBudget", &ns, &f),
+        id("ValidatingAdmissionPolicy", "", &format!("{f}-approvals")),
+        id(
+            "ValidatingAdmissionPolicyBinding",
+            "",
+            &format!("{f}-approvals"),
+        ),
+    ]
+    .into();
+    assert_eq!(ids(&docs), expected);
+
+    // The Deployment as the brief asks.
+    let deploy = find(&docs, "Deployment", &f)?;
+    assert_eq!(deploy["spec"]["replicas"], 2);
+    let pod = &deploy["spec"]["template"]["spec"];
+    assert_eq!(pod["automountServiceAccountToken"], true);
+    assert_eq!(pod["serviceAccountName"], f.as_str());
+    let c = &pod["containers"][0];
+    assert_eq!(c["image"], "sts-session-operator:0.1.0");
+    let args: Vec<&str> = c["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for a in [
+        "--default-region=us-east-1",
+        "--log-format=json",
+        "--leader-election=true",
+        &format!("--lease-name={f}"),
+    ] {
+        assert!(args.contains(&a), "{a} missing from {args:?}");
+    }
+    assert!(
+        !args.iter().any(|a| a.starts_with("--namespaces")),
+        "all namespaces by default: {args:?}"
+    );
+    let env: BTreeMap<&str, &str> = c["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (s(e, "/name"), s(e, "/valueFrom/fieldRef/fieldPath")))
+        .collect();
+    assert_eq!(env.get("POD_NAME"), Some(&"metadata.name"));
+    assert_eq!(env.get("POD_NAMESPACE"), Some(&"metadata.namespace"));
+    assert_eq!(c["ports"][0]["containerPort"], 8080);
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert!(c["resources"]["requests"].is_object() && c["resources"]["limits"].is_object());
+    let sc = &c["securityContext"];
+    assert_eq!(sc["runAsNonRoot"], true);
+    assert_eq!(sc["runAsUser"], 65532);
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]));
+    assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault");
+
+    // The operator's ClusterRole has exactly the fixture's rules (tests/fixtures/operator-rbac.yaml,
+    // what the operator's own tests grant it), except Leases, which are in the release
+    // namespace's Role, with the same verbs.
+    let fixture = parse_docs(&std::fs::read_to_string(
+        root().join("tests/fixtures/operator-rbac.yaml"),
+    )?)?;
+    let fixture_rules = find(&fixture, "ClusterRole", "sts-session-operator")?["rules"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let (lease_rules, work_rules): (Vec<Value>, Vec<Value>) = fixture_rules
+        .into_iter()
+        .partition(|r| r["resources"] == json!(["leases"]));
+    let sorted = |rules: &[Value]| -> Vec<String> {
+        let mut v: Vec<String> = rules.iter().map(|r| r.to_string()).collect();
+        v.sort();
+        v
+    };
+    let chart_rules = find(&docs, "ClusterRole", &f)?["rules"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(
+        sorted(&chart_rules),
+        sorted(&work_rules),
+        "the chart's ClusterRole and tests/fixtures/operator-rbac.yaml differ"
+    );
+    let verbs = |rules: &[Value]| -> BTreeSet<String> {
+        rules
+            .iter()
+            .flat_map(|r| {
+                r["verbs"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .map(String::from)
+            })
+            .collect()
+    };
+    let lease_role = find(&docs, "Role", &format!("{f}-leader-election"))?;
+    assert_eq!(
+        verbs(lease_role["rules"].as_array().unwrap()),
+        verbs(&lease_rules)
+    );
+    // Without restart targets, no rights on workloads.
+    let (_, no_restart) = render(
+        &release,
+        &ns,
+        &json!({"rbac": {"rolloutRestartTargets": false}}),
+    )?;
+    let rules = find(&no_restart, "ClusterRole", &f)?["rules"].to_string();
+    assert!(
+        !rules.contains("deployments") && rules.contains("secrets"),
+        "{rules}"
+    );
+
+    // Approvers: `approve` + get/list/watch/patch, aggregated into "admin" (not "edit") by default.
+    let approve = find(&docs, "ClusterRole", &format!("{f}-approve"))?;
+    assert_eq!(
+        approve["rules"],
+        json!([{"apiGroups": ["stssession.dev"], "resources": ["sessiontokens"], "verbs": ["approve", "get", "list", "watch", "patch"]}])
+    );
+    assert_eq!(
+        approve["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-admin"],
+        "true"
+    );
+    assert!(
+        approve["metadata"]["labels"]
+            .get("rbac.authorization.k8s.io/aggregate-to-edit")
+            .is_none()
+    );
+
+    // On the server: everything is there, and the aggregation controller folded `approve` into
+    // "admin". (The policy's CEL is checked by behaviour, in the approval test: this control
+    // plane runs no validatingadmissionpolicy-status controller to report type-checking.)
+    let admin = cp.admin_client().await?;
+    for d in &docs {
+        ensure!(
+            exists(&admin, d).await?,
+            "{} {} not on the server",
+            s(d, "/kind"),
+            s(d, "/metadata/name")
+        );
+    }
+    let roles: Api<ClusterRole> = Api::all(admin.clone());
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        let admin_role = serde_json::to_value(roles.get("admin").await?)?;
+        let has_approve = admin_role["rules"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|r| {
+                r["verbs"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|v| v == "approve")
+                    && r["resources"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|x| x == "sessiontokens")
+            });
+        if has_approve {
+            break;
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "ClusterRole admin never aggregated the approve rule"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn chart_scoped_to_namespaces_has_no_cluster_wide_secret_access() -> Result<()> {
+    let cp = control_plane().await;
+    let ns = cp.new_namespace("install-scoped").await?;
+    let team_a = cp.new_namespace("scoped-a").await?;
+    let team_b = cp.new_namespace("scoped-b").await?;
+    let release = release_name();
+    let f = fullname(&release);
+    let values = json!({
+        "watchNamespaces": [team_a, team_b],
+        "approverRole": {"aggregateToAdmin": false, "aggregateToEdit": true},
+        "approvalPolicy": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": team_a}}},
+    });
+    let (docs, _cleanup) = install(cp, &release, &ns, &values).await?;
+
+    let expected: BTreeSet<_> = [
+        id("ServiceAccount", &ns, &f),
+        id("Role", &team_a, &f),
+        id("RoleBinding", &team_a, &f),
+        id("Role", &team_b, &f),
+        id("RoleBinding", &team_b, &f),
+        id("Role", &ns, &format!("{f}-leader-election")),
+        id("RoleBinding", &ns, &format!("{f}-leader-election")),
+        id("ClusterRole", "", &format!("{f}-approve")),
+        id("Service", &ns, &format!("{f}-metrics")),
+        id("Deployment", &ns, &f),
+        id("PodDisruptionBudget", &ns, &f),
+        id("ValidatingAdmissionPolicy", "", &format!("{f}-approvals")),
+        id(
+            "ValidatingAdmissionPolicyBinding",
+            "",
+            &format!("{f}-approvals"),
+        ),
+    ]
+    .into();
+    assert_eq!(ids(&docs), expected);
+    let args =
+        find(&docs, "Deployment", &f)?["spec"]["template"]["spec"]["containers"][0]["args"].clone();
+    assert!(
+        args.as_array()
+            .unwrap()
+            .contains(&json!(format!("--namespaces={team_a},{team_b}"))),
+        "{args}"
+    );
+    let approve = find(&docs, "ClusterRole", &format!("{f}-approve"))?;
+    assert_eq!(
+        approve["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-edit"],
+        "true"
+    );
+    assert!(
+        approve["metadata"]["labels"]
+            .get("rbac.authorization.k8s.io/aggregate-to-admin")
+            .is_none()
+    );
+    for d in docs.iter().filter(|d| s(d, "/kind") == "ClusterRole") {
+        assert!(
+            !grants_secrets(d),
+            "ClusterRole {} grants Secrets",
+            s(d, "/metadata/name")
+        );
+    }
+    assert!(
+        !docs.iter().any(|d| s(d, "/kind") == "ClusterRoleBinding"),
+        "no ClusterRoleBinding in namespace-scoped mode"
+    );
+
+    // On the server: no ClusterRole of this release grants Secrets, and the ServiceAccount may
+    // read Secrets in the listed namespaces only (the RBAC authorizer's own answer).
+    let admin = cp.admin_client().await?;
+    let roles: Api<ClusterRole> = Api::all(admin.clone());
+    let ours = roles
+        .list(&ListParams::default().labels(&format!("app.kubernetes.io/instance={release}")))
+        .await?;
+    ensure!(
+        !ours.items.is_empty(),
+        "the approve ClusterRole should be there"
+    );
+    for r in &ours.items {
+        assert!(
+            !grants_secrets(&serde_json::to_value(r)?),
+            "ClusterRole {} grants Secrets",
+            r.name_any()
+        );
+    }
+    let sa_user = format!("system:serviceaccount:{ns}:{f}");
+    let can = |verb: &'static str, resource: &'static str, namespace: Option<String>| {
+        let admin = admin.clone();
+        let (sa_user, ns) = (sa_user.clone(), ns.clone());
+        async move { access_allowed(&admin, &sa_user, &ns, verb, resource, namespace.as_deref()).await }
+    };
+    assert!(
+        !can("list", "secrets", None).await?,
+        "the ServiceAccount can list Secrets cluster-wide"
+    );
+    assert!(
+        !can("get", "secrets", Some(ns.clone())).await?,
+        "Secrets in the release namespace (not watched)"
+    );
+    assert!(
+        !can("get", "secrets", Some("default".into())).await?,
+        "Secrets in an unlisted namespace"
+    );
+    assert!(
+        can("get", "secrets", Some(team_a.clone())).await?,
+        "Secrets in a listed namespace"
+    );
+    assert!(
+        can("watch", "secrets", Some(team_b.clone())).await?,
+        "Secrets in a listed namespace"
+    );
+    assert!(
+        !can("list", "sessiontokens", None).await?,
+        "SessionTokens cluster-wide"
+    );
+    assert!(
+        can("create", "leases", Some(ns.clone())).await?,
+        "Leases in the release namespace"
+    );
+    assert!(
+        !can("create", "leases", Some(team_a.clone())).await?,
+        "Leases elsewhere"
+    );
+    Ok(())
+}
+
+/// SubjectAccessReview for a ServiceAccount user.
+async fn access_allowed(
+    admin: &Client,
+    user: &str,
+    sa_ns: &str,
+    verb: &str,
+    resource: &str,
+    namespace: Option<&str>,
+) -> Result<bool> {
+    let group = match resource {
+        "sessiontokens" => "stssession.dev",
+        "leases" => "coordination.k8s.io",
+        "events" => "events.k8s.io",
+        _ => "",
+    };
+    let sar: SubjectAccessReview = serde_json::from_value(json!({
+        "spec": {
+            "user": user,
+            "groups": ["system:serviceaccounts", format!("system:serviceaccounts:{sa_ns}"), "system:authenticated"],
+            "resourceAttributes": {"verb": verb, "group": group, "resource": resource, "namespace": namespace.unwrap_or_default()},
+        }
+    }))?;
+    let answer = Api::<SubjectAccessReview>::all(admin.clone())
+        .create(&PostParams::default(), &sar)
+        .await?;
+    Ok(answer.status.is_some_and(|s| s.allowed))
+}
+
+#[tokio::test]
+async fn chart_without_approval_policy_applies() -> Result<()> {
+    let cp = control_plane().await;
+    let ns = cp.new_namespace("install-nopolicy").await?;
+    let release = release_name();
+    let f = fullname(&release);
+    let values = json!({"approvalPolicy": {"enabled": false}, "replicas": 1});
+    let (docs, _cleanup) = install(cp, &release, &ns, &values).await?;
+    let expected: BTreeSet<_> = [
+        id("ServiceAccount", &ns, &f),
+        id("ClusterRole", "", &f),
+        id("ClusterRoleBinding", "", &f),
+        id("Role", &ns, &format!("{f}-leader-election")),
+        id("RoleBinding", &ns, &format!("{f}-leader-election")),
+        id("ClusterRole", "", &format!("{f}-approve")),
+        id("Service", &ns, &format!("{f}-metrics")),
+        id("Deployment", &ns, &f),
+        // no PodDisruptionBudget with one replica, no policy
+    ]
+    .into();
+    assert_eq!(ids(&docs), expected);
+    let admin = cp.admin_client().await?;
+    for d in &docs {
+        ensure!(
+            exists(&admin, d).await?,
+            "{} {} not on the server",
+            s(d, "/kind"),
+            s(d, "/metadata/name")
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn helm_install_and_uninstall_work() -> Result<()> {
+    let cp = control_plane().await;
+    let release = release_name();
+    let f = fullname(&release);
+    let ns = format!("{release}-system"); // helm creates it
+    let scratch = ScratchDir::new("helm-home")?;
+    let helm_cmd = |args: &[&str]| -> Result<Output> {
+        let mut cmd = Command::new(helm()?);
+        cmd.args(args)
+            .env("KUBECONFIG", cp.admin_kubeconfig())
+            .env("HELM_CACHE_HOME", scratch.path().join("cache"))
+            .env("HELM_CONFIG_HOME", scratch.path().join("config"))
+            .env("HELM_DATA_HOME", scratch.path().join("data"));
+        run(&mut cmd)
+    };
+    // Scoped so that it cannot disturb tests running meanwhile; cleaned up even if uninstall fails.
+    let (_, docs) = render(&release, &ns, &json!({}))?;
+    let _cleanup = Cleanup::cluster_scoped(cp, &docs);
+    let chart = root().join(CHART);
+    let out = helm_cmd(&[
+        "install",
+        &release,
+        chart.to_str().unwrap(),
+        "--namespace",
+        &ns,
+        "--create-namespace",
+        "--set",
+        "approvalPolicy.namespaceSelector.matchLabels.kubernetes\\.io/metadata\\.name=nowhere",
+    ])?;
+    let stdout = text(&out.stdout);
+    ensure!(
+        out.status.success(),
+        "helm install failed:\n{stdout}{}",
+        text(&out.stderr)
+    );
+    ensure!(
+        stdout.contains("STATUS: deployed")
+            && stdout.contains(&format!("--clusterrole={f}-approve")),
+        "helm install:\n{stdout}"
+    );
+    let admin = cp.admin_client().await?;
+    for d in &docs {
+        ensure!(
+            exists(&admin, d).await?,
+            "{} {} not installed by helm",
+            s(d, "/kind"),
+            s(d, "/metadata/name")
+        );
+    }
+    let out = helm_cmd(&["uninstall", &release, "--namespace", &ns])?;
+    ensure!(
+        out.status.success(),
+        "helm uninstall failed:\n{}",
+        text(&out.stderr)
+    );
+    for d in &docs {
+        ensure!(
+            !exists(&admin, d).await?,
+            "{} {} left behind by helm uninstall",
+            s(d, "/kind"),
+            s(d, "/metadata/name")
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn kubectl_apply_k_deploy_installs_everything() -> Result<()> {
+    let kubectl = kubectl()?;
+    let cp = control_plane().await;
+    let _lock = EVERY_NAMESPACE.write().await;
+    let kubeconfig = cp.admin_kubeconfig().to_path_buf();
+    let deploy = root().join("deploy");
+
+    let out = run(Command::new(&kubectl).arg("kustomize").arg(&deploy))?;
+    ensure!(
+        out.status.success(),
+        "kubectl kustomize deploy/ failed:\n{}",
+        text(&out.stderr)
+    );
+    let docs = parse_docs(&text(&out.stdout))?;
+    let kinds: BTreeSet<&str> = docs.iter().map(|d| s(d, "/kind")).collect();
+    for k in [
+        "Namespace",
+        "CustomResourceDefinition",
+        "Deployment",
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
+        "Service",
+        "PodDisruptionBudget",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
+    ] {
+        ensure!(kinds.contains(k), "deploy/ has no {k}: {kinds:?}");
+    }
+    let crd = docs
+        .iter()
+        .find(|d| s(d, "/kind") == "CustomResourceDefinition")
+        .unwrap();
+    assert_eq!(s(crd, "/metadata/name"), "sessiontokens.stssession.dev");
+    // Applying a stale CRD would change it under the tests that share this API server.
+    let source = std::fs::read(root().join("crds/stssession.dev_sessiontokens.yaml"))?;
+    let copy = std::fs::read(deploy.join("crd-stssession.dev_sessiontokens.yaml"))?;
+    ensure!(
+        source == copy,
+        "deploy/'s CRD differs from crds/: not applying it; run bash hack/generate-deploy.sh"
+    );
+
+    // Delete afterwards what this test created, except the CRD (the other tests' SessionTokens
+    // live in it) and whatever existed before.
+    let admin = cp.admin_client().await?;
+    let mut created = Vec::new();
+    for d in &docs {
+        let namespaced_in_our_ns = !s(d, "/metadata/namespace").is_empty();
+        if s(d, "/kind") != "CustomResourceDefinition"
+            && !namespaced_in_our_ns
+            && !exists(&admin, d).await.unwrap_or(true)
+        {
+            created.push(d.clone());
+        }
+    }
+    let _cleanup = Cleanup {
+        kubeconfig: kubeconfig.clone(),
+        objects: created,
+    };
+
+    for round in 1..=2 {
+        let out = run(Command::new(&kubectl)
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .arg("apply")
+            .arg("-k")
+            .arg(&deploy))?;
+        let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+        ensure!(
+            out.status.success(),
+            "kubectl apply -k deploy/ (round {round}) failed:\n{stdout}\n{stderr}"
+        );
+        // The Namespace enforces the "restricted" Pod Security Standard: the pod template meets it.
+        ensure!(
+            !stderr.contains("PodSecurity"),
+            "Pod Security warnings:\n{stderr}"
+        );
+        eprintln!("kubectl apply -k deploy/ (round {round}):\n{stdout}{stderr}");
+    }
+    for d in &docs {
+        ensure!(
+            exists(&admin, d).await?,
+            "{} {} not on the server after kubectl apply -k",
+            s(d, "/kind"),
+            s(d, "/metadata/name")
+        );
+    }
+    // Nothing left to change (kubectl prints "configured" for some no-op patches; diff is exact).
+    let out = run(Command::new(&kubectl)
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .args(["diff", "-k"])
+        .arg(&deploy))?;
+    ensure!(
+        out.status.code() == Some(0),
+        "kubectl diff -k deploy/ after apply:\n{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let out = run(Command::new(&kubectl)
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .args(["apply", "--server-side", "-k"])
+        .arg(&deploy))?;
+    ensure!(
+        out.status.success(),
+        "kubectl apply --server-side -k deploy/ failed:\n{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The operator, with the chart's identity and arguments.
+
+/// A bearer token of the chart's ServiceAccount (TokenRequest API).
+async fn service_account_token(cp: &ControlPlane, ns: &str, sa: &str) -> Result<String> {
+    let api: Api<ServiceAccount> = Api::namespaced(cp.admin_client().await?, ns);
+    let req: TokenRequest = serde_json::from_value(json!({"spec": {"expirationSeconds": 3600}}))?;
+    let answer = api
+        .create_token_request(sa, &PostParams::default(), &req)
+        .await?;
+    answer
+        .status
+        .and_then(|s| s.token)
+        .context("TokenRequest answered without a token")
+}
+
+struct Operator {
+    process: ChildProcess,
+    metrics_port: u16,
+    _scratch: ScratchDir,
+}
+
+/// Runs the real operator out of cluster as the chart's ServiceAccount, with the Deployment's
+/// arguments (only the metrics address is moved to a free loopback port) and its downward-API
+/// environment filled in as the kubelet would.
+async fn start_operator(
+    cp: &ControlPlane,
+    docs: &[Value],
+    release_ns: &str,
+    release: &str,
+) -> Result<Operator> {
+    let f = fullname(release);
+    let deploy = find(docs, "Deployment", &f)?;
+    let pod = &deploy["spec"]["template"]["spec"];
+    let sa = s(pod, "/serviceAccountName");
+    let container = &pod["containers"][0];
+    let metrics_port = free_port()?;
+    let mut args: Vec<String> = container["args"]
+        .as_array()
+        .context("args")?
+        .iter()
+        .filter_map(|a| a.as_str().map(String::from))
+        .collect();
+    let n = args.len();
+    args.retain(|a| !a.starts_with("--metrics-address="));
+    ensure!(
+        args.len() == n - 1,
+        "the Deployment sets no --metrics-address: {args:?}"
+    );
+    args.push(format!("--metrics-address=127.0.0.1:{metrics_port}"));
+    for e in container["env"].as_array().context("env")? {
+        let path = s(e, "/valueFrom/fieldRef/fieldPath");
+        ensure!(
+            matches!(path, "metadata.name" | "metadata.namespace"),
+            "unexpected env {e}"
+        );
+    }
+
+    let token = service_account_token(cp, release_ns, sa).await?;
+    let scratch = ScratchDir::new("sa-kubeconfig")?;
+    let kubeconfig = scratch.path().join("kubeconfig.yaml");
+    write_private(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {}\n    certificate-authority: {}\n\
+             users:\n- name: sa\n  user:\n    token: {token}\ncontexts:\n- name: sa\n  context:\n    cluster: test\n    user: sa\n\
+             current-context: sa\n",
+            cp.server_url(),
+            cp.ca_file().display()
+        ),
+    )?;
+    let pod_name = format!("{f}-7d4b9c-x2x4z");
+    let process = ChildProcess::builder(env!("CARGO_BIN_EXE_sts-session-operator"))
+        .name(format!("operator-{release}"))
+        .log_file(
+            cp.dir()
+                .join(format!("operator-{release}-{metrics_port}.log")),
+        )
+        .args(&args)
+        .env("KUBECONFIG", &kubeconfig)
+        .env("POD_NAME", &pod_name)
+        .env("POD_NAMESPACE", release_ns)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("WATCH_NAMESPACES")
+        .spawn()?;
+    let op = Operator {
+        process,
+        metrics_port,
+        _scratch: scratch,
+    };
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        if http_get(metrics_port, "/readyz")
+            .await
+            .is_ok_and(|b| b.starts_with("200"))
+        {
+            return Ok(op);
+        }
+        ensure!(
+            op.process.is_running(),
+            "operator exited:\n{}",
+            op.process.log_tail(40)
+        );
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "operator not ready after {T:?}:\n{}",
+            op.process.log_tail(40)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Minimal HTTP GET over loopback: "STATUS\nBODY".
+async fn http_get(port: u16, path: &str) -> Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await?;
+    let mut buf = String::new();
+    stream.read_to_string(&mut buf).await?;
+    let status = buf.split(' ').nth(1).unwrap_or("").to_string();
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok(format!("{status}\n{body}"))
+}
+
+fn sessiontokens(client: &Client, ns: &str) -> Api<DynamicObject> {
+    let ar = kube::api::ApiResource {
+        group: "stssession.dev".into(),
+        version: "v1alpha1".into(),
+        api_version: "stssession.dev/v1alpha1".into(),
+        kind: "SessionToken".into(),
+        plural: "sessiontokens".into(),
+    };
+    Api::namespaced_with(client.clone(), ns, &ar)
+}
+
+fn session_token(name: &str, mfa: bool, annotations: Value) -> Result<DynamicObject> {
+    let mut spec =
+        json!({"durationSeconds": 3600, "sourceCredentials": {"secretRef": {"name": "iam-keys"}}});
+    if mfa {
+        spec["mfa"] = json!({"serialNumber": "arn:aws:iam::123456789012:mfa/alice"});
+    }
+    Ok(serde_json::from_value(json!({
+        "apiVersion": "stssession.dev/v1alpha1", "kind": "SessionToken",
+        "metadata": {"name": name, "annotations": annotations}, "spec": spec,
+    }))?)
+}
+
+/// (status, reason) of a condition.
+fn condition(st: &DynamicObject, type_: &str) -> (String, String) {
+    let v = serde_json::to_value(st).unwrap_or_default();
+    v.pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .and_then(|cs| cs.iter().find(|c| c["type"] == type_))
+        .map(|c| (s(c, "/status").to_string(), s(c, "/reason").to_string()))
+        .unwrap_or_default()
+}
+
+/// A workload namespace with the IAM user's keys and a non-MFA SessionToken "app".
+async fn workload(cp: &ControlPlane, prefix: &str, sts: &StsDouble) -> Result<String> {
+    let ns = cp.new_namespace(prefix).await?;
+    let admin = cp.admin_client().await?;
+    let user = sts.default_user();
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "iam-keys"},
+        "stringData": {"AWS_ACCESS_KEY_ID": user.access_key_id, "AWS_SECRET_ACCESS_KEY": user.secret_access_key},
+    }))?;
+    Api::<Secret>::namespaced(admin.clone(), &ns)
+        .create(&PostParams::default(), &secret)
+        .await?;
+    sessiontokens(&admin, &ns)
+        .create(
+            &PostParams::default(),
+            &session_token("app", false, json!({}))?,
+        )
+        .await?;
+    Ok(ns)
+}
+
+async fn wait_issued(cp: &ControlPlane, ns: &str, op: &Operator) -> Result<()> {
+    let api = sessiontokens(&cp.admin_client().await?, ns);
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        let st = api.get("app").await?;
+        let ready = condition(&st, "Ready");
+        if ready == ("True".into(), "Issued".into()) {
+            return Ok(());
+        }
+        ensure!(
+            op.process.is_running(),
+            "operator exited:\n{}",
+            op.process.log_tail(40)
+        );
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "{ns}/app not Ready=True/Issued after {T:?} (Ready={ready:?}); operator log:\n{}",
+            op.process.log_tail(40)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The output Secret has the session's keys, and the operator's Event was recorded.
+async fn assert_secret_and_event(cp: &ControlPlane, ns: &str) -> Result<()> {
+    let admin = cp.admin_client().await?;
+    let secret = Api::<Secret>::namespaced(admin.clone(), ns)
+        .get("app")
+        .await?;
+    let data = secret.data.unwrap_or_default();
+    for k in [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_SESSION_EXPIRATION",
+        "credentials",
+    ] {
+        ensure!(
+            data.contains_key(k),
+            "output Secret has no {k}: {:?}",
+            data.keys()
+        );
+    }
+    ensure!(
+        String::from_utf8_lossy(&data["AWS_ACCESS_KEY_ID"].0).starts_with("ASIA"),
+        "not a session key"
+    );
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(admin, ns);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let reasons: Vec<String> = events
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .filter_map(|e| e.reason)
+            .collect();
+        if reasons.iter().any(|r| r == "Issued") {
+            return Ok(());
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "no Issued event in {ns} (events: {reasons:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The Lease in the release namespace is held by the operator ("pod" name).
+async fn assert_lease_held(cp: &ControlPlane, release_ns: &str, release: &str) -> Result<()> {
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(cp.admin_client().await?, release_ns);
+    let lease = leases
+        .get(&fullname(release))
+        .await
+        .context("the operator's Lease")?;
+    let holder = lease
+        .spec
+        .and_then(|s| s.holder_identity)
+        .unwrap_or_default();
+    ensure!(
+        holder.starts_with(&fullname(release)),
+        "Lease held by {holder:?}"
+    );
+    Ok(())
+}
+
+/// Requests by the ServiceAccount that RBAC refused (a missing rule that the operator survives,
+/// such as Events, shows up only here).
+fn forbidden_requests(
+    cp: &ControlPlane,
+    sa_user: &str,
+    since: jiff::Timestamp,
+) -> Result<Vec<String>> {
+    Ok(cp
+        .audit_events_where(since, |e| e.username() == sa_user && e.code() == Some(403))?
+        .iter()
+        .map(|e| format!("{} {}", e.verb, e.request_uri))
+        .collect())
+}
+
+#[tokio::test]
+async fn operator_works_with_the_charts_cluster_wide_rbac() -> Result<()> {
+    let cp = control_plane().await;
+    let _lock = EVERY_NAMESPACE.write().await;
+    let since = jiff::Timestamp::now();
+    let sts = StsDouble::start(StsDoubleConfig::default())?;
+    let release_ns = cp.new_namespace("install-rbac").await?;
+    let release = release_name();
+    let values = json!({
+        "stsEndpoint": sts.endpoint(),
+        "allowedStsEndpoints": ["http://127.0.0.1:*"],
+        "logFormat": "text",
+        "approvalPolicy": {"enabled": false},
+    });
+    let (docs, _cleanup) = install(cp, &release, &release_ns, &values).await?;
+    let ns = workload(cp, "rbac-workload", &sts).await?;
+    let op = start_operator(cp, &docs, &release_ns, &release).await?;
+    wait_issued(cp, &ns, &op).await?;
+    assert_secret_and_event(cp, &ns).await?;
+    let metrics = http_get(op.metrics_port, "/metrics").await?;
+    ensure!(
+        metrics.starts_with("200") && metrics.contains("sts_session_ready_status"),
+        "/metrics:\n{metrics}"
+    );
+    assert_lease_held(cp, &release_ns, &release).await?;
+    let sa_user = format!("system:serviceaccount:{release_ns}:{}", fullname(&release));
+    let refused = forbidden_requests(cp, &sa_user, since)?;
+    ensure!(
+        refused.is_empty(),
+        "requests the chart's RBAC refused: {refused:#?}\noperator log:\n{}",
+        op.process.log_tail(40)
+    );
+    ensure!(
+        !cp.audit_events_where(since, |e| e.username() == sa_user)?
+            .is_empty(),
+        "no requests by {sa_user} in the audit log"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn operator_with_namespace_scoped_chart_rbac_ignores_other_namespaces() -> Result<()> {
+    let cp = control_plane().await;
+    let _lock = EVERY_NAMESPACE.read().await;
+    let since = jiff::Timestamp::now();
+    let sts = StsDouble::start(StsDoubleConfig::default())?;
+    let release_ns = cp.new_namespace("install-rbac-ns").await?;
+    let watched = workload(cp, "rbac-watched", &sts).await?;
+    let unwatched = workload(cp, "rbac-unwatched", &sts).await?;
+    let release = release_name();
+    let values = json!({
+        "watchNamespaces": [watched],
+        "stsEndpoint": sts.endpoint(),
+        "allowedStsEndpoints": ["http://127.0.0.1:*"],
+        "logFormat": "text",
+        "approvalPolicy": {"enabled": false},
+    });
+    let (docs, _cleanup) = install(cp, &release, &release_ns, &values).await?;
+    let op = start_operator(cp, &docs, &release_ns, &release).await?;
+    wait_issued(cp, &watched, &op).await?;
+    assert_secret_and_event(cp, &watched).await?;
+    assert_lease_held(cp, &release_ns, &release).await?;
+
+    // The unlisted namespace is left alone: no status, no Secret, no STS call for it.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let admin = cp.admin_client().await?;
+    let other = sessiontokens(&admin, &unwatched).get("app").await?;
+    let status = serde_json::to_value(&other)?.get("status").cloned();
+    ensure!(
+        status
+            .as_ref()
+            .is_none_or(|s| s.is_null() || *s == json!({})),
+        "the unlisted namespace's SessionToken got a status: {status:?}"
+    );
+    ensure!(
+        Api::<Secret>::namespaced(admin, &unwatched)
+            .get_opt("app")
+            .await?
+            .is_none(),
+        "the unlisted namespace got a Secret"
+    );
+    ensure!(
+        sts.call_count() == 1,
+        "{} STS calls; expected one (the watched namespace's)",
+        sts.call_count()
+    );
+
+    let sa_user = format!("system:serviceaccount:{release_ns}:{}", fullname(&release));
+    let refused = forbidden_requests(cp, &sa_user, since)?;
+    ensure!(
+        refused.is_empty(),
+        "requests the chart's RBAC refused: {refused:#?}\noperator log:\n{}",
+        op.process.log_tail(40)
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Guarded approvals.
+
+/// Sets the approval annotations as `kubectl annotate` does (a merge patch).
+async fn annotate(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    code: &str,
+    by: &str,
+) -> Result<(), kube::Error> {
+    let patch = json!({"metadata": {"annotations": {CODE: code, APPROVED_BY: by}}});
+    sessiontokens(client, ns)
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map(|_| ())
+}
+
+/// The API error of a refused request (fails if it was admitted).
+fn refused(result: Result<(), kube::Error>, what: &str) -> Result<kube::core::Status> {
+    match result {
+        Ok(()) => bail!("{what}: admitted, expected a refusal"),
+        Err(kube::Error::Api(e)) => Ok(*e),
+        Err(e) => bail!("{what}: unexpected error {e}"),
+    }
+}
+
+async fn annotations(client: &Client, ns: &str, name: &str) -> Result<BTreeMap<String, String>> {
+    Ok(sessiontokens(client, ns)
+        .get(name)
+        .await?
+        .metadata
+        .annotations
+        .unwrap_or_default())
+}
+
+#[tokio::test]
+async fn approval_policy_admits_only_approvers_naming_themselves() -> Result<()> {
+    let cp = control_plane().await;
+    let _lock = EVERY_NAMESPACE.read().await;
+    let release_ns = cp.new_namespace("install-approvals").await?;
+    let ns = cp.new_namespace("approvals").await?;
+    let release = release_name();
+    let f = fullname(&release);
+    // The policy covers the test's namespace only (it is cluster-scoped; other tests share the
+    // API server).
+    let values = json!({"approvalPolicy": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}}});
+    let (_docs, _cleanup) = install(cp, &release, &release_ns, &values).await?;
+    let admin = cp.admin_client().await?;
+
+    // alice: the chart's approver ClusterRole, in this namespace. bob: get/list/patch, no approve.
+    cp.apply_yaml(&format!(
+        r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: alice-approves, namespace: {ns}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: {f}-approve}}
+subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: alice}}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{name: sessiontoken-editor, namespace: {ns}}}
+rules:
+  - apiGroups: [stssession.dev]
+    resources: [sessiontokens]
+    verbs: [get, list, patch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: bob-edits, namespace: {ns}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: sessiontoken-editor}}
+subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: bob}}]
+"#
+    ))
+    .await?;
+    let sts_api = sessiontokens(&admin, &ns);
+    for name in [
+        "probe",
+        "alice-ok",
+        "alice-names-bob",
+        "bob",
+        "mallory",
+        "csa",
+        "ssa",
+        "pending",
+    ] {
+        sts_api
+            .create(
+                &PostParams::default(),
+                &session_token(name, true, json!({}))?,
+            )
+            .await?;
+    }
+    let alice = cp.client_as("alice").await?;
+    let bob = cp.client_as("bob").await?;
+    let mallory = cp.client_as("mallory").await?;
+
+    // Policies and RBAC reach the API server's caches asynchronously: wait until the policy
+    // refuses alice naming bob (each try with a new code, since an unchanged code is no approval).
+    let deadline = tokio::time::Instant::now() + T;
+    let mut code = 100_000;
+    let first = loop {
+        code += 1;
+        match annotate(&alice, &ns, "probe", &code.to_string(), "bob").await {
+            Err(kube::Error::Api(e)) if e.message.contains("ValidatingAdmissionPolicy") => break e,
+            Ok(()) => {}
+            Err(kube::Error::Api(e)) if e.code == 403 => {} // RBAC not there yet
+            Err(e) => bail!("unexpected error while waiting for the policy: {e}"),
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the approval policy never refused alice naming bob"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    eprintln!("refusal: {}", first.message);
+
+    // 1. alice, naming herself: admitted.
+    annotate(&alice, &ns, "alice-ok", "123456", "alice")
+        .await
+        .context("alice approving as alice")?;
+    let a = annotations(&admin, &ns, "alice-ok").await?;
+    assert_eq!(
+        (
+            a.get(CODE).map(String::as_str),
+            a.get(APPROVED_BY).map(String::as_str)
+        ),
+        (Some("123456"), Some("alice"))
+    );
+
+    // 2. alice, naming bob: refused, saying why.
+    let e = refused(
+        annotate(&alice, &ns, "alice-names-bob", "234567", "bob").await,
+        "alice naming bob",
+    )?;
+    assert_eq!(e.code, 403, "{e:?}");
+    assert!(
+        e.message.contains(&format!("{f}-approvals")),
+        "{}",
+        e.message
+    );
+    assert!(
+        e.message.contains(r#"stssession.dev/approved-by annotation must name the user who sets the token code: it is "bob", but the request comes from "alice""#),
+        "{}",
+        e.message
+    );
+    assert!(
+        !annotations(&admin, &ns, "alice-names-bob")
+            .await?
+            .contains_key(CODE)
+    );
+
+    // 3. bob may patch SessionTokens (a label is fine) but not approve.
+    let label = json!({"metadata": {"labels": {"touched-by": "bob"}}});
+    sessiontokens(&bob, &ns)
+        .patch("bob", &PatchParams::default(), &Patch::Merge(&label))
+        .await
+        .context("bob labelling")?;
+    let e = refused(
+        annotate(&bob, &ns, "bob", "345678", "bob").await,
+        "bob approving",
+    )?;
+    assert_eq!(e.code, 403, "{e:?}");
+    assert!(
+        e.message.contains(&format!(r#"user "bob" may not approve SessionToken {ns}/bob: setting the stssession.dev/token-code annotation needs the verb "approve""#)),
+        "{}",
+        e.message
+    );
+    // ... nor re-attribute alice's pending approval to himself.
+    annotate(&alice, &ns, "pending", "567890", "alice")
+        .await
+        .context("alice approving")?;
+    let by_bob = json!({"metadata": {"annotations": {APPROVED_BY: "bob"}}});
+    let e = refused(
+        sessiontokens(&bob, &ns)
+            .patch("pending", &PatchParams::default(), &Patch::Merge(&by_bob))
+            .await
+            .map(|_| ()),
+        "bob re-attributing alice's code",
+    )?;
+    assert!(
+        e.message.contains(r#"user "bob" may not approve"#),
+        "{}",
+        e.message
+    );
+
+    // 4. mallory has no rights at all: RBAC refuses before any policy runs.
+    let e = refused(
+        annotate(&mallory, &ns, "mallory", "456789", "mallory").await,
+        "mallory approving",
+    )?;
+    assert_eq!(e.code, 403, "{e:?}");
+    assert!(
+        e.message
+            .contains(r#"User "mallory" cannot patch resource "sessiontokens""#),
+        "{}",
+        e.message
+    );
+    assert!(
+        !e.message.contains("ValidatingAdmissionPolicy"),
+        "{}",
+        e.message
+    );
+
+    // 5. Client-side `kubectl apply` carrying the code: refused, as alice, who could otherwise
+    // approve. The same manifest applied server-side is admitted.
+    let kubectl = kubectl()?;
+    let scratch = ScratchDir::new("approvals")?;
+    let manifest = |name: &str, code: &str| -> Result<PathBuf> {
+        let mut st = serde_json::to_value(session_token(
+            name,
+            true,
+            json!({CODE: code, APPROVED_BY: "alice"}),
+        )?)?;
+        st["metadata"]["namespace"] = json!(ns);
+        let path = scratch.path().join(format!("{name}.json"));
+        std::fs::write(&path, serde_json::to_vec_pretty(&st)?)?;
+        Ok(path)
+    };
+    let alice_kubeconfig = cp.kubeconfig_for("alice");
+    let out = run(Command::new(&kubectl)
+        .arg("--kubeconfig")
+        .arg(&alice_kubeconfig)
+        .arg("apply")
+        .arg("-f")
+        .arg(manifest("csa", "678901")?))?;
+    let stderr = text(&out.stderr);
+    ensure!(
+        !out.status.success(),
+        "client-side kubectl apply with a code was admitted:\n{}",
+        text(&out.stdout)
+    );
+    assert!(
+        stderr.contains("must not be set with client-side `kubectl apply`"),
+        "{stderr}"
+    );
+    assert!(!annotations(&admin, &ns, "csa").await?.contains_key(CODE));
+    let out = run(Command::new(&kubectl)
+        .arg("--kubeconfig")
+        .arg(&alice_kubeconfig)
+        .args(["apply", "--server-side", "-f"])
+        .arg(manifest("ssa", "789012")?))?;
+    ensure!(
+        out.status.success(),
+        "server-side kubectl apply by alice refused:\n{}",
+        text(&out.stderr)
+    );
+    assert_eq!(
+        annotations(&admin, &ns, "ssa")
+            .await?
+            .get(CODE)
+            .map(String::as_str),
+        Some("789012")
+    );
+
+    // 6. The operator's claim, as the chart's ServiceAccount (no approve verb): a JSON patch that
+    // tests the code and removes both annotations. Admitted.
+    let token = service_account_token(cp, &release_ns, &f).await?;
+    let operator = cp.client_with_token(&token).await?;
+    let claim: json_patch::Patch = serde_json::from_value(json!([
+        {"op": "test", "path": "/metadata/annotations/stssession.dev~1token-code", "value": "123456"},
+        {"op": "remove", "path": "/metadata/annotations/stssession.dev~1token-code"},
+        {"op": "remove", "path": "/metadata/annotations/stssession.dev~1approved-by"},
+    ]))?;
+    let pp = PatchParams {
+        field_manager: Some("sts-session-operator".into()),
+        ..Default::default()
+    };
+    sessiontokens(&operator, &ns)
+        .patch("alice-ok", &pp, &Patch::<()>::Json(claim))
+        .await
+        .context("the operator's claim")?;
+    let a = annotations(&admin, &ns, "alice-ok").await?;
+    assert!(
+        !a.contains_key(CODE) && !a.contains_key(APPROVED_BY),
+        "{a:?}"
+    );
+
+    // 7. CREATE: any code counts. admin may approve (system:masters) but must name itself.
+    let e = refused(
+        sts_api
+            .create(
+                &PostParams::default(),
+                &session_token(
+                    "created-for-alice",
+                    true,
+                    json!({CODE: "890123", APPROVED_BY: "alice"}),
+                )?,
+            )
+            .await
+            .map(|_| ()),
+        "admin creating with approved-by=alice",
+    )?;
+    assert!(
+        e.message
+            .contains(r#"it is "alice", but the request comes from "admin""#),
+        "{}",
+        e.message
+    );
+    sts_api
+        .create(
+            &PostParams::default(),
+            &session_token(
+                "created-by-admin",
+                true,
+                json!({CODE: "901234", APPROVED_BY: "admin"}),
+            )?,
+        )
+        .await
+        .context("admin creating with approved-by=admin")?;
+    let e = refused(
+        sts_api
+            .create(
+                &PostParams::default(),
+                &session_token("created-no-approver", true, json!({CODE: "012345"}))?,
+            )
+            .await
+            .map(|_| ()),
+        "admin creating without approved-by",
+    )?;
+    assert!(e.message.contains("it is missing"), "{}", e.message);
+
+    // 8. The binding's namespaceSelector keeps the policy to this namespace.
+    let elsewhere = sessiontokens(&admin, &release_ns);
+    elsewhere
+        .create(
+            &PostParams::default(),
+            &session_token(
+                "unguarded",
+                true,
+                json!({CODE: "111111", APPROVED_BY: "bob"}),
+            )?,
+        )
+        .await
+        .context("outside the selected namespace the policy must not apply")?;
+    Ok(())
+}
