@@ -180,7 +180,8 @@ async fn run(args: Args) -> Result<()> {
     }
 
     let namespaces: Vec<Option<String>> = {
-        let list: Vec<String> = args
+        // sorted and deduplicated: a namespace named twice must not get two controllers
+        let list: std::collections::BTreeSet<String> = args
             .namespaces
             .iter()
             .map(|n| n.trim().to_string())

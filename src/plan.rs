@@ -83,6 +83,20 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
     (total.is_finite() && total < 1e9).then(|| Duration::from_secs_f64(total))
 }
 
+/// Whether `name` is a valid object name (a DNS subdomain: lowercase alphanumerics, `-` and
+/// `.`, at most 253 characters). The CRD schema already says so; checked again before a name
+/// goes into an API path, in case an older CRD without the pattern is installed: a `/` or
+/// `..` there must never reach another namespace.
+pub fn is_object_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= 253
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-' || *c == b'.')
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+        && !name.contains("..")
+}
+
 /// The renewal time of a session that was issued at `issued_at` and expires at `expiration`
 /// (as STS returned it, not as requested): expiration minus the renewal window, minus a
 /// jitter that is stable for the same `jitter_seed`.
@@ -597,6 +611,16 @@ mod tests {
         let mut longer = spec.clone();
         longer.duration_seconds = 900;
         assert_ne!(h, session_hash(&longer, "us-east-1", None, "AKIA1"));
+    }
+
+    #[test]
+    fn object_names() {
+        for ok in ["keys", "iam-keys", "a.b-c", "x", &"a".repeat(253)] {
+            assert!(is_object_name(ok), "{ok}");
+        }
+        for bad in ["", "../other", "a/b", "Keys", "-a", "a-", "a..b", "a b", "ключ", &"a".repeat(254), "%2e%2e"] {
+            assert!(!is_object_name(bad), "{bad}");
+        }
     }
 
     #[test]
