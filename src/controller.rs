@@ -4,7 +4,7 @@
 //! should be writes nothing.
 
 use crate::crd::{
-    APPROVED_BY_ANNOTATION, Approval, Condition, FIELD_MANAGER, Failure, RENEW_ANNOTATION,
+    APPROVED_BY_ANNOTATION, OWNER_UID_LABEL, Approval, Condition, FIELD_MANAGER, Failure, RENEW_ANNOTATION,
     SessionToken, SessionTokenStatus, TOKEN_CODE_ANNOTATION,
 };
 use crate::metrics::{Metrics, SessionMetrics};
@@ -18,7 +18,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions
 use kube::core::PartialObjectMeta;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::EventType;
 use kube::runtime::reflector;
 use kube::runtime::watcher::{self, watcher};
 use kube::{Client, Resource, ResourceExt};
@@ -41,6 +41,8 @@ pub enum Error {
     Kube(#[from] kube::Error),
     #[error("the SessionToken has no {0}")]
     MissingField(&'static str),
+    #[error("{0:?} is not a valid Secret name")]
+    InvalidName(String),
     #[error("could not write the output Secret, keeping the new session in memory: {0}")]
     SecretWrite(kube::Error),
 }
@@ -49,7 +51,7 @@ impl Error {
     pub fn metric_reason(&self) -> &'static str {
         match self {
             Error::Kube(_) => "KubeApi",
-            Error::MissingField(_) => "InvalidObject",
+            Error::MissingField(_) | Error::InvalidName(_) => "InvalidObject",
             Error::SecretWrite(_) => "SecretWrite",
         }
     }
@@ -76,9 +78,12 @@ struct Memory {
     code_required_sent: Option<(Timestamp, u64)>,
     /// Expiration whose `Expired` event was sent.
     expired_sent: Option<Timestamp>,
-    /// The status this process last wrote: if the cached object shows another one, the cache
-    /// lags behind our own write, and acting on it could mint twice.
-    last_written: Option<SessionTokenStatus>,
+    /// Digest of the status this process last wrote: if the cached object shows another one,
+    /// the cache lags behind our own write, and acting on it could mint twice.
+    last_written: Option<u64>,
+    /// resourceVersion of this process's last write of the output Secret: that change, seen
+    /// again on the watch, needs no reconcile.
+    secret_written: Option<String>,
     /// Consecutive reconcile errors, for the error backoff.
     errors: u32,
     /// Consecutive reconciles that found the source Secret missing or unusable.
@@ -90,18 +95,18 @@ pub struct Context {
     pub sts: StsClient,
     pub metrics: Arc<Metrics>,
     pub settings: Settings,
-    recorder: Recorder,
+    events: crate::events::Publisher,
     memory: Mutex<HashMap<String, Memory>>,
 }
 
 impl Context {
     pub fn new(client: Client, sts: StsClient, metrics: Arc<Metrics>, settings: Settings) -> Self {
-        let reporter = Reporter {
-            controller: FIELD_MANAGER.into(),
-            instance: Some(settings.instance.clone()),
-        };
         Self {
-            recorder: Recorder::new(client.clone(), reporter),
+            events: crate::events::Publisher::new(
+                client.clone(),
+                FIELD_MANAGER,
+                &settings.instance,
+            ),
             client,
             sts,
             metrics,
@@ -115,6 +120,24 @@ impl Context {
         f(map.entry(uid.to_string()).or_default())
     }
 
+    /// Whether a watched output Secret is exactly what this process last wrote there.
+    fn is_own_secret_write(&self, secret: &PartialObjectMeta<Secret>) -> bool {
+        let (Some(uid), Some(rv)) = (
+            secret.labels().get(OWNER_UID_LABEL),
+            secret.metadata.resource_version.as_ref(),
+        ) else {
+            return false;
+        };
+        let map = self.memory.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(uid)
+            .is_some_and(|m| m.secret_written.as_ref() == Some(rv))
+    }
+
+    fn note_secret_write(&self, uid: &str, written: &Secret) {
+        let rv = written.metadata.resource_version.clone();
+        self.with_memory(uid, |m| m.secret_written = rv);
+    }
+
     fn forget(&self, uid: &str) {
         self.memory
             .lock()
@@ -122,15 +145,19 @@ impl Context {
             .remove(uid);
     }
 
-    async fn event(&self, st: &SessionToken, type_: EventType, reason: &str, note: String) {
-        let ev = Event {
-            type_,
-            reason: reason.into(),
-            note: Some(truncate(&note, 1000)),
-            action: "Reconcile".into(),
-            secondary: None,
-        };
-        if let Err(e) = self.recorder.publish(&ev, &st.object_ref(&())).await {
+    pub(crate) async fn event(
+        &self,
+        st: &SessionToken,
+        type_: EventType,
+        reason: &str,
+        note: String,
+    ) {
+        let note = truncate(&note, 1000);
+        let regarding = st.object_ref(&());
+        if let Err(e) = (self.events)
+            .publish(&regarding, type_, reason, "Reconcile", note)
+            .await
+        {
             warn!(error = %e, reason, "could not publish event");
         }
     }
@@ -238,22 +265,34 @@ async fn observe(st: Arc<SessionToken>, ctx: &Context) -> Result<Observed, Error
     let name = st.name_any();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let out_name = st.output_secret_name();
-    let out_secret = secrets.get_opt(&out_name).await?;
-    let ownership = secret::ownership(out_secret.as_ref(), &st);
+    if !plan::is_object_name(&out_name) {
+        return Err(Error::InvalidName(out_name));
+    }
     let old_name = st
         .status
         .as_ref()
         .and_then(|s| s.secret_name.clone())
         .filter(|n| *n != out_name);
-    let old_secret = match old_name {
-        Some(n) => secrets
-            .get_opt(&n)
-            .await?
-            .filter(|s| secret::ownership(Some(s), &st) == Ownership::Ours),
-        None => None,
-    };
     let source_ref = &st.spec.source_credentials.secret_ref;
-    let source = secrets.get_opt(&source_ref.name).await?;
+    // Independent reads, in parallel: an approval waits for them.
+    let (out_secret, old_secret, source) = tokio::try_join!(
+        secrets.get_opt(&out_name),
+        async {
+            match &old_name {
+                Some(n) => secrets.get_opt(n).await,
+                None => Ok(None),
+            }
+        },
+        async {
+            match plan::is_object_name(&source_ref.name) {
+                true => secrets.get_opt(&source_ref.name).await,
+                false => Ok(None),
+            }
+        },
+    )?;
+    let ownership = secret::ownership(out_secret.as_ref(), &st);
+    let old_secret =
+        old_secret.filter(|s| secret::ownership(Some(s), &st) == Ownership::Ours);
     let keys = secret::read_long_term_keys(source.as_ref(), source_ref);
     let region = st
         .spec
@@ -306,8 +345,7 @@ async fn reconcile_inner(st: Arc<SessionToken>, ctx: &Context) -> Result<Action,
     let uid = st.metadata.uid.clone().unwrap_or_default();
     let stale = ctx.with_memory(&uid, |m| {
         m.last_written
-            .as_ref()
-            .is_some_and(|w| Some(w) != st.status.as_ref())
+            .is_some_and(|w| Some(w) != st.status.as_ref().map(status_digest))
     });
     let st = if stale {
         // The watch cache has not caught up with our last status write: read the object itself.
@@ -457,10 +495,12 @@ async fn reconcile_inner(st: Arc<SessionToken>, ctx: &Context) -> Result<Action,
         Ownership::Ours => obs.out_secret.as_ref(),
         _ => None,
     });
-    let held = holder.and_then(secret::read_session).filter(|s| {
-        Some(&s.access_key_id) == old_status.access_key_id.as_ref()
-            && Some(s.expiration) == old_status.expiration
-    });
+    let held = holder
+        .and_then(|s| secret::held_session(s, &st))
+        .filter(|s| {
+            Some(&s.access_key_id) == old_status.access_key_id.as_ref()
+                && Some(s.expiration) == old_status.expiration
+        });
     let unsaved = ctx.with_memory(&obs.uid, |m| m.unsaved.take());
     let session_state = plan::session_state(
         status.expiration,
@@ -527,7 +567,7 @@ async fn reconcile_inner(st: Arc<SessionToken>, ctx: &Context) -> Result<Action,
             );
             match write_status(&sts_api, &obs.name, &claimed).await {
                 Ok(()) => {
-                    ctx.with_memory(&obs.uid, |m| m.last_written = Some(claimed.clone()));
+                    ctx.with_memory(&obs.uid, |m| m.last_written = Some(status_digest(&claimed)));
                     server_status = claimed.clone();
                     status = claimed;
                 }
@@ -682,6 +722,12 @@ async fn reconcile_inner(st: Arc<SessionToken>, ctx: &Context) -> Result<Action,
         }
     }
 
+    // -- consumers (src/consumers.rs): restart targets, ConsumerRefresh/RolloutRestart ------
+    let consumers_recheck =
+        crate::consumers::reconcile(ctx, &st, &mut status, written || held.is_some(), obs.now)
+            .await;
+    // -- end consumers -----------------------------------------------------------------------
+
     // 5. Conditions, events, metrics.
     let session_state = if written {
         plan::session_state(status.expiration, status.renewal_time, true, obs.now)
@@ -743,7 +789,7 @@ async fn reconcile_inner(st: Arc<SessionToken>, ctx: &Context) -> Result<Action,
             }
             return Err(e);
         }
-        ctx.with_memory(&obs.uid, |m| m.last_written = Some(status.clone()));
+        ctx.with_memory(&obs.uid, |m| m.last_written = Some(status_digest(&status)));
     }
 
     // 6. Requeue at the next instant that matters; never poll while healthy.
@@ -763,6 +809,7 @@ async fn reconcile_inner(st: Arc<SessionToken>, ctx: &Context) -> Result<Action,
             .renewal_time
             .filter(|r| *r > obs.now && (auto || has_mfa)),
         next_event,
+        consumers_recheck,
         retry_at.filter(|_| auto),
         source_blocked.then(|| {
             obs.now
@@ -1008,15 +1055,22 @@ async fn write_secret(ctx: &Context, obs: &Observed, desired: &Secret) -> Result
                     desired,
                 )
                 .await
-                .map(|_| ()),
+                .map(|created| ctx.note_secret_write(&obs.uid, &created)),
             (Some(existing), Ownership::Ours) => {
                 let mut body = desired.clone();
                 body.metadata.resource_version = existing.metadata.resource_version.clone();
                 let pp = PatchParams::apply(FIELD_MANAGER).force();
-                secrets
+                match secrets
                     .patch(&obs.out_name, &pp, &Patch::Apply(&body))
                     .await
-                    .map(|_| ())
+                {
+                    // consumers: keys of formats no longer chosen, which the apply kept
+                    Ok(applied) => {
+                        ctx.note_secret_write(&obs.uid, &applied);
+                        crate::consumers::prune_stale_keys(&secrets, &applied, desired).await
+                    }
+                    Err(e) => Err(e),
+                }
             }
             (Some(_), Ownership::Foreign(_)) => {
                 unreachable!("a blocker stops writes to a foreign Secret")
@@ -1033,6 +1087,13 @@ async fn write_secret(ctx: &Context, obs: &Observed, desired: &Secret) -> Result
             Err(e) => return Err(e),
         }
     }
+}
+
+/// A digest of a status, to recognise our own write in the cache without keeping a copy.
+fn status_digest(status: &SessionTokenStatus) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    serde_json::to_vec(status).unwrap_or_default().hash(&mut h);
+    h.finish()
 }
 
 async fn write_status(
@@ -1061,6 +1122,24 @@ fn trigger_hash(st: &SessionToken) -> Option<u64> {
     Some(h.finish())
 }
 
+/// The cache keeps SessionTokens without `managedFields` (most of an object's size once its
+/// status is written), except entries that set one of our annotations: `plan::annotation_set_at`
+/// reads from them when a token code was set.
+fn drop_managed_fields(st: &mut SessionToken) {
+    let ours = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry| {
+        m.fields_v1
+            .as_ref()
+            .and_then(|f| f.0.get("f:metadata")?.get("f:annotations")?.as_object())
+            .is_some_and(|a| a.keys().any(|k| k.starts_with("f:stssession.dev/")))
+    };
+    if let Some(entries) = st.metadata.managed_fields.as_mut() {
+        entries.retain(ours);
+        if entries.is_empty() {
+            st.metadata.managed_fields = None;
+        }
+    }
+}
+
 /// Runs the controller for one scope (all namespaces, or one) until `shutdown` resolves.
 pub async fn run(
     ctx: Arc<Context>,
@@ -1080,8 +1159,10 @@ pub async fn run(
     let (reader, writer) = reflector::store();
     let metrics = ctx.metrics.clone();
     let forget_ctx = ctx.clone();
+    let own = ctx.clone();
     let main_stream = watcher(sessions, watcher::Config::default().any_semantic())
         .default_backoff()
+        .modify(drop_managed_fields)
         .reflect(writer)
         .inspect_ok(move |event| {
             if let watcher::Event::Delete(st) = event {
@@ -1100,7 +1181,9 @@ pub async fn run(
             .any_semantic(),
     )
     .default_backoff()
-    .touched_objects();
+    .touched_objects()
+    // Our own writes come back on this watch: the reconcile that made them needs no other.
+    .try_filter(move |s| std::future::ready(!own.is_own_secret_write(s)));
     Controller::for_stream(main_stream, reader)
         .owns_stream(owned)
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))

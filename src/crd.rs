@@ -23,6 +23,16 @@ pub const OWNER_UID_LABEL: &str = "stssession.dev/session-token-uid";
 pub const OWNER_NAME_ANNOTATION: &str = "stssession.dev/session-token";
 /// Field manager of every write the operator makes.
 pub const FIELD_MANAGER: &str = "sts-session-operator";
+/// Where pods mount the output Secret, unless `spec.secret.mountPath` says otherwise: the
+/// `config` file's `credential_process` reads `credential-process.json` from here.
+pub const DEFAULT_MOUNT_PATH: &str = "/var/run/secrets/stssession.dev";
+/// Pod-template annotation set on restart targets at each rotation: when (RFC 3339), as
+/// `kubectl rollout restart` does with `kubectl.kubernetes.io/restartedAt`.
+pub const RESTARTED_AT_ANNOTATION: &str = "stssession.dev/restartedAt";
+/// Prefix of the pod-template annotation naming the session a target was restarted for:
+/// `sessiontoken.stssession.dev/<SessionToken name>: <access key id>` (one per SessionToken, so
+/// that two SessionTokens restarting one workload never undo each other).
+pub const RESTARTED_FOR_PREFIX: &str = "sessiontoken.stssession.dev/";
 
 pub const DEFAULT_DURATION_SECONDS: i32 = 43_200;
 pub const DEFAULT_RENEW_BEFORE_PERCENTAGE: u8 = 33;
@@ -48,7 +58,7 @@ fn default_secret_access_key_key() -> String {
     namespaced,
     shortname = "st",
     status = "SessionTokenStatus",
-    doc = "A SessionToken keeps short-lived AWS STS session credentials in a Secret, minted with GetSessionToken from an IAM user's long-term keys and, when spec.mfa is set, a person's MFA code (annotation stssession.dev/token-code, see `kubectl sts approve`). The Secret holds AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_SESSION_EXPIRATION and a shared-credentials file `credentials`, and is rotated before expiry.",
+    doc = "A SessionToken keeps short-lived AWS STS session credentials in a Secret, minted with GetSessionToken from an IAM user's long-term keys and, when spec.mfa is set, a person's MFA code (annotation stssession.dev/token-code, see `kubectl sts approve`). By default the Secret holds AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_SESSION_EXPIRATION, a shared-credentials file `credentials`, and an AWS `config` file whose credential_process reads `credential-process.json` (spec.secret.formats), and is rotated before expiry; spec.rolloutRestartTargets are restarted after each rotation.",
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Status","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
     printcolumn = r#"{"name":"Expires","type":"string","jsonPath":".status.expiration"}"#,
@@ -94,6 +104,101 @@ pub struct SessionTokenSpec {
     /// When to renew, before the session expires. Default: 33 % of the session's lifetime.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub renewal: Option<RenewalSpec>,
+
+    /// Workloads in this namespace that read the credentials as environment variables (which a
+    /// running process never sees change): after each rotation the operator restarts them, as
+    /// `kubectl rollout restart` does, by setting the pod-template annotations
+    /// `stssession.dev/restartedAt` and `sessiontoken.stssession.dev/<this name>` (the session's
+    /// access key id). One restart per rotation, none otherwise. A target that is missing or
+    /// may not be patched shows as the condition `RolloutRestart=False`; the rotation itself
+    /// never waits for it. Needs get/patch on the workloads (apps) for the operator.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["kind", "name"]))]
+    pub rollout_restart_targets: Vec<RolloutRestartTarget>,
+}
+
+/// A workload restarted after each rotation.
+#[derive(
+    KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord,
+)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutRestartTarget {
+    /// `Deployment`, `StatefulSet` or `DaemonSet` (group apps).
+    pub kind: WorkloadKind,
+    /// Its name, in the SessionToken's namespace.
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
+    pub name: String,
+}
+
+/// Kinds of workload a SessionToken can restart.
+#[derive(
+    schemars::JsonSchema,
+    Deserialize,
+    Serialize,
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+)]
+pub enum WorkloadKind {
+    Deployment,
+    StatefulSet,
+    DaemonSet,
+}
+
+impl WorkloadKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkloadKind::Deployment => "Deployment",
+            WorkloadKind::StatefulSet => "StatefulSet",
+            WorkloadKind::DaemonSet => "DaemonSet",
+        }
+    }
+}
+
+/// A format of the output Secret: `EnvVars`, `CredentialsFile` or `CredentialProcess`.
+// (Plain comments on the variants: doc comments would make the schema a `oneOf`.)
+#[derive(
+    schemars::JsonSchema,
+    Deserialize,
+    Serialize,
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+)]
+pub enum OutputFormat {
+    // `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN` and
+    // `AWS_SESSION_EXPIRATION`, for `envFrom` (read once, at container start).
+    EnvVars,
+    // `credentials`: a shared-credentials file (profile `default`), for
+    // `AWS_SHARED_CREDENTIALS_FILE` (SDKs read it once, at start).
+    CredentialsFile,
+    // `config`: an AWS config file whose profile `default` has
+    // `credential_process = cat <mountPath>/credential-process.json`, and
+    // `credential-process.json` itself: SDKs run it again as their credentials near expiry, so
+    // a running process picks up each rotation (set `AWS_CONFIG_FILE=<mountPath>/config`).
+    CredentialProcess,
+}
+
+impl OutputFormat {
+    pub const ALL: [OutputFormat; 3] = [
+        OutputFormat::EnvVars,
+        OutputFormat::CredentialsFile,
+        OutputFormat::CredentialProcess,
+    ];
 }
 
 /// The MFA device that approves sessions.
@@ -120,8 +225,12 @@ pub struct SourceCredentials {
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct SourceSecretRef {
-    /// Name of the Secret, in the SessionToken's namespace.
-    #[schemars(length(min = 1, max = 253))]
+    /// Name of the Secret, in the SessionToken's namespace (a DNS subdomain name: no `/`, so no
+    /// path tricks can reach another namespace).
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
     pub name: String,
     /// Key of the access key id in the Secret's data.
     #[serde(default = "default_access_key_id_key")]
@@ -156,6 +265,26 @@ pub struct OutputSecretSpec {
     /// the Secret is garbage-collected with its SessionToken.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub retain_on_delete: bool,
+    /// What the Secret carries. Default: all three.
+    /// `EnvVars`: `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`,
+    /// `AWS_SESSION_EXPIRATION`, for `envFrom` (read at container start only: see
+    /// rolloutRestartTargets). `CredentialsFile`: `credentials`, a shared-credentials file for
+    /// `AWS_SHARED_CREDENTIALS_FILE` (SDKs read it at start only). `CredentialProcess`: `config`,
+    /// whose profile `default` runs `credential_process = cat <mountPath>/credential-process.json`,
+    /// and that JSON document: with `AWS_CONFIG_FILE=<mountPath>/config` SDKs run it again as
+    /// their credentials near expiry, so running processes pick up each rotation. Keys of formats
+    /// not listed are removed from the Secret; changing the list keeps the current session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 3))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub formats: Option<Vec<OutputFormat>>,
+    /// The directory pods mount this Secret at (a `secret` volume, not `subPath`: the kubelet
+    /// never updates subPath mounts). Only the `config` file uses it: its `credential_process`
+    /// is `cat <mountPath>/credential-process.json`. Default `/var/run/secrets/stssession.dev`;
+    /// set another one for a second SessionToken in the same pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 2, max = 256), regex(pattern = r"^(/[A-Za-z0-9._-]+)+$"))]
+    pub mount_path: Option<String>,
 }
 
 /// When to renew a session, before it expires. Set at most one field.
@@ -271,6 +400,30 @@ impl SessionToken {
             .as_ref()
             .and_then(|s| s.name.clone())
             .unwrap_or_else(|| self.metadata.name.clone().unwrap_or_default())
+    }
+
+    /// The formats the output Secret carries: `spec.secret.formats`, else all of them; sorted,
+    /// without duplicates.
+    pub fn output_formats(&self) -> Vec<OutputFormat> {
+        let mut formats = self
+            .spec
+            .secret
+            .as_ref()
+            .and_then(|s| s.formats.clone())
+            .filter(|f| !f.is_empty())
+            .unwrap_or_else(|| OutputFormat::ALL.to_vec());
+        formats.sort();
+        formats.dedup();
+        formats
+    }
+
+    /// Where pods mount the output Secret: `spec.secret.mountPath`, else the default.
+    pub fn output_mount_path(&self) -> String {
+        self.spec
+            .secret
+            .as_ref()
+            .and_then(|s| s.mount_path.clone())
+            .unwrap_or_else(|| DEFAULT_MOUNT_PATH.to_string())
     }
 
     pub fn condition(&self, type_: &str) -> Option<&Condition> {

@@ -1,8 +1,10 @@
 //! sts-session-operator: turns an IAM user's long-term keys plus an MFA code into short-lived
 //! STS session credentials, kept fresh in a Kubernetes Secret.
 
+pub mod consumers;
 pub mod controller;
 pub mod crd;
+pub mod events;
 pub mod metrics;
 pub mod plan;
 pub mod plugin;

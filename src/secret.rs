@@ -2,7 +2,8 @@
 //! and checking the output Secret that holds the session.
 
 use crate::crd::{
-    FIELD_MANAGER, OWNER_NAME_ANNOTATION, OWNER_UID_LABEL, SessionToken, SourceSecretRef,
+    DEFAULT_MOUNT_PATH, FIELD_MANAGER, OWNER_NAME_ANNOTATION, OWNER_UID_LABEL, OutputFormat,
+    SessionToken, SourceSecretRef,
 };
 use crate::sensitive::Sensitive;
 use jiff::Timestamp;
@@ -19,6 +20,110 @@ pub const KEY_EXPIRATION: &str = "AWS_SESSION_EXPIRATION";
 /// An AWS shared-credentials file (profile `default`), for volume mounts with
 /// `AWS_SHARED_CREDENTIALS_FILE`.
 pub const KEY_CREDENTIALS_FILE: &str = "credentials";
+/// An AWS config file (profile `default`) whose `credential_process` prints
+/// [`KEY_CREDENTIAL_PROCESS`] from the mount path, for `AWS_CONFIG_FILE`.
+pub const KEY_CONFIG_FILE: &str = "config";
+/// The session as `credential_process` output (JSON, `Version: 1`).
+pub const KEY_CREDENTIAL_PROCESS: &str = "credential-process.json";
+/// Every data key the operator ever writes, whatever the formats.
+pub const ALL_KEYS: [&str; 7] = [
+    KEY_ACCESS_KEY_ID,
+    KEY_SECRET_ACCESS_KEY,
+    KEY_SESSION_TOKEN,
+    KEY_EXPIRATION,
+    KEY_CREDENTIALS_FILE,
+    KEY_CONFIG_FILE,
+    KEY_CREDENTIAL_PROCESS,
+];
+/// Annotation on the output Secret: the session's expiration (RFC 3339). Public, and the only
+/// place the expiration is when the Secret carries nothing but the `credentials` file.
+pub const EXPIRATION_ANNOTATION: &str = "stssession.dev/expiration";
+
+/// The data keys of one format.
+pub fn format_keys(format: OutputFormat) -> &'static [&'static str] {
+    match format {
+        OutputFormat::EnvVars => &[
+            KEY_ACCESS_KEY_ID,
+            KEY_SECRET_ACCESS_KEY,
+            KEY_SESSION_TOKEN,
+            KEY_EXPIRATION,
+        ],
+        OutputFormat::CredentialsFile => &[KEY_CREDENTIALS_FILE],
+        OutputFormat::CredentialProcess => &[KEY_CONFIG_FILE, KEY_CREDENTIAL_PROCESS],
+    }
+}
+
+/// How the output Secret lays a session out: which formats, and (for `config`) where pods
+/// mount it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Layout {
+    pub formats: Vec<OutputFormat>,
+    pub mount_path: String,
+}
+
+impl Default for Layout {
+    /// Every format, mounted at the default path.
+    fn default() -> Self {
+        Self {
+            formats: OutputFormat::ALL.to_vec(),
+            mount_path: DEFAULT_MOUNT_PATH.into(),
+        }
+    }
+}
+
+impl Layout {
+    pub fn of(st: &SessionToken) -> Layout {
+        Layout {
+            formats: st.output_formats(),
+            mount_path: st.output_mount_path(),
+        }
+    }
+
+    pub fn has(&self, format: OutputFormat) -> bool {
+        self.formats.contains(&format)
+    }
+
+    /// The data keys this layout renders.
+    pub fn keys(&self) -> Vec<&'static str> {
+        self.formats
+            .iter()
+            .flat_map(|f| format_keys(*f).iter().copied())
+            .collect()
+    }
+}
+
+/// The `config` file: profile `default` runs `cat` on the JSON document in the mounted Secret.
+pub fn config_file(mount_path: &str) -> String {
+    format!(
+        "[default]\ncredential_process = cat {}/{KEY_CREDENTIAL_PROCESS}\n",
+        mount_path.trim_end_matches('/')
+    )
+}
+
+/// The `credential_process` output format the AWS SDKs and CLI read.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ProcessCredentials {
+    version: u8,
+    access_key_id: String,
+    secret_access_key: String,
+    session_token: String,
+    expiration: String,
+}
+
+/// The session as `credential_process` prints it (`credential-process.json`).
+pub fn credential_process_json(session: &SessionSecret) -> String {
+    let doc = ProcessCredentials {
+        version: 1,
+        access_key_id: session.access_key_id.clone(),
+        secret_access_key: session.secret_access_key.expose().clone(),
+        session_token: session.session_token.expose().clone(),
+        expiration: session.expiration.to_string(),
+    };
+    let mut text = serde_json::to_string_pretty(&doc).expect("plain strings serialise");
+    text.push('\n');
+    text
+}
 
 /// Marks output Secrets, so the operator's Secret watch can be label-filtered.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
@@ -114,50 +219,142 @@ pub fn read_long_term_keys(
     })
 }
 
-/// Renders the output Secret's data for a session.
-pub fn render_data(session: &SessionSecret) -> BTreeMap<String, ByteString> {
-    let expiration = session.expiration.to_string();
-    let credentials_file = format!(
-        "[default]\naws_access_key_id = {}\naws_secret_access_key = {}\naws_session_token = {}\n",
-        session.access_key_id,
-        session.secret_access_key.expose(),
-        session.session_token.expose()
-    );
-    [
-        (KEY_ACCESS_KEY_ID, session.access_key_id.clone()),
-        (
+/// Renders the output Secret's data for a session, in the given layout.
+pub fn render_data(session: &SessionSecret, layout: &Layout) -> BTreeMap<String, ByteString> {
+    let mut data = BTreeMap::new();
+    let mut put = |k: &str, v: String| {
+        data.insert(k.to_string(), ByteString(v.into_bytes()));
+    };
+    if layout.has(OutputFormat::EnvVars) {
+        put(KEY_ACCESS_KEY_ID, session.access_key_id.clone());
+        put(
             KEY_SECRET_ACCESS_KEY,
             session.secret_access_key.expose().clone(),
-        ),
-        (KEY_SESSION_TOKEN, session.session_token.expose().clone()),
-        (KEY_EXPIRATION, expiration),
-        (KEY_CREDENTIALS_FILE, credentials_file),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), ByteString(v.into_bytes())))
-    .collect()
+        );
+        put(KEY_SESSION_TOKEN, session.session_token.expose().clone());
+        put(KEY_EXPIRATION, session.expiration.to_string());
+    }
+    if layout.has(OutputFormat::CredentialsFile) {
+        put(
+            KEY_CREDENTIALS_FILE,
+            format!(
+                "[default]\naws_access_key_id = {}\naws_secret_access_key = {}\naws_session_token = {}\n",
+                session.access_key_id,
+                session.secret_access_key.expose(),
+                session.session_token.expose()
+            ),
+        );
+    }
+    if layout.has(OutputFormat::CredentialProcess) {
+        put(KEY_CONFIG_FILE, config_file(&layout.mount_path));
+        put(KEY_CREDENTIAL_PROCESS, credential_process_json(session));
+    }
+    data
 }
 
-/// Reads the session back from an output Secret, if it holds a complete, consistent one
-/// (every key present and the credentials file agreeing with the others).
-pub fn read_session(secret: &Secret) -> Option<SessionSecret> {
+/// The session a Secret carries, from whichever of its keys has it (not yet checked against
+/// the other keys).
+fn session_candidate(secret: &Secret) -> Option<SessionSecret> {
     let get = |k: &str| {
         data_text(secret, k)
             .and_then(Result::ok)
             .map(str::to_string)
     };
-    let session = SessionSecret {
-        access_key_id: get(KEY_ACCESS_KEY_ID)?,
-        secret_access_key: Sensitive::new(get(KEY_SECRET_ACCESS_KEY)?),
-        session_token: Sensitive::new(get(KEY_SESSION_TOKEN)?),
-        expiration: get(KEY_EXPIRATION)?.parse().ok()?,
-    };
-    let expected = render_data(&session);
+    let process: Option<ProcessCredentials> = get(KEY_CREDENTIAL_PROCESS)
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .filter(|p: &ProcessCredentials| p.version == 1);
+    let expiration: Timestamp = get(KEY_EXPIRATION)
+        .or_else(|| process.as_ref().map(|p| p.expiration.clone()))
+        .or_else(|| {
+            secret
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(EXPIRATION_ANNOTATION))
+                .cloned()
+        })?
+        .parse()
+        .ok()?;
+    let (access_key_id, secret_access_key, session_token) =
+        if let (Some(id), Some(key), Some(tok)) = (
+            get(KEY_ACCESS_KEY_ID),
+            get(KEY_SECRET_ACCESS_KEY),
+            get(KEY_SESSION_TOKEN),
+        ) {
+            (id, key, tok)
+        } else if let Some(p) = process {
+            (p.access_key_id, p.secret_access_key, p.session_token)
+        } else {
+            let file = get(KEY_CREDENTIALS_FILE)?;
+            let value = |name: &str| {
+                file.lines().find_map(|l| {
+                    let (k, v) = l.split_once('=')?;
+                    (k.trim() == name).then(|| v.trim().to_string())
+                })
+            };
+            (
+                value("aws_access_key_id")?,
+                value("aws_secret_access_key")?,
+                value("aws_session_token")?,
+            )
+        };
+    Some(SessionSecret {
+        access_key_id,
+        secret_access_key: Sensitive::new(secret_access_key),
+        session_token: Sensitive::new(session_token),
+        expiration,
+    })
+}
+
+/// Reads the session back from an output Secret, if it holds a complete, consistent one in
+/// `layout`: every key the layout renders is present and agrees with the others.
+pub fn read_session(secret: &Secret, layout: &Layout) -> Option<SessionSecret> {
+    let session = session_candidate(secret)?;
     let data = secret.data.as_ref()?;
-    expected
+    render_data(&session, layout)
         .iter()
         .all(|(k, v)| data.get(k) == Some(v))
         .then_some(session)
+}
+
+/// Reads the session from an output Secret written in any layout (e.g. before `formats` or
+/// `mountPath` changed): each format it carries, even in part, must be complete and agree
+/// with the others (`config` does not count: it holds no session).
+pub fn read_session_any_layout(secret: &Secret) -> Option<SessionSecret> {
+    let session = session_candidate(secret)?;
+    let data = secret.data.as_ref()?;
+    let rendered = render_data(&session, &Layout::default());
+    let consistent = OutputFormat::ALL.iter().all(|f| {
+        let keys: Vec<&str> = format_keys(*f)
+            .iter()
+            .copied()
+            .filter(|k| *k != KEY_CONFIG_FILE)
+            .collect();
+        let present = keys.iter().filter(|k| data.contains_key(**k)).count();
+        present == 0 || keys.iter().all(|k| data.get(*k) == rendered.get(*k))
+    });
+    consistent.then_some(session)
+}
+
+/// The session the output Secret holds for `st`: in its current layout, else in the layout it
+/// was written in (the operator then rewrites it, with the same session, in the current one).
+pub fn held_session(secret: &Secret, st: &SessionToken) -> Option<SessionSecret> {
+    read_session(secret, &Layout::of(st)).or_else(|| read_session_any_layout(secret))
+}
+
+/// Keys the operator writes that `existing` has and `desired` no longer renders (a format was
+/// dropped from `spec.secret.formats`). Keys others added are not the operator's business.
+pub fn stale_keys(existing: &Secret, desired: &Secret) -> Vec<String> {
+    let want = desired.data.as_ref();
+    existing
+        .data
+        .iter()
+        .flatten()
+        .map(|(k, _)| k)
+        .filter(|k| ALL_KEYS.contains(&k.as_str()))
+        .filter(|k| !want.is_some_and(|w| w.contains_key(*k)))
+        .cloned()
+        .collect()
 }
 
 /// How the Secret at the output name relates to a SessionToken.
@@ -220,6 +417,7 @@ pub fn desired_secret(st: &SessionToken, name: &str, session: &SessionSecret) ->
         OWNER_NAME_ANNOTATION.into(),
         st.metadata.name.clone().unwrap_or_default(),
     );
+    annotations.insert(EXPIRATION_ANNOTATION.into(), session.expiration.to_string());
     let owner_references = (!spec.retain_on_delete).then(|| vec![owner_reference(st)]);
     Secret {
         metadata: ObjectMeta {
@@ -231,7 +429,7 @@ pub fn desired_secret(st: &SessionToken, name: &str, session: &SessionSecret) ->
             ..Default::default()
         },
         type_: Some("Opaque".into()),
-        data: Some(render_data(session)),
+        data: Some(render_data(session, &Layout::of(st))),
         ..Default::default()
     }
 }
@@ -277,7 +475,13 @@ pub fn is_up_to_date(existing: &Secret, desired: &Secret) -> bool {
             .flatten()
             .any(|o| o.controller == Some(true)),
     };
-    existing.data == desired.data
+    let data_ok = desired
+        .data
+        .iter()
+        .flatten()
+        .all(|(k, v)| existing.data.as_ref().and_then(|d| d.get(k)) == Some(v))
+        && stale_keys(existing, desired).is_empty();
+    data_ok
         && existing.type_ == desired.type_
         && contains(&existing.metadata.labels, &desired.metadata.labels)
         && contains(
@@ -330,7 +534,7 @@ fn stale_labels(existing: &Secret, desired: &Secret) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::{OutputSecretSpec, SessionTokenSpec};
+    use crate::crd::{OutputFormat, OutputSecretSpec, SessionTokenSpec};
 
     fn st(uid: &str) -> SessionToken {
         let spec: SessionTokenSpec = serde_json::from_value(
@@ -370,7 +574,7 @@ mod tests {
 
     #[test]
     fn output_data_has_every_key_and_a_parsable_credentials_file() {
-        let data = render_data(&session());
+        let data = render_data(&session(), &Layout::default());
         let text = |k: &str| String::from_utf8(data[k].0.clone()).unwrap();
         assert_eq!(text(KEY_ACCESS_KEY_ID), "ASIAEXAMPLE123456789");
         assert_eq!(text(KEY_SECRET_ACCESS_KEY), "secret/with+chars");
@@ -380,23 +584,173 @@ mod tests {
             text(KEY_CREDENTIALS_FILE),
             "[default]\naws_access_key_id = ASIAEXAMPLE123456789\naws_secret_access_key = secret/with+chars\naws_session_token = FwoGZXIvYXdzE//token==\n"
         );
+        assert_eq!(
+            text(KEY_CONFIG_FILE),
+            "[default]\ncredential_process = cat /var/run/secrets/stssession.dev/credential-process.json\n"
+        );
+        let doc: serde_json::Value = serde_json::from_str(&text(KEY_CREDENTIAL_PROCESS)).unwrap();
+        assert_eq!(
+            doc,
+            serde_json::json!({
+                "Version": 1,
+                "AccessKeyId": "ASIAEXAMPLE123456789",
+                "SecretAccessKey": "secret/with+chars",
+                "SessionToken": "FwoGZXIvYXdzE//token==",
+                "Expiration": "2026-11-23T12:00:00Z",
+            })
+        );
+        assert_eq!(data.len(), ALL_KEYS.len());
+    }
+
+    #[test]
+    fn each_format_renders_its_own_keys_and_reads_back() {
+        let custom = |formats: &[OutputFormat]| Layout {
+            formats: formats.to_vec(),
+            mount_path: "/etc/aws".into(),
+        };
+        for formats in [
+            &[OutputFormat::EnvVars][..],
+            &[OutputFormat::CredentialsFile],
+            &[OutputFormat::CredentialProcess],
+            &[OutputFormat::EnvVars, OutputFormat::CredentialProcess],
+        ] {
+            let layout = custom(formats);
+            let mut me = st("u1");
+            me.spec.secret = Some(OutputSecretSpec {
+                formats: Some(formats.to_vec()),
+                mount_path: Some("/etc/aws".into()),
+                ..Default::default()
+            });
+            let secret = desired_secret(&me, "app", &session());
+            let keys: Vec<&str> = secret
+                .data
+                .as_ref()
+                .unwrap()
+                .keys()
+                .map(String::as_str)
+                .collect();
+            let mut want = layout.keys();
+            want.sort();
+            assert_eq!(keys, want, "{formats:?}");
+            assert_eq!(
+                read_session(&secret, &layout),
+                Some(session()),
+                "{formats:?}"
+            );
+            assert_eq!(held_session(&secret, &me), Some(session()), "{formats:?}");
+            // every rendered key counts: any one changed, and the Secret no longer holds this
+            // session (with env vars only, it may hold another one: the controller compares the
+            // access key id and expiration with status)
+            for key in layout.keys() {
+                let mut tampered = secret.clone();
+                tampered
+                    .data
+                    .as_mut()
+                    .unwrap()
+                    .insert(key.into(), ByteString(b"other".to_vec()));
+                assert_ne!(
+                    read_session(&tampered, &layout),
+                    Some(session()),
+                    "{formats:?} {key}"
+                );
+                if key != KEY_CONFIG_FILE {
+                    // (a changed `config` holds no session: it is just written again)
+                    assert_ne!(
+                        held_session(&tampered, &me),
+                        Some(session()),
+                        "{formats:?} {key}"
+                    );
+                }
+            }
+        }
+        let process = render_data(&session(), &custom(&[OutputFormat::CredentialProcess]));
+        assert_eq!(
+            String::from_utf8(process[KEY_CONFIG_FILE].0.clone()).unwrap(),
+            "[default]\ncredential_process = cat /etc/aws/credential-process.json\n"
+        );
+    }
+
+    #[test]
+    fn a_secret_written_in_another_layout_still_holds_the_session() {
+        // Written with every format, now asked for the credential_process files only at
+        // another path: the session is kept (and the Secret rewritten), not lost.
+        let old = desired_secret(&st("u1"), "app", &session());
+        let mut me = st("u1");
+        me.spec.secret = Some(OutputSecretSpec {
+            formats: Some(vec![OutputFormat::CredentialProcess]),
+            mount_path: Some("/aws".into()),
+            ..Default::default()
+        });
+        let layout = Layout::of(&me);
+        assert_eq!(read_session(&old, &layout), None);
+        assert_eq!(held_session(&old, &me), Some(session()));
+        let desired = desired_secret(&me, "app", &session());
+        assert!(!is_up_to_date(&old, &desired));
+        let mut stale = stale_keys(&old, &desired);
+        stale.sort();
+        assert_eq!(
+            stale,
+            [
+                KEY_ACCESS_KEY_ID,
+                KEY_EXPIRATION,
+                KEY_SECRET_ACCESS_KEY,
+                KEY_SESSION_TOKEN,
+                KEY_CREDENTIALS_FILE
+            ]
+            .iter()
+            .map(|k| k.to_string())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect::<Vec<_>>()
+        );
+        // an inconsistent Secret holds nothing, in any layout
+        let mut mixed = old.clone();
+        mixed.data.as_mut().unwrap().insert(
+            KEY_CREDENTIAL_PROCESS.into(),
+            ByteString(
+                credential_process_json(&SessionSecret {
+                    access_key_id: "ASIAOTHER".into(),
+                    ..session()
+                })
+                .into_bytes(),
+            ),
+        );
+        assert_eq!(held_session(&mixed, &me), None);
+        // the credentials file alone: the expiration comes from the annotation
+        let mut file_only = st("u1");
+        file_only.spec.secret = Some(OutputSecretSpec {
+            formats: Some(vec![OutputFormat::CredentialsFile]),
+            ..Default::default()
+        });
+        let secret = desired_secret(&file_only, "app", &session());
+        assert_eq!(held_session(&secret, &file_only), Some(session()));
+        let mut no_annotation = secret.clone();
+        no_annotation.metadata.annotations = None;
+        assert_eq!(held_session(&no_annotation, &file_only), None);
     }
 
     #[test]
     fn session_reads_back_and_tampering_is_detected() {
         let st = st("u1");
         let secret = desired_secret(&st, "app", &session());
-        assert_eq!(read_session(&secret), Some(session()));
+        let layout = Layout::of(&st);
+        assert_eq!(read_session(&secret, &layout), Some(session()));
         let mut tampered = secret.clone();
         tampered
             .data
             .as_mut()
             .unwrap()
             .insert(KEY_SESSION_TOKEN.into(), ByteString(b"other".to_vec()));
-        assert_eq!(read_session(&tampered), None);
+        assert_eq!(read_session(&tampered, &layout), None);
+        assert_eq!(held_session(&tampered, &st), None);
         let mut partial = secret.clone();
         partial.data.as_mut().unwrap().remove(KEY_CREDENTIALS_FILE);
-        assert_eq!(read_session(&partial), None);
+        assert_eq!(read_session(&partial, &layout), None);
+        // ...but what is left is consistent: the session is kept and the key written again
+        assert_eq!(held_session(&partial, &st), Some(session()));
+        let mut half = secret.clone();
+        half.data.as_mut().unwrap().remove(KEY_SESSION_TOKEN);
+        assert_eq!(held_session(&half, &st), None);
     }
 
     #[test]
@@ -460,6 +814,23 @@ mod tests {
         assert!(!is_up_to_date(
             &existing,
             &desired_secret(&with_labels, "app", &session())
+        ));
+        // keys someone else added are left alone; keys of a dropped format are not
+        let mut extra = desired.clone();
+        extra
+            .data
+            .as_mut()
+            .unwrap()
+            .insert("NOTES".into(), ByteString(b"mine".to_vec()));
+        assert!(is_up_to_date(&extra, &desired));
+        let mut env_only = me.clone();
+        env_only.spec.secret = Some(OutputSecretSpec {
+            formats: Some(vec![OutputFormat::EnvVars]),
+            ..Default::default()
+        });
+        assert!(!is_up_to_date(
+            &desired,
+            &desired_secret(&env_only, "app", &session())
         ));
         let mut changed = session();
         changed.access_key_id = "ASIAOTHER".into();

@@ -70,6 +70,16 @@ impl Operator {
             "--retry-cap=4s".into(),
             "--sts-timeout=5s".into(),
         ];
+        // An extra `--flag=value` replaces the default of that flag (the operator refuses a
+        // flag given twice).
+        let flag = |a: &str| a.split_once('=').map(|(f, _)| f.to_string());
+        let overridden: Vec<String> = opts
+            .extra_args
+            .iter()
+            .filter(|a| *a != "--namespaces" && !a.starts_with("--namespaces="))
+            .filter_map(|a| flag(a))
+            .collect();
+        args.retain(|a| flag(a).is_none_or(|f| !overridden.contains(&f)));
         args.extend(opts.extra_args.iter().cloned());
         let process = ChildProcess::builder(env!("CARGO_BIN_EXE_sts-session-operator"))
             .name(format!("operator-{ns}"))

@@ -3,6 +3,7 @@
 //! as the `sts-operator` identity, so its API writes can be counted in the audit log.
 
 mod common;
+mod consumers;
 mod plugin;
 
 use common::*;

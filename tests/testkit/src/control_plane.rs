@@ -115,6 +115,9 @@ pub struct StartOptions {
     /// CRD manifests (files, or directories of `*.yaml`/`*.yml`) applied before
     /// kube-controller-manager starts, so its garbage collector watches them from the start.
     pub crds: Vec<PathBuf>,
+    /// More kube-apiserver flags, after (and so overriding) the usual ones, e.g.
+    /// `--max-requests-inflight=800` for benchmarks with many objects.
+    pub apiserver_args: Vec<String>,
 }
 
 struct Procs {
@@ -139,6 +142,7 @@ impl Procs {
 
 struct Owned {
     bin_dir: PathBuf,
+    apiserver_args: Vec<String>,
     procs: tokio::sync::Mutex<Procs>,
     // Last: removed after the processes are gone. `None` only while `start()` still boots.
     _scratch: Option<ScratchDir>,
@@ -425,6 +429,7 @@ impl ControlPlane {
                 audit: Mutex::new(AuditCache::default()),
                 owned: Some(Owned {
                     bin_dir: bin_dir.clone(),
+                    apiserver_args: options.apiserver_args.clone(),
                     procs: tokio::sync::Mutex::new(Procs {
                         etcd: None,
                         apiserver: None,
@@ -570,9 +575,7 @@ impl ControlPlane {
         }
         procs.etcd = Some(etcd);
 
-        let apiserver = self.spawn(
-            "kube-apiserver",
-            vec![
+        let mut args: Vec<String> = vec![
                 format!("--etcd-servers={client}"),
                 "--bind-address=127.0.0.1".into(),
                 "--advertise-address=127.0.0.1".into(),
@@ -595,8 +598,9 @@ impl ControlPlane {
                 "--audit-log-format=json".into(),
                 "--audit-log-mode=blocking".into(),
                 "--audit-log-maxsize=1024".into(),
-            ],
-        )?;
+        ];
+        args.extend(owned.apiserver_args.iter().cloned());
+        let apiserver = self.spawn("kube-apiserver", args)?;
         let client = self.admin_client().await?;
         if let Err(e) = wait_readyz(&client, Duration::from_secs(90), Some(&apiserver)).await {
             let msg = failure("kube-apiserver", &apiserver, e);

@@ -2,18 +2,22 @@
 //!
 //! ```text
 //! sts-test-double [--port N] [--accept-any-code] [--lifetime SECONDS] [--require-mfa]
+//!                 [--user-name NAME]
+//! sts-test-double --print-code SEED_BASE32
 //! ```
 //!
 //! Prints `KEY=value` lines on stdout (endpoint, the test user's keys, MFA serial, TOTP seed),
 //! then, on stderr, the current TOTP code at each new 30 s window and one line per request.
-//! Runs until killed (Ctrl-C).
+//! Runs until killed (Ctrl-C). `--lifetime` makes every session last that long whatever was
+//! asked (so rotations come quickly); `--user-name` names the IAM user (its MFA serial is
+//! `arn:aws:iam::123456789012:mfa/NAME`). `--print-code` only prints the current TOTP code of
+//! a seed (what an authenticator app would show) and exits.
 
 use std::time::Duration;
 
 use testkit::sts_double::{CodePolicy, StsDouble, StsDoubleConfig, totp};
 
-const USAGE: &str =
-    "usage: sts-test-double [--port N] [--accept-any-code] [--lifetime SECONDS] [--require-mfa]";
+const USAGE: &str = "usage: sts-test-double [--port N] [--accept-any-code] [--lifetime SECONDS] [--require-mfa] [--user-name NAME]\n       sts-test-double --print-code SEED_BASE32";
 
 fn main() -> anyhow::Result<()> {
     let mut config = StsDoubleConfig::default();
@@ -27,6 +31,17 @@ fn main() -> anyhow::Result<()> {
                 config.returned_lifetime = Some(Duration::from_secs(secs));
             }
             "--require-mfa" => config.require_mfa = true,
+            "--user-name" => {
+                config.default_user_name = args.next().ok_or_else(|| anyhow::anyhow!(USAGE))?
+            }
+            "--print-code" => {
+                let seed = args.next().ok_or_else(|| anyhow::anyhow!(USAGE))?;
+                let seed = totp::base32_decode(&seed)
+                    .filter(|s| !s.is_empty())
+                    .ok_or_else(|| anyhow::anyhow!("--print-code: not a base32 seed"))?;
+                println!("{}", totp::code_at(&seed, jiff::Timestamp::now()));
+                return Ok(());
+            }
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return Ok(());

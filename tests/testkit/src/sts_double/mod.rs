@@ -347,6 +347,9 @@ pub struct RecordedCall {
     pub request_id: String,
     /// When the request arrived.
     pub at: Timestamp,
+    /// How long the double took, from the request's arrival to its response (an injected
+    /// [`Fault::Delay`] included): the server-side share of a call's round trip.
+    pub handled_in: Duration,
 }
 
 /// Kinds of injected failure.
@@ -508,6 +511,13 @@ impl StsDouble {
     /// seconds), whatever DurationSeconds asked for (still validated). `None` restores it.
     pub fn set_returned_lifetime(&self, lifetime: Option<Duration>) {
         self.shared.lock().returned_lifetime = lifetime;
+    }
+
+    /// Makes every issued credential expire at `expiration` (whole seconds; never before the
+    /// call), whatever DurationSeconds asked for: sessions issued at different times then come
+    /// due together. Takes precedence over [`Self::set_returned_lifetime`]; `None` restores it.
+    pub fn set_returned_expiration(&self, expiration: Option<Timestamp>) {
+        self.shared.lock().returned_expiration = expiration;
     }
 
     pub fn set_require_mfa(&self, require: bool) {

@@ -99,6 +99,7 @@ async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, std::io::Error> {
     let arrived = Timestamp::now();
+    let started = std::time::Instant::now();
     let request_id = ids::request_id();
     let (parts, body) = req.into_parts();
     let body = match Limited::new(body, MAX_BODY).collect().await {
@@ -123,6 +124,7 @@ async fn handle(
         Some(FaultKind::ConnectionReset) => {
             call.injected = true;
             call.outcome = Outcome::ConnectionReset;
+            call.handled_in = started.elapsed();
             shared.lock().calls.push(call);
             arm_reset(fd);
             // A service error makes hyper drop the connection without a response.
@@ -158,8 +160,10 @@ async fn handle(
             (err.status, err.to_xml(&request_id))
         }
     };
+    let response = response(&xml, status, &request_id);
+    call.handled_in = started.elapsed();
     shared.lock().calls.push(call);
-    Ok(response(&xml, status, &request_id))
+    Ok(response)
 }
 
 fn response(xml: &str, status: u16, request_id: &str) -> Response<Full<Bytes>> {

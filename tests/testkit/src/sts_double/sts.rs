@@ -123,6 +123,7 @@ pub(crate) fn new_call(
         issued_access_key_id: None,
         request_id: request_id.to_owned(),
         at,
+        handled_in: Duration::ZERO,
     }
 }
 
@@ -164,6 +165,7 @@ pub(crate) struct State {
     pub code_policy: CodePolicy,
     pub rejected_codes: HashSet<String>,
     pub returned_lifetime: Option<Duration>,
+    pub returned_expiration: Option<Timestamp>,
     pub require_mfa: bool,
     pub assume_role_requires_session: bool,
     pub max_clock_skew: Duration,
@@ -198,6 +200,7 @@ impl State {
             code_policy: config.code_policy.clone(),
             rejected_codes: HashSet::new(),
             returned_lifetime: config.returned_lifetime,
+            returned_expiration: None,
             require_mfa: config.require_mfa,
             assume_role_requires_session: config.assume_role_requires_session,
             max_clock_skew: config.max_clock_skew,
@@ -607,9 +610,10 @@ impl State {
         mfa_authenticated: bool,
         role: Option<(&TestRole, &str)>,
     ) -> IssuedSession {
-        let lifetime = match self.returned_lifetime {
-            Some(d) => d.as_secs() as i64 + i64::from(d.subsec_nanos() > 0),
-            None => granted_seconds,
+        let lifetime = match (self.returned_expiration, self.returned_lifetime) {
+            (Some(at), _) => (at.as_second() - now.as_second()).max(1),
+            (None, Some(d)) => d.as_secs() as i64 + i64::from(d.subsec_nanos() > 0),
+            (None, None) => granted_seconds,
         };
         let issued_at = Timestamp::from_second(now.as_second()).expect("now is in range");
         let expiration =

@@ -1,0 +1,177 @@
+//! Kubernetes Events (`events.k8s.io/v1`) about SessionTokens, with a small, bounded memory.
+//!
+//! Same behaviour as kube-runtime's `Recorder`: an Event repeated for the same object (same
+//! type, reason and action) within 6 minutes is folded into the first one as a series count
+//! (a merge patch) instead of becoming a new object. The difference is what is remembered to do
+//! that: kube's `Recorder` keeps every Event it sent in full (about 1 KiB each, plus a rehash of
+//! the whole table as it grows) for 6 minutes and walks all of them on every publish, which at
+//! 10,000 SessionTokens (one `Issued` Event each at start) was the largest memory consumer
+//! after the object cache. Here a repeat needs only the Event's name and count, and expired
+//! entries are swept at most once a minute.
+
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::api::events::v1::{Event as K8sEvent, EventSeries};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use kube::Client;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+pub use kube::runtime::events::EventType;
+
+/// How long a published Event can absorb repeats (kube-runtime's value).
+const SERIES_WINDOW: SignedDuration = SignedDuration::from_mins(6);
+/// How often expired entries are dropped.
+const SWEEP_EVERY: SignedDuration = SignedDuration::from_mins(1);
+
+#[derive(Hash, PartialEq, Eq)]
+struct Key {
+    /// The regarding object's UID (or namespace/name when it has none).
+    regarding: String,
+    warning: bool,
+    reason: String,
+    action: String,
+}
+
+struct Sent {
+    name: String,
+    count: i32,
+    last: Timestamp,
+}
+
+struct Cache {
+    sent: HashMap<Key, Sent>,
+    swept: Timestamp,
+}
+
+pub struct Publisher {
+    client: Client,
+    controller: String,
+    instance: String,
+    cache: Mutex<Cache>,
+}
+
+impl Publisher {
+    pub fn new(client: Client, controller: &str, instance: &str) -> Self {
+        Self {
+            client,
+            controller: controller.into(),
+            instance: instance.into(),
+            cache: Mutex::new(Cache {
+                sent: HashMap::new(),
+                swept: Timestamp::now(),
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Cache> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Publishes an Event about `regarding`, or counts a repeat of a recent one.
+    pub async fn publish(
+        &self,
+        regarding: &ObjectReference,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) -> Result<(), kube::Error> {
+        let now = Timestamp::now();
+        let namespace = regarding
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let key = Key {
+            regarding: regarding.uid.clone().unwrap_or_else(|| {
+                format!(
+                    "{namespace}/{}",
+                    regarding.name.as_deref().unwrap_or_default()
+                )
+            }),
+            warning: matches!(type_, EventType::Warning),
+            reason: reason.into(),
+            action: action.into(),
+        };
+        let repeat = {
+            let mut cache = self.lock();
+            if now.duration_since(cache.swept) >= SWEEP_EVERY {
+                cache
+                    .sent
+                    .retain(|_, s| now.duration_since(s.last) < SERIES_WINDOW);
+                cache.sent.shrink_to_fit();
+                cache.swept = now;
+            }
+            cache
+                .sent
+                .get(&key)
+                .filter(|s| now.duration_since(s.last) < SERIES_WINDOW)
+                .map(|s| (s.name.clone(), s.count + 1))
+        };
+        let events: Api<K8sEvent> = Api::namespaced(self.client.clone(), &namespace);
+        if let Some((name, count)) = repeat {
+            // (`note` is immutable in events.k8s.io/v1: the first one stays, as with kube's.)
+            let patch = serde_json::json!({
+                "series": EventSeries { count, last_observed_time: MicroTime(now) },
+            });
+            match events
+                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => {
+                    if let Some(s) = self.lock().sent.get_mut(&key) {
+                        s.count = count;
+                        s.last = now;
+                    }
+                    return Ok(());
+                }
+                // The Event is gone (its TTL, or deleted): start a new one.
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let name = format!(
+            "{}.{:x}",
+            regarding.name.as_deref().unwrap_or(&self.controller),
+            now.as_nanosecond()
+        );
+        let event = K8sEvent {
+            action: Some(action.into()),
+            reason: Some(reason.into()),
+            event_time: Some(MicroTime(now)),
+            regarding: Some(regarding.clone()),
+            note: Some(note),
+            metadata: ObjectMeta {
+                namespace: Some(namespace.clone()),
+                name: Some(name.clone()),
+                ..Default::default()
+            },
+            reporting_controller: Some(self.controller.clone()),
+            reporting_instance: Some(self.instance.clone()),
+            type_: Some(
+                match type_ {
+                    EventType::Normal => "Normal",
+                    EventType::Warning => "Warning",
+                }
+                .into(),
+            ),
+            ..Default::default()
+        };
+        events.create(&PostParams::default(), &event).await?;
+        self.lock().sent.insert(
+            key,
+            Sent {
+                name,
+                count: 1,
+                last: now,
+            },
+        );
+        Ok(())
+    }
+
+    /// Entries held (for tests and metrics).
+    pub fn cached(&self) -> usize {
+        self.lock().sent.len()
+    }
+}
