@@ -4,8 +4,8 @@
 //! should be writes nothing.
 
 use crate::crd::{
-    APPROVED_BY_ANNOTATION, OWNER_UID_LABEL, Approval, Condition, FIELD_MANAGER, Failure, RENEW_ANNOTATION,
-    SessionToken, SessionTokenStatus, TOKEN_CODE_ANNOTATION,
+    APPROVED_BY_ANNOTATION, Approval, Condition, FIELD_MANAGER, Failure, OWNER_UID_LABEL,
+    RENEW_ANNOTATION, SessionToken, SessionTokenStatus, TOKEN_CODE_ANNOTATION,
 };
 use crate::metrics::{Metrics, SessionMetrics};
 use crate::plan::{self, CodeState, SessionState, Timing};
@@ -291,8 +291,7 @@ async fn observe(st: Arc<SessionToken>, ctx: &Context) -> Result<Observed, Error
         },
     )?;
     let ownership = secret::ownership(out_secret.as_ref(), &st);
-    let old_secret =
-        old_secret.filter(|s| secret::ownership(Some(s), &st) == Ownership::Ours);
+    let old_secret = old_secret.filter(|s| secret::ownership(Some(s), &st) == Ownership::Ours);
     let keys = secret::read_long_term_keys(source.as_ref(), source_ref);
     let region = st
         .spec
@@ -610,7 +609,7 @@ async fn reconcile_inner(st: Arc<SessionToken>, ctx: &Context) -> Result<Action,
                     ctx.metrics.sts_call(e.metric_outcome());
                 }
                 record_failure(&mut status, &obs, &e);
-                let retry = plan::backoff(status.failed_attempts, timing, &obs.uid);
+                let retry = plan::backoff(status.failed_attempts.max(0) as u32, timing, &obs.uid);
                 warn!(namespace = obs.ns, name = obs.name, reason = e.reason(), error = %e, attempts = status.failed_attempts, "GetSessionToken failed");
                 let note = if has_mfa {
                     format!("{e}. The code was used up: approve again with a new code")
@@ -853,7 +852,7 @@ fn retry_time(status: &SessionTokenStatus, obs: &Observed, timing: &Timing) -> O
     if status.failed_attempts == 0 {
         return None;
     }
-    let delay = plan::backoff(status.failed_attempts, timing, &obs.uid);
+    let delay = plan::backoff(status.failed_attempts.max(0) as u32, timing, &obs.uid);
     Some(failure.time + SignedDuration::try_from(delay).unwrap_or(SignedDuration::from_secs(300)))
 }
 

@@ -35,7 +35,7 @@ pub const RESTARTED_AT_ANNOTATION: &str = "stssession.dev/restartedAt";
 pub const RESTARTED_FOR_PREFIX: &str = "sessiontoken.stssession.dev/";
 
 pub const DEFAULT_DURATION_SECONDS: i32 = 43_200;
-pub const DEFAULT_RENEW_BEFORE_PERCENTAGE: u8 = 33;
+pub const DEFAULT_RENEW_BEFORE_PERCENTAGE: i32 = 33;
 
 fn default_duration_seconds() -> i32 {
     DEFAULT_DURATION_SECONDS
@@ -295,7 +295,7 @@ pub struct RenewalSpec {
     /// Renew when this percentage of the session's lifetime remains (1 to 99).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 99))]
-    pub renew_before_percentage: Option<u8>,
+    pub renew_before_percentage: Option<i32>,
     /// Renew this long before expiry, as a duration such as `2h`, `90m` or `1h30m`. If it is
     /// not shorter than the session's lifetime, a third of the lifetime is used instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -346,10 +346,10 @@ pub struct SessionTokenStatus {
     pub last_failure: Option<Failure>,
     /// Failed attempts since the last success; drives the retry backoff.
     #[serde(default, skip_serializing_if = "is_zero")]
-    pub failed_attempts: u32,
+    pub failed_attempts: i32,
 }
 
-fn is_zero(n: &u32) -> bool {
+fn is_zero(n: &i32) -> bool {
     *n == 0
 }
 
