@@ -67,6 +67,12 @@ crd_args=()
 if compgen -G "crds/*.yaml" >/dev/null || compgen -G "crds/*.yml" >/dev/null; then
   crd_args=(--crds crds)
 fi
+# -- summary of figures (block owned by the fault/security suites) -------------------------------
+# Tests append `test=NAME key=value...` lines here (tests/support/summary.rs); printed at the end.
+summary_dir=$(mktemp -d "${TMPDIR:-/tmp}/sts-test-summary.XXXXXX")
+export STS_TEST_SUMMARY_DIR="$summary_dir"
+# -- end of summary block --------------------------------------------------------------------------
+
 # A hang fails here, with a message, rather than at CI's time limit.
 test_timeout=${STS_TEST_TIMEOUT:-2400}
 started=$SECONDS
@@ -78,5 +84,21 @@ set -e
 if [[ $rc == 124 ]]; then
   echo "tests did not finish within $test_timeout s (STS_TEST_TIMEOUT): stopped" >&2
 fi
+
+# -- summary of figures: the sums over every test that recorded some --------------------------------
+if [[ -s "$summary_dir/figures.txt" ]]; then
+  echo "== reliability and security figures ($(wc -l <"$summary_dir/figures.txt") tests recorded some) =="
+  awk '
+    { for (i = 2; i <= NF; i++) { split($i, kv, "="); sum[kv[1]] += kv[2] } }
+    END {
+      n = split("rotations:rotations survived (under kills and faults)|kills:operator kills (kill -9)|restarts:control-plane restarts|faults:STS faults injected|approvals:MFA approvals under kills|bad_inputs:bad inputs tried end to end|fuzz_cases:property-test cases on untrusted input|leaks:leaks found (must be 0)", rows, "|")
+      for (i = 1; i <= n; i++) {
+        split(rows[i], r, ":")
+        printf "  %-48s %d\n", r[2], sum[r[1]] + 0
+      }
+    }' "$summary_dir/figures.txt"
+fi
+rm -rf "$summary_dir"
+# -- end of summary block --------------------------------------------------------------------------
 echo "tests took $((SECONDS - started)) s (exit code $rc); make test took $((SECONDS - total_started)) s in all"
 exit $rc

@@ -32,6 +32,11 @@ pub const READY: &str = "Ready";
 pub const ISSUING: &str = "Issuing";
 /// `Issuing` reason while a claimed code is being used.
 const CLAIMED: &str = "TokenCodeClaimed";
+/// Annotation the claim of a code leaves on the SessionToken: when (RFC 3339) a code was last
+/// claimed to be used. Set by the same patch that removes the code, so that no crash can
+/// separate the two: a claim that status never resolved (no `Issuing` condition, approval or
+/// failure recorded at or after it) was interrupted.
+pub const CLAIMED_AT_ANNOTATION: &str = "stssession.dev/token-code-claimed-at";
 
 /// Errors that end a reconcile early; retried with per-object backoff. Failures of STS itself
 /// are not errors here: they are recorded in status and retried on schedule.
@@ -90,6 +95,28 @@ struct Memory {
     source_misses: u32,
 }
 
+impl Memory {
+    fn is_empty(&self) -> bool {
+        // (Destructured, so that a new field cannot be forgotten here.)
+        let Memory {
+            unsaved,
+            code_required_sent,
+            expired_sent,
+            last_written,
+            secret_written,
+            errors,
+            source_misses,
+        } = self;
+        unsaved.is_none()
+            && code_required_sent.is_none()
+            && expired_sent.is_none()
+            && last_written.is_none()
+            && secret_written.is_none()
+            && *errors == 0
+            && *source_misses == 0
+    }
+}
+
 pub struct Context {
     pub client: Client,
     pub sts: StsClient,
@@ -115,12 +142,20 @@ impl Context {
         }
     }
 
+    /// Runs `f` on the object's memory; an entry left with nothing to remember is dropped, so
+    /// that at rest (the usual state of nearly every object) memory holds no entry at all.
     fn with_memory<R>(&self, uid: &str, f: impl FnOnce(&mut Memory) -> R) -> R {
         let mut map = self.memory.lock().unwrap_or_else(|p| p.into_inner());
-        f(map.entry(uid.to_string()).or_default())
+        let entry = map.entry(uid.to_string()).or_default();
+        let result = f(entry);
+        if entry.is_empty() {
+            map.remove(uid);
+        }
+        result
     }
 
-    /// Whether a watched output Secret is exactly what this process last wrote there.
+    /// Whether a watched output Secret is exactly what this process last wrote there (then
+    /// forgotten: it has come back once).
     fn is_own_secret_write(&self, secret: &PartialObjectMeta<Secret>) -> bool {
         let (Some(uid), Some(rv)) = (
             secret.labels().get(OWNER_UID_LABEL),
@@ -128,9 +163,34 @@ impl Context {
         ) else {
             return false;
         };
-        let map = self.memory.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(uid)
-            .is_some_and(|m| m.secret_written.as_ref() == Some(rv))
+        self.with_memory(uid, |m| {
+            let own = m.secret_written.as_ref() == Some(rv);
+            if own {
+                m.secret_written = None;
+            }
+            own
+        })
+    }
+
+    /// The watch shows a SessionToken: once it shows the status this process last wrote, the
+    /// cache has caught up and that status need not be remembered.
+    fn status_seen(&self, st: &SessionToken) {
+        let Some(uid) = st.metadata.uid.as_deref() else {
+            return;
+        };
+        let pending = {
+            let map = self.memory.lock().unwrap_or_else(|p| p.into_inner());
+            map.get(uid).and_then(|m| m.last_written)
+        };
+        if let Some(written) = pending
+            && st.status.as_ref().map(status_digest) == Some(written)
+        {
+            self.with_memory(uid, |m| {
+                if m.last_written == Some(written) {
+                    m.last_written = None;
+                }
+            });
+        }
     }
 
     fn note_secret_write(&self, uid: &str, written: &Secret) {
@@ -316,6 +376,19 @@ async fn observe(st: Arc<SessionToken>, ctx: &Context) -> Result<Observed, Error
             message: problem.to_string(),
         });
     }
+    // The schema admits some regions STS calls cannot use (`-us-east-1`, 64 characters): say
+    // so at once, rather than fail each call (and spend a code on one that is never sent).
+    if let (None, Err(why)) = (&blocker, crate::sts::validate_region(&region)) {
+        let from = if st.spec.region.is_some() {
+            "spec.region"
+        } else {
+            "--default-region"
+        };
+        blocker = Some(Blocker {
+            reason: "InvalidSpec",
+            message: format!("{from}: {why}"),
+        });
+    }
     if let Ownership::Foreign(why) = &ownership {
         blocker = Some(Blocker {
             reason: "SecretConflict",
@@ -343,8 +416,13 @@ async fn observe(st: Arc<SessionToken>, ctx: &Context) -> Result<Observed, Error
 async fn reconcile_inner(st: Arc<SessionToken>, ctx: &Context) -> Result<Action, Error> {
     let uid = st.metadata.uid.clone().unwrap_or_default();
     let stale = ctx.with_memory(&uid, |m| {
-        m.last_written
-            .is_some_and(|w| Some(w) != st.status.as_ref().map(status_digest))
+        let stale = m
+            .last_written
+            .is_some_and(|w| Some(w) != st.status.as_ref().map(status_digest));
+        if !stale {
+            m.last_written = None; // caught up (the watch may have shown it before we noted it)
+        }
+        stale
     });
     let st = if stale {
         // The watch cache has not caught up with our last status write: read the object itself.
@@ -367,13 +445,21 @@ async fn reconcile_inner(st: Arc<SessionToken>, ctx: &Context) -> Result<Action,
 
     let mut server_status = old_status.clone();
 
-    // 0. A claim recorded but never resolved: the process using the code died. The code is
-    // spent (STS may or may not have seen it) and the session, if any, is lost.
-    let interrupted_check = status
+    // 0. A claim never resolved: the process using the code died. The code is spent (STS may
+    // or may not have seen it) and the session, if any, is lost. The claim is on record in
+    // status (`Issuing` CLAIMED) or, if the process died before writing that, in the
+    // annotation the claim itself left.
+    let recorded_claim = status
         .conditions
         .iter()
         .find(|c| c.type_ == ISSUING && c.reason == CLAIMED)
         .map(|c| c.last_transition_time);
+    let unrecorded_claim = st
+        .annotations()
+        .get(CLAIMED_AT_ANNOTATION)
+        .and_then(|t| t.parse::<Timestamp>().ok())
+        .filter(|t| !claim_resolved(&status, *t));
+    let interrupted_check = recorded_claim.max(unrecorded_claim);
     let mut claim_deadline = None;
     if let Some(claimed_at) = interrupted_check {
         let deadline = claimed_at
@@ -409,6 +495,17 @@ async fn reconcile_inner(st: Arc<SessionToken>, ctx: &Context) -> Result<Action,
     );
     let mut code_to_use: Option<TokenCode> = None;
     if let Some(raw) = raw_code.as_deref() {
+        // A code that will be used leaves the time of its claim behind (see step 0).
+        let used = matches!(code_state, CodeState::Usable) && obs.blocker.is_none();
+        let claimed_at = plan::round_to_second(obs.now);
+        if used && claim_resolved(&old_status, claimed_at) {
+            // Status already holds something written in this very second, which a claim now
+            // could not be told apart from (its times are whole seconds): claim in the next.
+            let into_second = Duration::from_nanos(obs.now.subsec_nanosecond().max(0) as u64);
+            return Ok(Action::requeue(
+                Duration::from_millis(1020).saturating_sub(into_second),
+            ));
+        }
         if annotations
             .get("kubectl.kubernetes.io/last-applied-configuration")
             .is_some_and(|l| l.contains(TOKEN_CODE_ANNOTATION))
@@ -421,7 +518,8 @@ async fn reconcile_inner(st: Arc<SessionToken>, ctx: &Context) -> Result<Action,
         } else {
             &[]
         };
-        if !claim_annotation(&sts_api, &obs.name, TOKEN_CODE_ANNOTATION, raw, also).await? {
+        let mark = used.then(|| (CLAIMED_AT_ANNOTATION, claimed_at.to_string()));
+        if !claim_annotation(&sts_api, &obs.name, TOKEN_CODE_ANNOTATION, raw, also, mark).await? {
             debug!(
                 namespace = obs.ns,
                 name = obs.name,
@@ -526,7 +624,7 @@ async fn reconcile_inner(st: Arc<SessionToken>, ctx: &Context) -> Result<Action,
     let mut may_retry = retry_at.is_none_or(|t| obs.now >= t) || spec_changed_since_failure;
     // `kubectl sts renew`: mint now, once, where no code is needed.
     if let Some(requested) = annotations.get(RENEW_ANNOTATION) {
-        if !claim_annotation(&sts_api, &obs.name, RENEW_ANNOTATION, requested, &[]).await? {
+        if !claim_annotation(&sts_api, &obs.name, RENEW_ANNOTATION, requested, &[], None).await? {
             return Ok(Action::requeue(Duration::from_secs(1)));
         }
         if has_mfa {
@@ -552,6 +650,8 @@ async fn reconcile_inner(st: Arc<SessionToken>, ctx: &Context) -> Result<Action,
             // Say that the code is being used before using it: if this process dies before the
             // result is written, the next reconcile can tell that the code is spent.
             let mut claimed = status.clone();
+            // A new claim has its own time, even over an unresolved one (its deadline).
+            claimed.conditions.retain(|c| c.type_ != ISSUING);
             set_condition(
                 &mut claimed.conditions,
                 ISSUING,
@@ -627,6 +727,45 @@ async fn reconcile_inner(st: Arc<SessionToken>, ctx: &Context) -> Result<Action,
         Some((session, approval)) => {
             let desired = secret::desired_secret(&st, &obs.out_name, &session);
             if let Err(e) = write_secret(ctx, &obs, &desired).await {
+                // A refusal that will recur (an invalid label or annotation from spec.secret, a
+                // Secret too large, no permission) must show in status, not only in the log.
+                if let kube::Error::Api(ae) = &e
+                    && matches!(ae.code, 400 | 403 | 413 | 422)
+                {
+                    let message = format!(
+                        "a new session was minted but the Secret {} could not be written (kept in memory, retried): {}",
+                        obs.out_name,
+                        redact(&ae.message, &session)
+                    );
+                    set_condition(
+                        &mut status.conditions,
+                        ISSUING,
+                        "False",
+                        "SecretWriteFailed",
+                        message.clone(),
+                        obs.generation,
+                        obs.now,
+                    );
+                    if !session_state.is_valid() {
+                        set_condition(
+                            &mut status.conditions,
+                            READY,
+                            "False",
+                            "SecretWriteFailed",
+                            message,
+                            obs.generation,
+                            obs.now,
+                        );
+                    }
+                    status.observed_generation = obs.generation;
+                    if status != server_status
+                        && write_status(&sts_api, &obs.name, &status).await.is_ok()
+                    {
+                        ctx.with_memory(&obs.uid, |m| {
+                            m.last_written = Some(status_digest(&status))
+                        });
+                    }
+                }
                 ctx.with_memory(&obs.uid, |m| m.unsaved = Some((session, approval)));
                 return Err(Error::SecretWrite(e));
             }
@@ -962,6 +1101,7 @@ fn ready_condition(
 fn failure_reason(reason: &str) -> &'static str {
     match reason {
         "SourceCredentialsInvalid" => "SourceCredentialsInvalid",
+        "InvalidSpec" => "InvalidSpec",
         "TokenCodeRejected" => "TokenCodeRejected",
         "Throttled" => "Throttled",
         "Expired" => "Expired",
@@ -998,15 +1138,50 @@ async fn code_required_events(
     Some(next).filter(|n| n < expiration)
 }
 
+/// An API server's message with the session's secret parts masked (it should never echo them;
+/// this makes sure).
+fn redact(message: &str, session: &SessionSecret) -> String {
+    let mut m = message.to_string();
+    for secret in [
+        session.secret_access_key.expose(),
+        session.session_token.expose(),
+    ] {
+        if !secret.is_empty() {
+            m = m.replace(secret.as_str(), "<redacted>");
+        }
+    }
+    m
+}
+
+/// Whether status records the outcome (or the ongoing use) of a code claimed at `claimed_at`:
+/// every path after a claim writes an `Issuing` condition, an approval or a failure with the
+/// claiming reconcile's time, which is the claim's.
+pub fn claim_resolved(status: &SessionTokenStatus, claimed_at: Timestamp) -> bool {
+    status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == ISSUING && c.last_transition_time >= claimed_at)
+        || status
+            .last_approval
+            .as_ref()
+            .is_some_and(|a| a.time >= claimed_at)
+        || status
+            .last_failure
+            .as_ref()
+            .is_some_and(|f| f.time >= claimed_at)
+}
+
 /// Claims an annotation: one JSON patch that tests its value and removes it (and `also`), so
-/// that exactly one claimant wins and a newer value set meanwhile survives. Returns false if
-/// the test failed (someone else claimed it, or it changed).
+/// that exactly one claimant wins and a newer value set meanwhile survives; `mark` is an
+/// annotation set by the same patch. Returns false if the test failed (someone else claimed
+/// it, or it changed).
 async fn claim_annotation(
     api: &Api<SessionToken>,
     name: &str,
     key: &str,
     value: &str,
     also: &[&str],
+    mark: Option<(&str, String)>,
 ) -> Result<bool, Error> {
     let path = |key: &str| {
         format!(
@@ -1022,6 +1197,9 @@ async fn claim_annotation(
         also.iter()
             .map(|k| serde_json::json!({"op": "remove", "path": path(k)})),
     );
+    if let Some((k, v)) = mark {
+        ops.push(serde_json::json!({"op": "add", "path": path(k), "value": v}));
+    }
     let patch: json_patch::Patch =
         serde_json::from_value(serde_json::Value::Array(ops)).expect("static patch shape");
     let pp = PatchParams {
@@ -1163,11 +1341,13 @@ pub async fn run(
         .default_backoff()
         .modify(drop_managed_fields)
         .reflect(writer)
-        .inspect_ok(move |event| {
-            if let watcher::Event::Delete(st) = event {
+        .inspect_ok(move |event| match event {
+            watcher::Event::Delete(st) => {
                 metrics.remove_session(&st.namespace().unwrap_or_default(), &st.name_any());
                 forget_ctx.forget(st.metadata.uid.as_deref().unwrap_or_default());
             }
+            watcher::Event::Apply(st) | watcher::Event::InitApply(st) => forget_ctx.status_seen(st),
+            _ => {}
         })
         .applied_objects()
         .predicate_filter(trigger_hash, Default::default());
@@ -1245,6 +1425,65 @@ mod tests {
             t(30),
         );
         assert_eq!(c.len(), 2);
+    }
+
+    #[test]
+    fn a_claim_is_resolved_by_anything_status_records_at_or_after_it() {
+        let mut s = SessionTokenStatus::default();
+        assert!(!claim_resolved(&s, t(10)));
+        set_condition(
+            &mut s.conditions,
+            ISSUING,
+            "True",
+            "Succeeded",
+            "a".into(),
+            None,
+            t(9),
+        );
+        assert!(
+            !claim_resolved(&s, t(10)),
+            "older evidence is a previous claim's"
+        );
+        set_condition(
+            &mut s.conditions,
+            ISSUING,
+            "Unknown",
+            CLAIMED,
+            "b".into(),
+            None,
+            t(10),
+        );
+        assert!(claim_resolved(&s, t(10)), "the claim on record");
+        let mut s = SessionTokenStatus {
+            last_approval: Some(Approval {
+                approved_by: None,
+                time: t(11),
+            }),
+            ..Default::default()
+        };
+        assert!(claim_resolved(&s, t(10)));
+        s.last_approval = None;
+        s.last_failure = Some(Failure {
+            time: t(10),
+            reason: "TokenCodeRejected".into(),
+            message: "m".into(),
+        });
+        assert!(claim_resolved(&s, t(10)));
+        assert!(!claim_resolved(&s, t(11)));
+    }
+
+    #[test]
+    fn api_messages_are_redacted() {
+        let session = SessionSecret {
+            access_key_id: "ASIAEXAMPLE0000000000".into(),
+            secret_access_key: crate::Sensitive::new("s3cr3t".into()),
+            session_token: crate::Sensitive::new("t0k3n".into()),
+            expiration: t(0),
+        };
+        assert_eq!(
+            redact("data s3cr3t and t0k3n", &session),
+            "data <redacted> and <redacted>"
+        );
     }
 
     #[test]

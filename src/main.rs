@@ -53,6 +53,11 @@ struct Args {
     /// SessionTokens reconciled at once.
     #[arg(long, default_value_t = 32)]
     reconcile_concurrency: u16,
+    /// Kubernetes API requests in flight at most (a watch counts until its response starts).
+    /// Each one in flight holds a connection (TLS state, buffers): this bounds the operator's
+    /// connections to the API server, and with them its memory.
+    #[arg(long, default_value_t = 16)]
+    api_concurrency: usize,
     /// Address of the /metrics, /healthz and /readyz endpoints.
     #[arg(long, env = "METRICS_ADDRESS", default_value = "0.0.0.0:8080")]
     metrics_address: SocketAddr,
@@ -121,9 +126,15 @@ async fn run(args: Args) -> Result<()> {
         .with_context(|| format!("binding {}", args.metrics_address))?;
     tokio::spawn(metrics::serve_listener(listener, metrics.clone(), ready_rx));
 
-    let client = kube::Client::try_default()
+    let config = kube::Config::infer()
         .await
-        .context("connecting to the Kubernetes API")?;
+        .context("loading the Kubernetes client configuration")?;
+    let client = kube::client::ClientBuilder::try_from(config)
+        .context("connecting to the Kubernetes API")?
+        .with_layer(&tower::limit::ConcurrencyLimitLayer::new(
+            args.api_concurrency.max(1),
+        ))
+        .build();
     let sts_settings = StsSettings {
         timeout: args.sts_timeout,
         max_in_flight: args.sts_concurrency.max(1),

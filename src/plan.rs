@@ -91,7 +91,8 @@ pub fn is_object_name(name: &str) -> bool {
     let b = name.as_bytes();
     !b.is_empty()
         && b.len() <= 253
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-' || *c == b'.')
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-' || *c == b'.')
         && b[0].is_ascii_alphanumeric()
         && b[b.len() - 1].is_ascii_alphanumeric()
         && !name.contains("..")
@@ -618,7 +619,19 @@ mod tests {
         for ok in ["keys", "iam-keys", "a.b-c", "x", &"a".repeat(253)] {
             assert!(is_object_name(ok), "{ok}");
         }
-        for bad in ["", "../other", "a/b", "Keys", "-a", "a-", "a..b", "a b", "ключ", &"a".repeat(254), "%2e%2e"] {
+        for bad in [
+            "",
+            "../other",
+            "a/b",
+            "Keys",
+            "-a",
+            "a-",
+            "a..b",
+            "a b",
+            "ключ",
+            &"a".repeat(254),
+            "%2e%2e",
+        ] {
             assert!(!is_object_name(bad), "{bad}");
         }
     }

@@ -462,6 +462,17 @@ pub fn approve_outcome(
         return Outcome::Pending(Waiting::CallingSts);
     }
     let status = st.status.clone().unwrap_or_default();
+    // The operator's claim leaves its time on the object: until status records something at
+    // or after it, status is still the previous attempt's, whose success (within TOLERANCE of
+    // this code) would otherwise read as this approval's.
+    if let Some(claimed_at) = st
+        .annotations()
+        .get(crate::controller::CLAIMED_AT_ANNOTATION)
+        .and_then(|t| t.parse::<Timestamp>().ok())
+        && !crate::controller::claim_resolved(&status, claimed_at)
+    {
+        return Outcome::Pending(Waiting::Status);
+    }
     let fresh_approval = status
         .last_approval
         .as_ref()
@@ -849,6 +860,41 @@ mod tests {
         assert!(
             matches!(approve_outcome(&old_ok, set_at, &Baseline::of(&old_ok), Some(SETTLE)), Outcome::Failed { reason, .. } if reason == "TokenCodeRemoved")
         );
+        // The previous approval succeeded a second before this code was set; the operator has
+        // claimed this code (its claim time on the object) but not written status yet: not
+        // this approval's success (seen under load, in tests/operator/plugin.rs).
+        let claimed_after_recent_ok = st(json!({
+            "metadata": {"annotations": {"stssession.dev/token-code-claimed-at": t(1).to_string()}},
+            "status": {
+                "conditions": [cond("Ready", "True", "Issued", -1), cond("Issuing", "True", "Succeeded", -1)],
+                "lastApproval": {"approvedBy": "alice", "time": t(-1).to_string()}, "rotations": 2}}));
+        assert_eq!(
+            approve_outcome(
+                &claimed_after_recent_ok,
+                set_at,
+                &Baseline::of(&claimed_after_recent_ok),
+                None
+            ),
+            Outcome::Pending(Waiting::Status)
+        );
+        let mut now_ok = claimed_after_recent_ok.clone();
+        now_ok
+            .status
+            .as_mut()
+            .unwrap()
+            .last_approval
+            .as_mut()
+            .unwrap()
+            .time = t(1);
+        assert!(matches!(
+            approve_outcome(
+                &now_ok,
+                set_at,
+                &Baseline::of(&claimed_after_recent_ok),
+                None
+            ),
+            Outcome::Succeeded { .. }
+        ));
         let rejected = st(json!({"status": {
             "conditions": [cond("Ready", "False", "AwaitingTokenCode", -100), cond("Issuing", "False", "TokenCodeRejected", 1)],
             "lastFailure": {"time": t(1).to_string(), "reason": "TokenCodeRejected", "message": "new"}, "rotations": 1,

@@ -952,6 +952,16 @@ fn credentials_from_output(
     if creds.access_key_id.is_empty() {
         return Err(invalid("the response has no AccessKeyId"));
     }
+    // AWS documents 16 to 128 characters of `[\w]`. The SDK's XML reader also accepts a
+    // document cut short (`...<AccessKeyId>AS`): do not hand out a key id no one can use.
+    let id = &creds.access_key_id;
+    if !(16..=128).contains(&id.len())
+        || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    {
+        return Err(invalid(
+            "the response's AccessKeyId is not 16 to 128 letters, digits or '_'",
+        ));
+    }
     if creds.secret_access_key.is_empty() {
         return Err(invalid("the response has no SecretAccessKey"));
     }
@@ -1938,6 +1948,19 @@ mod tests {
         let body = r#"<GetSessionTokenResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><GetSessionTokenResult></GetSessionTokenResult></GetSessionTokenResponse>"#;
         let (r, _) = call_with(vec![Canned::Reply(200, body.to_owned())], true, settings()).await;
         assert!(matches!(r.unwrap_err(), StsError::InvalidResponse { .. }));
+        // A document cut short inside AccessKeyId (found by tests/fuzz.rs): the SDK reads
+        // "ASIAIOS" as the key id.
+        let body = ok_body(&exp);
+        let cut = body.find("<AccessKeyId>").unwrap() + "<AccessKeyId>ASIAIOS".len();
+        let (r, _) = call_with(
+            vec![Canned::Reply(200, body[..cut].to_owned())],
+            true,
+            settings(),
+        )
+        .await;
+        let e = r.unwrap_err();
+        assert!(matches!(e, StsError::InvalidResponse { .. }), "{e:?}");
+        assert!(!e.to_string().contains(SESSION_SECRET));
     }
 
     #[tokio::test]

@@ -4,6 +4,9 @@
 
 #[path = "../operator/common.rs"]
 mod common;
+mod crash;
+#[path = "../support/summary.rs"]
+mod summary;
 
 use common::*;
 use jiff::{SignedDuration, Timestamp};
@@ -71,6 +74,7 @@ async fn operator_rides_out_an_api_server_and_etcd_restart() -> anyhow::Result<(
     ns.create_session("after-restart", spec()).await?;
     wait_condition(&ns, "after-restart", "Ready", "True", "Issued", T).await?;
     assert!(op.process.is_running(), "the operator exited:\n{}", op.process.log_tail(30));
+    summary::record("faults::api_server_restart", &[("restarts", 1)]);
     Ok(())
 }
 
@@ -131,5 +135,8 @@ async fn sts_throttling_errors_and_an_outage_are_survived_with_bounded_calls() -
         wait_condition(&ns, name, "Issuing", "True", "Succeeded", Duration::from_secs(20)).await?;
     }
     watch_rotations(&ns, &names, 2, Duration::from_secs(30)).await?;
+    let faults = sts.calls().iter().filter(|c| c.injected).count() as u64;
+    let rotations: i64 = ns.sessions().list(&Default::default()).await?.items.iter().filter_map(|s| s.status.as_ref()).map(|s| s.rotations).sum();
+    summary::record("faults::sts_faults_and_outage", &[("faults", faults), ("rotations", rotations as u64)]);
     Ok(())
 }

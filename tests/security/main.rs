@@ -3,6 +3,8 @@
 
 #[path = "../operator/common.rs"]
 mod common;
+#[path = "../support/summary.rs"]
+mod summary;
 
 use common::*;
 use serde_json::json;
@@ -163,6 +165,7 @@ async fn no_secret_value_reaches_logs_events_status_or_metrics() -> anyhow::Resu
         }
     }
     println!("canary sweep: {} canaries over {} bytes of logs, events, status and metrics: {} leaks", canaries.len(), log.len() + events.len() + statuses.len() + metrics.len(), leaks.len());
+    summary::record("security::canary_sweep", &[("leaks", leaks.len() as u64)]);
     assert!(leaks.is_empty(), "leaks: {leaks:?}");
     Ok(())
 }
