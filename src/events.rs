@@ -25,23 +25,31 @@ const SERIES_WINDOW: SignedDuration = SignedDuration::from_mins(6);
 /// How often expired entries are dropped.
 const SWEEP_EVERY: SignedDuration = SignedDuration::from_mins(1);
 
-#[derive(Hash, PartialEq, Eq)]
-struct Key {
-    /// The regarding object's UID (or namespace/name when it has none).
-    regarding: String,
+/// What makes two Events one series: the regarding object's UID (or namespace/name when it has
+/// none), the type, the reason and the action. Kept as a 64-bit hash, not as the strings.
+#[derive(Hash)]
+struct Key<'a> {
+    regarding: &'a str,
     warning: bool,
-    reason: String,
-    action: String,
+    reason: &'a str,
+    action: &'a str,
+}
+
+impl Key<'_> {
+    fn digest(&self) -> u64 {
+        use std::hash::{BuildHasher, BuildHasherDefault};
+        BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(self)
+    }
 }
 
 struct Sent {
-    name: String,
+    name: Box<str>,
     count: i32,
     last: Timestamp,
 }
 
 struct Cache {
-    sent: HashMap<Key, Sent>,
+    sent: HashMap<u64, Sent>,
     swept: Timestamp,
 }
 
@@ -83,17 +91,19 @@ impl Publisher {
             .namespace
             .clone()
             .unwrap_or_else(|| "default".into());
+        let regarding_id = regarding.uid.clone().unwrap_or_else(|| {
+            format!(
+                "{namespace}/{}",
+                regarding.name.as_deref().unwrap_or_default()
+            )
+        });
         let key = Key {
-            regarding: regarding.uid.clone().unwrap_or_else(|| {
-                format!(
-                    "{namespace}/{}",
-                    regarding.name.as_deref().unwrap_or_default()
-                )
-            }),
+            regarding: &regarding_id,
             warning: matches!(type_, EventType::Warning),
-            reason: reason.into(),
-            action: action.into(),
-        };
+            reason,
+            action,
+        }
+        .digest();
         let repeat = {
             let mut cache = self.lock();
             if now.duration_since(cache.swept) >= SWEEP_EVERY {
@@ -107,7 +117,7 @@ impl Publisher {
                 .sent
                 .get(&key)
                 .filter(|s| now.duration_since(s.last) < SERIES_WINDOW)
-                .map(|s| (s.name.clone(), s.count + 1))
+                .map(|s| (s.name.to_string(), s.count + 1))
         };
         let events: Api<K8sEvent> = Api::namespaced(self.client.clone(), &namespace);
         if let Some((name, count)) = repeat {
@@ -162,7 +172,7 @@ impl Publisher {
         self.lock().sent.insert(
             key,
             Sent {
-                name,
+                name: name.into(),
                 count: 1,
                 last: now,
             },

@@ -3,9 +3,10 @@
 //! Labels are only ever namespaces, names, fixed outcome words and condition reasons: nothing
 //! secret reaches a series.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use http_body_util::Full;
@@ -13,10 +14,12 @@ use hyper::body::{Bytes, Incoming};
 use hyper::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 use tokio::net::TcpListener;
@@ -30,12 +33,6 @@ pub const OPENMETRICS_CONTENT_TYPE: &str =
 const RECONCILE_BUCKETS: [f64; 14] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0,
 ];
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct SessionLabels {
-    namespace: String,
-    name: String,
-}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
@@ -58,14 +55,73 @@ pub struct SessionMetrics {
     pub awaiting_token_code: bool,
 }
 
+/// The per-SessionToken gauges, kept as one small record per SessionToken and turned into
+/// series only when scraped (four `Family`s would keep four label sets and four gauges each:
+/// about 0.6 KiB per SessionToken, 6 MiB at 10,000).
+#[derive(Debug, Default)]
+struct SessionSeries {
+    /// namespace → name → what was recorded.
+    sessions: RwLock<HashMap<Box<str>, HashMap<Box<str>, SessionMetrics>>>,
+}
+
+type SessionGauge = (
+    &'static str,
+    &'static str,
+    Option<Unit>,
+    fn(&SessionMetrics) -> Option<i64>,
+);
+
+const SESSION_GAUGES: [SessionGauge; 4] = [
+    (
+        "sts_session_expiration_timestamp",
+        "Unix time when the SessionToken's current session credentials expire",
+        Some(Unit::Seconds),
+        |s| s.expiration.map(unix_seconds),
+    ),
+    (
+        "sts_session_renewal_timestamp",
+        "Unix time when the SessionToken's session is due for renewal",
+        Some(Unit::Seconds),
+        |s| s.renewal.map(unix_seconds),
+    ),
+    (
+        "sts_session_ready_status",
+        "1 if the SessionToken is Ready (its Secret holds valid session credentials), else 0",
+        None,
+        |s| Some(i64::from(s.ready)),
+    ),
+    (
+        "sts_session_awaiting_token_code",
+        "1 if the SessionToken waits for a human to provide an MFA token code, else 0",
+        None,
+        |s| Some(i64::from(s.awaiting_token_code)),
+    ),
+];
+
+impl Collector for SessionSeries {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let sessions = self.sessions.read().unwrap_or_else(|p| p.into_inner());
+        for (name, help, unit, value) in &SESSION_GAUGES {
+            let mut family =
+                encoder.encode_descriptor(name, help, unit.as_ref(), MetricType::Gauge)?;
+            for (namespace, names) in sessions.iter() {
+                for (session, recorded) in names {
+                    if let Some(v) = value(recorded) {
+                        let labels = [("namespace", &**namespace), ("name", &**session)];
+                        ConstGauge::new(v).encode(family.encode_family(&labels)?)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The operator's metrics. `Send + Sync`; share it through an `Arc`.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
-    expiration: Family<SessionLabels, Gauge>,
-    renewal: Family<SessionLabels, Gauge>,
-    ready: Family<SessionLabels, Gauge>,
-    awaiting_token_code: Family<SessionLabels, Gauge>,
+    sessions: Arc<SessionSeries>,
     sts_calls: Family<OutcomeLabels, Counter>,
     reconcile_duration: Histogram,
     reconcile_errors: Family<ReasonLabels, Counter>,
@@ -84,36 +140,12 @@ fn unix_seconds(t: jiff::Timestamp) -> i64 {
 impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::default();
-        let expiration = Family::<SessionLabels, Gauge>::default();
-        let renewal = Family::<SessionLabels, Gauge>::default();
-        let ready = Family::<SessionLabels, Gauge>::default();
-        let awaiting_token_code = Family::<SessionLabels, Gauge>::default();
+        let sessions = Arc::new(SessionSeries::default());
         let sts_calls = Family::<OutcomeLabels, Counter>::default();
         let reconcile_duration = Histogram::new(RECONCILE_BUCKETS);
         let reconcile_errors = Family::<ReasonLabels, Counter>::default();
 
-        registry.register_with_unit(
-            "sts_session_expiration_timestamp",
-            "Unix time when the SessionToken's current session credentials expire",
-            Unit::Seconds,
-            expiration.clone(),
-        );
-        registry.register_with_unit(
-            "sts_session_renewal_timestamp",
-            "Unix time when the SessionToken's session is due for renewal",
-            Unit::Seconds,
-            renewal.clone(),
-        );
-        registry.register(
-            "sts_session_ready_status",
-            "1 if the SessionToken is Ready (its Secret holds valid session credentials), else 0",
-            ready.clone(),
-        );
-        registry.register(
-            "sts_session_awaiting_token_code",
-            "1 if the SessionToken waits for a human to provide an MFA token code, else 0",
-            awaiting_token_code.clone(),
-        );
+        registry.register_collector(Box::new(sessions.clone()));
         registry.register(
             "sts_session_sts_calls",
             "GetSessionToken calls by outcome",
@@ -133,10 +165,7 @@ impl Metrics {
 
         Self {
             registry,
-            expiration,
-            renewal,
-            ready,
-            awaiting_token_code,
+            sessions,
             sts_calls,
             reconcile_duration,
             reconcile_errors,
@@ -145,42 +174,38 @@ impl Metrics {
 
     /// Records the state of one `SessionToken` (replacing what was recorded before).
     pub fn set_session(&self, namespace: &str, name: &str, s: SessionMetrics) {
-        let labels = SessionLabels {
-            namespace: namespace.to_owned(),
-            name: name.to_owned(),
+        let mut sessions = self
+            .sessions
+            .sessions
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        let names = match sessions.get_mut(namespace) {
+            Some(names) => names,
+            None => sessions.entry(namespace.into()).or_default(),
         };
-        match s.expiration {
-            Some(t) => {
-                self.expiration.get_or_create(&labels).set(unix_seconds(t));
-            }
+        match names.get_mut(name) {
+            Some(recorded) => *recorded = s,
             None => {
-                self.expiration.remove(&labels);
+                names.insert(name.into(), s);
             }
         }
-        match s.renewal {
-            Some(t) => {
-                self.renewal.get_or_create(&labels).set(unix_seconds(t));
-            }
-            None => {
-                self.renewal.remove(&labels);
-            }
-        }
-        self.ready.get_or_create(&labels).set(i64::from(s.ready));
-        self.awaiting_token_code
-            .get_or_create(&labels)
-            .set(i64::from(s.awaiting_token_code));
     }
 
     /// Drops every series of one `SessionToken` (call when it is deleted).
     pub fn remove_session(&self, namespace: &str, name: &str) {
-        let labels = SessionLabels {
-            namespace: namespace.to_owned(),
-            name: name.to_owned(),
-        };
-        self.expiration.remove(&labels);
-        self.renewal.remove(&labels);
-        self.ready.remove(&labels);
-        self.awaiting_token_code.remove(&labels);
+        let mut sessions = self
+            .sessions
+            .sessions
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(names) = sessions.get_mut(namespace) {
+            names.remove(name);
+            if names.is_empty() {
+                sessions.remove(namespace);
+            } else if names.capacity() > 64 && names.len() < names.capacity() / 4 {
+                names.shrink_to_fit();
+            }
+        }
     }
 
     /// Counts one STS call: `outcome` is `sts::OUTCOME_SUCCESS` or `StsError::metric_outcome()`.

@@ -183,7 +183,7 @@ async fn sample_secrets(
 async fn kill_9_across_rotations_never_leaves_expired_credentials() -> Result<()> {
     let long = summary::long();
     let (want_rotations, want_kills, budget) = if long {
-        (1500u64, 150u64, Duration::from_secs(1500))
+        (1000u64, 100u64, Duration::from_secs(1200))
     } else {
         (100, 10, Duration::from_secs(150))
     };
@@ -307,7 +307,6 @@ struct Board {
     /// status, STS not having answered by then.
     cut_short: BTreeSet<String>,
     kill_times: Vec<Instant>,
-    done: bool,
 }
 
 /// One SessionToken approved again and again, each time with a fresh code.
@@ -392,7 +391,7 @@ async fn approve_repeatedly(
 #[tokio::test]
 async fn kill_9_across_mfa_approvals_never_reuses_or_silently_loses_a_code() -> Result<()> {
     let long = summary::long();
-    let (approvals_per_token, kill_budget) = if long { (60, 120u64) } else { (6, 8) };
+    let (approvals_per_token, kill_budget) = if long { (40, 80u64) } else { (6, 8) };
     let seed = seed();
     println!("crash/approvals: seed {seed} (STS_TEST_SEED replays it)");
     let mut rng = StdRng::seed_from_u64(seed);
@@ -489,7 +488,6 @@ async fn kill_9_across_mfa_approvals_never_reuses_or_silently_loses_a_code() -> 
         tokio::time::sleep(Duration::from_millis(rng.random_range(0..1000))).await;
         op.restart().await?;
     }
-    lock(&board).done = true;
     for d in &drivers {
         while !d.is_finished() {
             tokio::time::sleep(Duration::from_millis(100)).await;
