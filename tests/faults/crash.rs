@@ -563,21 +563,26 @@ async fn a_claimed_code_is_on_record_before_its_annotation_goes() -> Result<()> 
         wait_condition(&ns, name, "Ready", "False", "AwaitingTokenCode", Duration::from_secs(30)).await?;
         let code = format!("{:06}", 700_000 + i);
         let api = ns.sessions();
-        let rv = api.get(name).await?.metadata.resource_version.unwrap_or_default();
+        // From the watch cache's current state ("0": no "too large resource version" when
+        // the cache lags behind a loaded etcd), which comes first as an ADDED event.
         let wp = WatchParams::default().fields(&format!("metadata.name={name}"));
-        let mut stream = api.watch(&wp, &rv).await?.boxed();
+        let mut stream = api.watch(&wp, "0").await?.boxed();
         ns.approve(name, &code, "alice").await?;
         // Freeze the operator the moment the annotation is seen gone.
         let seen_code = tokio::time::timeout(Duration::from_secs(30), async {
             let mut had_code = false;
             while let Some(ev) = stream.next().await {
-                if let WatchEvent::Modified(st) = ev? {
-                    let has = has_code(&st);
-                    if had_code && !has {
-                        op.current().process.signal(SIGSTOP)?;
-                        return anyhow::Ok(st);
+                match ev? {
+                    WatchEvent::Added(st) | WatchEvent::Modified(st) => {
+                        let has = has_code(&st);
+                        if had_code && !has {
+                            op.current().process.signal(SIGSTOP)?;
+                            return anyhow::Ok(st);
+                        }
+                        had_code |= has;
                     }
-                    had_code |= has;
+                    WatchEvent::Error(e) => bail!("the watch failed: {e:?}"),
+                    _ => {}
                 }
             }
             bail!("the watch ended")
