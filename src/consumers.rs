@@ -62,11 +62,44 @@ pub async fn reconcile(
 // ---------------------------------------------------------------------------------------------
 // The refresh window.
 
+/// The credentials the output Secret holds, as status records them: the role's with
+/// `spec.assumeRole` (consumers see those), else the session's.
+pub struct OutputCredentials {
+    pub access_key_id: Option<String>,
+    pub issued_at: Option<Timestamp>,
+    pub expiration: Option<Timestamp>,
+    /// The lifetime asked for.
+    pub asked_seconds: i64,
+}
+
+impl OutputCredentials {
+    pub fn of(st: &SessionToken, status: &SessionTokenStatus) -> Self {
+        match &st.spec.assume_role {
+            Some(spec) => {
+                let role = status.role.clone().unwrap_or_default();
+                Self {
+                    access_key_id: role.access_key_id,
+                    issued_at: role.assumed_at,
+                    expiration: role.expiration,
+                    asked_seconds: i64::from(spec.duration_seconds),
+                }
+            }
+            None => Self {
+                access_key_id: status.access_key_id.clone(),
+                issued_at: status.issued_at,
+                expiration: status.expiration,
+                asked_seconds: i64::from(st.spec.duration_seconds),
+            },
+        }
+    }
+}
+
 /// The renewal window the SessionToken's sessions get (without jitter): from the lifetime STS
 /// returned for the current session, else the one asked for.
 pub fn renewal_window(st: &SessionToken, status: &SessionTokenStatus) -> Duration {
-    let asked = i64::from(st.spec.duration_seconds);
-    let lifetime = match (status.issued_at, status.expiration) {
+    let out = OutputCredentials::of(st, status);
+    let asked = out.asked_seconds;
+    let lifetime = match (out.issued_at, out.expiration) {
         (Some(issued), Some(expiration)) if expiration > issued => {
             // Seconds of clock skew and rounding must not move the message (and the
             // condition) from one session to the next: what was asked for, if STS gave about
@@ -257,10 +290,12 @@ async fn restart_targets(
         status.conditions.retain(|c| c.type_ != ROLLOUT_RESTART);
         return None;
     }
-    // Only for a session that pods can actually use.
+    // Only for credentials that pods can actually use.
+    let out = OutputCredentials::of(st, status);
+    let issued_at = out.issued_at;
     let (Some(access_key_id), true) = (
-        status.access_key_id.clone(),
-        holds_session && status.expiration.is_some_and(|e| e > now),
+        out.access_key_id,
+        holds_session && out.expiration.is_some_and(|e| e > now),
     ) else {
         return None;
     };
@@ -279,7 +314,7 @@ async fn restart_targets(
                 continue;
             }
         };
-        if target_action(&workload, &st_name, &access_key_id, status.issued_at)
+        if target_action(&workload, &st_name, &access_key_id, issued_at)
             == TargetAction::UpToDate
         {
             continue;

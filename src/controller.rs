@@ -4,13 +4,16 @@
 //! should be writes nothing.
 
 use crate::crd::{
-    APPROVED_BY_ANNOTATION, Approval, Condition, FIELD_MANAGER, Failure, OWNER_UID_LABEL,
-    RENEW_ANNOTATION, SessionToken, SessionTokenStatus, TOKEN_CODE_ANNOTATION,
+    APPROVED_BY_ANNOTATION, Approval, AssumeRoleSpec, Condition, FIELD_MANAGER, Failure,
+    OWNER_UID_LABEL, RENEW_ANNOTATION, RoleStatus, SessionToken, SessionTokenStatus,
+    TOKEN_CODE_ANNOTATION,
 };
 use crate::metrics::{Metrics, SessionMetrics};
 use crate::plan::{self, CodeState, SessionState, Timing};
 use crate::secret::{self, MANAGED_BY_LABEL, Ownership, SessionSecret};
-use crate::sts::{EndpointPolicy, SessionRequest, StsClient, StsError, TokenCode};
+use crate::sts::{
+    AssumeRoleRequest, EndpointPolicy, SessionRequest, StsClient, StsError, TokenCode,
+};
 use futures::{StreamExt, TryStreamExt};
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::Secret;
@@ -30,6 +33,8 @@ use tracing::{debug, info, warn};
 
 pub const READY: &str = "Ready";
 pub const ISSUING: &str = "Issuing";
+/// With `spec.assumeRole`: whether the output Secret holds valid role credentials, and why not.
+pub const ROLE_ASSUMED: &str = "RoleAssumed";
 /// `Issuing` reason while a claimed code is being used.
 const CLAIMED: &str = "TokenCodeClaimed";
 /// Annotation the claim of a code leaves on the SessionToken: when (RFC 3339) a code was last
@@ -86,9 +91,10 @@ struct Memory {
     /// Digest of the status this process last wrote: if the cached object shows another one,
     /// the cache lags behind our own write, and acting on it could mint twice.
     last_written: Option<u64>,
-    /// resourceVersion of this process's last write of the output Secret: that change, seen
-    /// again on the watch, needs no reconcile.
-    secret_written: Option<String>,
+    /// resourceVersions of this process's last writes of the output Secret and the Secret
+    /// keeping the session (at most one each): those changes, seen again on the watch, need no
+    /// reconcile.
+    secret_written: Vec<String>,
     /// Consecutive reconcile errors, for the error backoff.
     errors: u32,
     /// Consecutive reconciles that found the source Secret missing or unusable.
@@ -111,7 +117,7 @@ impl Memory {
             && code_required_sent.is_none()
             && expired_sent.is_none()
             && last_written.is_none()
-            && secret_written.is_none()
+            && secret_written.is_empty()
             && *errors == 0
             && *source_misses == 0
     }
@@ -164,38 +170,22 @@ impl Context {
             return false;
         };
         self.with_memory(uid, |m| {
-            let own = m.secret_written.as_ref() == Some(rv);
-            if own {
-                m.secret_written = None;
-            }
-            own
+            let before = m.secret_written.len();
+            m.secret_written.retain(|w| w != rv);
+            m.secret_written.len() != before
         })
     }
 
-    /// The watch shows a SessionToken: once it shows the status this process last wrote, the
-    /// cache has caught up and that status need not be remembered.
-    fn status_seen(&self, st: &SessionToken) {
-        let Some(uid) = st.metadata.uid.as_deref() else {
-            return;
-        };
-        let pending = {
-            let map = self.memory.lock().unwrap_or_else(|p| p.into_inner());
-            map.get(uid).and_then(|m| m.last_written)
-        };
-        if let Some(written) = pending
-            && st.status.as_ref().map(status_digest) == Some(written)
-        {
+    fn note_secret_write(&self, uid: &str, written: &Secret) {
+        if let Some(rv) = written.metadata.resource_version.clone() {
             self.with_memory(uid, |m| {
-                if m.last_written == Some(written) {
-                    m.last_written = None;
+                // One per Secret: the output and the kept session.
+                if m.secret_written.len() >= 2 {
+                    m.secret_written.remove(0);
                 }
+                m.secret_written.push(rv);
             });
         }
-    }
-
-    fn note_secret_write(&self, uid: &str, written: &Secret) {
-        let rv = written.metadata.resource_version.clone();
-        self.with_memory(uid, |m| m.secret_written = rv);
     }
 
     fn forget(&self, uid: &str) {
@@ -283,6 +273,12 @@ struct Observed {
     ownership: Ownership,
     /// The Secret that held the session before a rename (at `status.secretName`), if ours.
     old_secret: Option<Secret>,
+    /// Name of the Secret keeping the session for `spec.assumeRole` (see
+    /// `plan::session_secret_name`), and that Secret, read when `spec.assumeRole` is set or
+    /// status says one was kept.
+    session_name: String,
+    session_secret: Option<Secret>,
+    session_ownership: Ownership,
     keys: Result<secret::LongTermKeys, secret::SourceProblem>,
     region: String,
     endpoint: Option<String>,
@@ -334,8 +330,14 @@ async fn observe(st: Arc<SessionToken>, ctx: &Context) -> Result<Observed, Error
         .and_then(|s| s.secret_name.clone())
         .filter(|n| *n != out_name);
     let source_ref = &st.spec.source_credentials.secret_ref;
+    let session_name = plan::session_secret_name(&name);
+    let read_session_secret = st.spec.assume_role.is_some()
+        || st
+            .status
+            .as_ref()
+            .is_some_and(|s| s.session_secret_name.is_some());
     // Independent reads, in parallel: an approval waits for them.
-    let (out_secret, old_secret, source) = tokio::try_join!(
+    let (out_secret, old_secret, source, session_secret) = tokio::try_join!(
         secrets.get_opt(&out_name),
         async {
             match &old_name {
@@ -349,7 +351,14 @@ async fn observe(st: Arc<SessionToken>, ctx: &Context) -> Result<Observed, Error
                 false => Ok(None),
             }
         },
+        async {
+            match read_session_secret {
+                true => secrets.get_opt(&session_name).await,
+                false => Ok(None),
+            }
+        },
     )?;
+    let session_ownership = secret::ownership(session_secret.as_ref(), &st);
     let ownership = secret::ownership(out_secret.as_ref(), &st);
     let old_secret = old_secret.filter(|s| secret::ownership(Some(s), &st) == Ownership::Ours);
     let keys = secret::read_long_term_keys(source.as_ref(), source_ref);
@@ -389,6 +398,22 @@ async fn observe(st: Arc<SessionToken>, ctx: &Context) -> Result<Observed, Error
             message: format!("{from}: {why}"),
         });
     }
+    if st.spec.assume_role.is_some() {
+        if session_name == out_name || session_name == source_ref.name {
+            blocker = Some(Blocker {
+                reason: "InvalidSpec",
+                message: format!(
+                    "with spec.assumeRole the session is kept in the Secret {session_name:?}, which is also the {} Secret: choose another spec.secret.name or source Secret",
+                    if session_name == out_name { "output" } else { "source" }
+                ),
+            });
+        } else if let Ownership::Foreign(why) = &session_ownership {
+            blocker = Some(Blocker {
+                reason: "SecretConflict",
+                message: format!("{why} (with spec.assumeRole the operator keeps the session there)"),
+            });
+        }
+    }
     if let Ownership::Foreign(why) = &ownership {
         blocker = Some(Blocker {
             reason: "SecretConflict",
@@ -406,6 +431,9 @@ async fn observe(st: Arc<SessionToken>, ctx: &Context) -> Result<Observed, Error
         out_secret,
         ownership,
         old_secret,
+        session_name,
+        session_secret: session_secret.filter(|_| session_ownership == Ownership::Ours),
+        session_ownership,
         keys,
         region,
         endpoint,
@@ -420,7 +448,9 @@ async fn reconcile_inner(st: Arc<SessionToken>, ctx: &Context) -> Result<Action,
             .last_written
             .is_some_and(|w| Some(w) != st.status.as_ref().map(status_digest));
         if !stale {
-            m.last_written = None; // caught up (the watch may have shown it before we noted it)
+            // Caught up. (Only here: a reconcile may start with a snapshot older than what the
+            // watch shows meanwhile, so a watch event cannot be what clears this.)
+            m.last_written = None;
         }
         stale
     });
@@ -587,17 +617,27 @@ async fn reconcile_inner(st: Arc<SessionToken>, ctx: &Context) -> Result<Action,
         }
     }
 
-    // 2. The current session, as status and the Secret holding it say.
+    // 2. The current session, as status and the Secret holding it say: the Secret keeping it
+    // for spec.assumeRole, else the output Secret (or, during a rename, the old one). Looking
+    // in all of them lets spec.assumeRole come and go without losing the session.
+    let is_recorded = |s: &SessionSecret| {
+        Some(&s.access_key_id) == old_status.access_key_id.as_ref()
+            && Some(s.expiration) == old_status.expiration
+    };
+    let kept = obs
+        .session_secret
+        .as_ref()
+        .and_then(secret::kept_session)
+        .filter(is_recorded);
     let holder = obs.old_secret.as_ref().or(match obs.ownership {
         Ownership::Ours => obs.out_secret.as_ref(),
         _ => None,
     });
-    let held = holder
-        .and_then(|s| secret::held_session(s, &st))
-        .filter(|s| {
-            Some(&s.access_key_id) == old_status.access_key_id.as_ref()
-                && Some(s.expiration) == old_status.expiration
-        });
+    let held = kept.clone().or_else(|| {
+        holder
+            .and_then(|s| secret::held_session(s, &st))
+            .filter(is_recorded)
+    });
     let unsaved = ctx.with_memory(&obs.uid, |m| m.unsaved.take());
     let session_state = plan::session_state(
         status.expiration,
@@ -723,10 +763,17 @@ async fn reconcile_inner(st: Arc<SessionToken>, ctx: &Context) -> Result<Action,
 
     // 4. Write the new session, or move/repair the current one.
     let minted = to_write.clone();
+    let assume_role = st.spec.assume_role.is_some();
     let written = match to_write {
         Some((session, approval)) => {
-            let desired = secret::desired_secret(&st, &obs.out_name, &session);
-            if let Err(e) = write_secret(ctx, &obs, &desired).await {
+            let (slot, desired) = if assume_role {
+                let desired = secret::desired_session_secret(&st, &obs.session_name, &session);
+                (obs.session_slot(), desired)
+            } else {
+                let desired = secret::desired_secret(&st, &obs.out_name, &session);
+                (obs.output_slot(), desired)
+            };
+            if let Err(e) = write_secret(ctx, &obs, slot, &desired).await {
                 // A refusal that will recur (an invalid label or annotation from spec.secret, a
                 // Secret too large, no permission) must show in status, not only in the log.
                 if let kube::Error::Api(ae) = &e
@@ -734,7 +781,7 @@ async fn reconcile_inner(st: Arc<SessionToken>, ctx: &Context) -> Result<Action,
                 {
                     let message = format!(
                         "a new session was minted but the Secret {} could not be written (kept in memory, retried): {}",
-                        obs.out_name,
+                        obs.session_home(),
                         redact(&ae.message, &session)
                     );
                     set_condition(
@@ -780,7 +827,15 @@ async fn reconcile_inner(st: Arc<SessionToken>, ctx: &Context) -> Result<Action,
                 &format!("{}/{}", obs.uid, session.expiration),
             ));
             status.access_key_id = Some(session.access_key_id.clone());
-            status.secret_name = Some(obs.out_name.clone());
+            if assume_role {
+                status.session_secret_name = Some(obs.session_name.clone());
+                // A new session is a new chance for the role: no backoff from the old one's.
+                if let Some(role) = status.role.as_mut() {
+                    role.failed_attempts = 0;
+                }
+            } else {
+                status.secret_name = Some(obs.out_name.clone());
+            }
             status.session_hash = hash.clone();
             status.rotations += 1;
             status.failed_attempts = 0;
@@ -806,7 +861,9 @@ async fn reconcile_inner(st: Arc<SessionToken>, ctx: &Context) -> Result<Action,
                 "Issued",
                 format!(
                     "session {} written to Secret {}, expires {}",
-                    session.access_key_id, obs.out_name, session.expiration
+                    session.access_key_id,
+                    obs.session_home(),
+                    session.expiration
                 ),
             )
             .await;
@@ -815,20 +872,26 @@ async fn reconcile_inner(st: Arc<SessionToken>, ctx: &Context) -> Result<Action,
         None => {
             // Same session, but the Secret's metadata or name must change. (Source or endpoint
             // problems do not stop that: they only stop new sessions.)
-            if let Some(session) = held
-                .as_ref()
-                .filter(|_| !matches!(obs.ownership, Ownership::Foreign(_)))
-            {
-                let desired = secret::desired_secret(&st, &obs.out_name, session);
-                if !obs
-                    .out_secret
-                    .as_ref()
+            if let Some(session) = held.as_ref().filter(|_| obs.may_write_session_home()) {
+                let (slot, desired) = if assume_role {
+                    let desired = secret::desired_session_secret(&st, &obs.session_name, session);
+                    (obs.session_slot(), desired)
+                } else {
+                    let desired = secret::desired_secret(&st, &obs.out_name, session);
+                    (obs.output_slot(), desired)
+                };
+                if !slot
+                    .existing
                     .is_some_and(|s| secret::is_up_to_date(s, &desired))
                 {
-                    write_secret(ctx, &obs, &desired)
+                    write_secret(ctx, &obs, slot, &desired)
                         .await
                         .map_err(Error::SecretWrite)?;
-                    status.secret_name = Some(obs.out_name.clone());
+                    if assume_role {
+                        status.session_secret_name = Some(obs.session_name.clone());
+                    } else {
+                        status.secret_name = Some(obs.out_name.clone());
+                    }
                 }
             }
             false
@@ -839,30 +902,39 @@ async fn reconcile_inner(st: Arc<SessionToken>, ctx: &Context) -> Result<Action,
         .as_ref()
         .filter(|_| status.secret_name.as_deref() == Some(obs.out_name.as_str()))
     {
-        let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &obs.ns);
-        let name = old.name_any();
-        let dp = DeleteParams {
-            preconditions: Some(Preconditions {
-                uid: old.metadata.uid.clone(),
-                resource_version: None,
-            }),
-            ..Default::default()
-        };
-        match secrets.delete(&name, &dp).await {
-            Ok(_) => info!(
-                namespace = obs.ns,
-                name = obs.name,
-                old = name,
-                "deleted the previous output Secret after a rename"
-            ),
-            Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(e) => return Err(e.into()),
-        }
+        delete_owned_secret(ctx, &obs, old).await?;
     }
 
+    // spec.assumeRole removed: the session is back in the output Secret (written above), so
+    // the Secret that kept it goes.
+    if !assume_role
+        && !matches!(obs.ownership, Ownership::Foreign(_))
+        && let Some(kept_secret) = &obs.session_secret
+    {
+        delete_owned_secret(ctx, &obs, kept_secret).await?;
+        status.session_secret_name = None;
+        status.role = None;
+        status.conditions.retain(|c| c.type_ != ROLE_ASSUMED);
+    }
+
+    // 4b. spec.assumeRole: the role's credentials, assumed with the session at hand.
+    let current_session = if written {
+        minted.as_ref().map(|(s, _)| s.clone())
+    } else {
+        held.clone()
+    };
+    let role = match &st.spec.assume_role {
+        Some(spec) => Some(reconcile_role(ctx, &st, &obs, spec, &mut status, current_session.as_ref()).await?),
+        None => None,
+    };
+
     // -- consumers (src/consumers.rs): restart targets, ConsumerRefresh/RolloutRestart ------
+    let output_holds_credentials = match &role {
+        Some(r) => r.valid,
+        None => written || held.is_some(),
+    };
     let consumers_recheck =
-        crate::consumers::reconcile(ctx, &st, &mut status, written || held.is_some(), obs.now)
+        crate::consumers::reconcile(ctx, &st, &mut status, output_holds_credentials, obs.now)
             .await;
     // -- end consumers -----------------------------------------------------------------------
 
@@ -872,8 +944,14 @@ async fn reconcile_inner(st: Arc<SessionToken>, ctx: &Context) -> Result<Action,
     } else {
         session_state
     };
-    let (ready_status, ready_reason, ready_message) =
-        ready_condition(&st, &obs, &status, &session_state);
+    let (ready_status, ready_reason, ready_message) = match &role {
+        Some(role) => role_ready_condition(
+            ready_condition(&st, &obs, &status, &session_state),
+            role,
+            &status,
+        ),
+        None => ready_condition(&st, &obs, &status, &session_state),
+    };
     set_condition(
         &mut status.conditions,
         READY,
@@ -913,6 +991,8 @@ async fn reconcile_inner(st: Arc<SessionToken>, ctx: &Context) -> Result<Action,
         SessionMetrics {
             expiration: status.expiration,
             renewal: status.renewal_time,
+            role_expiration: status.role.as_ref().and_then(|r| r.expiration),
+            role_renewal: role.as_ref().and_then(|r| r.renewal),
             ready: ready_status == "True",
             awaiting_token_code: awaiting_code,
         },
@@ -949,6 +1029,7 @@ async fn reconcile_inner(st: Arc<SessionToken>, ctx: &Context) -> Result<Action,
         next_event,
         consumers_recheck,
         retry_at.filter(|_| auto),
+        role.as_ref().and_then(|r| r.next),
         source_blocked.then(|| {
             obs.now
                 + SignedDuration::try_from(plan::backoff(misses, timing, &obs.uid))
@@ -1214,15 +1295,65 @@ async fn claim_annotation(
     }
 }
 
-/// Writes the output Secret: created if absent (never merged into a foreign one), otherwise
-/// applied with a resourceVersion precondition after the ownership check, so a Secret that
-/// changed hands meanwhile is not taken over.
-async fn write_secret(ctx: &Context, obs: &Observed, desired: &Secret) -> Result<(), kube::Error> {
+/// A Secret the reconcile may write: the output Secret, or the one keeping the session.
+struct SecretSlot<'a> {
+    name: &'a str,
+    existing: Option<&'a Secret>,
+    ownership: &'a Ownership,
+}
+
+impl Observed {
+    fn output_slot(&self) -> SecretSlot<'_> {
+        SecretSlot {
+            name: &self.out_name,
+            existing: self.out_secret.as_ref(),
+            ownership: &self.ownership,
+        }
+    }
+
+    fn session_slot(&self) -> SecretSlot<'_> {
+        SecretSlot {
+            name: &self.session_name,
+            existing: self.session_secret.as_ref(),
+            ownership: &self.session_ownership,
+        }
+    }
+
+    /// Whether the Secret the session lives in may be written (it is not someone else's).
+    fn may_write_session_home(&self) -> bool {
+        if self.st.spec.assume_role.is_some() {
+            !matches!(self.session_ownership, Ownership::Foreign(_))
+                && self.session_name != self.out_name
+                && self.session_name != self.st.spec.source_credentials.secret_ref.name
+        } else {
+            !matches!(self.ownership, Ownership::Foreign(_))
+        }
+    }
+
+    /// Where the session lives: the kept-session Secret with `spec.assumeRole`, else the output.
+    fn session_home(&self) -> &str {
+        if self.st.spec.assume_role.is_some() {
+            &self.session_name
+        } else {
+            &self.out_name
+        }
+    }
+}
+
+/// Writes a Secret: created if absent (never merged into a foreign one), otherwise applied
+/// with a resourceVersion precondition after the ownership check, so a Secret that changed
+/// hands meanwhile is not taken over.
+async fn write_secret(
+    ctx: &Context,
+    obs: &Observed,
+    slot: SecretSlot<'_>,
+    desired: &Secret,
+) -> Result<(), kube::Error> {
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &obs.ns);
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let result = match (&obs.out_secret, &obs.ownership) {
+        let result = match (slot.existing, slot.ownership) {
             (None, _) | (_, Ownership::Absent) => secrets
                 .create(
                     &PostParams {
@@ -1237,10 +1368,7 @@ async fn write_secret(ctx: &Context, obs: &Observed, desired: &Secret) -> Result
                 let mut body = desired.clone();
                 body.metadata.resource_version = existing.metadata.resource_version.clone();
                 let pp = PatchParams::apply(FIELD_MANAGER).force();
-                match secrets
-                    .patch(&obs.out_name, &pp, &Patch::Apply(&body))
-                    .await
-                {
+                match secrets.patch(slot.name, &pp, &Patch::Apply(&body)).await {
                     // consumers: keys of formats no longer chosen, which the apply kept
                     Ok(applied) => {
                         ctx.note_secret_write(&obs.uid, &applied);
@@ -1258,11 +1386,318 @@ async fn write_secret(ctx: &Context, obs: &Observed, desired: &Secret) -> Result
             // 409: the Secret changed since it was read; the next reconcile reads it again.
             Err(kube::Error::Api(e)) if e.code == 409 => return Err(kube::Error::Api(e)),
             Err(e) if attempt < 3 => {
-                warn!(namespace = obs.ns, name = obs.name, error = %e, attempt, "writing the output Secret failed; retrying");
+                warn!(namespace = obs.ns, name = obs.name, secret = slot.name, error = %e, attempt, "writing a Secret failed; retrying");
                 tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
             }
             Err(e) => return Err(e),
         }
+    }
+}
+
+/// Deletes a Secret of ours (a precondition on its UID: never a namesake created meanwhile).
+async fn delete_owned_secret(ctx: &Context, obs: &Observed, secret: &Secret) -> Result<(), Error> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &obs.ns);
+    let name = secret.name_any();
+    let dp = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: secret.metadata.uid.clone(),
+            resource_version: None,
+        }),
+        ..Default::default()
+    };
+    match secrets.delete(&name, &dp).await {
+        Ok(_) => {
+            info!(
+                namespace = obs.ns,
+                name = obs.name,
+                secret = name,
+                "deleted a Secret no longer needed"
+            );
+            Ok(())
+        }
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// What the role layer found and did.
+struct RoleOutcome {
+    /// The output Secret holds valid role credentials.
+    valid: bool,
+    /// When the role credentials are renewed, if they will be.
+    renewal: Option<Timestamp>,
+    /// The next instant the role layer needs a reconcile.
+    next: Option<Timestamp>,
+}
+
+/// The reason of a failed AssumeRole: a role that refuses the user has its own.
+fn assume_role_reason(e: &StsError) -> &'static str {
+    match e {
+        StsError::AccessDenied { .. } | StsError::TokenCodeRejected { .. } => "RoleAccessDenied",
+        StsError::Throttled { .. } => "Throttled",
+        StsError::InvalidRequest { .. } => "InvalidSpec",
+        _ => "AssumeRoleFailed",
+    }
+}
+
+/// spec.assumeRole: assume the role with the session at hand when the role credentials are
+/// missing, due, from an older session or for another spec; write them to the output Secret;
+/// record them in `status.role` and the `RoleAssumed` condition. A failure never touches the
+/// session: it is retried with backoff, and a new session (or a spec change) retries at once.
+async fn reconcile_role(
+    ctx: &Context,
+    st: &SessionToken,
+    obs: &Observed,
+    spec: &AssumeRoleSpec,
+    status: &mut SessionTokenStatus,
+    session: Option<&SessionSecret>,
+) -> Result<RoleOutcome, Error> {
+    let timing = &ctx.settings.timing;
+    let session_name = spec
+        .role_session_name
+        .clone()
+        .unwrap_or_else(|| plan::default_role_session_name(&obs.ns, &obs.name));
+    let hash = plan::role_hash(spec, &session_name);
+    let mut role = status.role.clone().unwrap_or_default();
+    let role_held = matches!(obs.ownership, Ownership::Ours)
+        && obs
+            .out_secret
+            .as_ref()
+            .and_then(|s| secret::held_session(s, st))
+            .is_some_and(|r| {
+                Some(&r.access_key_id) == role.access_key_id.as_ref()
+                    && Some(r.expiration) == role.expiration
+            });
+    // Problems with the source keys stop new sessions, not the role: the session is at hand.
+    let blocked = obs
+        .blocker
+        .as_ref()
+        .filter(|b| !b.reason.starts_with("SourceCredentials"));
+    let action = plan::role_action(
+        plan::RoleInputs {
+            session: session.map(|s| (s.expiration, s.access_key_id.as_str())),
+            role: &role,
+            role_held,
+            hash: &hash,
+            duration_seconds: spec.duration_seconds,
+            spec_changed: status.observed_generation != obs.generation,
+        },
+        timing,
+        &obs.uid,
+        obs.now,
+    );
+    let mut assumed_now = false;
+    if let (plan::RoleAction::Assume { duration_seconds, why }, Some(session), None) =
+        (&action, session, blocked)
+    {
+        info!(namespace = obs.ns, name = obs.name, role = spec.role_arn, why, "assuming the role");
+        let tags: Vec<(String, String)> =
+            spec.tags.iter().map(|t| (t.key.clone(), t.value.clone())).collect();
+        let request = AssumeRoleRequest {
+            region: &obs.region,
+            endpoint: obs.endpoint.as_deref(),
+            access_key_id: &session.access_key_id,
+            secret_access_key: &session.secret_access_key,
+            session_token: &session.session_token,
+            role_arn: &spec.role_arn,
+            role_session_name: &session_name,
+            duration_seconds: *duration_seconds,
+            external_id: spec.external_id.as_deref(),
+            tags: &tags,
+        };
+        match ctx.sts.assume_role(request).await {
+            Ok(assumed) => {
+                ctx.metrics.assume_role_call(crate::sts::OUTCOME_SUCCESS);
+                let creds = SessionSecret {
+                    access_key_id: assumed.credentials.access_key_id,
+                    secret_access_key: assumed.credentials.secret_access_key,
+                    session_token: assumed.credentials.session_token,
+                    expiration: assumed.credentials.expiration,
+                };
+                let desired = secret::desired_secret(st, &obs.out_name, &creds);
+                write_secret(ctx, obs, obs.output_slot(), &desired)
+                    .await
+                    .map_err(Error::SecretWrite)?;
+                let assumed_at = plan::round_to_second(obs.now);
+                role = RoleStatus {
+                    role_arn: Some(spec.role_arn.clone()),
+                    assumed_role_arn: assumed.assumed_role_arn,
+                    access_key_id: Some(creds.access_key_id.clone()),
+                    assumed_at: Some(assumed_at),
+                    expiration: Some(creds.expiration),
+                    renewal_time: Some(plan::renewal_time(
+                        assumed_at,
+                        creds.expiration,
+                        st.spec.renewal.as_ref(),
+                        timing,
+                        &format!("{}/{}", obs.uid, creds.expiration),
+                    )),
+                    session_access_key_id: Some(session.access_key_id.clone()),
+                    hash: Some(hash.clone()),
+                    assumptions: role.assumptions + 1,
+                    last_failure: None,
+                    failed_attempts: 0,
+                };
+                status.secret_name = Some(obs.out_name.clone());
+                assumed_now = true;
+                ctx.event(
+                    st,
+                    EventType::Normal,
+                    "RoleAssumed",
+                    format!(
+                        "role {} assumed ({}) with session {}: credentials {} written to Secret {}, expire {}",
+                        spec.role_arn, why, session.access_key_id, creds.access_key_id, obs.out_name, creds.expiration
+                    ),
+                )
+                .await;
+            }
+            Err(e) => {
+                if e.was_sent() {
+                    ctx.metrics.assume_role_call(e.metric_outcome());
+                }
+                let reason = assume_role_reason(&e);
+                let message = match reason {
+                    "RoleAccessDenied" => format!(
+                        "STS refused AssumeRole of {}: {e}. The role's trust policy must allow this IAM user (and, if it requires aws:MultiFactorAuthPresent, the session must be approved with an MFA code: spec.mfa). The session is kept; retrying with backoff",
+                        spec.role_arn
+                    ),
+                    _ => format!("AssumeRole of {} failed: {e}. The session is kept; retrying with backoff", spec.role_arn),
+                };
+                role.failed_attempts = role.failed_attempts.saturating_add(1);
+                role.last_failure = Some(Failure {
+                    time: plan::round_to_second(obs.now),
+                    reason: reason.to_string(),
+                    message: message.clone(),
+                });
+                warn!(namespace = obs.ns, name = obs.name, reason, error = %e, attempts = role.failed_attempts, "AssumeRole failed");
+                ctx.event(st, EventType::Warning, reason, message).await;
+            }
+        }
+    }
+    let valid = (role_held || assumed_now) && role.expiration.is_some_and(|e| e > obs.now);
+    let approve_hint = format!("approve with `kubectl sts approve {} -n {}`", obs.name, obs.ns);
+    let (cond_status, reason, message) = match (&action, blocked) {
+        _ if assumed_now || (valid && !matches!(action, plan::RoleAction::Backoff { .. })) => {
+            let expiration = role.expiration.map(|e| e.to_string()).unwrap_or_default();
+            let next = match &action {
+                plan::RoleAction::SessionEnding { session_expiration } => format!(
+                    "the session ends at {session_expiration}, too soon for another set (15 minutes at least): these last until then"
+                ),
+                _ => match role.renewal_time {
+                    Some(r) => format!("assumed again at {r}"),
+                    None => String::new(),
+                },
+            };
+            (
+                "True",
+                "Assumed",
+                format!(
+                    "role {} assumed as {}: credentials valid until {expiration}; {next}",
+                    spec.role_arn,
+                    role.assumed_role_arn.as_deref().unwrap_or("(no ARN returned)")
+                ),
+            )
+        }
+        (_, Some(b)) => ("False", b.reason, b.message.clone()),
+        (plan::RoleAction::Backoff { .. }, _) | (plan::RoleAction::Assume { .. }, _)
+            if role.last_failure.is_some() =>
+        {
+            let f = role.last_failure.as_ref().expect("checked");
+            let status_word = if valid { "True" } else { "False" };
+            (status_word, role_failure_reason(&f.reason), f.message.clone())
+        }
+        (plan::RoleAction::NoSession, _) => (
+            "False",
+            "WaitingForSession",
+            if st.spec.mfa.is_some() {
+                format!("no valid session to assume the role with; {approve_hint}")
+            } else {
+                "no valid session to assume the role with yet".to_string()
+            },
+        ),
+        (plan::RoleAction::SessionEnding { session_expiration }, _) => (
+            "False",
+            "SessionEnding",
+            format!(
+                "the session ends at {session_expiration}, too soon to assume the role (15 minutes at least); {}",
+                if st.spec.mfa.is_some() { approve_hint.clone() } else { "a new session is minted first".to_string() }
+            ),
+        ),
+        _ => ("False", "Assuming", format!("assuming role {}", spec.role_arn)),
+    };
+    set_condition(
+        &mut status.conditions,
+        ROLE_ASSUMED,
+        cond_status,
+        reason,
+        message,
+        obs.generation,
+        obs.now,
+    );
+    let next = match &action {
+        plan::RoleAction::Backoff { retry_at, .. } => Some(*retry_at),
+        _ if !assumed_now && role.last_failure.is_some() && role.failed_attempts > 0 => {
+            role.last_failure.as_ref().map(|f| {
+                f.time
+                    + SignedDuration::try_from(plan::backoff(
+                        role.failed_attempts as u32,
+                        timing,
+                        &obs.uid,
+                    ))
+                    .unwrap_or(SignedDuration::from_secs(300))
+            })
+        }
+        _ => None,
+    }
+    .into_iter()
+    .chain(role.renewal_time)
+    .chain(role.expiration)
+    .filter(|t| *t > obs.now)
+    .min();
+    let renewal = role.renewal_time.filter(|_| valid);
+    status.role = Some(role);
+    Ok(RoleOutcome {
+        valid,
+        renewal,
+        next,
+    })
+}
+
+fn role_failure_reason(reason: &str) -> &'static str {
+    match reason {
+        "RoleAccessDenied" => "RoleAccessDenied",
+        "Throttled" => "Throttled",
+        "InvalidSpec" => "InvalidSpec",
+        _ => "AssumeRoleFailed",
+    }
+}
+
+/// `Ready` with spec.assumeRole: the output Secret holds the role's credentials, so they decide;
+/// the session's own state (`session`: what `Ready` would say without a role) still shows when
+/// it is the cause, or when it asks for a person (a code).
+fn role_ready_condition(
+    session: (&'static str, &'static str, String),
+    role: &RoleOutcome,
+    status: &SessionTokenStatus,
+) -> (&'static str, &'static str, String) {
+    let role_status = status.role.clone().unwrap_or_default();
+    let (s_status, s_reason, s_message) = session;
+    match (role.valid, s_status == "True") {
+        (true, _) => {
+            let reason = if s_status == "True" { s_reason } else { "Issued" };
+            let until = role_status
+                .expiration
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            ("True", reason, format!("role credentials valid until {until}; {s_message}"))
+        }
+        (false, true) => match &role_status.last_failure {
+            Some(f) if role_status.failed_attempts > 0 => {
+                ("False", role_failure_reason(&f.reason), f.message.clone())
+            }
+            _ => ("False", "Issuing", format!("assuming the role; {s_message}")),
+        },
+        (false, false) => (s_status, s_reason, s_message),
     }
 }
 
@@ -1388,13 +1823,11 @@ pub async fn run(
         .backoff(WatchBackoff::default())
         .modify(drop_managed_fields)
         .reflect(writer)
-        .inspect_ok(move |event| match event {
-            watcher::Event::Delete(st) => {
+        .inspect_ok(move |event| {
+            if let watcher::Event::Delete(st) = event {
                 metrics.remove_session(&st.namespace().unwrap_or_default(), &st.name_any());
                 forget_ctx.forget(st.metadata.uid.as_deref().unwrap_or_default());
             }
-            watcher::Event::Apply(st) | watcher::Event::InitApply(st) => forget_ctx.status_seen(st),
-            _ => {}
         })
         .applied_objects()
         .predicate_filter(trigger_hash, Default::default());

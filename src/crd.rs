@@ -21,6 +21,10 @@ pub const RENEW_ANNOTATION: &str = "stssession.dev/renew-requested-at";
 pub const OWNER_UID_LABEL: &str = "stssession.dev/session-token-uid";
 /// Annotation on every output Secret: the owning SessionToken's name, for people.
 pub const OWNER_NAME_ANNOTATION: &str = "stssession.dev/session-token";
+/// Label on the Secret keeping a session for `spec.assumeRole` (value [`SESSION_SECRET_ROLE`]):
+/// the operator's, not for workloads. Output Secrets do not carry it.
+pub const SECRET_ROLE_LABEL: &str = "stssession.dev/secret-role";
+pub const SESSION_SECRET_ROLE: &str = "session";
 /// Field manager of every write the operator makes.
 pub const FIELD_MANAGER: &str = "sts-session-operator";
 /// Where pods mount the output Secret, unless `spec.secret.mountPath` says otherwise: the
@@ -116,6 +120,67 @@ pub struct SessionTokenSpec {
     #[schemars(length(max = 32))]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["kind", "name"]))]
     pub rollout_restart_targets: Vec<RolloutRestartTarget>,
+
+    /// A role to assume with each session (AssumeRole, signed with the session's credentials):
+    /// the output Secret then holds the role's credentials, re-assumed before they expire for
+    /// as long as the session lasts, so one approval serves the whole session although role
+    /// chaining caps each role session at one hour. The session itself is kept in a second
+    /// Secret owned by this SessionToken (`status.sessionSecretName`, labelled
+    /// `stssession.dev/secret-role: session`; not for workloads), so that an operator restart
+    /// costs no approval. Use it where the MFA condition sits on the role's trust policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assume_role: Option<AssumeRoleSpec>,
+}
+
+/// The role assumed with each session.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Hash)]
+#[serde(rename_all = "camelCase")]
+pub struct AssumeRoleSpec {
+    /// ARN of the role, `arn:aws:iam::123456789012:role/NAME` (a path may precede the name).
+    #[schemars(
+        length(min = 20, max = 2048),
+        regex(pattern = r"^arn:aws[a-z-]*:iam::[0-9]{12}:role/[\w+=,.@/-]+$")
+    )]
+    pub role_arn: String,
+    /// Name of the role session, seen in CloudTrail and in the assumed role's ARN: 2 to 64
+    /// characters of `[\w+=,.@-]`. Default: `<namespace>.<name>` of this SessionToken
+    /// (shortened, with a hash, if longer than 64).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 2, max = 64), regex(pattern = r"^[\w+=,.@-]+$"))]
+    pub role_session_name: Option<String>,
+    /// How long each set of role credentials lasts, in seconds: 900 to 3600 (the cap AWS puts
+    /// on roles assumed with session credentials). The last set before the session ends is
+    /// asked for no longer than the session has left, so role credentials never outlive it.
+    #[serde(default = "default_role_duration_seconds")]
+    #[schemars(range(min = 900, max = 3600))]
+    pub duration_seconds: i32,
+    /// The external id the role's trust policy asks for (`sts:ExternalId`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 2, max = 1224), regex(pattern = r"^[\w+=,.@:/-]+$"))]
+    pub external_id: Option<String>,
+    /// Session tags passed to AssumeRole (at most 50).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 50))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["key"]))]
+    pub tags: Vec<SessionTag>,
+}
+
+/// A session tag.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Hash)]
+pub struct SessionTag {
+    /// 1 to 128 characters of letters, digits, spaces and `_.:/=+-@`.
+    #[schemars(length(min = 1, max = 128), regex(pattern = r"^[\p{L}\p{Z}\p{N}_.:/=+\-@]+$"))]
+    pub key: String,
+    /// Up to 256 characters of letters, digits, spaces and `_.:/=+-@`.
+    #[serde(default)]
+    #[schemars(length(max = 256), regex(pattern = r"^[\p{L}\p{Z}\p{N}_.:/=+\-@]*$"))]
+    pub value: String,
+}
+
+pub const DEFAULT_ROLE_DURATION_SECONDS: i32 = 3_600;
+
+fn default_role_duration_seconds() -> i32 {
+    DEFAULT_ROLE_DURATION_SECONDS
 }
 
 /// A workload restarted after each rotation.
@@ -345,6 +410,56 @@ pub struct SessionTokenStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_failure: Option<Failure>,
     /// Failed attempts since the last success; drives the retry backoff.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub failed_attempts: i32,
+    /// With `spec.assumeRole`: the Secret keeping the session the role is assumed with (not
+    /// for workloads; the output Secret holds the role's credentials).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_secret_name: Option<String>,
+    /// With `spec.assumeRole`: the role credentials in the output Secret. (`expiration`,
+    /// `renewalTime` and `accessKeyId` above describe the session they are assumed with.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<RoleStatus>,
+}
+
+/// The role credentials the output Secret holds.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RoleStatus {
+    /// The role assumed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role_arn: Option<String>,
+    /// The assumed-role ARN STS returned (`arn:aws:sts::ACCOUNT:assumed-role/ROLE/SESSION`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assumed_role_arn: Option<String>,
+    /// The role credentials' access key id (public; the secret parts are only in the Secret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_key_id: Option<String>,
+    /// When they were assumed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    pub assumed_at: Option<Timestamp>,
+    /// When they expire (as STS returned it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    pub expiration: Option<Timestamp>,
+    /// When the role is assumed again (if the session still has at least 15 minutes left).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    pub renewal_time: Option<Timestamp>,
+    /// Access key id of the session they were assumed with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_access_key_id: Option<String>,
+    /// Fingerprint of `spec.assumeRole` when they were assumed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash: Option<String>,
+    /// Role credentials assumed so far.
+    #[serde(default)]
+    pub assumptions: i64,
+    /// The last failed AssumeRole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure: Option<Failure>,
+    /// Failed AssumeRole calls since the last success; drives their retry backoff.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub failed_attempts: i32,
 }

@@ -51,6 +51,10 @@ pub struct SessionMetrics {
     pub expiration: Option<jiff::Timestamp>,
     /// When the session is due for renewal; `None`: no renewal series.
     pub renewal: Option<jiff::Timestamp>,
+    /// With `spec.assumeRole`: expiration of the role credentials in the output Secret.
+    pub role_expiration: Option<jiff::Timestamp>,
+    /// With `spec.assumeRole`: when the role is assumed again.
+    pub role_renewal: Option<jiff::Timestamp>,
     pub ready: bool,
     pub awaiting_token_code: bool,
 }
@@ -71,7 +75,7 @@ type SessionGauge = (
     fn(&SessionMetrics) -> Option<i64>,
 );
 
-const SESSION_GAUGES: [SessionGauge; 4] = [
+const SESSION_GAUGES: [SessionGauge; 6] = [
     (
         "sts_session_expiration_timestamp",
         "Unix time when the SessionToken's current session credentials expire",
@@ -83,6 +87,18 @@ const SESSION_GAUGES: [SessionGauge; 4] = [
         "Unix time when the SessionToken's session is due for renewal",
         Some(Unit::Seconds),
         |s| s.renewal.map(unix_seconds),
+    ),
+    (
+        "sts_session_role_expiration_timestamp",
+        "Unix time when the role credentials (spec.assumeRole) in the SessionToken's Secret expire",
+        Some(Unit::Seconds),
+        |s| s.role_expiration.map(unix_seconds),
+    ),
+    (
+        "sts_session_role_renewal_timestamp",
+        "Unix time when the SessionToken's role (spec.assumeRole) is assumed again",
+        Some(Unit::Seconds),
+        |s| s.role_renewal.map(unix_seconds),
     ),
     (
         "sts_session_ready_status",
@@ -123,6 +139,7 @@ pub struct Metrics {
     registry: Registry,
     sessions: Arc<SessionSeries>,
     sts_calls: Family<OutcomeLabels, Counter>,
+    assume_role_calls: Family<OutcomeLabels, Counter>,
     reconcile_duration: Histogram,
     reconcile_errors: Family<ReasonLabels, Counter>,
 }
@@ -142,6 +159,7 @@ impl Metrics {
         let mut registry = Registry::default();
         let sessions = Arc::new(SessionSeries::default());
         let sts_calls = Family::<OutcomeLabels, Counter>::default();
+        let assume_role_calls = Family::<OutcomeLabels, Counter>::default();
         let reconcile_duration = Histogram::new(RECONCILE_BUCKETS);
         let reconcile_errors = Family::<ReasonLabels, Counter>::default();
 
@@ -150,6 +168,11 @@ impl Metrics {
             "sts_session_sts_calls",
             "GetSessionToken calls by outcome",
             sts_calls.clone(),
+        );
+        registry.register(
+            "sts_session_assume_role_calls",
+            "AssumeRole calls (spec.assumeRole) by outcome",
+            assume_role_calls.clone(),
         );
         registry.register_with_unit(
             "sts_session_reconcile_duration",
@@ -167,6 +190,7 @@ impl Metrics {
             registry,
             sessions,
             sts_calls,
+            assume_role_calls,
             reconcile_duration,
             reconcile_errors,
         }
@@ -211,6 +235,15 @@ impl Metrics {
     /// Counts one STS call: `outcome` is `sts::OUTCOME_SUCCESS` or `StsError::metric_outcome()`.
     pub fn sts_call(&self, outcome: &str) {
         self.sts_calls
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts one AssumeRole call, `outcome` as for [`Metrics::sts_call`].
+    pub fn assume_role_call(&self, outcome: &str) {
+        self.assume_role_calls
             .get_or_create(&OutcomeLabels {
                 outcome: outcome.to_owned(),
             })
@@ -357,6 +390,8 @@ mod tests {
             SessionMetrics {
                 expiration: Some(ts(1_900_000_000)),
                 renewal: Some(ts(1_899_990_000)),
+                role_expiration: Some(ts(1_899_999_000)),
+                role_renewal: None,
                 ready: true,
                 awaiting_token_code: false,
             },
@@ -367,6 +402,8 @@ mod tests {
             SessionMetrics {
                 expiration: None,
                 renewal: None,
+                role_expiration: None,
+                role_renewal: None,
                 ready: false,
                 awaiting_token_code: true,
             },
@@ -374,6 +411,8 @@ mod tests {
         let out = m.encode();
         assert!(out.contains(r#"sts_session_expiration_timestamp_seconds{namespace="team-a",name="deploy"} 1900000000"#), "{out}");
         assert!(out.contains(r#"sts_session_renewal_timestamp_seconds{namespace="team-a",name="deploy"} 1899990000"#), "{out}");
+        assert!(out.contains(r#"sts_session_role_expiration_timestamp_seconds{namespace="team-a",name="deploy"} 1899999000"#), "{out}");
+        assert!(!out.contains(r#"sts_session_role_renewal_timestamp_seconds{"#), "{out}");
         assert!(
             out.contains(r#"sts_session_ready_status{namespace="team-a",name="deploy"} 1"#),
             "{out}"

@@ -2,7 +2,9 @@
 //! resource is usable, whether the current session is valid, when to renew, whether to mint,
 //! how long to back off, what the conditions say. No I/O here, so all of it is tested directly.
 
-use crate::crd::{DEFAULT_RENEW_BEFORE_PERCENTAGE, RenewalSpec, SessionToken, SessionTokenSpec};
+use crate::crd::{
+    AssumeRoleSpec, DEFAULT_RENEW_BEFORE_PERCENTAGE, RenewalSpec, SessionToken, SessionTokenSpec,
+};
 use jiff::{SignedDuration, Timestamp};
 use std::time::Duration;
 
@@ -333,6 +335,142 @@ pub fn requeue_after(now: Timestamp, instants: &[Option<Timestamp>]) -> Option<D
         .map(|t| t.duration_since(now))
         .min()
         .map(|d| d.max(SignedDuration::from_millis(200)).unsigned_abs())
+}
+
+// ---------------------------------------------------------------------------------------------
+// spec.assumeRole: role credentials assumed with the session
+// ---------------------------------------------------------------------------------------------
+
+/// Shortest AssumeRole `DurationSeconds` STS accepts: once the session has less left than
+/// this, role credentials cannot be renewed without outliving it.
+pub const MIN_ROLE_SECONDS: i64 = 900;
+
+/// `<namespace>.<name>`, the default role session name; shortened to 64 characters with a hash
+/// of the whole (so two long names stay apart), and padded to AWS's minimum of 2.
+pub fn default_role_session_name(namespace: &str, name: &str) -> String {
+    let full = format!("{namespace}.{name}");
+    if full.len() <= 64 {
+        return full;
+    }
+    let hash = format!("{:08x}", (unit_jitter(&full) * f64::from(u32::MAX)) as u32);
+    // Names are ASCII (DNS labels/subdomains): byte slicing is safe.
+    format!("{}-{hash}", &full[..64 - 9])
+}
+
+/// Name of the Secret keeping the session for `spec.assumeRole`: `<name>-session`, shortened
+/// with a hash if that exceeds the 253 characters of a Secret name.
+pub fn session_secret_name(name: &str) -> String {
+    let full = format!("{name}-session");
+    if full.len() <= 253 {
+        return full;
+    }
+    let hash = format!("{:08x}", (unit_jitter(&full) * f64::from(u32::MAX)) as u32);
+    let mut head = &name[..253 - 8 - 9 - 1];
+    while head.ends_with(['.', '-']) {
+        head = &head[..head.len() - 1];
+    }
+    format!("{head}-{hash}-session")
+}
+
+/// Fingerprint of what shapes the role credentials: a change assumes the role again at once.
+pub fn role_hash(spec: &AssumeRoleSpec, role_session_name: &str) -> String {
+    let mut text = format!(
+        "v1|{}|{}|{}|{}",
+        spec.role_arn,
+        role_session_name,
+        spec.duration_seconds,
+        spec.external_id.as_deref().unwrap_or("")
+    );
+    for tag in &spec.tags {
+        text.push_str(&format!("|{}={}", tag.key, tag.value));
+    }
+    format!("{:016x}", (unit_jitter(&text) * (1u64 << 53) as f64) as u64)
+}
+
+/// What to do about the role credentials now.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RoleAction {
+    /// Call AssumeRole now, asking for this many seconds.
+    Assume {
+        duration_seconds: i32,
+        why: &'static str,
+    },
+    /// The role credentials are valid and need nothing before `renewal`.
+    Hold { renewal: Option<Timestamp> },
+    /// They are due (or missing) but the session ends in less than [`MIN_ROLE_SECONDS`]:
+    /// AssumeRole would hand out credentials outliving it. The current ones, if any, expire
+    /// at or before the session's end.
+    SessionEnding { session_expiration: Timestamp },
+    /// No valid session to assume the role with.
+    NoSession,
+    /// Due, but the last attempts failed: the next one at `retry_at`.
+    Backoff { retry_at: Timestamp, why: &'static str },
+}
+
+/// What the role layer knows: the session at hand and the role credentials on record.
+#[derive(Debug, Clone, Copy)]
+pub struct RoleInputs<'a> {
+    /// The session's expiration and access key id, if a valid session is at hand (kept in its
+    /// Secret, or just minted).
+    pub session: Option<(Timestamp, &'a str)>,
+    /// `status.role`.
+    pub role: &'a crate::crd::RoleStatus,
+    /// The output Secret holds the role credentials `role` records.
+    pub role_held: bool,
+    /// [`role_hash`] of the spec now.
+    pub hash: &'a str,
+    /// `spec.assumeRole.durationSeconds`.
+    pub duration_seconds: i32,
+    /// The spec changed since the last failure: retry at once.
+    pub spec_changed: bool,
+}
+
+/// Decides about the role credentials (see [`RoleAction`]).
+pub fn role_action(input: RoleInputs<'_>, timing: &Timing, seed: &str, now: Timestamp) -> RoleAction {
+    let Some((session_expiration, session_key)) = input.session.filter(|(e, _)| *e > now) else {
+        return RoleAction::NoSession;
+    };
+    let role = input.role;
+    let valid = input.role_held && role.expiration.is_some_and(|e| e > now);
+    let why = if !valid {
+        if role.access_key_id.is_none() {
+            "no role credentials yet"
+        } else {
+            "role credentials expired or missing from the Secret"
+        }
+    } else if role.session_access_key_id.as_deref() != Some(session_key) {
+        "new session"
+    } else if role.hash.as_deref() != Some(input.hash) {
+        "spec.assumeRole changed"
+    } else if role.renewal_time.is_none_or(|r| now >= r) {
+        "renewal time reached"
+    } else {
+        return RoleAction::Hold {
+            renewal: role.renewal_time,
+        };
+    };
+    let remaining = session_expiration.duration_since(now).as_secs();
+    if remaining < MIN_ROLE_SECONDS {
+        return RoleAction::SessionEnding { session_expiration };
+    }
+    if role.failed_attempts > 0
+        && !input.spec_changed
+        && let Some(failed) = &role.last_failure
+    {
+        let delay = backoff(role.failed_attempts as u32, timing, seed);
+        let retry_at =
+            failed.time + SignedDuration::try_from(delay).unwrap_or(SignedDuration::from_secs(300));
+        if now < retry_at {
+            return RoleAction::Backoff { retry_at, why };
+        }
+    }
+    let duration_seconds = i64::from(input.duration_seconds)
+        .min(remaining)
+        .clamp(MIN_ROLE_SECONDS, 43_200) as i32;
+    RoleAction::Assume {
+        duration_seconds,
+        why,
+    }
 }
 
 #[cfg(test)]

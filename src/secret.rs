@@ -3,7 +3,7 @@
 
 use crate::crd::{
     DEFAULT_MOUNT_PATH, FIELD_MANAGER, OWNER_NAME_ANNOTATION, OWNER_UID_LABEL, OutputFormat,
-    SessionToken, SourceSecretRef,
+    SECRET_ROLE_LABEL, SESSION_SECRET_ROLE, SessionToken, SourceSecretRef,
 };
 use crate::sensitive::Sensitive;
 use jiff::Timestamp;
@@ -432,6 +432,61 @@ pub fn desired_secret(st: &SessionToken, name: &str, session: &SessionSecret) ->
         data: Some(render_data(session, &Layout::of(st))),
         ..Default::default()
     }
+}
+
+/// How the Secret keeping a session for `spec.assumeRole` lays it out: the four variables only.
+pub fn session_layout() -> Layout {
+    Layout {
+        formats: vec![OutputFormat::EnvVars],
+        mount_path: DEFAULT_MOUNT_PATH.into(),
+    }
+}
+
+/// Annotation on the Secret keeping a session: what it is for.
+pub const PURPOSE_ANNOTATION: &str = "stssession.dev/purpose";
+
+/// The Secret keeping the GetSessionToken session of a SessionToken with `spec.assumeRole`:
+/// the operator's own (labelled [`SECRET_ROLE_LABEL`]`=session`, always owned by the
+/// SessionToken, so garbage-collected with it whatever `retainOnDelete` says), not for
+/// workloads, which get the role's credentials in the output Secret.
+pub fn desired_session_secret(st: &SessionToken, name: &str, session: &SessionSecret) -> Secret {
+    let labels = BTreeMap::from([
+        (
+            OWNER_UID_LABEL.to_string(),
+            st.metadata.uid.clone().unwrap_or_default(),
+        ),
+        (MANAGED_BY_LABEL.to_string(), FIELD_MANAGER.to_string()),
+        (SECRET_ROLE_LABEL.to_string(), SESSION_SECRET_ROLE.to_string()),
+    ]);
+    let annotations = BTreeMap::from([
+        (
+            OWNER_NAME_ANNOTATION.to_string(),
+            st.metadata.name.clone().unwrap_or_default(),
+        ),
+        (EXPIRATION_ANNOTATION.to_string(), session.expiration.to_string()),
+        (
+            PURPOSE_ANNOTATION.to_string(),
+            "the STS session the operator assumes spec.assumeRole with; not for workloads (they use the output Secret)".to_string(),
+        ),
+    ]);
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: st.metadata.namespace.clone(),
+            labels: Some(labels),
+            annotations: Some(annotations),
+            owner_references: Some(vec![owner_reference(st)]),
+            ..Default::default()
+        },
+        type_: Some("Opaque".into()),
+        data: Some(render_data(session, &session_layout())),
+        ..Default::default()
+    }
+}
+
+/// The session a Secret kept for `spec.assumeRole` holds, if complete.
+pub fn kept_session(secret: &Secret) -> Option<SessionSecret> {
+    read_session(secret, &session_layout())
 }
 
 fn owner_reference(st: &SessionToken) -> OwnerReference {

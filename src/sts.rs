@@ -18,7 +18,7 @@ use aws_sdk_sts::config::retry::RetryConfig;
 use aws_sdk_sts::config::timeout::TimeoutConfig;
 use aws_sdk_sts::config::{BehaviorVersion, Credentials, IdentityCache, Region, SharedHttpClient};
 use aws_sdk_sts::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_sts::operation::get_session_token::{GetSessionTokenError, GetSessionTokenOutput};
+use aws_sdk_sts::types::Tag;
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use tokio::sync::Semaphore;
 
@@ -695,6 +695,81 @@ pub struct SessionCredentials {
     pub expiration: jiff::Timestamp,
 }
 
+/// One `AssumeRole` call, signed with session credentials.
+pub struct AssumeRoleRequest<'a> {
+    pub region: &'a str,
+    /// As in [`SessionRequest::endpoint`].
+    pub endpoint: Option<&'a str>,
+    pub access_key_id: &'a str,
+    pub secret_access_key: &'a Sensitive<String>,
+    pub session_token: &'a Sensitive<String>,
+    pub role_arn: &'a str,
+    pub role_session_name: &'a str,
+    pub duration_seconds: i32,
+    pub external_id: Option<&'a str>,
+    /// Session tags, (key, value).
+    pub tags: &'a [(String, String)],
+}
+
+/// What `AssumeRole` returned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AssumedRole {
+    pub credentials: SessionCredentials,
+    /// `arn:aws:sts::ACCOUNT:assumed-role/ROLE/SESSION`, if STS said.
+    pub assumed_role_arn: Option<String>,
+}
+
+/// Checks a role ARN as the CRD admits it: `arn:<partition>:iam::<12 digits>:role/<path/name>`.
+pub fn validate_role_arn(arn: &str) -> Result<(), String> {
+    let ok = (20..=2048).contains(&arn.len())
+        && arn.strip_prefix("arn:").is_some_and(|rest| {
+            let mut parts = rest.splitn(5, ':');
+            let (partition, service, region, account, resource) = (
+                parts.next().unwrap_or(""),
+                parts.next().unwrap_or(""),
+                parts.next().unwrap_or("x"),
+                parts.next().unwrap_or(""),
+                parts.next().unwrap_or(""),
+            );
+            partition.starts_with("aws")
+                && partition[3..].bytes().all(|b| b.is_ascii_lowercase() || b == b'-')
+                && service == "iam"
+                && region.is_empty()
+                && account.len() == 12
+                && account.bytes().all(|b| b.is_ascii_digit())
+                && resource.strip_prefix("role/").is_some_and(|name| {
+                    !name.is_empty()
+                        && name
+                            .chars()
+                            .all(|c| c.is_alphanumeric() || c == '_' || "+=,.@/-".contains(c))
+                })
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{:?} is not a role ARN (arn:aws:iam::123456789012:role/NAME)",
+            short(arn)
+        ))
+    }
+}
+
+/// Checks a role session name: 2 to 64 characters of `[\w+=,.@-]`.
+pub fn validate_role_session_name(name: &str) -> Result<(), String> {
+    if (2..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_+=,.@-".contains(&b))
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "role session name {:?} is not 2 to 64 characters of [\\w+=,.@-]",
+            short(name)
+        ))
+    }
+}
+
 /// Why a `GetSessionToken` call failed. Display texts are fit for a status condition: STS codes
 /// and (truncated) STS messages, never a key, token or token code.
 #[derive(thiserror::Error, Debug, Clone, PartialEq, Eq)]
@@ -891,7 +966,10 @@ fn classify_code(code: &str, message: String, status: u16, with_mfa: bool) -> St
     }
 }
 
-fn classify(err: SdkError<GetSessionTokenError, HttpResponse>, with_mfa: bool) -> StsError {
+fn classify<E>(err: SdkError<E, HttpResponse>, with_mfa: bool) -> StsError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
     let context = || error_chain(&err);
     match &err {
         SdkError::ServiceError(se) => {
@@ -939,15 +1017,13 @@ fn classify(err: SdkError<GetSessionTokenError, HttpResponse>, with_mfa: bool) -
 }
 
 fn credentials_from_output(
-    out: GetSessionTokenOutput,
+    credentials: Option<aws_sdk_sts::types::Credentials>,
     now: jiff::Timestamp,
 ) -> Result<SessionCredentials, StsError> {
     let invalid = |message: &str| StsError::InvalidResponse {
         message: message.to_owned(),
     };
-    let creds = out
-        .credentials
-        .ok_or_else(|| invalid("the response has no Credentials"))?;
+    let creds = credentials.ok_or_else(|| invalid("the response has no Credentials"))?;
     // The SDK fills missing required fields with "" and the epoch.
     if creds.access_key_id.is_empty() {
         return Err(invalid("the response has no AccessKeyId"));
@@ -1058,24 +1134,7 @@ impl StsClient {
                 message,
             },
         )?;
-        let endpoint = match (req.endpoint, settings.default_endpoint.as_deref()) {
-            (Some(e), _) => Some(normalize_endpoint(e).map_err(bad)?),
-            (None, Some(e)) => {
-                Some(normalize_endpoint(e).map_err(|why| bad(format!("--sts-endpoint: {why}")))?)
-            }
-            (None, None) => None,
-        };
         let with_mfa = req.mfa.is_some();
-
-        let retry = if with_mfa {
-            RetryConfig::disabled()
-        } else {
-            let mut r = RetryConfig::standard().with_max_attempts(settings.non_mfa_attempts.max(1));
-            if let Some(b) = self.inner.retry_initial_backoff {
-                r = r.with_initial_backoff(b).with_max_backoff(b * 4);
-            }
-            r
-        };
         let credentials = Credentials::new(
             req.access_key_id,
             req.secret_access_key.expose().clone(),
@@ -1083,22 +1142,13 @@ impl StsClient {
             None,
             "SessionToken source Secret",
         );
-        let mut config = aws_sdk_sts::Config::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .region(Region::new(req.region.to_owned()))
-            .credentials_provider(credentials)
-            .identity_cache(IdentityCache::no_cache())
-            .http_client(self.inner.http.clone())
-            .retry_config(retry)
-            .timeout_config(
-                TimeoutConfig::builder()
-                    .operation_timeout(settings.timeout)
-                    .build(),
-            );
-        if let Some(e) = endpoint {
-            config = config.endpoint_url(e);
-        }
-        let client = aws_sdk_sts::Client::from_conf(config.build());
+        // A retried MFA call is a reused code: exactly one attempt.
+        let attempts = if with_mfa {
+            None
+        } else {
+            Some(settings.non_mfa_attempts)
+        };
+        let client = self.sdk_client(req.region, req.endpoint, credentials, attempts)?;
 
         let mut call = client
             .get_session_token()
@@ -1117,9 +1167,109 @@ impl StsClient {
         drop(_permit);
 
         match result {
-            Ok(out) => credentials_from_output(out, jiff::Timestamp::now()),
+            Ok(out) => credentials_from_output(out.credentials, jiff::Timestamp::now()),
             Err(e) => Err(classify(e, with_mfa)),
         }
+    }
+
+    /// Calls `AssumeRole`, signed with the session credentials of the request, and returns the
+    /// validated role credentials. Retried like calls without MFA (no code is involved).
+    pub async fn assume_role(&self, req: AssumeRoleRequest<'_>) -> Result<AssumedRole, StsError> {
+        let bad = |message: String| StsError::InvalidRequest { message };
+        validate_region(req.region).map_err(bad)?;
+        validate_role_arn(req.role_arn).map_err(bad)?;
+        validate_role_session_name(req.role_session_name).map_err(bad)?;
+        if !(900..=43_200).contains(&req.duration_seconds) {
+            return Err(bad(format!(
+                "AssumeRole DurationSeconds {} is outside 900..43200",
+                req.duration_seconds
+            )));
+        }
+        let credentials = Credentials::new(
+            req.access_key_id,
+            req.secret_access_key.expose().clone(),
+            Some(req.session_token.expose().clone()),
+            None,
+            "SessionToken session",
+        );
+        let attempts = Some(self.inner.settings.non_mfa_attempts);
+        let client = self.sdk_client(req.region, req.endpoint, credentials, attempts)?;
+        let mut call = client
+            .assume_role()
+            .role_arn(req.role_arn)
+            .role_session_name(req.role_session_name)
+            .duration_seconds(req.duration_seconds)
+            .set_external_id(req.external_id.map(str::to_owned));
+        for (key, value) in req.tags {
+            let tag = Tag::builder()
+                .key(key.as_str())
+                .value(value.as_str())
+                .build()
+                .map_err(|e| bad(format!("session tag {key:?}: {e}")))?;
+            call = call.tags(tag);
+        }
+        let _permit = self
+            .inner
+            .permits
+            .acquire()
+            .await
+            .expect("the STS semaphore is never closed");
+        let result = call.send().await;
+        drop(_permit);
+        match result {
+            Ok(out) => Ok(AssumedRole {
+                assumed_role_arn: out.assumed_role_user.map(|u| u.arn),
+                credentials: credentials_from_output(out.credentials, jiff::Timestamp::now())?,
+            }),
+            Err(e) => Err(classify(e, false)),
+        }
+    }
+
+    /// An SDK client for one call: these credentials, this region and endpoint (the
+    /// SessionToken's, else `--sts-endpoint`, else AWS's), `attempts` tries (`None`: one, with
+    /// no retry), the shared connection pool and the operation timeout.
+    fn sdk_client(
+        &self,
+        region: &str,
+        endpoint: Option<&str>,
+        credentials: Credentials,
+        attempts: Option<u32>,
+    ) -> Result<aws_sdk_sts::Client, StsError> {
+        let settings = &self.inner.settings;
+        let bad = |message: String| StsError::InvalidRequest { message };
+        let endpoint = match (endpoint, settings.default_endpoint.as_deref()) {
+            (Some(e), _) => Some(normalize_endpoint(e).map_err(bad)?),
+            (None, Some(e)) => {
+                Some(normalize_endpoint(e).map_err(|why| bad(format!("--sts-endpoint: {why}")))?)
+            }
+            (None, None) => None,
+        };
+        let retry = match attempts {
+            None => RetryConfig::disabled(),
+            Some(n) => {
+                let mut r = RetryConfig::standard().with_max_attempts(n.max(1));
+                if let Some(b) = self.inner.retry_initial_backoff {
+                    r = r.with_initial_backoff(b).with_max_backoff(b * 4);
+                }
+                r
+            }
+        };
+        let mut config = aws_sdk_sts::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new(region.to_owned()))
+            .credentials_provider(credentials)
+            .identity_cache(IdentityCache::no_cache())
+            .http_client(self.inner.http.clone())
+            .retry_config(retry)
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .operation_timeout(settings.timeout)
+                    .build(),
+            );
+        if let Some(e) = endpoint {
+            config = config.endpoint_url(e);
+        }
+        Ok(aws_sdk_sts::Client::from_conf(config.build()))
     }
 }
 
