@@ -314,9 +314,7 @@ async fn restart_targets(
                 continue;
             }
         };
-        if target_action(&workload, &st_name, &access_key_id, issued_at)
-            == TargetAction::UpToDate
-        {
+        if target_action(&workload, &st_name, &access_key_id, issued_at) == TargetAction::UpToDate {
             continue;
         }
         let pp = PatchParams {

@@ -404,13 +404,19 @@ async fn observe(st: Arc<SessionToken>, ctx: &Context) -> Result<Observed, Error
                 reason: "InvalidSpec",
                 message: format!(
                     "with spec.assumeRole the session is kept in the Secret {session_name:?}, which is also the {} Secret: choose another spec.secret.name or source Secret",
-                    if session_name == out_name { "output" } else { "source" }
+                    if session_name == out_name {
+                        "output"
+                    } else {
+                        "source"
+                    }
                 ),
             });
         } else if let Ownership::Foreign(why) = &session_ownership {
             blocker = Some(Blocker {
                 reason: "SecretConflict",
-                message: format!("{why} (with spec.assumeRole the operator keeps the session there)"),
+                message: format!(
+                    "{why} (with spec.assumeRole the operator keeps the session there)"
+                ),
             });
         }
     }
@@ -897,13 +903,6 @@ async fn reconcile_inner(st: Arc<SessionToken>, ctx: &Context) -> Result<Action,
             false
         }
     };
-    if let Some(old) = obs
-        .old_secret
-        .as_ref()
-        .filter(|_| status.secret_name.as_deref() == Some(obs.out_name.as_str()))
-    {
-        delete_owned_secret(ctx, &obs, old).await?;
-    }
 
     // spec.assumeRole removed: the session is back in the output Secret (written above), so
     // the Secret that kept it goes.
@@ -924,9 +923,20 @@ async fn reconcile_inner(st: Arc<SessionToken>, ctx: &Context) -> Result<Action,
         held.clone()
     };
     let role = match &st.spec.assume_role {
-        Some(spec) => Some(reconcile_role(ctx, &st, &obs, spec, &mut status, current_session.as_ref()).await?),
+        Some(spec) => {
+            Some(reconcile_role(ctx, &st, &obs, spec, &mut status, current_session.as_ref()).await?)
+        }
         None => None,
     };
+
+    // A rename: the old output Secret goes once the new one holds the credentials.
+    if let Some(old) = obs
+        .old_secret
+        .as_ref()
+        .filter(|_| status.secret_name.as_deref() == Some(obs.out_name.as_str()))
+    {
+        delete_owned_secret(ctx, &obs, old).await?;
+    }
 
     // -- consumers (src/consumers.rs): restart targets, ConsumerRefresh/RolloutRestart ------
     let output_holds_credentials = match &role {
@@ -934,8 +944,7 @@ async fn reconcile_inner(st: Arc<SessionToken>, ctx: &Context) -> Result<Action,
         None => written || held.is_some(),
     };
     let consumers_recheck =
-        crate::consumers::reconcile(ctx, &st, &mut status, output_holds_credentials, obs.now)
-            .await;
+        crate::consumers::reconcile(ctx, &st, &mut status, output_holds_credentials, obs.now).await;
     // -- end consumers -----------------------------------------------------------------------
 
     // 5. Conditions, events, metrics.
@@ -1156,7 +1165,7 @@ fn ready_condition(
                     "SecretMissing",
                     format!(
                         "the Secret {} no longer holds the session valid until {expiration} (the operator keeps no copy); {approve_hint}",
-                        obs.out_name
+                        obs.session_home()
                     ),
                 ),
                 SessionState::Expired { expiration } if has_mfa => (
@@ -1428,6 +1437,9 @@ struct RoleOutcome {
     renewal: Option<Timestamp>,
     /// The next instant the role layer needs a reconcile.
     next: Option<Timestamp>,
+    /// The `RoleAssumed` condition's reason and message.
+    reason: &'static str,
+    message: String,
 }
 
 /// The reason of a failed AssumeRole: a role that refuses the user has its own.
@@ -1487,12 +1499,27 @@ async fn reconcile_role(
         obs.now,
     );
     let mut assumed_now = false;
-    if let (plan::RoleAction::Assume { duration_seconds, why }, Some(session), None) =
-        (&action, session, blocked)
+    if let (
+        plan::RoleAction::Assume {
+            duration_seconds,
+            why,
+        },
+        Some(session),
+        None,
+    ) = (&action, session, blocked)
     {
-        info!(namespace = obs.ns, name = obs.name, role = spec.role_arn, why, "assuming the role");
-        let tags: Vec<(String, String)> =
-            spec.tags.iter().map(|t| (t.key.clone(), t.value.clone())).collect();
+        info!(
+            namespace = obs.ns,
+            name = obs.name,
+            role = spec.role_arn,
+            why,
+            "assuming the role"
+        );
+        let tags: Vec<(String, String)> = spec
+            .tags
+            .iter()
+            .map(|t| (t.key.clone(), t.value.clone()))
+            .collect();
         let request = AssumeRoleRequest {
             region: &obs.region,
             endpoint: obs.endpoint.as_deref(),
@@ -1561,7 +1588,10 @@ async fn reconcile_role(
                         "STS refused AssumeRole of {}: {e}. The role's trust policy must allow this IAM user (and, if it requires aws:MultiFactorAuthPresent, the session must be approved with an MFA code: spec.mfa). The session is kept; retrying with backoff",
                         spec.role_arn
                     ),
-                    _ => format!("AssumeRole of {} failed: {e}. The session is kept; retrying with backoff", spec.role_arn),
+                    _ => format!(
+                        "AssumeRole of {} failed: {e}. The session is kept; retrying with backoff",
+                        spec.role_arn
+                    ),
                 };
                 role.failed_attempts = role.failed_attempts.saturating_add(1);
                 role.last_failure = Some(Failure {
@@ -1575,62 +1605,28 @@ async fn reconcile_role(
         }
     }
     let valid = (role_held || assumed_now) && role.expiration.is_some_and(|e| e > obs.now);
-    let approve_hint = format!("approve with `kubectl sts approve {} -n {}`", obs.name, obs.ns);
-    let (cond_status, reason, message) = match (&action, blocked) {
-        _ if assumed_now || (valid && !matches!(action, plan::RoleAction::Backoff { .. })) => {
-            let expiration = role.expiration.map(|e| e.to_string()).unwrap_or_default();
-            let next = match &action {
-                plan::RoleAction::SessionEnding { session_expiration } => format!(
-                    "the session ends at {session_expiration}, too soon for another set (15 minutes at least): these last until then"
-                ),
-                _ => match role.renewal_time {
-                    Some(r) => format!("assumed again at {r}"),
-                    None => String::new(),
-                },
-            };
-            (
-                "True",
-                "Assumed",
+    let (cond_status, reason, message) = role_condition(
+        spec,
+        &role,
+        &action,
+        RoleFacts {
+            assumed_now,
+            valid,
+            blocker: blocked.map(|b| (b.reason, b.message.as_str())),
+            approve_hint: st.spec.mfa.is_some().then(|| {
                 format!(
-                    "role {} assumed as {}: credentials valid until {expiration}; {next}",
-                    spec.role_arn,
-                    role.assumed_role_arn.as_deref().unwrap_or("(no ARN returned)")
-                ),
-            )
-        }
-        (_, Some(b)) => ("False", b.reason, b.message.clone()),
-        (plan::RoleAction::Backoff { .. }, _) | (plan::RoleAction::Assume { .. }, _)
-            if role.last_failure.is_some() =>
-        {
-            let f = role.last_failure.as_ref().expect("checked");
-            let status_word = if valid { "True" } else { "False" };
-            (status_word, role_failure_reason(&f.reason), f.message.clone())
-        }
-        (plan::RoleAction::NoSession, _) => (
-            "False",
-            "WaitingForSession",
-            if st.spec.mfa.is_some() {
-                format!("no valid session to assume the role with; {approve_hint}")
-            } else {
-                "no valid session to assume the role with yet".to_string()
-            },
-        ),
-        (plan::RoleAction::SessionEnding { session_expiration }, _) => (
-            "False",
-            "SessionEnding",
-            format!(
-                "the session ends at {session_expiration}, too soon to assume the role (15 minutes at least); {}",
-                if st.spec.mfa.is_some() { approve_hint.clone() } else { "a new session is minted first".to_string() }
-            ),
-        ),
-        _ => ("False", "Assuming", format!("assuming role {}", spec.role_arn)),
-    };
+                    "approve with `kubectl sts approve {} -n {}`",
+                    obs.name, obs.ns
+                )
+            }),
+        },
+    );
     set_condition(
         &mut status.conditions,
         ROLE_ASSUMED,
         cond_status,
         reason,
-        message,
+        message.clone(),
         obs.generation,
         obs.now,
     );
@@ -1660,7 +1656,97 @@ async fn reconcile_role(
         valid,
         renewal,
         next,
+        reason,
+        message,
     })
+}
+
+/// What `role_condition` needs besides the spec, status and decision.
+struct RoleFacts<'a> {
+    /// The role was assumed in this reconcile.
+    assumed_now: bool,
+    /// The output Secret holds valid role credentials.
+    valid: bool,
+    /// A problem that stops AssumeRole (endpoint, Secret conflict, spec), as (reason, message).
+    blocker: Option<(&'static str, &'a str)>,
+    /// With spec.mfa: how to approve.
+    approve_hint: Option<String>,
+}
+
+/// The `RoleAssumed` condition: (status, reason, message).
+fn role_condition(
+    spec: &AssumeRoleSpec,
+    role: &RoleStatus,
+    action: &plan::RoleAction,
+    facts: RoleFacts<'_>,
+) -> (&'static str, &'static str, String) {
+    let valid_word = if facts.valid { "True" } else { "False" };
+    if !facts.assumed_now {
+        if let Some((reason, message)) = facts.blocker {
+            return ("False", reason, message.to_string());
+        }
+        if let Some(f) = role
+            .last_failure
+            .as_ref()
+            .filter(|_| role.failed_attempts > 0)
+        {
+            let message = match role.expiration.filter(|_| facts.valid) {
+                Some(e) => format!(
+                    "{} (the current role credentials are valid until {e})",
+                    f.message
+                ),
+                None => f.message.clone(),
+            };
+            return (valid_word, role_failure_reason(&f.reason), message);
+        }
+    }
+    let ending = match action {
+        plan::RoleAction::SessionEnding { session_expiration } => Some(*session_expiration),
+        _ => None,
+    };
+    if facts.assumed_now || facts.valid {
+        let expiration = role.expiration.map(|e| e.to_string()).unwrap_or_default();
+        let next = match (ending, role.renewal_time) {
+            (Some(end), _) => format!(
+                "; the session ends at {end}, too soon to assume the role again: these are its last role credentials"
+            ),
+            (None, Some(r)) => format!("; assumed again at {r}"),
+            (None, None) => String::new(),
+        };
+        return (
+            "True",
+            "Assumed",
+            format!(
+                "role {} assumed as {}: credentials valid until {expiration}{next}",
+                spec.role_arn,
+                role.assumed_role_arn
+                    .as_deref()
+                    .unwrap_or("(no ARN returned)")
+            ),
+        );
+    }
+    let then = facts
+        .approve_hint
+        .unwrap_or_else(|| "a new session is minted first".to_string());
+    match (action, ending) {
+        (plan::RoleAction::NoSession, _) => (
+            "False",
+            "WaitingForSession",
+            format!("no valid session to assume the role with; {then}"),
+        ),
+        (_, Some(end)) => (
+            "False",
+            "SessionEnding",
+            format!(
+                "the session ends at {end}, too soon to assume the role (role credentials may not outlive it); {then}"
+            ),
+        ),
+        _ => (
+            "False",
+            "Assuming",
+            format!("assuming role {}", spec.role_arn),
+        ),
+    }
 }
 
 fn role_failure_reason(reason: &str) -> &'static str {
@@ -1680,24 +1766,29 @@ fn role_ready_condition(
     role: &RoleOutcome,
     status: &SessionTokenStatus,
 ) -> (&'static str, &'static str, String) {
-    let role_status = status.role.clone().unwrap_or_default();
     let (s_status, s_reason, s_message) = session;
-    match (role.valid, s_status == "True") {
-        (true, _) => {
-            let reason = if s_status == "True" { s_reason } else { "Issued" };
-            let until = role_status
-                .expiration
-                .map(|e| e.to_string())
-                .unwrap_or_default();
-            ("True", reason, format!("role credentials valid until {until}; {s_message}"))
-        }
-        (false, true) => match &role_status.last_failure {
-            Some(f) if role_status.failed_attempts > 0 => {
-                ("False", role_failure_reason(&f.reason), f.message.clone())
-            }
-            _ => ("False", "Issuing", format!("assuming the role; {s_message}")),
-        },
-        (false, false) => (s_status, s_reason, s_message),
+    if role.valid {
+        let reason = if s_status == "True" {
+            s_reason
+        } else {
+            "Issued"
+        };
+        let until = status
+            .role
+            .as_ref()
+            .and_then(|r| r.expiration)
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        (
+            "True",
+            reason,
+            format!("role credentials valid until {until}; {s_message}"),
+        )
+    } else if s_status == "True" {
+        // The session is fine: the role is the problem.
+        ("False", role.reason, role.message.clone())
+    } else {
+        (s_status, s_reason, s_message)
     }
 }
 

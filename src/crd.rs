@@ -169,7 +169,10 @@ pub struct AssumeRoleSpec {
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Hash)]
 pub struct SessionTag {
     /// 1 to 128 characters of letters, digits, spaces and `_.:/=+-@`.
-    #[schemars(length(min = 1, max = 128), regex(pattern = r"^[\p{L}\p{Z}\p{N}_.:/=+\-@]+$"))]
+    #[schemars(
+        length(min = 1, max = 128),
+        regex(pattern = r"^[\p{L}\p{Z}\p{N}_.:/=+\-@]+$")
+    )]
     pub key: String,
     /// Up to 256 characters of letters, digits, spaces and `_.:/=+-@`.
     #[serde(default)]

@@ -91,6 +91,12 @@ struct Args {
     /// Longest retry delay after failures.
     #[arg(long, default_value = "5m", value_parser = duration)]
     retry_cap: Duration,
+    /// spec.assumeRole: the role is assumed only while the session has at least this long
+    /// left, asking for no more than that, so role credentials never outlive their session.
+    /// Keep the default (AssumeRole's minimum DurationSeconds): tests with an STS double that
+    /// returns shorter lifetimes lower it.
+    #[arg(long, default_value = "15m", value_parser = duration, hide = true)]
+    role_min_session_remaining: Duration,
 }
 
 #[tokio::main]
@@ -153,6 +159,7 @@ async fn run(args: Args) -> Result<()> {
             code_required_interval: args.code_required_interval,
             backoff_base: args.retry_base,
             backoff_cap: args.retry_cap,
+            role_min_session_remaining: args.role_min_session_remaining,
             ..Timing::default()
         },
         instance: instance.clone(),

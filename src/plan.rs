@@ -24,6 +24,10 @@ pub struct Timing {
     /// Largest random advance of the renewal time (so aligned sessions do not storm STS);
     /// the jitter is also at most 5 % of the renewal window.
     pub renewal_jitter_max: Duration,
+    /// spec.assumeRole: assume the role only while the session has at least this long left
+    /// (AssumeRole's minimum DurationSeconds, 900 s: a shorter remainder could only be met by
+    /// role credentials outliving the session).
+    pub role_min_session_remaining: Duration,
 }
 
 impl Default for Timing {
@@ -34,6 +38,7 @@ impl Default for Timing {
             backoff_base: Duration::from_secs(5),
             backoff_cap: Duration::from_secs(5 * 60),
             renewal_jitter_max: Duration::from_secs(5 * 60),
+            role_min_session_remaining: Duration::from_secs(MIN_ROLE_SECONDS as u64),
         }
     }
 }
@@ -397,14 +402,17 @@ pub enum RoleAction {
     },
     /// The role credentials are valid and need nothing before `renewal`.
     Hold { renewal: Option<Timestamp> },
-    /// They are due (or missing) but the session ends in less than [`MIN_ROLE_SECONDS`]:
-    /// AssumeRole would hand out credentials outliving it. The current ones, if any, expire
+    /// They are due (or missing) but the session ends in less than
+    /// [`Timing::role_min_session_remaining`]: AssumeRole would hand out credentials outliving it. The current ones, if any, expire
     /// at or before the session's end.
     SessionEnding { session_expiration: Timestamp },
     /// No valid session to assume the role with.
     NoSession,
     /// Due, but the last attempts failed: the next one at `retry_at`.
-    Backoff { retry_at: Timestamp, why: &'static str },
+    Backoff {
+        retry_at: Timestamp,
+        why: &'static str,
+    },
 }
 
 /// What the role layer knows: the session at hand and the role credentials on record.
@@ -426,7 +434,12 @@ pub struct RoleInputs<'a> {
 }
 
 /// Decides about the role credentials (see [`RoleAction`]).
-pub fn role_action(input: RoleInputs<'_>, timing: &Timing, seed: &str, now: Timestamp) -> RoleAction {
+pub fn role_action(
+    input: RoleInputs<'_>,
+    timing: &Timing,
+    seed: &str,
+    now: Timestamp,
+) -> RoleAction {
     let Some((session_expiration, session_key)) = input.session.filter(|(e, _)| *e > now) else {
         return RoleAction::NoSession;
     };
@@ -450,7 +463,7 @@ pub fn role_action(input: RoleInputs<'_>, timing: &Timing, seed: &str, now: Time
         };
     };
     let remaining = session_expiration.duration_since(now).as_secs();
-    if remaining < MIN_ROLE_SECONDS {
+    if remaining < timing.role_min_session_remaining.as_secs() as i64 {
         return RoleAction::SessionEnding { session_expiration };
     }
     if role.failed_attempts > 0
@@ -780,5 +793,251 @@ mod tests {
             let j = unit_jitter(&i.to_string());
             assert!((0.0..1.0).contains(&j));
         }
+    }
+
+    // ---- spec.assumeRole ------------------------------------------------------------------
+
+    use crate::crd::{Failure, RoleStatus, SessionTag};
+
+    fn role_spec() -> AssumeRoleSpec {
+        AssumeRoleSpec {
+            role_arn: "arn:aws:iam::123456789012:role/deployer".into(),
+            role_session_name: None,
+            duration_seconds: 3600,
+            external_id: None,
+            tags: vec![],
+        }
+    }
+
+    /// Role credentials assumed at `at` with session `S1`, expiring at `exp`, renewed at `renew`.
+    fn held_role(at: i64, exp: i64, renew: i64) -> RoleStatus {
+        RoleStatus {
+            access_key_id: Some("ASIAROLE000000000001".into()),
+            assumed_at: Some(t(at)),
+            expiration: Some(t(exp)),
+            renewal_time: Some(t(renew)),
+            session_access_key_id: Some("S1".into()),
+            hash: Some("h".into()),
+            assumptions: 1,
+            ..Default::default()
+        }
+    }
+
+    fn inputs<'a>(session: Option<(Timestamp, &'a str)>, role: &'a RoleStatus) -> RoleInputs<'a> {
+        RoleInputs {
+            session,
+            role,
+            role_held: role.access_key_id.is_some(),
+            hash: "h",
+            duration_seconds: 3600,
+            spec_changed: false,
+        }
+    }
+
+    #[test]
+    fn the_role_is_assumed_at_once_with_a_session_and_never_without_one() {
+        let none = RoleStatus::default();
+        let timing = Timing::default();
+        assert_eq!(
+            role_action(inputs(None, &none), &timing, "u", t(0)),
+            RoleAction::NoSession
+        );
+        assert_eq!(
+            role_action(inputs(Some((t(-1), "S1")), &none), &timing, "u", t(0)),
+            RoleAction::NoSession,
+            "an expired session is no session"
+        );
+        assert_eq!(
+            role_action(inputs(Some((t(43_200), "S1")), &none), &timing, "u", t(0)),
+            RoleAction::Assume {
+                duration_seconds: 3600,
+                why: "no role credentials yet"
+            }
+        );
+    }
+
+    #[test]
+    fn role_credentials_are_held_until_renewal_then_renewed() {
+        let role = held_role(0, 3600, 2400);
+        let timing = Timing::default();
+        let session = Some((t(43_200), "S1"));
+        assert_eq!(
+            role_action(inputs(session, &role), &timing, "u", t(2399)),
+            RoleAction::Hold {
+                renewal: Some(t(2400))
+            }
+        );
+        assert_eq!(
+            role_action(inputs(session, &role), &timing, "u", t(2400)),
+            RoleAction::Assume {
+                duration_seconds: 3600,
+                why: "renewal time reached"
+            }
+        );
+        // The Secret lost them: at once.
+        let mut lost = inputs(session, &role);
+        lost.role_held = false;
+        assert!(matches!(
+            role_action(lost, &timing, "u", t(10)),
+            RoleAction::Assume {
+                why: "role credentials expired or missing from the Secret",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn a_new_session_or_a_changed_spec_assumes_again_at_once() {
+        let role = held_role(0, 3600, 2400);
+        let timing = Timing::default();
+        assert!(matches!(
+            role_action(inputs(Some((t(43_200), "S2")), &role), &timing, "u", t(10)),
+            RoleAction::Assume {
+                why: "new session",
+                ..
+            }
+        ));
+        let mut changed = inputs(Some((t(43_200), "S1")), &role);
+        changed.hash = "other";
+        assert!(matches!(
+            role_action(changed, &timing, "u", t(10)),
+            RoleAction::Assume {
+                why: "spec.assumeRole changed",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn role_credentials_never_outlive_the_session() {
+        let timing = Timing::default();
+        let none = RoleStatus::default();
+        // 50 minutes left: ask for 50 minutes, not the hour the spec says.
+        assert_eq!(
+            role_action(inputs(Some((t(3000), "S1")), &none), &timing, "u", t(0)),
+            RoleAction::Assume {
+                duration_seconds: 3000,
+                why: "no role credentials yet"
+            }
+        );
+        // 15 minutes left: still (AssumeRole's minimum).
+        assert!(matches!(
+            role_action(inputs(Some((t(900), "S1")), &none), &timing, "u", t(0)),
+            RoleAction::Assume {
+                duration_seconds: 900,
+                ..
+            }
+        ));
+        // Less than that: no AssumeRole could end in time.
+        assert_eq!(
+            role_action(inputs(Some((t(899), "S1")), &none), &timing, "u", t(0)),
+            RoleAction::SessionEnding {
+                session_expiration: t(899)
+            }
+        );
+        let due = held_role(0, 1200, 800);
+        assert_eq!(
+            role_action(inputs(Some((t(1200), "S1")), &due), &timing, "u", t(800)),
+            RoleAction::SessionEnding {
+                session_expiration: t(1200)
+            },
+            "the last set, assumed for the session's remainder, runs out with it"
+        );
+        // A lower minimum (tests with short lifetimes) moves the line.
+        let short = Timing {
+            role_min_session_remaining: Duration::from_secs(5),
+            ..Timing::default()
+        };
+        assert!(matches!(
+            role_action(inputs(Some((t(30), "S1")), &none), &short, "u", t(0)),
+            RoleAction::Assume {
+                duration_seconds: 900,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn failed_assumptions_back_off_unless_the_spec_or_session_changes() {
+        let timing = no_jitter();
+        let mut role = held_role(0, 3600, 2400);
+        role.failed_attempts = 3;
+        role.last_failure = Some(Failure {
+            time: t(2500),
+            reason: "RoleAccessDenied".into(),
+            message: "m".into(),
+        });
+        let session = Some((t(43_200), "S1"));
+        let delay = backoff(3, &timing, "u").as_secs_f64();
+        assert!((16.0..=20.0).contains(&delay), "{delay}");
+        match role_action(inputs(session, &role), &timing, "u", t(2501)) {
+            RoleAction::Backoff {
+                retry_at,
+                why: "renewal time reached",
+            } => {
+                assert_eq!(retry_at.as_second(), t(2500).as_second() + delay as i64);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            role_action(inputs(session, &role), &timing, "u", t(2521)),
+            RoleAction::Assume { .. }
+        ));
+        let mut changed = inputs(session, &role);
+        changed.spec_changed = true;
+        assert!(matches!(
+            role_action(changed, &timing, "u", t(2501)),
+            RoleAction::Assume { .. }
+        ));
+    }
+
+    #[test]
+    fn default_role_session_names_fit_aws_limits() {
+        assert_eq!(
+            default_role_session_name("team-a", "deploy"),
+            "team-a.deploy"
+        );
+        let long = default_role_session_name(&"n".repeat(63), &"x".repeat(253));
+        assert_eq!(long.len(), 64);
+        assert_ne!(
+            long,
+            default_role_session_name(&"n".repeat(63), &"y".repeat(253))
+        );
+        assert!(crate::sts::validate_role_session_name(&long).is_ok());
+        assert!(crate::sts::validate_role_session_name("team-a.deploy").is_ok());
+    }
+
+    #[test]
+    fn session_secret_names_are_valid_and_distinct() {
+        assert_eq!(session_secret_name("deploy"), "deploy-session");
+        let a = session_secret_name(&"a".repeat(253));
+        let b = session_secret_name(&format!("{}b", "a".repeat(252)));
+        assert!(a.len() <= 253 && is_object_name(&a), "{a}");
+        assert_ne!(a, b);
+        let dotted = session_secret_name(&format!("{}.{}", "a".repeat(200), "b".repeat(52)));
+        assert!(is_object_name(&dotted), "{dotted}");
+    }
+
+    #[test]
+    fn the_role_hash_covers_every_field() {
+        let base = role_spec();
+        let h = role_hash(&base, "s");
+        assert_eq!(h, role_hash(&base.clone(), "s"));
+        assert_ne!(h, role_hash(&base, "other"));
+        let mut v = base.clone();
+        v.duration_seconds = 900;
+        assert_ne!(h, role_hash(&v, "s"));
+        let mut v = base.clone();
+        v.external_id = Some("ext".into());
+        assert_ne!(h, role_hash(&v, "s"));
+        let mut v = base.clone();
+        v.role_arn.push('2');
+        assert_ne!(h, role_hash(&v, "s"));
+        let mut v = base;
+        v.tags.push(SessionTag {
+            key: "team".into(),
+            value: "a".into(),
+        });
+        assert_ne!(h, role_hash(&v, "s"));
     }
 }

@@ -456,7 +456,10 @@ pub fn desired_session_secret(st: &SessionToken, name: &str, session: &SessionSe
             st.metadata.uid.clone().unwrap_or_default(),
         ),
         (MANAGED_BY_LABEL.to_string(), FIELD_MANAGER.to_string()),
-        (SECRET_ROLE_LABEL.to_string(), SESSION_SECRET_ROLE.to_string()),
+        (
+            SECRET_ROLE_LABEL.to_string(),
+            SESSION_SECRET_ROLE.to_string(),
+        ),
     ]);
     let annotations = BTreeMap::from([
         (

@@ -732,7 +732,9 @@ pub fn validate_role_arn(arn: &str) -> Result<(), String> {
                 parts.next().unwrap_or(""),
             );
             partition.starts_with("aws")
-                && partition[3..].bytes().all(|b| b.is_ascii_lowercase() || b == b'-')
+                && partition[3..]
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b == b'-')
                 && service == "iam"
                 && region.is_empty()
                 && account.len() == 12
@@ -1577,6 +1579,7 @@ mod tests {
         uri: String,
         body: String,
         authorization: String,
+        security_token: String,
     }
 
     #[derive(Clone, Default)]
@@ -1600,6 +1603,11 @@ mod tests {
                 authorization: request
                     .headers()
                     .get("authorization")
+                    .unwrap_or("")
+                    .to_owned(),
+                security_token: request
+                    .headers()
+                    .get("x-amz-security-token")
                     .unwrap_or("")
                     .to_owned(),
             });
@@ -1737,6 +1745,135 @@ mod tests {
 
     fn field<'a>(f: &'a [(String, String)], k: &str) -> Option<&'a str> {
         f.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str())
+    }
+
+    fn assume_role_body(expiration: &str) -> String {
+        format!(
+            r#"<AssumeRoleResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">
+  <AssumeRoleResult>
+    <AssumedRoleUser>
+      <AssumedRoleId>AROA3XFRBF535PLBIFPI4:team-a.deploy</AssumedRoleId>
+      <Arn>arn:aws:sts::123456789012:assumed-role/deployer/team-a.deploy</Arn>
+    </AssumedRoleUser>
+    <Credentials>
+      <SessionToken>ROLETOKEN{SESSION_TOKEN}</SessionToken>
+      <SecretAccessKey>RoLeSeCrEtKeY0123456789abcdefghijklmnopq</SecretAccessKey>
+      <Expiration>{expiration}</Expiration>
+      <AccessKeyId>ASIAROLEEXAMPLE00001</AccessKeyId>
+    </Credentials>
+  </AssumeRoleResult>
+  <ResponseMetadata><RequestId>c6104cbe-af31-11e0-8154-cbc7ccf896c7</RequestId></ResponseMetadata>
+</AssumeRoleResponse>"#
+        )
+    }
+
+    #[tokio::test]
+    async fn assume_role_is_signed_with_the_session_and_carries_the_spec() {
+        let fake = Fake::new(vec![Canned::Reply(
+            200,
+            assume_role_body(&future_expiration()),
+        )]);
+        let secret = Sensitive::new(SESSION_SECRET.to_owned());
+        let token = Sensitive::new(SESSION_TOKEN.to_owned());
+        let tags = vec![
+            ("team".to_owned(), "a b".to_owned()),
+            ("cost".to_owned(), String::new()),
+        ];
+        let req = AssumeRoleRequest {
+            region: "eu-west-1",
+            endpoint: None,
+            access_key_id: "ASIAIOSFODNN7EXAMPLE",
+            secret_access_key: &secret,
+            session_token: &token,
+            role_arn: "arn:aws:iam::123456789012:role/deployer",
+            role_session_name: "team-a.deploy",
+            duration_seconds: 1800,
+            external_id: Some("ext-1"),
+            tags: &tags,
+        };
+        let assumed = fake.client(settings()).assume_role(req).await.unwrap();
+        assert_eq!(assumed.credentials.access_key_id, "ASIAROLEEXAMPLE00001");
+        assert_eq!(
+            assumed.assumed_role_arn.as_deref(),
+            Some("arn:aws:sts::123456789012:assumed-role/deployer/team-a.deploy")
+        );
+        let requests = fake.requests();
+        assert_eq!(requests.len(), 1);
+        let r = &requests[0];
+        assert!(
+            r.uri.starts_with("https://sts.eu-west-1.amazonaws.com"),
+            "{}",
+            r.uri
+        );
+        assert!(
+            r.authorization.contains("Credential=ASIAIOSFODNN7EXAMPLE/"),
+            "{}",
+            r.authorization
+        );
+        assert_eq!(r.security_token, SESSION_TOKEN, "signed as the session");
+        let f = form(&r.body);
+        assert_eq!(field(&f, "Action"), Some("AssumeRole"));
+        assert_eq!(
+            field(&f, "RoleArn"),
+            Some("arn:aws:iam::123456789012:role/deployer")
+        );
+        assert_eq!(field(&f, "RoleSessionName"), Some("team-a.deploy"));
+        assert_eq!(field(&f, "DurationSeconds"), Some("1800"));
+        assert_eq!(field(&f, "ExternalId"), Some("ext-1"));
+        assert_eq!(field(&f, "Tags.member.1.Key"), Some("team"));
+        assert_eq!(field(&f, "Tags.member.1.Value"), Some("a b"));
+        assert_eq!(field(&f, "Tags.member.2.Key"), Some("cost"));
+        assert!(!r.body.contains(SESSION_SECRET) && !r.body.contains(SESSION_TOKEN));
+    }
+
+    #[tokio::test]
+    async fn assume_role_refusals_and_bad_requests() {
+        let secret = Sensitive::new(SESSION_SECRET.to_owned());
+        let token = Sensitive::new(SESSION_TOKEN.to_owned());
+        let req = |arn: &'static str, name: &'static str| AssumeRoleRequest {
+            region: "eu-west-1",
+            endpoint: None,
+            access_key_id: "ASIAIOSFODNN7EXAMPLE",
+            secret_access_key: &secret,
+            session_token: &token,
+            role_arn: arn,
+            role_session_name: name,
+            duration_seconds: 900,
+            external_id: None,
+            tags: &[],
+        };
+        let fake = Fake::new(vec![Canned::Reply(
+            403,
+            error_body(
+                "AccessDenied",
+                "User: arn:aws:iam::123456789012:user/jane is not authorized to perform: sts:AssumeRole",
+            ),
+        )]);
+        let e = fake
+            .client(settings())
+            .assume_role(req("arn:aws:iam::123456789012:role/deployer", "ab"))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, StsError::AccessDenied { .. }), "{e:?}");
+        assert_eq!(fake.requests().len(), 1, "a refusal is not retried");
+        for (arn, name) in [
+            ("arn:aws:iam::123456789012:user/jane", "ab"),
+            ("arn:aws:iam::12345678901:role/x", "ab"),
+            ("arn:aws:iam::123456789012:role/deployer", "a"),
+            ("arn:aws:iam::123456789012:role/deployer", "a b"),
+        ] {
+            let fake = Fake::new(vec![]);
+            let e = fake
+                .client(settings())
+                .assume_role(req(arn, name))
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(e, StsError::InvalidRequest { .. }),
+                "{arn} {name}: {e:?}"
+            );
+            assert!(fake.requests().is_empty());
+        }
     }
 
     #[tokio::test]
