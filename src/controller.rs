@@ -2074,6 +2074,117 @@ mod tests {
         assert!(b.next().unwrap() <= Duration::from_millis(600));
     }
 
+    fn role_spec() -> AssumeRoleSpec {
+        AssumeRoleSpec {
+            role_arn: "arn:aws:iam::123456789012:role/deployer".into(),
+            role_session_name: None,
+            duration_seconds: 3600,
+            external_id: None,
+            tags: vec![],
+        }
+    }
+
+    fn facts(assumed_now: bool, valid: bool) -> RoleFacts<'static> {
+        RoleFacts {
+            assumed_now,
+            valid,
+            blocker: None,
+            approve_hint: Some("approve with `kubectl sts approve x -n y`".into()),
+        }
+    }
+
+    #[test]
+    fn role_condition_says_why_there_are_no_role_credentials() {
+        let spec = role_spec();
+        let mut role = RoleStatus {
+            expiration: Some(t(3600)),
+            renewal_time: Some(t(2400)),
+            assumed_role_arn: Some("arn:aws:sts::123456789012:assumed-role/deployer/y.x".into()),
+            ..Default::default()
+        };
+        let hold = plan::RoleAction::Hold {
+            renewal: Some(t(2400)),
+        };
+        let (s, r, m) = role_condition(&spec, &role, &hold, facts(false, true));
+        assert_eq!((s, r), ("True", "Assumed"));
+        assert!(
+            m.contains("assumed-role/deployer") && m.contains("assumed again at"),
+            "{m}"
+        );
+
+        let ending = plan::RoleAction::SessionEnding {
+            session_expiration: t(3600),
+        };
+        let (s, r, m) = role_condition(&spec, &role, &ending, facts(false, true));
+        assert_eq!((s, r), ("True", "Assumed"));
+        assert!(m.contains("last role credentials"), "{m}");
+        let (s, r, m) = role_condition(&spec, &role, &ending, facts(false, false));
+        assert_eq!((s, r), ("False", "SessionEnding"));
+        assert!(m.contains("kubectl sts approve"), "{m}");
+
+        let (s, r, m) = role_condition(
+            &spec,
+            &role,
+            &plan::RoleAction::NoSession,
+            facts(false, false),
+        );
+        assert_eq!((s, r), ("False", "WaitingForSession"));
+        assert!(m.contains("kubectl sts approve"), "{m}");
+
+        role.failed_attempts = 2;
+        role.last_failure = Some(Failure {
+            time: t(2500),
+            reason: "RoleAccessDenied".into(),
+            message: "STS refused AssumeRole of arn:aws:iam::123456789012:role/deployer".into(),
+        });
+        let backoff = plan::RoleAction::Backoff {
+            retry_at: t(2520),
+            why: "renewal time reached",
+        };
+        let (s, r, m) = role_condition(&spec, &role, &backoff, facts(false, true));
+        assert_eq!(
+            (s, r),
+            ("True", "RoleAccessDenied"),
+            "valid, but renewal failing"
+        );
+        assert!(m.contains("valid until"), "{m}");
+        let (s, r, _) = role_condition(&spec, &role, &backoff, facts(false, false));
+        assert_eq!((s, r), ("False", "RoleAccessDenied"));
+        let blocked = RoleFacts {
+            blocker: Some(("EndpointNotAllowed", "spec.endpoint is not allowed")),
+            ..facts(false, false)
+        };
+        let (s, r, _) = role_condition(&spec, &role, &backoff, blocked);
+        assert_eq!((s, r), ("False", "EndpointNotAllowed"));
+    }
+
+    #[test]
+    fn ready_follows_the_role_credentials() {
+        let status = SessionTokenStatus {
+            role: Some(RoleStatus {
+                expiration: Some(t(3600)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let outcome = |valid: bool| RoleOutcome {
+            valid,
+            renewal: None,
+            next: None,
+            reason: "RoleAccessDenied",
+            message: "refused".into(),
+        };
+        let session_ok = || ("True", "Issued", "session valid".to_string());
+        let (s, r, m) = role_ready_condition(session_ok(), &outcome(true), &status);
+        assert_eq!((s, r), ("True", "Issued"));
+        assert!(m.starts_with("role credentials valid until"), "{m}");
+        let (s, r, m) = role_ready_condition(session_ok(), &outcome(false), &status);
+        assert_eq!((s, r, m.as_str()), ("False", "RoleAccessDenied", "refused"));
+        let expired = ("False", "Expired", "the session expired".to_string());
+        let (s, r, _) = role_ready_condition(expired, &outcome(false), &status);
+        assert_eq!((s, r), ("False", "Expired"), "the session is the cause");
+    }
+
     #[test]
     fn long_messages_are_cut_on_a_char_boundary() {
         let s = "é".repeat(600);
