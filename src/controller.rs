@@ -129,7 +129,9 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub settings: Settings,
     events: crate::events::Publisher,
-    memory: Mutex<HashMap<String, Memory>>,
+    /// Boxed: a `Memory` is a few hundred bytes, and the table keeps the room of every entry it
+    /// ever held at once (all of them during a cold start); a box keeps that room to a pointer.
+    memory: Mutex<HashMap<String, Box<Memory>>>,
 }
 
 impl Context {
@@ -1496,7 +1498,8 @@ async fn reconcile_role(
         },
         timing,
         &obs.uid,
-        obs.now,
+        // Not `obs.now`: a GetSessionToken call may have taken a while since.
+        Timestamp::now(),
     );
     let mut assumed_now = false;
     if let (
@@ -1632,17 +1635,10 @@ async fn reconcile_role(
     );
     let next = match &action {
         plan::RoleAction::Backoff { retry_at, .. } => Some(*retry_at),
-        _ if !assumed_now && role.last_failure.is_some() && role.failed_attempts > 0 => {
-            role.last_failure.as_ref().map(|f| {
-                f.time
-                    + SignedDuration::try_from(plan::backoff(
-                        role.failed_attempts as u32,
-                        timing,
-                        &obs.uid,
-                    ))
-                    .unwrap_or(SignedDuration::from_secs(300))
-            })
-        }
+        _ if !assumed_now && role.failed_attempts > 0 => role
+            .last_failure
+            .as_ref()
+            .map(|f| plan::role_retry_time(f.time, role.failed_attempts, timing, &obs.uid)),
         _ => None,
     }
     .into_iter()
@@ -1768,11 +1764,9 @@ fn role_ready_condition(
 ) -> (&'static str, &'static str, String) {
     let (s_status, s_reason, s_message) = session;
     if role.valid {
-        let reason = if s_status == "True" {
-            s_reason
-        } else {
-            "Issued"
-        };
+        // A session problem shows even while the role credentials last (e.g. the kept session
+        // was deleted: `SecretMissing`, approve again).
+        let reason = s_reason;
         let until = status
             .role
             .as_ref()
@@ -1825,6 +1819,50 @@ fn trigger_hash(st: &SessionToken) -> Option<u64> {
     Some(h.finish())
 }
 
+/// `predicate_filter(trigger_hash, Default::default())` (kube's), with the same rules in a tenth
+/// of the memory: an object passes when its `trigger_hash` differs from the last one seen for it
+/// (namespace, name and uid) or when that was an hour ago or more (kube's default TTL), and
+/// entries not seen for an hour are swept hourly. kube keys its table with the object's name,
+/// namespace and uid as three `String`s (some 250 bytes an object, 2.5 MiB at 10,000); here a
+/// hash of them and the second last seen: 24 bytes.
+struct TriggerFilter {
+    /// hash of (namespace, name, uid) → (trigger hash, seconds after `start` last seen)
+    seen: HashMap<u64, (u64, u32)>,
+    start: Instant,
+    last_swept: u32,
+}
+
+impl TriggerFilter {
+    const TTL_SECS: u32 = 3600;
+
+    fn new() -> Self {
+        Self {
+            seen: HashMap::new(),
+            start: Instant::now(),
+            last_swept: 0,
+        }
+    }
+
+    /// Whether `st` should trigger a reconcile; records what was seen.
+    fn changed(&mut self, st: &SessionToken) -> bool {
+        let now = u32::try_from(self.start.elapsed().as_secs()).unwrap_or(u32::MAX);
+        if now - self.last_swept >= Self::TTL_SECS {
+            self.seen
+                .retain(|_, (_, seen)| now - *seen < Self::TTL_SECS);
+            self.last_swept = now;
+        }
+        let Some(value) = trigger_hash(st) else {
+            return true;
+        };
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (&st.metadata.namespace, &st.metadata.name, &st.metadata.uid).hash(&mut h);
+        match self.seen.insert(h.finish(), (value, now)) {
+            Some((previous, seen)) => previous != value || now - seen >= Self::TTL_SECS,
+            None => true,
+        }
+    }
+}
+
 /// The cache keeps SessionTokens without `managedFields` (most of an object's size once its
 /// status is written), except entries that set one of our annotations: `plan::annotation_set_at`
 /// reads from them when a token code was set. Likewise client-side `kubectl apply`'s copy of the
@@ -1837,7 +1875,8 @@ fn drop_managed_fields(st: &mut SessionToken) {
         .and_then(|a| a.get_mut("kubectl.kubernetes.io/last-applied-configuration"))
         .filter(|copy| !copy.contains(TOKEN_CODE_ANNOTATION))
     {
-        copy.clear();
+        // Emptied, not cleared: `clear` would keep the copy's buffer.
+        *copy = String::new();
     }
     let ours = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry| {
         m.fields_v1
@@ -1849,6 +1888,8 @@ fn drop_managed_fields(st: &mut SessionToken) {
         entries.retain(ours);
         if entries.is_empty() {
             st.metadata.managed_fields = None;
+        } else {
+            entries.shrink_to_fit();
         }
     }
 }
@@ -1921,7 +1962,18 @@ pub async fn run(
             }
         })
         .applied_objects()
-        .predicate_filter(trigger_hash, Default::default());
+        .try_filter({
+            let mut filter = TriggerFilter::new();
+            move |st| std::future::ready(filter.changed(st))
+        })
+        // From here on only the object's reference (namespace, name) is used, kept in the
+        // controller's scheduler (twice) until the next reconcile, which reads the object from
+        // the cache: without uid and resourceVersion, which the reference would carry unread.
+        .map_ok(|mut st| {
+            st.metadata.uid = None;
+            st.metadata.resource_version = None;
+            st
+        });
     // Only Secrets the operator labelled, and only their metadata: memory stays flat however
     // many Secrets the cluster holds.
     let owned = watcher(

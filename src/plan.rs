@@ -28,6 +28,10 @@ pub struct Timing {
     /// (AssumeRole's minimum DurationSeconds, 900 s: a shorter remainder could only be met by
     /// role credentials outliving the session).
     pub role_min_session_remaining: Duration,
+    /// spec.assumeRole: how much later than the reconcile's clock STS may start an AssumeRole
+    /// (the call's time limit, and some clock skew): role credentials are asked to end this
+    /// much before the session, so that they never outlive it.
+    pub role_expiry_margin: Duration,
 }
 
 impl Default for Timing {
@@ -39,6 +43,7 @@ impl Default for Timing {
             backoff_cap: Duration::from_secs(5 * 60),
             renewal_jitter_max: Duration::from_secs(5 * 60),
             role_min_session_remaining: Duration::from_secs(MIN_ROLE_SECONDS as u64),
+            role_expiry_margin: Duration::from_secs(25),
         }
     }
 }
@@ -433,6 +438,18 @@ pub struct RoleInputs<'a> {
     pub spec_changed: bool,
 }
 
+/// When a failed AssumeRole is tried again: the backoff after the failure's time, which status
+/// keeps in whole seconds (rounded down), so one second later not to come early.
+pub fn role_retry_time(
+    failed_at: Timestamp,
+    attempts: i32,
+    timing: &Timing,
+    seed: &str,
+) -> Timestamp {
+    let delay = backoff(attempts.max(1) as u32, timing, seed) + Duration::from_secs(1);
+    failed_at + SignedDuration::try_from(delay).unwrap_or(SignedDuration::from_secs(300))
+}
+
 /// Decides about the role credentials (see [`RoleAction`]).
 pub fn role_action(
     input: RoleInputs<'_>,
@@ -462,7 +479,9 @@ pub fn role_action(
             renewal: role.renewal_time,
         };
     };
-    let remaining = session_expiration.duration_since(now).as_secs();
+    // What the session has left when STS may see the call, at the latest.
+    let remaining = session_expiration.duration_since(now).as_secs()
+        - timing.role_expiry_margin.as_secs() as i64;
     if remaining < timing.role_min_session_remaining.as_secs() as i64 {
         return RoleAction::SessionEnding { session_expiration };
     }
@@ -470,9 +489,7 @@ pub fn role_action(
         && !input.spec_changed
         && let Some(failed) = &role.last_failure
     {
-        let delay = backoff(role.failed_attempts as u32, timing, seed);
-        let retry_at =
-            failed.time + SignedDuration::try_from(delay).unwrap_or(SignedDuration::from_secs(300));
+        let retry_at = role_retry_time(failed.time, role.failed_attempts, timing, seed);
         if now < retry_at {
             return RoleAction::Backoff { retry_at, why };
         }
@@ -912,17 +929,19 @@ mod tests {
     fn role_credentials_never_outlive_the_session() {
         let timing = Timing::default();
         let none = RoleStatus::default();
-        // 50 minutes left: ask for 50 minutes, not the hour the spec says.
+        // 50 minutes left: ask for 50 minutes less the margin for the call (25 s by default),
+        // not the hour the spec says.
+        assert_eq!(timing.role_expiry_margin, Duration::from_secs(25));
         assert_eq!(
             role_action(inputs(Some((t(3000), "S1")), &none), &timing, "u", t(0)),
             RoleAction::Assume {
-                duration_seconds: 3000,
+                duration_seconds: 2975,
                 why: "no role credentials yet"
             }
         );
-        // 15 minutes left: still (AssumeRole's minimum).
+        // 15 minutes and the margin left: still (AssumeRole's minimum).
         assert!(matches!(
-            role_action(inputs(Some((t(900), "S1")), &none), &timing, "u", t(0)),
+            role_action(inputs(Some((t(925), "S1")), &none), &timing, "u", t(0)),
             RoleAction::Assume {
                 duration_seconds: 900,
                 ..
@@ -930,9 +949,9 @@ mod tests {
         ));
         // Less than that: no AssumeRole could end in time.
         assert_eq!(
-            role_action(inputs(Some((t(899), "S1")), &none), &timing, "u", t(0)),
+            role_action(inputs(Some((t(924), "S1")), &none), &timing, "u", t(0)),
             RoleAction::SessionEnding {
-                session_expiration: t(899)
+                session_expiration: t(924)
             }
         );
         let due = held_role(0, 1200, 800);
@@ -975,12 +994,13 @@ mod tests {
                 retry_at,
                 why: "renewal time reached",
             } => {
-                assert_eq!(retry_at.as_second(), t(2500).as_second() + delay as i64);
+                // A second more: the failure time was rounded down.
+                assert_eq!(retry_at.as_second(), t(2500).as_second() + 1 + delay as i64);
             }
             other => panic!("{other:?}"),
         }
         assert!(matches!(
-            role_action(inputs(session, &role), &timing, "u", t(2521)),
+            role_action(inputs(session, &role), &timing, "u", t(2522)),
             RoleAction::Assume { .. }
         ));
         let mut changed = inputs(session, &role);

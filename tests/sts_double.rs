@@ -1067,6 +1067,73 @@ async fn assume_role_with_issued_session_credentials() {
 }
 
 #[tokio::test]
+async fn role_lifetime_override_applies_to_assume_role_only_and_tags_are_recorded() {
+    let double = StsDouble::start(StsDoubleConfig {
+        returned_lifetime: Some(Duration::from_secs(40)),
+        returned_role_lifetime: Some(Duration::from_secs(6)),
+        code_policy: CodePolicy::AcceptAny,
+        ..Default::default()
+    })
+    .unwrap();
+    let user = double.default_user();
+    let role = double.add_role(RoleSpec::named("tagged"));
+    let client = sts_client(&double, user.sdk_credentials());
+    let out = get_session_token(&client, &user, "123456", Some(3600))
+        .await
+        .unwrap();
+    let remaining = expires_in_secs(out.credentials().unwrap().expiration());
+    assert!((39..=40).contains(&remaining), "session: {remaining}");
+    let session = double
+        .issued_session(out.credentials().unwrap().access_key_id())
+        .unwrap();
+    let tag = |k: &str, v: &str| {
+        aws_sdk_sts::types::Tag::builder()
+            .key(k)
+            .value(v)
+            .build()
+            .unwrap()
+    };
+    let assumed = sts_client(&double, session.sdk_credentials())
+        .assume_role()
+        .role_arn(&role.arn)
+        .role_session_name("tags")
+        .duration_seconds(3600)
+        .tags(tag("team", "a"))
+        .tags(tag("env", ""))
+        .send()
+        .await
+        .unwrap();
+    let remaining = expires_in_secs(assumed.credentials().unwrap().expiration());
+    assert!(
+        (5..=6).contains(&remaining),
+        "role credentials: {remaining}"
+    );
+    let call = double.calls().pop().unwrap();
+    assert_eq!(
+        call.tags,
+        vec![
+            ("team".to_string(), "a".to_string()),
+            ("env".to_string(), String::new())
+        ]
+    );
+    // None restores the session lifetime for AssumeRole too.
+    double.set_returned_role_lifetime(None);
+    let assumed = sts_client(&double, session.sdk_credentials())
+        .assume_role()
+        .role_arn(&role.arn)
+        .role_session_name("tags")
+        .send()
+        .await
+        .unwrap();
+    let remaining = expires_in_secs(assumed.credentials().unwrap().expiration());
+    assert!(
+        (39..=40).contains(&remaining),
+        "role credentials: {remaining}"
+    );
+    assert!(double.calls().pop().unwrap().tags.is_empty());
+}
+
+#[tokio::test]
 async fn assume_role_refuses_long_term_keys_and_wrong_tokens() {
     let double = start();
     let user = double.default_user();

@@ -87,6 +87,8 @@ async fn bad_specs_and_metadata_are_refused_at_apply_with_the_field_named() -> R
     let cp = control_plane().await;
     let ns = Ns::new(cp, "bad-apply").await?;
     let serial = |s: &str| with(json!({"mfa": {"serialNumber": s}}));
+    const ROLE: &str = "arn:aws:iam::123456789012:role/deployer";
+    let role = |r: serde_json::Value| with(json!({"assumeRole": r}));
     // (spec, what the refusal must say)
     let specs: Vec<(serde_json::Value, &[&str])> = vec![
         // durations out of range or of the wrong type
@@ -146,6 +148,22 @@ async fn bad_specs_and_metadata_are_refused_at_apply_with_the_field_named() -> R
         (with(json!({"secret": {"mountPath": "/tmp/a b"}})), &["spec.secret.mountPath", "should match"]),
         (with(json!({"rolloutRestartTargets": [{"kind": "Pod", "name": "x"}]})), &["spec.rolloutRestartTargets[0].kind", "Unsupported value: \"Pod\""]),
         (with(json!({"rolloutRestartTargets": [{"kind": "Deployment", "name": "Bad Name"}]})), &["spec.rolloutRestartTargets[0].name", "should match"]),
+        // spec.assumeRole
+        (role(json!({})), &["spec.assumeRole.roleArn", "Required value"]),
+        (role(json!({"roleArn": "arn:aws:iam::123:role/deployer"})), &["spec.assumeRole.roleArn", "should match"]),
+        (role(json!({"roleArn": "arn:aws:iam::123456789012:user/alice"})), &["spec.assumeRole.roleArn", "should match"]),
+        (role(json!({"roleArn": "arn:aws:iam::123456789012:role/bad name"})), &["spec.assumeRole.roleArn", "should match"]),
+        (role(json!({"roleArn": "role/x"})), &["spec.assumeRole.roleArn", "at least 20 chars long"]),
+        (role(json!({"roleArn": ROLE, "durationSeconds": 899})), &["spec.assumeRole.durationSeconds", "greater than or equal to 900"]),
+        (role(json!({"roleArn": ROLE, "durationSeconds": 3601})), &["spec.assumeRole.durationSeconds", "less than or equal to 3600"]),
+        (role(json!({"roleArn": ROLE, "roleSessionName": "a"})), &["spec.assumeRole.roleSessionName", "at least 2 chars long"]),
+        (role(json!({"roleArn": ROLE, "roleSessionName": "my session"})), &["spec.assumeRole.roleSessionName", "should match"]),
+        (role(json!({"roleArn": ROLE, "roleSessionName": "x".repeat(65)})), &["spec.assumeRole.roleSessionName", "Too long: may not be more than 64 bytes"]),
+        (role(json!({"roleArn": ROLE, "externalId": "ext id"})), &["spec.assumeRole.externalId", "should match"]),
+        (role(json!({"roleArn": ROLE, "tags": (0..51).map(|i| json!({"key": format!("k{i}"), "value": "v"})).collect::<Vec<_>>()})), &["spec.assumeRole.tags", "must have at most 50 items"]),
+        (role(json!({"roleArn": ROLE, "tags": [{"key": "team", "value": "a"}, {"key": "team", "value": "b"}]})), &["spec.assumeRole.tags[1]", "Duplicate value"]),
+        (role(json!({"roleArn": ROLE, "tags": [{"key": "", "value": "a"}]})), &["spec.assumeRole.tags[0].key", "at least 1 chars long"]),
+        (role(json!({"roleArn": ROLE, "tags": [{"key": "team", "value": "a;b"}]})), &["spec.assumeRole.tags[0].value", "should match"]),
     ];
     let mut tried = 0u64;
     let mut wrong = vec![];
@@ -293,6 +311,9 @@ async fn bad_sources_and_values_show_as_conditions_without_sts_calls() -> Result
         // the output Secret cannot be written as asked
         ("bad-label".into(), with(json!({"secret": {"labels": {"bad key!": "x"}}})), "SecretWriteFailed", "metadata.labels".into()),
         ("huge-annotation".into(), with(json!({"secret": {"annotations": {"note": "x".repeat(300 * 1024)}}})), "SecretWriteFailed", "metadata.annotations".into()),
+        // spec.assumeRole keeps the session in `<name>-session`: not also the output Secret
+        ("session-clash".into(), with(json!({"assumeRole": {"roleArn": "arn:aws:iam::123456789012:role/deployer"}, "secret": {"name": "st-session-clash-session"}})), "InvalidSpec", "\"st-session-clash-session\", which is also the output Secret".into()),
+        ("session-clash-mfa".into(), mfa(with(json!({"assumeRole": {"roleArn": "arn:aws:iam::123456789012:role/deployer"}, "secret": {"name": "st-session-clash-mfa-session"}}))), "InvalidSpec", "spec.secret.name".into()),
     ];
     let mut tried = 0u64;
     // (Named apart from their sources: a SessionToken's output Secret may not be its source.)

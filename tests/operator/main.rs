@@ -2,6 +2,7 @@
 //! for garbage collection), the STS test double and moto. The operator runs as its own binary,
 //! as the `sts-operator` identity, so its API writes can be counted in the audit log.
 
+mod assume_role;
 mod common;
 mod consumers;
 mod plugin;

@@ -6,6 +6,12 @@
 //! access key), then checks that authentication is on: one more unsigned request must be
 //! rejected. From then on every request must carry a valid SigV4 signature of that key.
 //!
+//! [`Moto::start_without_auth`] runs one with request authentication off (no
+//! `INITIAL_NO_AUTH_ACTION_COUNT`) after the same setup: moto with authentication on does not
+//! recognise the session credentials its own GetSessionToken returns (AssumeRole signed with
+//! them gets `InvalidClientTokenId`), so AssumeRole with session credentials can only be tried
+//! against this one. Its IAM roles are made with [`Moto::create_role`].
+//!
 //! `moto_server` comes from `$STS_TEST_VENV/bin` (set by `hack/test.sh`), else from `PATH`; it
 //! runs through `hack/moto_server.py`, which gives its authentication errors (e.g.
 //! `SignatureDoesNotMatch`) the body shape real STS uses, so that SDKs parse their codes.
@@ -34,6 +40,8 @@ pub const REGION: &str = "us-east-1";
 pub struct Moto {
     process: ChildProcess,
     endpoint: String,
+    /// Requests must be signed (SigV4) with a key moto knows.
+    authenticated: bool,
     user_arn: String,
     access_key_id: String,
     secret_access_key: String,
@@ -91,8 +99,21 @@ fn script_interpreter(script: &std::path::Path) -> Result<PathBuf> {
 }
 
 impl Moto {
-    /// Starts a private moto server and sets it up (a second or two).
+    /// Starts a private moto server and sets it up (a second or two); then every request must
+    /// be signed with the user's key.
     pub async fn start() -> Result<Moto> {
+        Self::start_with(true).await
+    }
+
+    /// Starts a private moto server with request authentication off (moto's default: no
+    /// `INITIAL_NO_AUTH_ACTION_COUNT`), set up like [`Moto::start`]'s. It accepts AssumeRole
+    /// signed with the credentials of its own GetSessionToken (with authentication on, moto
+    /// answers that `InvalidClientTokenId`), and IAM calls such as [`Moto::create_role`].
+    pub async fn start_without_auth() -> Result<Moto> {
+        Self::start_with(false).await
+    }
+
+    async fn start_with(authenticated: bool) -> Result<Moto> {
         let server = moto_server_path()?;
         let python = script_interpreter(&server)?;
         let wrapper = crate::control_plane::workspace_root().join("hack/moto_server.py");
@@ -101,11 +122,16 @@ impl Moto {
         let mut last = None;
         for _ in 0..3 {
             let port = free_port()?;
-            let process = ChildProcess::builder(&python)
+            let mut builder = ChildProcess::builder(&python)
                 .name("moto_server")
                 .arg(&wrapper)
-                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-                .env("INITIAL_NO_AUTH_ACTION_COUNT", SETUP_CALLS.to_string())
+                .args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+            builder = if authenticated {
+                builder.env("INITIAL_NO_AUTH_ACTION_COUNT", SETUP_CALLS.to_string())
+            } else {
+                builder.env_remove("INITIAL_NO_AUTH_ACTION_COUNT")
+            };
+            let process = builder
                 .env("PYTHONUNBUFFERED", "1")
                 .env("AWS_EC2_METADATA_DISABLED", "true")
                 .env_remove("AWS_ACCESS_KEY_ID")
@@ -117,7 +143,7 @@ impl Moto {
             match wait_ready(&process, port).await {
                 Ok(()) => {
                     let endpoint = format!("http://127.0.0.1:{port}");
-                    let setup = setup(&endpoint).await;
+                    let setup = setup(&endpoint, authenticated).await;
                     let (user_arn, access_key_id, secret_access_key) = setup.map_err(|e| {
                         anyhow!(
                             "moto setup failed: {e:#}\n--- {} ---\n{}",
@@ -128,6 +154,7 @@ impl Moto {
                     return Ok(Moto {
                         process,
                         endpoint,
+                        authenticated,
                         user_arn,
                         access_key_id,
                         secret_access_key,
@@ -196,6 +223,34 @@ impl Moto {
     pub fn sts_config(&self) -> aws_sdk_sts::Config {
         sts_config(&self.endpoint, self.credentials())
     }
+    /// Whether requests must be signed ([`Moto::start`]) or not ([`Moto::start_without_auth`]).
+    pub fn authenticated(&self) -> bool {
+        self.authenticated
+    }
+
+    /// Creates an IAM role (`CreateRole` through moto's IAM query API) with this trust policy
+    /// (a JSON policy document) and returns its ARN, `arn:aws:iam::123456789012:role/NAME`.
+    /// Only on a moto without authentication ([`Moto::start_without_auth`]): the call is
+    /// unsigned.
+    pub async fn create_role(&self, name: &str, trust_policy: &str) -> Result<String> {
+        ensure!(
+            !self.authenticated,
+            "create_role needs a moto without authentication (Moto::start_without_auth)"
+        );
+        let (status, body) = iam_unsigned(
+            &self.endpoint,
+            &[
+                ("Action", "CreateRole"),
+                ("RoleName", name),
+                ("AssumeRolePolicyDocument", trust_policy),
+                ("MaxSessionDuration", "3600"),
+            ],
+        )
+        .await?;
+        ensure!(status == 200, "IAM CreateRole -> {status}: {body}");
+        xml_text(&body, "Arn").context("CreateRole: no Arn")
+    }
+
     /// The moto server log so far.
     pub fn read_log(&self) -> String {
         self.process.read_log()
@@ -246,8 +301,9 @@ async fn wait_ready(process: &ChildProcess, port: u16) -> Result<()> {
     }
 }
 
-/// The setup calls; returns (user ARN, access key id, secret access key).
-async fn setup(endpoint: &str) -> Result<(String, String, String)> {
+/// The setup calls; returns (user ARN, access key id, secret access key). With
+/// `authenticated`, then checks that moto refuses unsigned requests.
+async fn setup(endpoint: &str, authenticated: bool) -> Result<(String, String, String)> {
     let policy = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"sts:GetSessionToken","Resource":"*"}]}"#;
     let calls: [&[(&str, &str)]; SETUP_CALLS] = [
         &[("Action", "CreateUser"), ("UserName", USER_NAME)],
@@ -271,6 +327,9 @@ async fn setup(endpoint: &str) -> Result<(String, String, String)> {
     let secret =
         xml_text(&bodies[2], "SecretAccessKey").context("CreateAccessKey: no SecretAccessKey")?;
 
+    if !authenticated {
+        return Ok((user_arn, access_key_id, secret));
+    }
     // All setup calls counted: the next unsigned request must be refused.
     let (status, body) =
         iam_unsigned(endpoint, &[("Action", "GetUser"), ("UserName", USER_NAME)]).await?;

@@ -95,6 +95,8 @@ pub struct StsDoubleConfig {
     pub code_policy: CodePolicy,
     /// See [`StsDouble::set_returned_lifetime`].
     pub returned_lifetime: Option<Duration>,
+    /// See [`StsDouble::set_returned_role_lifetime`].
+    pub returned_role_lifetime: Option<Duration>,
     /// GetSessionToken without SerialNumber/TokenCode is denied (real AWS allows it unless a
     /// policy forbids; off by default).
     pub require_mfa: bool,
@@ -114,6 +116,7 @@ impl Default for StsDoubleConfig {
             default_user_name: "test-user".to_owned(),
             code_policy: CodePolicy::Totp,
             returned_lifetime: None,
+            returned_role_lifetime: None,
             require_mfa: false,
             assume_role_requires_session: true,
             max_clock_skew: Duration::from_secs(15 * 60),
@@ -339,6 +342,8 @@ pub struct RecordedCall {
     pub role_arn: Option<String>,
     pub role_session_name: Option<String>,
     pub external_id: Option<String>,
+    /// AssumeRole session tags as sent (`Tags.member.N.Key`/`.Value`), in order.
+    pub tags: Vec<(String, String)>,
     pub outcome: Outcome,
     /// The outcome was injected by [`StsDouble::inject_faults`].
     pub injected: bool,
@@ -511,6 +516,15 @@ impl StsDouble {
     /// seconds), whatever DurationSeconds asked for (still validated). `None` restores it.
     pub fn set_returned_lifetime(&self, lifetime: Option<Duration>) {
         self.shared.lock().returned_lifetime = lifetime;
+    }
+
+    /// Overrides the lifetime of credentials issued by AssumeRole only (Expiration = now +
+    /// `lifetime`, whole seconds, whatever DurationSeconds asked for), so that sessions and the
+    /// role credentials assumed with them can have different short lifetimes. Takes precedence
+    /// over [`Self::set_returned_lifetime`] (and [`Self::set_returned_expiration`]) for
+    /// AssumeRole; `None` restores it.
+    pub fn set_returned_role_lifetime(&self, lifetime: Option<Duration>) {
+        self.shared.lock().returned_role_lifetime = lifetime;
     }
 
     /// Makes every issued credential expire at `expiration` (whole seconds; never before the

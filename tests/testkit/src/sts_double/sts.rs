@@ -118,6 +118,16 @@ pub(crate) fn new_call(
         role_arn: param("RoleArn"),
         role_session_name: param("RoleSessionName"),
         external_id: param("ExternalId"),
+        tags: (1..)
+            .map_while(|n| {
+                let key = params.get(&format!("Tags.member.{n}.Key"))?;
+                let value = params
+                    .get(&format!("Tags.member.{n}.Value"))
+                    .cloned()
+                    .unwrap_or_default();
+                Some((key.clone(), value))
+            })
+            .collect(),
         outcome: Outcome::Ok,
         injected: false,
         issued_access_key_id: None,
@@ -165,6 +175,7 @@ pub(crate) struct State {
     pub code_policy: CodePolicy,
     pub rejected_codes: HashSet<String>,
     pub returned_lifetime: Option<Duration>,
+    pub returned_role_lifetime: Option<Duration>,
     pub returned_expiration: Option<Timestamp>,
     pub require_mfa: bool,
     pub assume_role_requires_session: bool,
@@ -200,6 +211,7 @@ impl State {
             code_policy: config.code_policy.clone(),
             rejected_codes: HashSet::new(),
             returned_lifetime: config.returned_lifetime,
+            returned_role_lifetime: config.returned_role_lifetime,
             returned_expiration: None,
             require_mfa: config.require_mfa,
             assume_role_requires_session: config.assume_role_requires_session,
@@ -610,10 +622,17 @@ impl State {
         mfa_authenticated: bool,
         role: Option<(&TestRole, &str)>,
     ) -> IssuedSession {
-        let lifetime = match (self.returned_expiration, self.returned_lifetime) {
-            (Some(at), _) => (at.as_second() - now.as_second()).max(1),
-            (None, Some(d)) => d.as_secs() as i64 + i64::from(d.subsec_nanos() > 0),
-            (None, None) => granted_seconds,
+        let role_lifetime = self.returned_role_lifetime.filter(|_| role.is_some());
+        let seconds = |d: Duration| d.as_secs() as i64 + i64::from(d.subsec_nanos() > 0);
+        let lifetime = match (
+            role_lifetime,
+            self.returned_expiration,
+            self.returned_lifetime,
+        ) {
+            (Some(d), _, _) => seconds(d),
+            (None, Some(at), _) => (at.as_second() - now.as_second()).max(1),
+            (None, None, Some(d)) => seconds(d),
+            (None, None, None) => granted_seconds,
         };
         let issued_at = Timestamp::from_second(now.as_second()).expect("now is in range");
         let expiration =
