@@ -298,6 +298,31 @@ pub fn render_details(st: &SessionToken, now: Timestamp) -> String {
             format!("{} at {}: {}", f.reason, rfc3339(f.time), f.message),
         );
     }
+    if let Some(spec) = &st.spec.assume_role {
+        let role = status.role.clone().unwrap_or_default();
+        line("Role", spec.role_arn.clone());
+        line("Kept session", or_none(&status.session_secret_name));
+        line("Role key id", or_none(&role.access_key_id));
+        line(
+            "Role expires",
+            match role.expiration {
+                Some(e) => format!("{} ({})", rfc3339(e), format_left(Some(e), now)),
+                None => "<none>".into(),
+            },
+        );
+        line("Role renews", or_none(&role.renewal_time.map(rfc3339)));
+        line("Assumptions", role.assumptions.to_string());
+        if let Some(f) = role
+            .last_failure
+            .as_ref()
+            .filter(|_| role.failed_attempts > 0)
+        {
+            line(
+                "Role failure",
+                format!("{} at {}: {}", f.reason, rfc3339(f.time), f.message),
+            );
+        }
+    }
     out.push_str("Conditions:\n");
     if status.conditions.is_empty() {
         out.push_str("  <none>\n");
@@ -328,6 +353,12 @@ pub fn details_json(st: &SessionToken, now: Timestamp) -> Value {
             "lastFailure".into(),
             serde_json::to_value(&status.last_failure).unwrap_or_default(),
         );
+        if st.spec.assume_role.is_some() {
+            o.insert(
+                "role".into(),
+                serde_json::to_value(&status.role).unwrap_or_default(),
+            );
+        }
         o.insert(
             "issuedAt".into(),
             serde_json::to_value(status.issued_at).unwrap_or_default(),
@@ -798,6 +829,32 @@ mod tests {
         assert_eq!(j["lastApproval"]["approvedBy"], "alice");
         assert_eq!(j["conditions"][1]["reason"], "TokenCodeRejected");
         assert_eq!(j["awaitingCode"], false);
+    }
+
+    #[test]
+    fn details_show_the_role_with_assume_role() {
+        let s = st(json!({
+            "spec": {"assumeRole": {"roleArn": "arn:aws:iam::123456789012:role/deployer"}},
+            "status": {
+                "sessionSecretName": "app-session",
+                "role": {"accessKeyId": "ASIAROLE", "expiration": t(600).to_string(), "assumptions": 3,
+                         "failedAttempts": 1, "lastFailure": {"time": t(-5).to_string(), "reason": "RoleAccessDenied", "message": "refused"}},
+            }
+        }));
+        let d = render_details(&s, t(0));
+        for needle in [
+            "Role:          arn:aws:iam::123456789012:role/deployer",
+            "Kept session:  app-session",
+            "Role key id:   ASIAROLE",
+            "(10m00s)",
+            "Assumptions:   3",
+            "RoleAccessDenied at",
+        ] {
+            assert!(d.contains(needle), "{needle}: {d}");
+        }
+        assert_eq!(details_json(&s, t(0))["role"]["assumptions"], 3);
+        let plain = render_details(&st(json!({})), t(0));
+        assert!(!plain.contains("Role"), "{plain}");
     }
 
     #[test]
