@@ -817,7 +817,8 @@ async fn examples_are_accepted_by_the_api_server() -> Result<()> {
     assert_eq!(
         seen,
         BTreeSet::from([
-            "credential-process-pod.yaml".to_string(),
+            "assume-role.yaml".to_string(),
+            "credential-process-pod.yaml".into(),
             "mfa.yaml".into(),
             "non-mfa.yaml".into(),
             "restart-targets.yaml".into(),
