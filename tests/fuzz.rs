@@ -56,7 +56,10 @@ fn check<S: Strategy>(
     if let Err(e) = result {
         panic!("{name}: {e}");
     }
-    summary::record(&format!("fuzz::{name}"), &[("fuzz_cases", ran.into_inner())]);
+    summary::record(
+        &format!("fuzz::{name}"),
+        &[("fuzz_cases", ran.into_inner())],
+    );
 }
 
 /// Strings that stress parsers: arbitrary Unicode, ASCII punctuation, digits of other
@@ -106,7 +109,8 @@ fn token_code_accepts_exactly_six_ascii_digits() {
 /// ASCII).
 fn schema_admits_serial(s: &str) -> bool {
     (9..=256).contains(&s.len())
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || "_+=,.@:/-".contains(c))
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_+=,.@:/-".contains(c))
 }
 
 #[test]
@@ -130,7 +134,9 @@ fn allowed_host(host: &str) -> bool {
     let region = |l: &str| {
         let parts: Vec<&str> = l.split('-').collect();
         parts.len() >= 3
-            && parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric()))
+            && parts
+                .iter()
+                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric()))
     };
     let labels: Vec<&str> = host.split('.').collect();
     host == "127.0.0.1"
@@ -153,21 +159,57 @@ fn policy() -> EndpointPolicy {
 /// look-alike suffixes, odd ports, paths, backslashes, percent-encoding, case.
 fn url_like() -> impl Strategy<Value = String> {
     let scheme = prop::sample::select(vec![
-        "https", "http", "HTTPS", "hTtP", "ftp", "", "https:", "javascript", "file",
+        "https",
+        "http",
+        "HTTPS",
+        "hTtP",
+        "ftp",
+        "",
+        "https:",
+        "javascript",
+        "file",
     ]);
     let sep = prop::sample::select(vec!["://", ":/", ":///", "//", ":\\\\", "://\\"]);
     let userinfo = prop::sample::select(vec![
-        "", "", "", "user@", "user:pass@", "127.0.0.1@", "sts.amazonaws.com@", "a%40b@", "@",
-        "sts.amazonaws.com:443@", "127.0.0.1:80@",
+        "",
+        "",
+        "",
+        "user@",
+        "user:pass@",
+        "127.0.0.1@",
+        "sts.amazonaws.com@",
+        "a%40b@",
+        "@",
+        "sts.amazonaws.com:443@",
+        "127.0.0.1:80@",
     ]);
     let host = prop_oneof![
         prop::sample::select(vec![
-            "127.0.0.1", "127.1", "0x7f.0.0.1", "2130706433", "0177.0.0.1", "127.0.0.1.", "localhost",
-            "sts.amazonaws.com", "STS.AMAZONAWS.COM", "sts.amazonaws.com.", "sts.us-east-1.amazonaws.com",
-            "sts.us-east-1.amazonaws.com.evil.com", "evil.com", "sts.amazonaws.com.evil.com",
-            "sts.evil.amazonaws.com", "vpce-1.sts.eu-west-1.vpce.amazonaws.com", "sts.amazonaws.com%2f",
-            "sts.amazonaws。com", "xn--sts-9na.amazonaws.com", "[::1]", "[::ffff:127.0.0.1]",
-            "[127.0.0.1]", "sts..amazonaws.com", "-sts.amazonaws.com", "sts.amazonaws.com\u{0}",
+            "127.0.0.1",
+            "127.1",
+            "0x7f.0.0.1",
+            "2130706433",
+            "0177.0.0.1",
+            "127.0.0.1.",
+            "localhost",
+            "sts.amazonaws.com",
+            "STS.AMAZONAWS.COM",
+            "sts.amazonaws.com.",
+            "sts.us-east-1.amazonaws.com",
+            "sts.us-east-1.amazonaws.com.evil.com",
+            "evil.com",
+            "sts.amazonaws.com.evil.com",
+            "sts.evil.amazonaws.com",
+            "vpce-1.sts.eu-west-1.vpce.amazonaws.com",
+            "sts.amazonaws.com%2f",
+            "sts.amazonaws。com",
+            "xn--sts-9na.amazonaws.com",
+            "[::1]",
+            "[::ffff:127.0.0.1]",
+            "[127.0.0.1]",
+            "sts..amazonaws.com",
+            "-sts.amazonaws.com",
+            "sts.amazonaws.com\u{0}",
             "",
         ])
         .prop_map(str::to_string),
@@ -179,8 +221,21 @@ fn url_like() -> impl Strategy<Value = String> {
         ":08080", ":443:443", ":*",
     ]);
     let tail = prop::sample::select(vec![
-        "", "", "/", "/path", "?q=1", "#f", "/..", "\\", "%00", " ", "/@evil.com", "#@evil.com",
-        "?@evil.com", "\t", "/./",
+        "",
+        "",
+        "/",
+        "/path",
+        "?q=1",
+        "#f",
+        "/..",
+        "\\",
+        "%00",
+        " ",
+        "/@evil.com",
+        "#@evil.com",
+        "?@evil.com",
+        "\t",
+        "/./",
     ]);
     (scheme, sep, userinfo, host, port, tail)
         .prop_map(|(s, sep, u, h, p, t)| format!("{s}{sep}{u}{h}{p}{t}"))
@@ -205,14 +260,26 @@ fn the_endpoint_policy_never_admits_another_host_or_userinfo() {
         let checked = policy.check(&url);
         if checked.is_ok() {
             prop_assert!(!url.contains('@'), "userinfo admitted: {url:?}");
-            let n = normalized.clone().map_err(|e| TestCaseError::fail(format!("admitted but not normal: {e}")))?;
+            let n = normalized
+                .clone()
+                .map_err(|e| TestCaseError::fail(format!("admitted but not normal: {e}")))?;
             // The host the SDK would connect to, as an independent parser reads the URL.
-            let uri: hyper::Uri = n.parse().map_err(|e| TestCaseError::fail(format!("{n}: {e}")))?;
+            let uri: hyper::Uri = n
+                .parse()
+                .map_err(|e| TestCaseError::fail(format!("{n}: {e}")))?;
             let host = uri.host().unwrap_or_default().to_ascii_lowercase();
-            prop_assert!(allowed_host(&host), "{url:?} admitted, normalised to {n}, host {host}");
+            prop_assert!(
+                allowed_host(&host),
+                "{url:?} admitted, normalised to {n}, host {host}"
+            );
             // The raw input, read by that parser, names the same host.
             if let Ok(raw) = url.parse::<hyper::Uri>() {
-                prop_assert_eq!(raw.host().unwrap_or_default().to_ascii_lowercase(), host, "{:?}", url);
+                prop_assert_eq!(
+                    raw.host().unwrap_or_default().to_ascii_lowercase(),
+                    host,
+                    "{:?}",
+                    url
+                );
             }
             prop_assert!(policy.check(&n).is_ok());
         }
@@ -242,19 +309,28 @@ fn durations_parse_to_their_sum_and_never_panic() {
     });
     let arbitrary = prop_oneof![nasty_string(), "[0-9.]{0,400}[hms]{0,2}", "[0-9smh.]{0,20}"]
         .prop_map(|s| (s, None));
-    check("duration", 3000, prop_oneof![valid, arbitrary], |(text, total)| {
-        let parsed = parse_duration(&text);
-        if let Some(d) = parsed {
-            prop_assert!(d.as_secs_f64() < 1e9, "{text:?} -> {d:?}");
-        }
-        if let Some(total) = total {
-            if total < 1e9 * 0.999 {
-                let d = parsed.ok_or_else(|| TestCaseError::fail(format!("{text:?} refused")))?;
-                prop_assert!((d.as_secs_f64() - total).abs() <= 1e-6 * total.max(1.0), "{text:?}: {d:?} != {total}");
+    check(
+        "duration",
+        3000,
+        prop_oneof![valid, arbitrary],
+        |(text, total)| {
+            let parsed = parse_duration(&text);
+            if let Some(d) = parsed {
+                prop_assert!(d.as_secs_f64() < 1e9, "{text:?} -> {d:?}");
             }
-        }
-        Ok(())
-    });
+            if let Some(total) = total {
+                if total < 1e9 * 0.999 {
+                    let d =
+                        parsed.ok_or_else(|| TestCaseError::fail(format!("{text:?} refused")))?;
+                    prop_assert!(
+                        (d.as_secs_f64() - total).abs() <= 1e-6 * total.max(1.0),
+                        "{text:?}: {d:?} != {total}"
+                    );
+                }
+            }
+            Ok(())
+        },
+    );
 }
 
 #[test]
@@ -270,7 +346,12 @@ fn object_names_are_safe_path_segments() {
         let ok = is_object_name(&name);
         if ok {
             prop_assert!(!name.is_empty() && name.len() <= 253);
-            prop_assert!(name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.'));
+            prop_assert!(
+                name.bytes().all(|b| b.is_ascii_lowercase()
+                    || b.is_ascii_digit()
+                    || b == b'-'
+                    || b == b'.')
+            );
             prop_assert!(!name.contains("..") && !name.contains('/') && !name.contains('%'));
             prop_assert!(!name.starts_with(['.', '-']) && !name.ends_with(['.', '-']));
         }
@@ -281,6 +362,56 @@ fn object_names_are_safe_path_segments() {
     });
 }
 
+// ---- spec.assumeRole -----------------------------------------------------------------------
+
+/// The CRD's role ARN pattern, as RE2 (the API server) reads it.
+fn schema_admits_role_arn(s: &str) -> bool {
+    let re = regex_lite::Regex::new(r"^arn:aws[a-z-]*:iam::[0-9]{12}:role/[\w+=,.@/-]+$").unwrap();
+    (20..=2048).contains(&s.len()) && re.is_match(s)
+}
+
+#[test]
+fn role_arns_and_session_names_are_checked_as_the_schema_checks_them() {
+    let arn = prop_oneof![
+        "arn:aws(-cn|-us-gov)?:iam::[0-9]{12}:role/[A-Za-z0-9+=,.@/_-]{1,40}",
+        "arn:aws:(iam|sts)::[0-9]{10,13}:(role|user|assumed-role)/[ -~]{0,20}",
+        nasty_string(),
+    ];
+    check("role_arn", 3000, arn, |a| {
+        let ours = sts_session_operator::sts::validate_role_arn(&a).is_ok();
+        // ASCII only: the schema's \w is Unicode in RE2 only with flags; ours refuses
+        // non-ASCII letters the schema might admit, never the reverse.
+        if a.is_ascii() {
+            prop_assert_eq!(ours, schema_admits_role_arn(&a), "{:?}", a);
+        } else {
+            prop_assert!(!ours || schema_admits_role_arn(&a), "{:?}", a);
+        }
+        Ok(())
+    });
+    let names = prop_oneof![
+        "[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?",
+        "[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?",
+    ]
+    // What the API server admits as names.
+    .prop_filter("an object name", |n| is_object_name(n));
+    check(
+        "default_role_session_name",
+        2000,
+        (names.clone(), names),
+        |(ns, name)| {
+            let n = sts_session_operator::plan::default_role_session_name(&ns, &name);
+            prop_assert!(
+                sts_session_operator::sts::validate_role_session_name(&n).is_ok(),
+                "{:?}",
+                n
+            );
+            let kept = sts_session_operator::plan::session_secret_name(&name);
+            prop_assert!(is_object_name(&kept) && kept != name, "{:?}", kept);
+            Ok(())
+        },
+    );
+}
+
 // ---- the source Secret ----------------------------------------------------------------------
 
 /// A secret value with a marker no message text contains by accident, and the bytes around it
@@ -288,15 +419,20 @@ fn object_names_are_safe_path_segments() {
 fn secret_value() -> impl Strategy<Value = Vec<u8>> {
     let core = "[A-Za-z0-9/+]{4,40}".prop_map(|s| format!("SeCrEtVaLuE{s}"));
     let pad = prop::sample::select(vec!["", " ", "\n", "\t", "\r\n", "\u{0}", "\u{a0}"]);
-    (pad.clone(), core, pad, any::<bool>(), proptest::option::of(any::<u8>())).prop_map(
-        |(a, c, b, inner_space, junk)| {
+    (
+        pad.clone(),
+        core,
+        pad,
+        any::<bool>(),
+        proptest::option::of(any::<u8>()),
+    )
+        .prop_map(|(a, c, b, inner_space, junk)| {
             let mut v = format!("{a}{c}{}{b}", if inner_space { " x" } else { "" }).into_bytes();
             if let Some(j) = junk {
                 v.push(j);
             }
             v
-        },
-    )
+        })
 }
 
 fn access_key_id() -> impl Strategy<Value = Vec<u8>> {
@@ -313,8 +449,15 @@ fn access_key_id() -> impl Strategy<Value = Vec<u8>> {
 #[test]
 fn source_secrets_never_panic_or_echo_the_secret() {
     let key_name = prop::sample::select(vec![
-        "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "id", "secret", "AWS_SESSION_TOKEN",
-        "aws_session_token", "SessionToken", "sessionToken", "other",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "id",
+        "secret",
+        "AWS_SESSION_TOKEN",
+        "aws_session_token",
+        "SessionToken",
+        "sessionToken",
+        "other",
     ]);
     let extra = proptest::collection::btree_map(key_name, any::<Vec<u8>>(), 0..4);
     let refs = prop::sample::select(vec![
@@ -322,51 +465,84 @@ fn source_secrets_never_panic_or_echo_the_secret() {
         ("id", "secret"),
         ("AWS_ACCESS_KEY_ID", "AWS_ACCESS_KEY_ID"),
     ]);
-    let strategy = (refs, proptest::option::of(access_key_id()), proptest::option::of(secret_value()), extra, any::<bool>());
-    check("source_secret", 3000, strategy, |((id_key, secret_key), id, secret, extra, absent)| {
-        let mut data: BTreeMap<String, ByteString> =
-            extra.into_iter().map(|(k, v)| (k.to_string(), ByteString(v))).collect();
-        if let Some(id) = &id {
-            data.insert(id_key.into(), ByteString(id.clone()));
-        }
-        if let Some(s) = &secret {
-            data.insert(secret_key.into(), ByteString(s.clone()));
-        }
-        let source = Secret { data: Some(data.clone()), ..Default::default() };
-        let r = SourceSecretRef {
-            name: "iam-keys".into(),
-            access_key_id_key: id_key.into(),
-            secret_access_key_key: secret_key.into(),
-        };
-        let result = secret::read_long_term_keys((!absent).then_some(&source), &r);
-        let stored_secret = data.get(secret_key).map(|v| v.0.clone());
-        match &result {
-            Ok(keys) => {
-                prop_assert!(!absent);
-                let text = |k: &str| std::str::from_utf8(&data[k].0).map(|s| s.trim().to_string());
-                prop_assert_eq!(Ok(keys.access_key_id.clone()), text(id_key));
-                prop_assert_eq!(Ok(keys.secret_access_key.expose().clone()), text(secret_key));
-                let id = &keys.access_key_id;
-                prop_assert!((16..=128).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit()));
-                prop_assert!(!id.starts_with("ASIA"));
-                prop_assert!(!keys.secret_access_key.expose().is_empty());
-                prop_assert!(!keys.secret_access_key.expose().contains(char::is_whitespace));
-                prop_assert_eq!(format!("{:?}", keys.secret_access_key), "<redacted>");
+    let strategy = (
+        refs,
+        proptest::option::of(access_key_id()),
+        proptest::option::of(secret_value()),
+        extra,
+        any::<bool>(),
+    );
+    check(
+        "source_secret",
+        3000,
+        strategy,
+        |((id_key, secret_key), id, secret, extra, absent)| {
+            let mut data: BTreeMap<String, ByteString> = extra
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), ByteString(v)))
+                .collect();
+            if let Some(id) = &id {
+                data.insert(id_key.into(), ByteString(id.clone()));
             }
-            Err(problem) => {
-                let msg = problem.to_string();
-                prop_assert!(!msg.contains("SeCrEtVaLuE"), "the secret in {msg:?}");
-                if let Some(s) = stored_secret.filter(|_| id_key != secret_key) {
-                    let s = String::from_utf8_lossy(&s);
-                    if s.trim().len() >= 8 {
-                        prop_assert!(!msg.contains(s.trim()), "the secret in {msg:?}");
-                    }
+            if let Some(s) = &secret {
+                data.insert(secret_key.into(), ByteString(s.clone()));
+            }
+            let source = Secret {
+                data: Some(data.clone()),
+                ..Default::default()
+            };
+            let r = SourceSecretRef {
+                name: "iam-keys".into(),
+                access_key_id_key: id_key.into(),
+                secret_access_key_key: secret_key.into(),
+            };
+            let result = secret::read_long_term_keys((!absent).then_some(&source), &r);
+            let stored_secret = data.get(secret_key).map(|v| v.0.clone());
+            match &result {
+                Ok(keys) => {
+                    prop_assert!(!absent);
+                    let text =
+                        |k: &str| std::str::from_utf8(&data[k].0).map(|s| s.trim().to_string());
+                    prop_assert_eq!(Ok(keys.access_key_id.clone()), text(id_key));
+                    prop_assert_eq!(
+                        Ok(keys.secret_access_key.expose().clone()),
+                        text(secret_key)
+                    );
+                    let id = &keys.access_key_id;
+                    prop_assert!(
+                        (16..=128).contains(&id.len())
+                            && id
+                                .bytes()
+                                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+                    );
+                    prop_assert!(!id.starts_with("ASIA"));
+                    prop_assert!(!keys.secret_access_key.expose().is_empty());
+                    prop_assert!(
+                        !keys
+                            .secret_access_key
+                            .expose()
+                            .contains(char::is_whitespace)
+                    );
+                    prop_assert_eq!(format!("{:?}", keys.secret_access_key), "<redacted>");
                 }
-                prop_assert!(["SourceCredentialsMissing", "SourceCredentialsInvalid"].contains(&problem.reason()));
+                Err(problem) => {
+                    let msg = problem.to_string();
+                    prop_assert!(!msg.contains("SeCrEtVaLuE"), "the secret in {msg:?}");
+                    if let Some(s) = stored_secret.filter(|_| id_key != secret_key) {
+                        let s = String::from_utf8_lossy(&s);
+                        if s.trim().len() >= 8 {
+                            prop_assert!(!msg.contains(s.trim()), "the secret in {msg:?}");
+                        }
+                    }
+                    prop_assert!(
+                        ["SourceCredentialsMissing", "SourceCredentialsInvalid"]
+                            .contains(&problem.reason())
+                    );
+                }
             }
-        }
-        Ok(())
-    });
+            Ok(())
+        },
+    );
 }
 
 // ---- the output Secret ----------------------------------------------------------------------
@@ -403,24 +579,49 @@ fn session() -> impl Strategy<Value = SessionSecret> {
 fn the_output_secret_reads_back_as_the_session_it_was_rendered_from() {
     let formats = proptest::sample::subsequence(OutputFormat::ALL.to_vec(), 1..=3);
     let mount = "(/[A-Za-z0-9._-]{1,12}){1,4}";
-    check("output_secret_round_trip", 1000, (session(), formats, mount), |(s, formats, mount)| {
-        let st = session_token_with(formats.clone(), mount.clone());
-        let desired = secret::desired_secret(&st, "app", &s);
-        let layout = Layout::of(&st);
-        prop_assert_eq!(secret::read_session(&desired, &layout), Some(s.clone()), "read_session");
-        prop_assert_eq!(secret::held_session(&desired, &st), Some(s.clone()), "held_session");
-        prop_assert_eq!(&desired.data, &Some(secret::render_data(&s, &layout)));
-        // Another layout: read back all the same (the operator then rewrites it in place).
-        prop_assert_eq!(secret::read_session_any_layout(&desired), Some(s.clone()), "any layout");
-        // One key altered: no longer the session.
-        let mut data = desired.data.clone().unwrap();
-        let key = data.keys().find(|k| *k != "config").cloned().unwrap();
-        data.get_mut(&key).unwrap().0.push(b'x');
-        let altered = Secret { data: Some(data), ..desired.clone() };
-        // (It may still read as a session, its own, which status then does not name.)
-        prop_assert_ne!(secret::read_session(&altered, &layout), Some(s.clone()), "{} altered", key);
-        Ok(())
-    });
+    check(
+        "output_secret_round_trip",
+        1000,
+        (session(), formats, mount),
+        |(s, formats, mount)| {
+            let st = session_token_with(formats.clone(), mount.clone());
+            let desired = secret::desired_secret(&st, "app", &s);
+            let layout = Layout::of(&st);
+            prop_assert_eq!(
+                secret::read_session(&desired, &layout),
+                Some(s.clone()),
+                "read_session"
+            );
+            prop_assert_eq!(
+                secret::held_session(&desired, &st),
+                Some(s.clone()),
+                "held_session"
+            );
+            prop_assert_eq!(&desired.data, &Some(secret::render_data(&s, &layout)));
+            // Another layout: read back all the same (the operator then rewrites it in place).
+            prop_assert_eq!(
+                secret::read_session_any_layout(&desired),
+                Some(s.clone()),
+                "any layout"
+            );
+            // One key altered: no longer the session.
+            let mut data = desired.data.clone().unwrap();
+            let key = data.keys().find(|k| *k != "config").cloned().unwrap();
+            data.get_mut(&key).unwrap().0.push(b'x');
+            let altered = Secret {
+                data: Some(data),
+                ..desired.clone()
+            };
+            // (It may still read as a session, its own, which status then does not name.)
+            prop_assert_ne!(
+                secret::read_session(&altered, &layout),
+                Some(s.clone()),
+                "{} altered",
+                key
+            );
+            Ok(())
+        },
+    );
 }
 
 #[test]
@@ -434,28 +635,40 @@ fn arbitrary_output_secrets_never_panic() {
     ];
     let data = proptest::collection::btree_map(key, value, 0..8);
     let annotation = proptest::option::of(nasty_string());
-    check("output_secret_arbitrary", 2000, (data, annotation), |(data, annotation)| {
-        let mut secret = Secret {
-            data: Some(data.into_iter().map(|(k, v)| (k.to_string(), ByteString(v))).collect()),
-            ..Default::default()
-        };
-        if let Some(a) = annotation {
-            secret.metadata.annotations = Some(BTreeMap::from([(secret::EXPIRATION_ANNOTATION.to_string(), a)]));
-        }
-        let st = session_token_with(OutputFormat::ALL.to_vec(), "/var/run/x".into());
-        let read = secret::read_session(&secret, &Layout::of(&st));
-        let any = secret::read_session_any_layout(&secret);
-        let held = secret::held_session(&secret, &st);
-        // What is read back is a session that renders to exactly what is there.
-        if let Some(s) = &read {
-            let rendered = secret::render_data(s, &Layout::of(&st));
-            for (k, v) in rendered {
-                prop_assert_eq!(secret.data.as_ref().unwrap().get(&k), Some(&v));
+    check(
+        "output_secret_arbitrary",
+        2000,
+        (data, annotation),
+        |(data, annotation)| {
+            let mut secret = Secret {
+                data: Some(
+                    data.into_iter()
+                        .map(|(k, v)| (k.to_string(), ByteString(v)))
+                        .collect(),
+                ),
+                ..Default::default()
+            };
+            if let Some(a) = annotation {
+                secret.metadata.annotations = Some(BTreeMap::from([(
+                    secret::EXPIRATION_ANNOTATION.to_string(),
+                    a,
+                )]));
             }
-        }
-        prop_assert!(held.is_none() || held == read || held == any);
-        Ok(())
-    });
+            let st = session_token_with(OutputFormat::ALL.to_vec(), "/var/run/x".into());
+            let read = secret::read_session(&secret, &Layout::of(&st));
+            let any = secret::read_session_any_layout(&secret);
+            let held = secret::held_session(&secret, &st);
+            // What is read back is a session that renders to exactly what is there.
+            if let Some(s) = &read {
+                let rendered = secret::render_data(s, &Layout::of(&st));
+                for (k, v) in rendered {
+                    prop_assert_eq!(secret.data.as_ref().unwrap().get(&k), Some(&v));
+                }
+            }
+            prop_assert!(held.is_none() || held == read || held == any);
+            Ok(())
+        },
+    );
 }
 
 // ---- STS responses --------------------------------------------------------------------------
@@ -470,12 +683,17 @@ struct Canned {
 impl HttpConnector for Canned {
     fn call(&self, _request: HttpRequest) -> HttpConnectorFuture {
         let status = StatusCode::try_from(self.status).expect("a valid status");
-        HttpConnectorFuture::ready(Ok(HttpResponse::new(status, SdkBody::from(self.body.clone()))))
+        HttpConnectorFuture::ready(Ok(HttpResponse::new(
+            status,
+            SdkBody::from(self.body.clone()),
+        )))
     }
 }
 
 fn xml_escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 #[derive(Clone)]
@@ -575,80 +793,147 @@ fn sts_response() -> impl Strategy<Value = Response> {
             .into_bytes(),
             complete: None,
         });
-    let garbage = (prop::sample::select(vec![200u16, 400, 500]), any::<Vec<u8>>())
-        .prop_map(|(status, body)| Response { status, body, complete: None });
+    let garbage = (
+        prop::sample::select(vec![200u16, 400, 500]),
+        any::<Vec<u8>>(),
+    )
+        .prop_map(|(status, body)| Response {
+            status,
+            body,
+            complete: None,
+        });
     prop_oneof![4 => success, 2 => error, 1 => garbage]
 }
 
 #[test]
 fn sts_responses_never_panic_and_no_error_carries_a_secret() {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let long_term = Sensitive::new("wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY".to_string());
     let (successes, failures) = (AtomicU64::new(0), AtomicU64::new(0));
-    check("sts_response", 500, (sts_response(), any::<bool>()), |(response, mfa)| {
-        let connector = Canned { status: response.status, body: response.body.clone() };
-        let http = http_client_fn(move |_, _| SharedHttpConnector::new(connector.clone()));
-        let client = StsClient::with_http_client(
-            StsSettings {
-                timeout: Duration::from_secs(5),
-                max_in_flight: 1,
-                non_mfa_attempts: 1,
-                default_endpoint: Some("https://sts.us-east-1.amazonaws.com".into()),
-            },
-            http,
-        );
-        let request = SessionRequest {
-            region: "us-east-1",
-            endpoint: None,
-            access_key_id: "AKIAIOSFODNN7EXAMPLE",
-            secret_access_key: &long_term,
-            duration_seconds: 3600,
-            mfa: mfa.then(|| ("arn:aws:iam::123456789012:mfa/alice", TokenCode::parse("123456").unwrap())),
-        };
-        let result = runtime.block_on(client.get_session_token(request));
-        match &result {
-            Ok(_) => successes.fetch_add(1, Ordering::Relaxed),
-            Err(_) => failures.fetch_add(1, Ordering::Relaxed),
-        };
-        match &result {
-            Ok(creds) => {
-                prop_assert!((200..300).contains(&response.status), "success from HTTP {}", response.status);
-                let (id, secret, token, closed) = response
-                    .complete
-                    .clone()
-                    .ok_or_else(|| TestCaseError::fail("success from an incomplete response"))?;
-                let got = [&creds.access_key_id, creds.secret_access_key.expose(), creds.session_token.expose()];
-                if closed {
-                    prop_assert_eq!(got, [&id, &secret, &token]);
-                } else {
-                    // Cut short: at best prefixes, never invented data.
-                    for (g, want) in got.iter().zip([&id, &secret, &token]) {
-                        prop_assert!(want.starts_with(g.as_str()), "{:?} is not from {:?}", g, want);
+    check(
+        "sts_response",
+        500,
+        (sts_response(), any::<bool>()),
+        |(response, mfa)| {
+            let connector = Canned {
+                status: response.status,
+                body: response.body.clone(),
+            };
+            let http = http_client_fn(move |_, _| SharedHttpConnector::new(connector.clone()));
+            let client = StsClient::with_http_client(
+                StsSettings {
+                    timeout: Duration::from_secs(5),
+                    max_in_flight: 1,
+                    non_mfa_attempts: 1,
+                    default_endpoint: Some("https://sts.us-east-1.amazonaws.com".into()),
+                },
+                http,
+            );
+            let request = SessionRequest {
+                region: "us-east-1",
+                endpoint: None,
+                access_key_id: "AKIAIOSFODNN7EXAMPLE",
+                secret_access_key: &long_term,
+                duration_seconds: 3600,
+                mfa: mfa.then(|| {
+                    (
+                        "arn:aws:iam::123456789012:mfa/alice",
+                        TokenCode::parse("123456").unwrap(),
+                    )
+                }),
+            };
+            let result = runtime.block_on(client.get_session_token(request));
+            match &result {
+                Ok(_) => successes.fetch_add(1, Ordering::Relaxed),
+                Err(_) => failures.fetch_add(1, Ordering::Relaxed),
+            };
+            match &result {
+                Ok(creds) => {
+                    prop_assert!(
+                        (200..300).contains(&response.status),
+                        "success from HTTP {}",
+                        response.status
+                    );
+                    let (id, secret, token, closed) =
+                        response.complete.clone().ok_or_else(|| {
+                            TestCaseError::fail("success from an incomplete response")
+                        })?;
+                    let got = [
+                        &creds.access_key_id,
+                        creds.secret_access_key.expose(),
+                        creds.session_token.expose(),
+                    ];
+                    if closed {
+                        prop_assert_eq!(got, [&id, &secret, &token]);
+                    } else {
+                        // Cut short: at best prefixes, never invented data.
+                        for (g, want) in got.iter().zip([&id, &secret, &token]) {
+                            prop_assert!(
+                                want.starts_with(g.as_str()),
+                                "{:?} is not from {:?}",
+                                g,
+                                want
+                            );
+                        }
                     }
+                    let a = &creds.access_key_id;
+                    prop_assert!(
+                        (16..=128).contains(&a.len())
+                            && a.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'),
+                        "key id {:?}",
+                        a
+                    );
+                    prop_assert!(creds.expiration > jiff::Timestamp::now());
+                    let shown = format!("{creds:?}");
+                    prop_assert!(
+                        !shown.contains("SECRETCANARY") && !shown.contains("TOKENCANARY"),
+                        "Debug shows a secret: {}",
+                        shown
+                    );
                 }
-                let a = &creds.access_key_id;
-                prop_assert!((16..=128).contains(&a.len()) && a.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'), "key id {:?}", a);
-                prop_assert!(creds.expiration > jiff::Timestamp::now());
-                let shown = format!("{creds:?}");
-                prop_assert!(!shown.contains("SECRETCANARY") && !shown.contains("TOKENCANARY"), "Debug shows a secret: {}", shown);
+                Err(e) => {
+                    let text = format!("{e} {e:?}");
+                    prop_assert!(
+                        !text.contains("SECRETCANARY"),
+                        "the session secret in an error: {text}"
+                    );
+                    prop_assert!(
+                        !text.contains("TOKENCANARY"),
+                        "the session token in an error: {text}"
+                    );
+                    prop_assert!(
+                        !text.contains("wJalrXUtnFEMI"),
+                        "the long-term secret in an error: {text}"
+                    );
+                    if !String::from_utf8_lossy(&response.body).contains("123456") {
+                        prop_assert!(
+                            !text.contains("123456"),
+                            "the token code in an error: {text}"
+                        );
+                    }
+                    if mfa && matches!(e, StsError::AccessDenied { .. }) {
+                        prop_assert!(
+                            false,
+                            "AccessDenied with MFA must read as TokenCodeRejected"
+                        );
+                    }
+                    prop_assert!(
+                        e.to_string().chars().count() < 2000,
+                        "an error of {} characters",
+                        e.to_string().len()
+                    );
+                }
             }
-            Err(e) => {
-                let text = format!("{e} {e:?}");
-                prop_assert!(!text.contains("SECRETCANARY"), "the session secret in an error: {text}");
-                prop_assert!(!text.contains("TOKENCANARY"), "the session token in an error: {text}");
-                prop_assert!(!text.contains("wJalrXUtnFEMI"), "the long-term secret in an error: {text}");
-                if !String::from_utf8_lossy(&response.body).contains("123456") {
-                    prop_assert!(!text.contains("123456"), "the token code in an error: {text}");
-                }
-                if mfa && matches!(e, StsError::AccessDenied { .. }) {
-                    prop_assert!(false, "AccessDenied with MFA must read as TokenCodeRejected");
-                }
-                prop_assert!(e.to_string().chars().count() < 2000, "an error of {} characters", e.to_string().len());
-            }
-        }
-        Ok(())
-    });
+            Ok(())
+        },
+    );
     let (ok, err) = (successes.into_inner(), failures.into_inner());
     println!("sts_response: {ok} successes, {err} failures");
-    assert!(ok >= 10 && err >= 10, "a lopsided sample: {ok} successes, {err} failures");
+    assert!(
+        ok >= 10 && err >= 10,
+        "a lopsided sample: {ok} successes, {err} failures"
+    );
 }
