@@ -1846,6 +1846,11 @@ impl TriggerFilter {
     /// Whether `st` should trigger a reconcile; records what was seen.
     fn changed(&mut self, st: &SessionToken) -> bool {
         let now = u32::try_from(self.start.elapsed().as_secs()).unwrap_or(u32::MAX);
+        self.changed_at(st, now)
+    }
+
+    /// [`TriggerFilter::changed`], `now` seconds after `start` (not before any earlier call's).
+    fn changed_at(&mut self, st: &SessionToken, now: u32) -> bool {
         if now - self.last_swept >= Self::TTL_SECS {
             self.seen
                 .retain(|_, (_, seen)| now - *seen < Self::TTL_SECS);
@@ -2235,6 +2240,41 @@ mod tests {
         let expired = ("False", "Expired", "the session expired".to_string());
         let (s, r, _) = role_ready_condition(expired, &outcome(false), &status);
         assert_eq!((s, r), ("False", "Expired"), "the session is the cause");
+    }
+
+    #[test]
+    fn the_trigger_filter_passes_changes_and_new_objects_only() {
+        let spec: crate::crd::SessionTokenSpec = serde_json::from_value(serde_json::json!({
+            "sourceCredentials": {"secretRef": {"name": "keys"}}
+        }))
+        .unwrap();
+        let mut st = SessionToken::new("app", spec);
+        st.metadata.namespace = Some("team-a".into());
+        st.metadata.uid = Some("uid-1".into());
+        let mut f = TriggerFilter::new();
+        assert!(f.changed_at(&st, 0), "first seen");
+        assert!(!f.changed_at(&st, 1), "nothing that triggers changed");
+        st.status = Some(SessionTokenStatus {
+            rotations: 1,
+            ..Default::default()
+        });
+        assert!(!f.changed_at(&st, 2), "status only");
+        st.metadata
+            .annotations
+            .get_or_insert_default()
+            .insert(TOKEN_CODE_ANNOTATION.into(), "123456".into());
+        assert!(f.changed_at(&st, 3), "an annotation");
+        st.metadata.uid = Some("uid-2".into());
+        assert!(f.changed_at(&st, 4), "recreated under the same name");
+        st.metadata.name = Some("other".into());
+        assert!(f.changed_at(&st, 5), "another object");
+        assert!(!f.changed_at(&st, 6));
+        assert_eq!(f.seen.len(), 3);
+        // Seen an hour ago or more: passes, as with kube's predicate_filter and its TTL.
+        let hour_later = 6 + TriggerFilter::TTL_SECS;
+        assert!(f.changed_at(&st, hour_later), "seen an hour ago");
+        assert!(!f.changed_at(&st, hour_later + 1));
+        assert_eq!(f.seen.len(), 1, "the hourly sweep");
     }
 
     #[test]

@@ -135,6 +135,28 @@ fn tune_malloc() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn tune_malloc() {}
 
+/// Hands the pages that freed memory leaves whole back to the system, every second. glibc only
+/// ever shrinks the top of its heap: a cold start leaves holes (the replies, patches and
+/// watch events of thousands of reconciles, freed between objects kept in the cache), resident
+/// until reused. `malloc_trim` releases them (cheap: once a second did not show in the bench's
+/// CPU time). Measured (README "Benchmarks"): peak RSS 3.5-4 MiB lower at 10,000 SessionTokens,
+/// 0.6 MiB at 1,000.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+async fn trim_malloc() {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        // SAFETY: malloc_trim only returns free pages of the allocator's arenas to the system.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+async fn trim_malloc() {}
+
 async fn run(args: Args) -> Result<()> {
     let instance = args
         .instance
@@ -151,6 +173,7 @@ async fn run(args: Args) -> Result<()> {
             .map_err(|e| anyhow::anyhow!("--allowed-sts-endpoints: {e}"))?
     };
     let metrics = Arc::new(Metrics::new());
+    tokio::spawn(trim_malloc());
     let (ready_tx, ready_rx) = tokio::sync::watch::channel(false);
     let listener = tokio::net::TcpListener::bind(args.metrics_address)
         .await

@@ -65,14 +65,59 @@ pub struct SessionMetrics {
 #[derive(Debug, Default)]
 struct SessionSeries {
     /// namespace → name → what was recorded.
-    sessions: RwLock<HashMap<Box<str>, HashMap<Box<str>, SessionMetrics>>>,
+    sessions: RwLock<HashMap<Box<str>, HashMap<Box<str>, Recorded>>>,
+}
+
+/// A [`SessionMetrics`] as kept: Unix seconds (what the gauges show), [`Recorded::NONE`] for
+/// none. 40 bytes instead of 104 (an `Option<Timestamp>` takes 24): 1 MiB less at 10,000.
+#[derive(Clone, Copy, Debug)]
+struct Recorded {
+    expiration: i64,
+    renewal: i64,
+    role_expiration: i64,
+    role_renewal: i64,
+    ready: bool,
+    awaiting_token_code: bool,
+}
+
+impl Recorded {
+    const NONE: i64 = i64::MIN;
+
+    fn seconds(t: Option<jiff::Timestamp>) -> i64 {
+        t.map_or(Self::NONE, unix_seconds)
+    }
+
+    fn some(seconds: i64) -> Option<i64> {
+        (seconds != Self::NONE).then_some(seconds)
+    }
+}
+
+impl From<SessionMetrics> for Recorded {
+    fn from(s: SessionMetrics) -> Self {
+        let SessionMetrics {
+            expiration,
+            renewal,
+            role_expiration,
+            role_renewal,
+            ready,
+            awaiting_token_code,
+        } = s;
+        Recorded {
+            expiration: Self::seconds(expiration),
+            renewal: Self::seconds(renewal),
+            role_expiration: Self::seconds(role_expiration),
+            role_renewal: Self::seconds(role_renewal),
+            ready,
+            awaiting_token_code,
+        }
+    }
 }
 
 type SessionGauge = (
     &'static str,
     &'static str,
     Option<Unit>,
-    fn(&SessionMetrics) -> Option<i64>,
+    fn(&Recorded) -> Option<i64>,
 );
 
 const SESSION_GAUGES: [SessionGauge; 6] = [
@@ -80,25 +125,25 @@ const SESSION_GAUGES: [SessionGauge; 6] = [
         "sts_session_expiration_timestamp",
         "Unix time when the SessionToken's current session credentials expire",
         Some(Unit::Seconds),
-        |s| s.expiration.map(unix_seconds),
+        |s| Recorded::some(s.expiration),
     ),
     (
         "sts_session_renewal_timestamp",
         "Unix time when the SessionToken's session is due for renewal",
         Some(Unit::Seconds),
-        |s| s.renewal.map(unix_seconds),
+        |s| Recorded::some(s.renewal),
     ),
     (
         "sts_session_role_expiration_timestamp",
         "Unix time when the role credentials (spec.assumeRole) in the SessionToken's Secret expire",
         Some(Unit::Seconds),
-        |s| s.role_expiration.map(unix_seconds),
+        |s| Recorded::some(s.role_expiration),
     ),
     (
         "sts_session_role_renewal_timestamp",
         "Unix time when the SessionToken's role (spec.assumeRole) is assumed again",
         Some(Unit::Seconds),
-        |s| s.role_renewal.map(unix_seconds),
+        |s| Recorded::some(s.role_renewal),
     ),
     (
         "sts_session_ready_status",
@@ -198,6 +243,7 @@ impl Metrics {
 
     /// Records the state of one `SessionToken` (replacing what was recorded before).
     pub fn set_session(&self, namespace: &str, name: &str, s: SessionMetrics) {
+        let s = Recorded::from(s);
         let mut sessions = self
             .sessions
             .sessions
