@@ -83,14 +83,12 @@ pub struct Settings {
 struct Memory {
     /// A session minted but not yet written (the Secret write failed): written on the next try
     /// instead of spending another STS call, or another code.
-    unsaved: Option<(SessionSecret, Option<Approval>)>,
+    /// (Boxed: rare, and large next to the rest.)
+    unsaved: Option<Box<(SessionSecret, Option<Approval>)>>,
     /// (renewal time, period) of the last `TokenCodeRequired` event sent.
     code_required_sent: Option<(Timestamp, u64)>,
     /// Expiration whose `Expired` event was sent.
     expired_sent: Option<Timestamp>,
-    /// Digest of the status this process last wrote: if the cached object shows another one,
-    /// the cache lags behind our own write, and acting on it could mint twice.
-    last_written: Option<u64>,
     /// resourceVersions of this process's last writes of the output Secret and the Secret
     /// keeping the session (at most one each): those changes, seen again on the watch, need no
     /// reconcile.
@@ -108,7 +106,6 @@ impl Memory {
             unsaved,
             code_required_sent,
             expired_sent,
-            last_written,
             secret_written,
             errors,
             source_misses,
@@ -116,7 +113,6 @@ impl Memory {
         unsaved.is_none()
             && code_required_sent.is_none()
             && expired_sent.is_none()
-            && last_written.is_none()
             && secret_written.is_empty()
             && *errors == 0
             && *source_misses == 0
@@ -132,6 +128,11 @@ pub struct Context {
     /// Boxed: a `Memory` is a few hundred bytes, and the table keeps the room of every entry it
     /// ever held at once (all of them during a cold start); a box keeps that room to a pointer.
     memory: Mutex<HashMap<String, Box<Memory>>>,
+    /// hash of uid → digest of the status this process last wrote to that object: if the
+    /// cached object shows another one, the cache lags behind our own write, and acting on it
+    /// could mint twice. Kept apart from `memory` (and as two numbers) because nearly every
+    /// object has one until its next reconcile, hours later.
+    status_written: Mutex<HashMap<u64, u64>>,
 }
 
 impl Context {
@@ -147,7 +148,43 @@ impl Context {
             metrics,
             settings,
             memory: Mutex::default(),
+            status_written: Mutex::default(),
         }
+    }
+
+    fn uid_key(uid: &str) -> u64 {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        uid.hash(&mut h);
+        h.finish()
+    }
+
+    fn note_status_write(&self, uid: &str, status: &SessionTokenStatus) {
+        self.status_written
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(Self::uid_key(uid), status_digest(status));
+    }
+
+    /// Whether the cached object lags behind this process's last status write to it; once it
+    /// does not, that write is forgotten. (Only here, not on watch events: a reconcile may
+    /// start with a snapshot older than what the watch shows meanwhile.)
+    fn status_cache_lags(&self, uid: &str, cached: Option<&SessionTokenStatus>) -> bool {
+        let mut map = self
+            .status_written
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let key = Self::uid_key(uid);
+        let lags = map
+            .get(&key)
+            .is_some_and(|w| Some(*w) != cached.map(status_digest));
+        if !lags
+            && map.remove(&key).is_some()
+            && map.capacity() > 64
+            && map.len() < map.capacity() / 4
+        {
+            map.shrink_to_fit();
+        }
+        lags
     }
 
     /// Runs `f` on the object's memory; an entry left with nothing to remember is dropped, so
@@ -195,6 +232,10 @@ impl Context {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(uid);
+        self.status_written
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&Self::uid_key(uid));
     }
 
     pub(crate) async fn event(
@@ -451,17 +492,7 @@ async fn observe(st: Arc<SessionToken>, ctx: &Context) -> Result<Observed, Error
 
 async fn reconcile_inner(st: Arc<SessionToken>, ctx: &Context) -> Result<Action, Error> {
     let uid = st.metadata.uid.clone().unwrap_or_default();
-    let stale = ctx.with_memory(&uid, |m| {
-        let stale = m
-            .last_written
-            .is_some_and(|w| Some(w) != st.status.as_ref().map(status_digest));
-        if !stale {
-            // Caught up. (Only here: a reconcile may start with a snapshot older than what the
-            // watch shows meanwhile, so a watch event cannot be what clears this.)
-            m.last_written = None;
-        }
-        stale
-    });
+    let stale = ctx.status_cache_lags(&uid, st.status.as_ref());
     let st = if stale {
         // The watch cache has not caught up with our last status write: read the object itself.
         let api: Api<SessionToken> =
@@ -646,7 +677,7 @@ async fn reconcile_inner(st: Arc<SessionToken>, ctx: &Context) -> Result<Action,
             .and_then(|s| secret::held_session(s, &st))
             .filter(is_recorded)
     });
-    let unsaved = ctx.with_memory(&obs.uid, |m| m.unsaved.take());
+    let unsaved = ctx.with_memory(&obs.uid, |m| m.unsaved.take()).map(|b| *b);
     let session_state = plan::session_state(
         status.expiration,
         status.renewal_time,
@@ -714,7 +745,7 @@ async fn reconcile_inner(st: Arc<SessionToken>, ctx: &Context) -> Result<Action,
             );
             match write_status(&sts_api, &obs.name, &claimed).await {
                 Ok(()) => {
-                    ctx.with_memory(&obs.uid, |m| m.last_written = Some(status_digest(&claimed)));
+                    ctx.note_status_write(&obs.uid, &claimed);
                     server_status = claimed.clone();
                     status = claimed;
                 }
@@ -816,12 +847,12 @@ async fn reconcile_inner(st: Arc<SessionToken>, ctx: &Context) -> Result<Action,
                     if status != server_status
                         && write_status(&sts_api, &obs.name, &status).await.is_ok()
                     {
-                        ctx.with_memory(&obs.uid, |m| {
-                            m.last_written = Some(status_digest(&status))
-                        });
+                        ctx.note_status_write(&obs.uid, &status);
                     }
                 }
-                ctx.with_memory(&obs.uid, |m| m.unsaved = Some((session, approval)));
+                ctx.with_memory(&obs.uid, |m| {
+                    m.unsaved = Some(Box::new((session, approval)))
+                });
                 return Err(Error::SecretWrite(e));
             }
             let issued_at = plan::round_to_second(obs.now);
@@ -1014,11 +1045,11 @@ async fn reconcile_inner(st: Arc<SessionToken>, ctx: &Context) -> Result<Action,
             if let Some(minted) = minted {
                 // The Secret holds the new session but status does not know it yet: keep it,
                 // so the next try records it instead of losing it.
-                ctx.with_memory(&obs.uid, |m| m.unsaved = Some(minted));
+                ctx.with_memory(&obs.uid, |m| m.unsaved = Some(Box::new(minted)));
             }
             return Err(e);
         }
-        ctx.with_memory(&obs.uid, |m| m.last_written = Some(status_digest(&status)));
+        ctx.note_status_write(&obs.uid, &status);
     }
 
     // 6. Requeue at the next instant that matters; never poll while healthy.
@@ -1472,7 +1503,7 @@ async fn reconcile_role(
         .clone()
         .unwrap_or_else(|| plan::default_role_session_name(&obs.ns, &obs.name));
     let hash = plan::role_hash(spec, &session_name);
-    let mut role = status.role.clone().unwrap_or_default();
+    let mut role: RoleStatus = status.role.as_deref().cloned().unwrap_or_default();
     let role_held = matches!(obs.ownership, Ownership::Ours)
         && obs
             .out_secret
@@ -1647,7 +1678,7 @@ async fn reconcile_role(
     .filter(|t| *t > obs.now)
     .min();
     let renewal = role.renewal_time.filter(|_| valid);
-    status.role = Some(role);
+    status.role = Some(Box::new(role));
     Ok(RoleOutcome {
         valid,
         renewal,
@@ -2218,10 +2249,10 @@ mod tests {
     #[test]
     fn ready_follows_the_role_credentials() {
         let status = SessionTokenStatus {
-            role: Some(RoleStatus {
+            role: Some(Box::new(RoleStatus {
                 expiration: Some(t(3600)),
                 ..Default::default()
-            }),
+            })),
             ..Default::default()
         };
         let outcome = |valid: bool| RoleOutcome {

@@ -129,7 +129,7 @@ pub struct SessionTokenSpec {
     /// `stssession.dev/secret-role: session`; not for workloads), so that an operator restart
     /// costs no approval. Use it where the MFA condition sits on the role's trust policy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub assume_role: Option<AssumeRoleSpec>,
+    pub assume_role: Option<Box<AssumeRoleSpec>>,
 }
 
 /// The role assumed with each session.
@@ -422,7 +422,7 @@ pub struct SessionTokenStatus {
     /// With `spec.assumeRole`: the role credentials in the output Secret. (`expiration`,
     /// `renewalTime` and `accessKeyId` above describe the session they are assumed with.)
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub role: Option<RoleStatus>,
+    pub role: Option<Box<RoleStatus>>,
 }
 
 /// The role credentials the output Secret holds.
