@@ -1150,6 +1150,7 @@ impl StsClient {
         } else {
             Some(settings.non_mfa_attempts)
         };
+        let _permit = self.permit().await;
         let client = self.sdk_client(req.region, req.endpoint, credentials, attempts)?;
 
         let mut call = client
@@ -1159,12 +1160,6 @@ impl StsClient {
             call = call.serial_number(*serial).token_code(code.expose());
         }
 
-        let _permit = self
-            .inner
-            .permits
-            .acquire()
-            .await
-            .expect("the STS semaphore is never closed");
         let result = call.send().await;
         drop(_permit);
 
@@ -1195,6 +1190,7 @@ impl StsClient {
             "SessionToken session",
         );
         let attempts = Some(self.inner.settings.non_mfa_attempts);
+        let _permit = self.permit().await;
         let client = self.sdk_client(req.region, req.endpoint, credentials, attempts)?;
         let mut call = client
             .assume_role()
@@ -1210,12 +1206,6 @@ impl StsClient {
                 .map_err(|e| bad(format!("session tag {key:?}: {e}")))?;
             call = call.tags(tag);
         }
-        let _permit = self
-            .inner
-            .permits
-            .acquire()
-            .await
-            .expect("the STS semaphore is never closed");
         let result = call.send().await;
         drop(_permit);
         match result {
@@ -1225,6 +1215,16 @@ impl StsClient {
             }),
             Err(e) => Err(classify(e, false)),
         }
+    }
+
+    /// One of the `max_in_flight` places for a call, taken before its SDK client is built (a
+    /// client per call is some kilobytes: queued calls must not each hold one).
+    async fn permit(&self) -> tokio::sync::SemaphorePermit<'_> {
+        self.inner
+            .permits
+            .acquire()
+            .await
+            .expect("the STS semaphore is never closed")
     }
 
     /// An SDK client for one call: these credentials, this region and endpoint (the
