@@ -133,6 +133,8 @@ pub struct Context {
     /// could mint twice. Kept apart from `memory` (and as two numbers) because nearly every
     /// object has one until its next reconcile, hours later.
     status_written: Mutex<HashMap<u64, u64>>,
+    /// Requeues far off (renewal times, hours away), kept compactly: see `requeue`.
+    requeues: crate::requeue::Requeues,
 }
 
 impl Context {
@@ -149,6 +151,28 @@ impl Context {
             settings,
             memory: Mutex::default(),
             status_written: Mutex::default(),
+            requeues: Default::default(),
+        }
+    }
+
+    /// What the controller should do after a reconcile of `namespace/name` that needs another
+    /// one in `delay` (or, with `None`, only on a change): far-off waits are kept in
+    /// `self.requeues`, shorter ones in kube-runtime's scheduler.
+    fn requeue(&self, namespace: &str, name: &str, delay: Option<Duration>) -> Action {
+        match delay {
+            Some(d) if d > crate::requeue::FAR => {
+                self.requeues
+                    .schedule(namespace, name, tokio::time::Instant::now() + d);
+                Action::await_change()
+            }
+            Some(d) => {
+                self.requeues.cancel(namespace, name);
+                Action::requeue(d)
+            }
+            None => {
+                self.requeues.cancel(namespace, name);
+                Action::await_change()
+            }
         }
     }
 
@@ -1078,10 +1102,7 @@ async fn reconcile_inner(st: Arc<SessionToken>, ctx: &Context) -> Result<Action,
                     .unwrap_or(SignedDuration::from_secs(300))
         }),
     ];
-    Ok(match plan::requeue_after(obs.now, &instants) {
-        Some(d) => Action::requeue(d),
-        None => Action::await_change(),
-    })
+    Ok(ctx.requeue(&obs.ns, &obs.name, plan::requeue_after(obs.now, &instants)))
 }
 
 /// How often in a row the source Secret was looked at in vain, to grow its retry delay.
@@ -1993,8 +2014,10 @@ pub async fn run(
         .reflect(writer)
         .inspect_ok(move |event| {
             if let watcher::Event::Delete(st) = event {
-                metrics.remove_session(&st.namespace().unwrap_or_default(), &st.name_any());
+                let namespace = st.namespace().unwrap_or_default();
+                metrics.remove_session(&namespace, &st.name_any());
                 forget_ctx.forget(st.metadata.uid.as_deref().unwrap_or_default());
+                forget_ctx.requeues.cancel(&namespace, &st.name_any());
             }
         })
         .applied_objects()
@@ -2022,8 +2045,18 @@ pub async fn run(
     .touched_objects()
     // Our own writes come back on this watch: the reconcile that made them needs no other.
     .try_filter(move |s| std::future::ready(!own.is_own_secret_write(s)));
+    // Far-off requeues come back through a channel (see `requeue`).
+    let (due_tx, due_rx) = futures::channel::mpsc::unbounded();
+    let timers = ctx.clone();
+    let requeue_task = tokio::spawn(async move {
+        timers
+            .requeues
+            .run(|object| due_tx.unbounded_send(object).map_err(|_| ()))
+            .await
+    });
     Controller::for_stream(main_stream, reader)
         .owns_stream(owned)
+        .reconcile_on(due_rx)
         // The controller backs off on the watches' errors a second time: same policy.
         .trigger_backoff(WatchBackoff::default())
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
@@ -2039,6 +2072,7 @@ pub async fn run(
             }
         })
         .await;
+    requeue_task.abort();
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ pub mod events;
 pub mod metrics;
 pub mod plan;
 pub mod plugin;
+pub mod requeue;
 pub mod secret;
 pub mod sensitive;
 pub mod sts;
