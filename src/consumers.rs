@@ -174,7 +174,7 @@ async fn refresh_window_condition(
         .iter()
         .find(|c| c.type_ == CONSUMER_REFRESH)
         .map(|c| (c.status.clone(), c.message.clone()));
-    if state == "False" && before.as_ref() != Some(&(state.to_string(), message.clone())) {
+    if state == "False" && before.as_ref() != Some(&(crate::crd::word(state), message.clone())) {
         ctx.event(st, EventType::Warning, reason, message.clone())
             .await;
     }
@@ -375,7 +375,7 @@ async fn restart_targets(
             ),
         ),
     };
-    if state == "False" && before.as_ref() != Some(&(state.to_string(), message.clone())) {
+    if state == "False" && before.as_ref() != Some(&(crate::crd::word(state), message.clone())) {
         ctx.event(st, EventType::Warning, reason, message.clone())
             .await;
     }

@@ -307,9 +307,9 @@ pub fn set_condition(
         _ => plan::round_to_second(now),
     };
     let new = Condition {
-        type_: type_.into(),
-        status: status.into(),
-        reason: reason.into(),
+        type_: crate::crd::word(type_),
+        status: crate::crd::word(status),
+        reason: crate::crd::word(reason),
         message,
         last_transition_time,
         observed_generation: generation,
@@ -1122,7 +1122,7 @@ fn old_status_ready_reason(status: &SessionTokenStatus) -> Option<&str> {
         .conditions
         .iter()
         .find(|c| c.type_ == READY)
-        .map(|c| c.reason.as_str())
+        .map(|c| &*c.reason)
 }
 
 fn session_state_is_fresh(s: &SessionState) -> bool {

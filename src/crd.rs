@@ -493,15 +493,51 @@ pub struct Failure {
     pub message: String,
 }
 
+/// A word of a condition (its type, status or reason). They come from a small set, so each
+/// distinct one is kept once for the whole process ([`word`]): the watch cache holds three
+/// conditions per SessionToken, 90,000 small strings at 10,000 otherwise.
+pub type Word = std::borrow::Cow<'static, str>;
+
+/// The one copy of `text` ([`Word`]). At most 512 distinct words of up to 64 bytes are kept;
+/// anything else (not written by this operator) stays a string of its own.
+pub fn word(text: &str) -> Word {
+    use std::collections::HashSet;
+    use std::sync::{Mutex, OnceLock};
+    static WORDS: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
+    let mut words = WORDS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    if let Some(w) = words.get(text) {
+        return Word::Borrowed(w);
+    }
+    if words.len() < 512 && text.len() <= 64 {
+        let w: &'static str = Box::leak(text.to_owned().into_boxed_str());
+        words.insert(w);
+        return Word::Borrowed(w);
+    }
+    Word::Owned(text.to_owned())
+}
+
+fn deserialize_word<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Word, D::Error> {
+    let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+    Ok(word(&text))
+}
+
 /// A status condition, shaped like `metav1.Condition`.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Condition {
-    #[serde(rename = "type")]
-    pub type_: String,
+    #[serde(rename = "type", deserialize_with = "deserialize_word")]
+    #[schemars(with = "String")]
+    pub type_: Word,
     /// `True`, `False` or `Unknown`.
-    pub status: String,
-    pub reason: String,
+    #[serde(deserialize_with = "deserialize_word")]
+    #[schemars(with = "String")]
+    pub status: Word,
+    #[serde(deserialize_with = "deserialize_word")]
+    #[schemars(with = "String")]
+    pub reason: Word,
     #[serde(default)]
     pub message: String,
     #[schemars(with = "String")]
@@ -573,6 +609,31 @@ mod tests {
         ] {
             assert!(crd.contains(needle), "CRD lacks {needle}");
         }
+    }
+
+    #[test]
+    fn condition_words_are_kept_once() {
+        let parse = |reason: &str| -> Condition {
+            serde_json::from_value(serde_json::json!({
+                "type": "Ready", "status": "True", "reason": reason, "message": "m",
+                "lastTransitionTime": "2026-11-23T00:00:00Z"
+            }))
+            .unwrap()
+        };
+        let (a, b) = (parse("Issued"), parse("Issued"));
+        assert_eq!(a, b);
+        for (x, y) in [
+            (&a.type_, &b.type_),
+            (&a.status, &b.status),
+            (&a.reason, &b.reason),
+        ] {
+            assert!(matches!(x, Word::Borrowed(_)) && std::ptr::eq(x.as_ptr(), y.as_ptr()));
+        }
+        assert!(std::ptr::eq(word("Issued").as_ptr(), a.reason.as_ptr()));
+        // Long text is not kept.
+        assert!(matches!(word(&"x".repeat(65)), Word::Owned(_)));
+        // Round trip: the same JSON as before.
+        assert_eq!(serde_json::to_value(&a).unwrap()["reason"], "Issued");
     }
 
     #[test]

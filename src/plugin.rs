@@ -139,7 +139,7 @@ pub fn awaiting_code(st: &SessionToken) -> bool {
     st.spec.mfa.is_some()
         && st.condition(READY).is_some_and(|c| {
             matches!(
-                c.reason.as_str(),
+                &*c.reason,
                 "AwaitingTokenCode" | "Expired" | "SecretMissing"
             )
         })
@@ -175,9 +175,9 @@ pub fn row(st: &SessionToken, now: Timestamp) -> Row {
         namespace: st.namespace().unwrap_or_default(),
         name: st.name_any(),
         ready: ready
-            .map(|c| c.status.clone())
+            .map(|c| c.status.to_string())
             .unwrap_or_else(|| "Unknown".into()),
-        reason: ready.map(|c| c.reason.clone()).unwrap_or_default(),
+        reason: ready.map(|c| c.reason.to_string()).unwrap_or_default(),
         expires: status.expiration.map(rfc3339),
         left: format_left(status.expiration, now),
         renews: status.renewal_time.map(rfc3339),
@@ -467,7 +467,7 @@ fn failure_from_conditions(st: &SessionToken, fallback: (&str, &str)) -> Outcome
         .find(|c| c.status != "True");
     match pick {
         Some(c) => Outcome::Failed {
-            reason: c.reason.clone(),
+            reason: c.reason.to_string(),
             message: c.message.clone(),
         },
         None => Outcome::Failed {
@@ -518,7 +518,7 @@ pub fn approve_outcome(
         || status.rotations != base.rotations;
     if let Some(c) = issuing.filter(|c| changed && c.status != "True") {
         return Outcome::Failed {
-            reason: c.reason.clone(),
+            reason: c.reason.to_string(),
             message: c.message.clone(),
         };
     }

@@ -427,7 +427,7 @@ async fn one_approval_yields_role_credentials_for_the_whole_session() -> Result<
     assert!(role_status.renewal_time.unwrap() < out.expiration);
     let assumed = condition(&st, "RoleAssumed").expect("RoleAssumed");
     assert_eq!(
-        (assumed.status.as_str(), assumed.reason.as_str()),
+        (&*assumed.status, &*assumed.reason),
         ("True", "Assumed")
     );
     assert!(assumed.message.contains(&role.arn), "{}", assumed.message);

@@ -257,7 +257,7 @@ pub fn condition(st: &SessionToken, type_: &str) -> Option<Condition> {
 /// (status, reason) of a condition, for compact assertions.
 pub fn cond(st: &SessionToken, type_: &str) -> (String, String) {
     condition(st, type_)
-        .map(|c| (c.status, c.reason))
+        .map(|c| (c.status.into_owned(), c.reason.into_owned()))
         .unwrap_or_default()
 }
 

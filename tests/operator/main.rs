@@ -246,7 +246,7 @@ async fn moto_accepts_the_operators_signed_calls() -> anyhow::Result<()> {
     let st = wait_condition(&ns, "bad", "Ready", "False", "SourceCredentialsInvalid", T).await?;
     let issuing = condition(&st, "Issuing").unwrap();
     assert_eq!(
-        (issuing.status.as_str(), issuing.reason.as_str()),
+        (&*issuing.status, &*issuing.reason),
         ("False", "SourceCredentialsInvalid")
     );
     assert!(
