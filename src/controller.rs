@@ -133,8 +133,10 @@ pub struct Context {
     /// could mint twice. Kept apart from `memory` (and as two numbers) because nearly every
     /// object has one until its next reconcile, hours later.
     status_written: Mutex<HashMap<u64, u64>>,
-    /// Requeues far off (renewal times, hours away), kept compactly: see `requeue`.
-    requeues: crate::requeue::Requeues,
+    /// Requeues far off (renewal times, hours away), kept compactly (see `requeue`): one table
+    /// per controller (`run`), by the namespace it watches (`None`: all), since each one hands
+    /// its objects back to its own controller.
+    requeues: std::sync::RwLock<Vec<(Option<String>, Arc<crate::requeue::Requeues>)>>,
 }
 
 impl Context {
@@ -159,21 +161,28 @@ impl Context {
     /// one in `delay` (or, with `None`, only on a change): far-off waits are kept in
     /// `self.requeues`, shorter ones in kube-runtime's scheduler.
     fn requeue(&self, namespace: &str, name: &str, delay: Option<Duration>) -> Action {
-        match delay {
-            Some(d) if d > crate::requeue::FAR => {
-                self.requeues
-                    .schedule(namespace, name, tokio::time::Instant::now() + d);
+        let table = self.requeues_of(namespace);
+        match (delay, table) {
+            (Some(d), Some(table)) if d > crate::requeue::FAR => {
+                table.schedule(namespace, name, tokio::time::Instant::now() + d);
                 Action::await_change()
             }
-            Some(d) => {
-                self.requeues.cancel(namespace, name);
-                Action::requeue(d)
-            }
-            None => {
-                self.requeues.cancel(namespace, name);
-                Action::await_change()
+            (delay, table) => {
+                if let Some(table) = table {
+                    table.cancel(namespace, name);
+                }
+                delay.map_or_else(Action::await_change, Action::requeue)
             }
         }
+    }
+
+    /// The far-off requeue table of the controller watching `namespace`.
+    fn requeues_of(&self, namespace: &str) -> Option<Arc<crate::requeue::Requeues>> {
+        let tables = self.requeues.read().unwrap_or_else(|p| p.into_inner());
+        tables
+            .iter()
+            .find(|(scope, _)| scope.as_deref().is_none_or(|s| s == namespace))
+            .map(|(_, table)| table.clone())
     }
 
     fn uid_key(uid: &str) -> u64 {
@@ -2005,6 +2014,13 @@ pub async fn run(
         None => (Api::all(client.clone()), Api::all(client.clone())),
     };
     let (reader, writer) = reflector::store();
+    let requeues = Arc::new(crate::requeue::Requeues::default());
+    ctx.requeues
+        .write()
+        .unwrap_or_else(|p| p.into_inner())
+        .push((namespace.clone(), requeues.clone()));
+    let forget_requeues = requeues.clone();
+    let (registry, this_table) = (ctx.clone(), requeues.clone());
     let metrics = ctx.metrics.clone();
     let forget_ctx = ctx.clone();
     let own = ctx.clone();
@@ -2017,7 +2033,7 @@ pub async fn run(
                 let namespace = st.namespace().unwrap_or_default();
                 metrics.remove_session(&namespace, &st.name_any());
                 forget_ctx.forget(st.metadata.uid.as_deref().unwrap_or_default());
-                forget_ctx.requeues.cancel(&namespace, &st.name_any());
+                forget_requeues.cancel(&namespace, &st.name_any());
             }
         })
         .applied_objects()
@@ -2045,12 +2061,10 @@ pub async fn run(
     .touched_objects()
     // Our own writes come back on this watch: the reconcile that made them needs no other.
     .try_filter(move |s| std::future::ready(!own.is_own_secret_write(s)));
-    // Far-off requeues come back through a channel (see `requeue`).
+    // Far-off requeues of this controller's objects come back to it through a channel.
     let (due_tx, due_rx) = futures::channel::mpsc::unbounded();
-    let timers = ctx.clone();
     let requeue_task = tokio::spawn(async move {
-        timers
-            .requeues
+        requeues
             .run(|object| due_tx.unbounded_send(object).map_err(|_| ()))
             .await
     });
@@ -2073,6 +2087,12 @@ pub async fn run(
         })
         .await;
     requeue_task.abort();
+    // (A later run, after leadership comes back, starts with a table of its own.)
+    registry
+        .requeues
+        .write()
+        .unwrap_or_else(|p| p.into_inner())
+        .retain(|(_, table)| !Arc::ptr_eq(table, &this_table));
 }
 
 #[cfg(test)]

@@ -426,10 +426,7 @@ async fn one_approval_yields_role_credentials_for_the_whole_session() -> Result<
     );
     assert!(role_status.renewal_time.unwrap() < out.expiration);
     let assumed = condition(&st, "RoleAssumed").expect("RoleAssumed");
-    assert_eq!(
-        (&*assumed.status, &*assumed.reason),
-        ("True", "Assumed")
-    );
+    assert_eq!((&*assumed.status, &*assumed.reason), ("True", "Assumed"));
     assert!(assumed.message.contains(&role.arn), "{}", assumed.message);
     // The other formats carry the role too (the shared-credentials file).
     let data = ns.secret_data("app").await?.unwrap();

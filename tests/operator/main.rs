@@ -179,42 +179,61 @@ async fn non_mfa_session_is_issued_and_rotates_before_expiry() -> anyhow::Result
 async fn a_far_renewal_waits_in_the_operators_own_timer_and_still_comes() -> anyhow::Result<()> {
     // 75 s sessions renew ~50 s after issue: longer than the 30 s that kube-runtime's scheduler
     // keeps (sts_session_operator::requeue::FAR), so the operator's own timer holds the wait.
+    // One operator watches two namespaces (a controller, and a timer table, for each): each
+    // renewal must come back to the controller that owns it.
     let lifetime = Duration::from_secs(75);
     assert!(lifetime * 2 / 3 > sts_session_operator::requeue::FAR);
-    let World {
-        ns, sts, op: _op, ..
-    } = World::start("far", Some(lifetime), CodePolicy::Totp).await?;
-    ns.create_session("app", source_spec(json!({}))).await?;
-    let st = wait_condition(&ns, "app", "Ready", "True", "Issued", T).await?;
-    let status = st.status.unwrap();
-    let (first, renewal) = (status.access_key_id.unwrap(), status.renewal_time.unwrap());
-    let wait = renewal.duration_since(Timestamp::now());
-    assert!(
-        wait > SignedDuration::from_secs(30),
-        "renewal only {wait} away"
-    );
-    // Nothing before the renewal time...
+    let cp = control_plane().await;
+    let sts = double(Some(lifetime), CodePolicy::Totp);
+    let user = sts.default_user();
+    let (a, b) = (Ns::new(cp, "far-a").await?, Ns::new(cp, "far-b").await?);
+    for ns in [&a, &b] {
+        ns.create_source_secret("iam-keys", &user.access_key_id, &user.secret_access_key)
+            .await?;
+    }
+    let mut options = opts(sts.endpoint());
+    options.extra_args.push(format!("--namespaces={}", b.name));
+    let _op = Operator::start(cp, &a.name, &options).await?;
+    let mut first = vec![];
+    for ns in [&a, &b] {
+        ns.create_session("app", source_spec(json!({}))).await?;
+    }
+    for ns in [&a, &b] {
+        let st = wait_condition(ns, "app", "Ready", "True", "Issued", T).await?;
+        let status = st.status.unwrap();
+        let renewal = status.renewal_time.unwrap();
+        let wait = renewal.duration_since(Timestamp::now());
+        assert!(
+            wait > SignedDuration::from_secs(30),
+            "renewal only {wait} away"
+        );
+        first.push((status.access_key_id.unwrap(), renewal));
+    }
+    // Nothing before the renewal times...
     tokio::time::sleep(Duration::from_secs(20)).await;
-    assert_eq!(sts.call_count(), 1, "no call long before the renewal time");
-    // ...then one rotation, within a few seconds of it.
-    let second = eventually(Duration::from_secs(60), "the renewal", || async {
-        let st = ns.session("app").await?;
-        Ok(st
-            .status
-            .and_then(|s| s.access_key_id)
-            .filter(|k| *k != first))
-    })
-    .await?;
-    let rotated_at = Timestamp::now();
-    assert!(
-        rotated_at >= renewal && rotated_at <= renewal + SignedDuration::from_secs(5),
-        "rotated at {rotated_at}, renewal time {renewal}"
-    );
-    assert_eq!(sts.call_count(), 2);
-    assert_eq!(
-        ns.secret_data("app").await?.unwrap()["AWS_ACCESS_KEY_ID"],
-        second
-    );
+    assert_eq!(sts.call_count(), 2, "no call long before the renewal time");
+    // ...then one rotation each, within a few seconds of its renewal time.
+    for (ns, (key, renewal)) in [&a, &b].into_iter().zip(first) {
+        let second = eventually(Duration::from_secs(60), "the renewal", || async {
+            let st = ns.session("app").await?;
+            Ok(st
+                .status
+                .and_then(|s| s.access_key_id)
+                .filter(|k| *k != key))
+        })
+        .await?;
+        let rotated_by = Timestamp::now();
+        assert!(
+            rotated_by >= renewal && rotated_by <= renewal + SignedDuration::from_secs(5),
+            "{}: rotated by {rotated_by}, renewal time {renewal}",
+            ns.name
+        );
+        assert_eq!(
+            ns.secret_data("app").await?.unwrap()["AWS_ACCESS_KEY_ID"],
+            second
+        );
+    }
+    assert_eq!(sts.call_count(), 4);
     Ok(())
 }
 
