@@ -2217,13 +2217,7 @@ mod tests {
     }
 
     fn role_spec() -> AssumeRoleSpec {
-        AssumeRoleSpec {
-            role_arn: "arn:aws:iam::123456789012:role/deployer".into(),
-            role_session_name: None,
-            duration_seconds: 3600,
-            external_id: None,
-            tags: vec![],
-        }
+        AssumeRoleSpec::example()
     }
 
     fn facts(assumed_now: bool, valid: bool) -> RoleFacts<'static> {

@@ -180,6 +180,20 @@ pub struct SessionTag {
     pub value: String,
 }
 
+#[cfg(test)]
+impl AssumeRoleSpec {
+    /// `arn:aws:iam::123456789012:role/deployer`, defaults otherwise (unit tests).
+    pub(crate) fn example() -> Self {
+        Self {
+            role_arn: "arn:aws:iam::123456789012:role/deployer".into(),
+            role_session_name: None,
+            duration_seconds: DEFAULT_ROLE_DURATION_SECONDS,
+            external_id: None,
+            tags: vec![],
+        }
+    }
+}
+
 pub const DEFAULT_ROLE_DURATION_SECONDS: i32 = 3_600;
 
 fn default_role_duration_seconds() -> i32 {

@@ -817,13 +817,7 @@ mod tests {
     use crate::crd::{Failure, RoleStatus, SessionTag};
 
     fn role_spec() -> AssumeRoleSpec {
-        AssumeRoleSpec {
-            role_arn: "arn:aws:iam::123456789012:role/deployer".into(),
-            role_session_name: None,
-            duration_seconds: 3600,
-            external_id: None,
-            tags: vec![],
-        }
+        AssumeRoleSpec::example()
     }
 
     /// Role credentials assumed at `at` with session `S1`, expiring at `exp`, renewed at `renew`.

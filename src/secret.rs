@@ -406,30 +406,49 @@ pub fn ownership(secret: Option<&Secret>, st: &SessionToken) -> Ownership {
 /// annotations, and a controller owner reference unless `retainOnDelete`.
 pub fn desired_secret(st: &SessionToken, name: &str, session: &SessionSecret) -> Secret {
     let spec = st.spec.secret.clone().unwrap_or_default();
-    let mut labels = spec.labels.clone();
+    operator_secret(
+        st,
+        name,
+        (spec.labels, spec.annotations),
+        session,
+        &Layout::of(st),
+        !spec.retain_on_delete,
+    )
+}
+
+/// A Secret the operator writes for `st`: `extra` labels and annotations, then its own (the
+/// owner's UID and name, managed-by for the watch's selector, the expiration), the session in
+/// `layout`, and a controller owner reference if `owned`.
+fn operator_secret(
+    st: &SessionToken,
+    name: &str,
+    extra: (BTreeMap<String, String>, BTreeMap<String, String>),
+    session: &SessionSecret,
+    layout: &Layout,
+    owned: bool,
+) -> Secret {
+    let (mut labels, mut annotations) = extra;
     labels.insert(
         OWNER_UID_LABEL.into(),
         st.metadata.uid.clone().unwrap_or_default(),
     );
     labels.insert(MANAGED_BY_LABEL.into(), FIELD_MANAGER.into());
-    let mut annotations = spec.annotations.clone();
     annotations.insert(
         OWNER_NAME_ANNOTATION.into(),
         st.metadata.name.clone().unwrap_or_default(),
     );
     annotations.insert(EXPIRATION_ANNOTATION.into(), session.expiration.to_string());
-    let owner_references = (!spec.retain_on_delete).then(|| vec![owner_reference(st)]);
     Secret {
         metadata: ObjectMeta {
             name: Some(name.into()),
             namespace: st.metadata.namespace.clone(),
             labels: Some(labels),
             annotations: Some(annotations),
-            owner_references,
+            owner_references: owned.then(|| vec![owner_reference(st)]),
             ..Default::default()
         },
         type_: Some("Opaque".into()),
-        data: Some(render_data(session, &Layout::of(st))),
+        data: Some(render_data(session, layout)),
         ..Default::default()
     }
 }
@@ -450,41 +469,19 @@ pub const PURPOSE_ANNOTATION: &str = "stssession.dev/purpose";
 /// SessionToken, so garbage-collected with it whatever `retainOnDelete` says), not for
 /// workloads, which get the role's credentials in the output Secret.
 pub fn desired_session_secret(st: &SessionToken, name: &str, session: &SessionSecret) -> Secret {
-    let labels = BTreeMap::from([
-        (
-            OWNER_UID_LABEL.to_string(),
-            st.metadata.uid.clone().unwrap_or_default(),
-        ),
-        (MANAGED_BY_LABEL.to_string(), FIELD_MANAGER.to_string()),
-        (
-            SECRET_ROLE_LABEL.to_string(),
-            SESSION_SECRET_ROLE.to_string(),
-        ),
-    ]);
-    let annotations = BTreeMap::from([
-        (
-            OWNER_NAME_ANNOTATION.to_string(),
-            st.metadata.name.clone().unwrap_or_default(),
-        ),
-        (EXPIRATION_ANNOTATION.to_string(), session.expiration.to_string()),
-        (
-            PURPOSE_ANNOTATION.to_string(),
-            "the STS session the operator assumes spec.assumeRole with; not for workloads (they use the output Secret)".to_string(),
-        ),
-    ]);
-    Secret {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            namespace: st.metadata.namespace.clone(),
-            labels: Some(labels),
-            annotations: Some(annotations),
-            owner_references: Some(vec![owner_reference(st)]),
-            ..Default::default()
-        },
-        type_: Some("Opaque".into()),
-        data: Some(render_data(session, &session_layout())),
-        ..Default::default()
-    }
+    let labels = BTreeMap::from([(SECRET_ROLE_LABEL.into(), SESSION_SECRET_ROLE.into())]);
+    let annotations = BTreeMap::from([(
+        PURPOSE_ANNOTATION.into(),
+        "the STS session the operator assumes spec.assumeRole with; not for workloads (they use the output Secret)".into(),
+    )]);
+    operator_secret(
+        st,
+        name,
+        (labels, annotations),
+        session,
+        &session_layout(),
+        true,
+    )
 }
 
 /// The session a Secret kept for `spec.assumeRole` holds, if complete.
