@@ -20,6 +20,36 @@ use std::sync::Mutex;
 
 pub use kube::runtime::events::EventType;
 
+/// An Event about a SessionToken, as the decisions ask for it (`plan`); published by `act`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Event {
+    pub type_: EventType,
+    pub reason: &'static str,
+    pub note: String,
+}
+
+impl Event {
+    pub fn normal(reason: &'static str, note: String) -> Self {
+        Self {
+            type_: EventType::Normal,
+            reason,
+            note,
+        }
+    }
+
+    pub fn warning(reason: &'static str, note: String) -> Self {
+        Self {
+            type_: EventType::Warning,
+            reason,
+            note,
+        }
+    }
+
+    pub fn is_warning(&self) -> bool {
+        matches!(self.type_, EventType::Warning)
+    }
+}
+
 /// How long a published Event can absorb repeats (kube-runtime's value).
 const SERIES_WINDOW: SignedDuration = SignedDuration::from_mins(6);
 /// How often expired entries are dropped.

@@ -5,9 +5,9 @@ use clap::Parser;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use sts_session_operator::controller::{self, Context, Settings};
 use sts_session_operator::metrics::{self, Metrics};
 use sts_session_operator::plan::{Timing, parse_duration};
+use sts_session_operator::reconcile::{self, Context, Settings};
 use sts_session_operator::sts::{EndpointPolicy, StsClient, StsSettings};
 use sts_session_operator::telemetry::{self, LogFormat};
 use tracing::{error, info, warn};
@@ -100,6 +100,10 @@ struct Args {
     /// returns shorter lifetimes lower it.
     #[arg(long, default_value = "15m", value_parser = duration, hide = true)]
     role_min_session_remaining: Duration,
+    /// On SIGTERM: how long reconciles in flight (an approval being used) may take to finish
+    /// before the process stops anyway. Keep it below the pod's termination grace period.
+    #[arg(long, default_value = "20s", value_parser = duration)]
+    shutdown_timeout: Duration,
 }
 
 fn main() -> Result<()> {
@@ -107,6 +111,15 @@ fn main() -> Result<()> {
     tune_malloc();
     let args = Args::parse();
     telemetry::init(args.log_format, &args.log_level);
+    // A panic is logged with its place only: its message may quote any value. (Reconciles are
+    // behind a backstop that catches theirs: src/reconcile/mod.rs.)
+    std::panic::set_hook(Box::new(|info| {
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        error!(location, "panic");
+    }));
     // What `#[tokio::main]` builds (a worker per core; `TOKIO_WORKER_THREADS` overrides).
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -268,10 +281,11 @@ async fn run(args: Args) -> Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let controllers = futures::future::join_all(namespaces.into_iter().map(|ns| {
         let mut stop = stop_rx.clone();
-        controller::run(ctx.clone(), ns, args.reconcile_concurrency, async move {
+        reconcile::run(ctx.clone(), ns, args.reconcile_concurrency, async move {
             let _ = stop.wait_for(|s| *s).await;
         })
     }));
+    let mut controllers = std::pin::pin!(controllers);
     let lost_leadership = async {
         match leadership.as_mut() {
             Some((is_leader, _)) => {
@@ -282,8 +296,15 @@ async fn run(args: Args) -> Result<()> {
         }
     };
     tokio::select! {
-        _ = controllers => {}
-        _ = shutdown_signal() => { info!("shutting down"); }
+        _ = &mut controllers => {}
+        _ = shutdown_signal() => {
+            // No new work; reconciles in flight (a code being used) finish, within bounds.
+            info!(timeout = ?args.shutdown_timeout, "shutting down: finishing reconciles in flight");
+            let _ = stop_tx.send(true);
+            if tokio::time::timeout(args.shutdown_timeout, &mut controllers).await.is_err() {
+                warn!("reconciles still running at the shutdown timeout: stopping anyway");
+            }
+        }
         _ = lost_leadership => {
             let _ = stop_tx.send(true);
             anyhow::bail!("lost leadership");
@@ -296,14 +317,21 @@ async fn run(args: Args) -> Result<()> {
             let _ = manager.release().await;
         }
     }
+    info!("stopped");
     Ok(())
 }
 
 async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(e) => {
+            warn!(error = %e, "no SIGTERM handler; stopping on Ctrl-C only");
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

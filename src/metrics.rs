@@ -187,6 +187,13 @@ pub struct Metrics {
     assume_role_calls: Family<OutcomeLabels, Counter>,
     reconcile_duration: Histogram,
     reconcile_errors: Family<ReasonLabels, Counter>,
+    reconcile_panics: Counter,
+    unreadable_objects: Family<KindLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: String,
 }
 
 impl Default for Metrics {
@@ -207,6 +214,8 @@ impl Metrics {
         let assume_role_calls = Family::<OutcomeLabels, Counter>::default();
         let reconcile_duration = Histogram::new(RECONCILE_BUCKETS);
         let reconcile_errors = Family::<ReasonLabels, Counter>::default();
+        let reconcile_panics = Counter::default();
+        let unreadable_objects = Family::<KindLabels, Counter>::default();
 
         registry.register_collector(Box::new(sessions.clone()));
         registry.register(
@@ -230,6 +239,20 @@ impl Metrics {
             "Reconciliations that ended in an error, by reason",
             reconcile_errors.clone(),
         );
+        registry.register(
+            "sts_session_reconcile_panics",
+            "Reconciliations that panicked (caught: the object gets Ready=False/InternalError and is retried)",
+            reconcile_panics.clone(),
+        );
+        registry.register(
+            "sts_session_unreadable_objects",
+            "Objects a watch received but could not read (skipped, the others served), by kind",
+            unreadable_objects.clone(),
+        );
+        // Present from the start, at 0, so that alerts on them have a series to look at.
+        for kind in ["SessionToken", "Secret"] {
+            let _ = unreadable_objects.get_or_create(&KindLabels { kind: kind.into() });
+        }
 
         Self {
             registry,
@@ -238,7 +261,21 @@ impl Metrics {
             assume_role_calls,
             reconcile_duration,
             reconcile_errors,
+            reconcile_panics,
+            unreadable_objects,
         }
+    }
+
+    /// Counts one reconcile that panicked.
+    pub fn reconcile_panicked(&self) {
+        self.reconcile_panics.inc();
+    }
+
+    /// Counts one object of `kind` that a watch could not read.
+    pub fn unreadable_object(&self, kind: &str) {
+        self.unreadable_objects
+            .get_or_create(&KindLabels { kind: kind.into() })
+            .inc();
     }
 
     /// Records the state of one `SessionToken` (replacing what was recorded before).
@@ -458,7 +495,10 @@ mod tests {
         assert!(out.contains(r#"sts_session_expiration_timestamp_seconds{namespace="team-a",name="deploy"} 1900000000"#), "{out}");
         assert!(out.contains(r#"sts_session_renewal_timestamp_seconds{namespace="team-a",name="deploy"} 1899990000"#), "{out}");
         assert!(out.contains(r#"sts_session_role_expiration_timestamp_seconds{namespace="team-a",name="deploy"} 1899999000"#), "{out}");
-        assert!(!out.contains(r#"sts_session_role_renewal_timestamp_seconds{"#), "{out}");
+        assert!(
+            !out.contains(r#"sts_session_role_renewal_timestamp_seconds{"#),
+            "{out}"
+        );
         assert!(
             out.contains(r#"sts_session_ready_status{namespace="team-a",name="deploy"} 1"#),
             "{out}"

@@ -498,9 +498,9 @@ pub fn approve_outcome(
     // this code) would otherwise read as this approval's.
     if let Some(claimed_at) = st
         .annotations()
-        .get(crate::controller::CLAIMED_AT_ANNOTATION)
+        .get(crate::approval::CLAIMED_AT_ANNOTATION)
         .and_then(|t| t.parse::<Timestamp>().ok())
-        && !crate::controller::claim_resolved(&status, claimed_at)
+        && !crate::approval::claim_resolved(&status, claimed_at)
     {
         return Outcome::Pending(Waiting::Status);
     }

@@ -5,6 +5,7 @@ use crate::crd::{
     DEFAULT_MOUNT_PATH, FIELD_MANAGER, OWNER_NAME_ANNOTATION, OWNER_UID_LABEL, OutputFormat,
     SECRET_ROLE_LABEL, SESSION_SECRET_ROLE, SessionToken, SourceSecretRef,
 };
+use crate::credentials::Credentials;
 use crate::sensitive::Sensitive;
 use jiff::Timestamp;
 use k8s_openapi::ByteString;
@@ -112,7 +113,7 @@ struct ProcessCredentials {
 }
 
 /// The session as `credential_process` prints it (`credential-process.json`).
-pub fn credential_process_json(session: &SessionSecret) -> String {
+pub fn credential_process_json(session: &Credentials) -> String {
     let doc = ProcessCredentials {
         version: 1,
         access_key_id: session.access_key_id.clone(),
@@ -127,15 +128,6 @@ pub fn credential_process_json(session: &SessionSecret) -> String {
 
 /// Marks output Secrets, so the operator's Secret watch can be label-filtered.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
-
-/// Session credentials as the output Secret carries them.
-#[derive(Clone, Debug, PartialEq)]
-pub struct SessionSecret {
-    pub access_key_id: String,
-    pub secret_access_key: Sensitive<String>,
-    pub session_token: Sensitive<String>,
-    pub expiration: Timestamp,
-}
 
 /// The IAM user's long-term keys, read from the source Secret.
 #[derive(Clone, Debug)]
@@ -220,7 +212,7 @@ pub fn read_long_term_keys(
 }
 
 /// Renders the output Secret's data for a session, in the given layout.
-pub fn render_data(session: &SessionSecret, layout: &Layout) -> BTreeMap<String, ByteString> {
+pub fn render_data(session: &Credentials, layout: &Layout) -> BTreeMap<String, ByteString> {
     let mut data = BTreeMap::new();
     let mut put = |k: &str, v: String| {
         data.insert(k.to_string(), ByteString(v.into_bytes()));
@@ -254,7 +246,7 @@ pub fn render_data(session: &SessionSecret, layout: &Layout) -> BTreeMap<String,
 
 /// The session a Secret carries, from whichever of its keys has it (not yet checked against
 /// the other keys).
-fn session_candidate(secret: &Secret) -> Option<SessionSecret> {
+fn session_candidate(secret: &Secret) -> Option<Credentials> {
     let get = |k: &str| {
         data_text(secret, k)
             .and_then(Result::ok)
@@ -298,7 +290,7 @@ fn session_candidate(secret: &Secret) -> Option<SessionSecret> {
                 value("aws_session_token")?,
             )
         };
-    Some(SessionSecret {
+    Some(Credentials {
         access_key_id,
         secret_access_key: Sensitive::new(secret_access_key),
         session_token: Sensitive::new(session_token),
@@ -308,7 +300,7 @@ fn session_candidate(secret: &Secret) -> Option<SessionSecret> {
 
 /// Reads the session back from an output Secret, if it holds a complete, consistent one in
 /// `layout`: every key the layout renders is present and agrees with the others.
-pub fn read_session(secret: &Secret, layout: &Layout) -> Option<SessionSecret> {
+pub fn read_session(secret: &Secret, layout: &Layout) -> Option<Credentials> {
     let session = session_candidate(secret)?;
     let data = secret.data.as_ref()?;
     render_data(&session, layout)
@@ -320,7 +312,7 @@ pub fn read_session(secret: &Secret, layout: &Layout) -> Option<SessionSecret> {
 /// Reads the session from an output Secret written in any layout (e.g. before `formats` or
 /// `mountPath` changed): each format it carries, even in part, must be complete and agree
 /// with the others (`config` does not count: it holds no session).
-pub fn read_session_any_layout(secret: &Secret) -> Option<SessionSecret> {
+pub fn read_session_any_layout(secret: &Secret) -> Option<Credentials> {
     let session = session_candidate(secret)?;
     let data = secret.data.as_ref()?;
     let rendered = render_data(&session, &Layout::default());
@@ -338,7 +330,7 @@ pub fn read_session_any_layout(secret: &Secret) -> Option<SessionSecret> {
 
 /// The session the output Secret holds for `st`: in its current layout, else in the layout it
 /// was written in (the operator then rewrites it, with the same session, in the current one).
-pub fn held_session(secret: &Secret, st: &SessionToken) -> Option<SessionSecret> {
+pub fn held_session(secret: &Secret, st: &SessionToken) -> Option<Credentials> {
     read_session(secret, &Layout::of(st)).or_else(|| read_session_any_layout(secret))
 }
 
@@ -358,7 +350,7 @@ pub fn stale_keys(existing: &Secret, desired: &Secret) -> Vec<String> {
 }
 
 /// How the Secret at the output name relates to a SessionToken.
-#[derive(Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Ownership {
     Absent,
     /// Ours: controlled by this SessionToken, or (with `retainOnDelete`) labelled with its UID
@@ -404,7 +396,7 @@ pub fn ownership(secret: Option<&Secret>, st: &SessionToken) -> Ownership {
 
 /// The output Secret as it should be: data, the owner label/annotation, the user's labels and
 /// annotations, and a controller owner reference unless `retainOnDelete`.
-pub fn desired_secret(st: &SessionToken, name: &str, session: &SessionSecret) -> Secret {
+pub fn desired_secret(st: &SessionToken, name: &str, session: &Credentials) -> Secret {
     let spec = st.spec.secret.clone().unwrap_or_default();
     operator_secret(
         st,
@@ -423,7 +415,7 @@ fn operator_secret(
     st: &SessionToken,
     name: &str,
     extra: (BTreeMap<String, String>, BTreeMap<String, String>),
-    session: &SessionSecret,
+    session: &Credentials,
     layout: &Layout,
     owned: bool,
 ) -> Secret {
@@ -468,7 +460,7 @@ pub const PURPOSE_ANNOTATION: &str = "stssession.dev/purpose";
 /// the operator's own (labelled [`SECRET_ROLE_LABEL`]`=session`, always owned by the
 /// SessionToken, so garbage-collected with it whatever `retainOnDelete` says), not for
 /// workloads, which get the role's credentials in the output Secret.
-pub fn desired_session_secret(st: &SessionToken, name: &str, session: &SessionSecret) -> Secret {
+pub fn desired_session_secret(st: &SessionToken, name: &str, session: &Credentials) -> Secret {
     let labels = BTreeMap::from([(SECRET_ROLE_LABEL.into(), SESSION_SECRET_ROLE.into())]);
     let annotations = BTreeMap::from([(
         PURPOSE_ANNOTATION.into(),
@@ -485,7 +477,7 @@ pub fn desired_session_secret(st: &SessionToken, name: &str, session: &SessionSe
 }
 
 /// The session a Secret kept for `spec.assumeRole` holds, if complete.
-pub fn kept_session(secret: &Secret) -> Option<SessionSecret> {
+pub fn kept_session(secret: &Secret) -> Option<Credentials> {
     read_session(secret, &session_layout())
 }
 
@@ -602,8 +594,8 @@ mod tests {
         st
     }
 
-    fn session() -> SessionSecret {
-        SessionSecret {
+    fn session() -> Credentials {
+        Credentials {
             access_key_id: "ASIAEXAMPLE123456789".into(),
             secret_access_key: Sensitive::new("secret/with+chars".into()),
             session_token: Sensitive::new("FwoGZXIvYXdzE//token==".into()),
@@ -763,7 +755,7 @@ mod tests {
         mixed.data.as_mut().unwrap().insert(
             KEY_CREDENTIAL_PROCESS.into(),
             ByteString(
-                credential_process_json(&SessionSecret {
+                credential_process_json(&Credentials {
                     access_key_id: "ASIAOTHER".into(),
                     ..session()
                 })

@@ -16,7 +16,9 @@ use std::time::Duration;
 
 use aws_sdk_sts::config::retry::RetryConfig;
 use aws_sdk_sts::config::timeout::TimeoutConfig;
-use aws_sdk_sts::config::{BehaviorVersion, Credentials, IdentityCache, Region, SharedHttpClient};
+use aws_sdk_sts::config::{
+    BehaviorVersion, Credentials as SdkCredentials, IdentityCache, Region, SharedHttpClient,
+};
 use aws_sdk_sts::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_sts::types::Tag;
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
@@ -36,58 +38,7 @@ const MAX_MESSAGE_CHARS: usize = 300;
 /// Endpoints longer than this are refused outright.
 const MAX_ENDPOINT_LEN: usize = 2048;
 
-// ---------------------------------------------------------------------------------------------
-// Token code
-// ---------------------------------------------------------------------------------------------
-
-/// An MFA token code: exactly six ASCII digits, parsed from the annotation a human puts on the
-/// `SessionToken`. Anything else (surrounding spaces, letters, 5 or 7 digits, a leading `+`,
-/// non-ASCII digits) is refused. Deliberately not `Clone`: a code is good for one STS call.
-pub struct TokenCode(Sensitive<String>);
-
-impl TokenCode {
-    pub fn parse(raw: &str) -> Result<TokenCode, InvalidTokenCode> {
-        if raw.is_empty() {
-            return Err(InvalidTokenCode {
-                problem: "it is empty",
-            });
-        }
-        if raw.chars().any(char::is_whitespace) {
-            return Err(InvalidTokenCode {
-                problem: "it contains whitespace",
-            });
-        }
-        if !raw.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(InvalidTokenCode {
-                problem: "it contains characters other than the digits 0-9",
-            });
-        }
-        if raw.len() != 6 {
-            return Err(InvalidTokenCode {
-                problem: "it does not have exactly six digits",
-            });
-        }
-        Ok(TokenCode(Sensitive::new(raw.to_owned())))
-    }
-
-    /// The six digits, for the STS request.
-    pub fn expose(&self) -> &str {
-        self.0.expose()
-    }
-}
-
-impl fmt::Debug for TokenCode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("TokenCode(<redacted>)")
-    }
-}
-
-/// Why a token code was refused. Never contains the code itself.
-#[derive(thiserror::Error, Debug, Clone, Copy, PartialEq, Eq)]
-#[error("the MFA token code must be exactly six ASCII digits, but {problem}")]
-pub struct InvalidTokenCode {
-    problem: &'static str,
-}
+pub use crate::approval::{InvalidTokenCode, TokenCode};
 
 // ---------------------------------------------------------------------------------------------
 // Serial number, region, duration, source keys
@@ -686,14 +637,7 @@ impl fmt::Debug for SessionRequest<'_> {
     }
 }
 
-/// Session credentials returned by STS.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SessionCredentials {
-    pub access_key_id: String,
-    pub secret_access_key: Sensitive<String>,
-    pub session_token: Sensitive<String>,
-    pub expiration: jiff::Timestamp,
-}
+pub use crate::credentials::Credentials;
 
 /// One `AssumeRole` call, signed with session credentials.
 pub struct AssumeRoleRequest<'a> {
@@ -714,7 +658,7 @@ pub struct AssumeRoleRequest<'a> {
 /// What `AssumeRole` returned.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AssumedRole {
-    pub credentials: SessionCredentials,
+    pub credentials: Credentials,
     /// `arn:aws:sts::ACCOUNT:assumed-role/ROLE/SESSION`, if STS said.
     pub assumed_role_arn: Option<String>,
 }
@@ -1021,7 +965,7 @@ where
 fn credentials_from_output(
     credentials: Option<aws_sdk_sts::types::Credentials>,
     now: jiff::Timestamp,
-) -> Result<SessionCredentials, StsError> {
+) -> Result<Credentials, StsError> {
     let invalid = |message: &str| StsError::InvalidResponse {
         message: message.to_owned(),
     };
@@ -1059,7 +1003,7 @@ fn credentials_from_output(
             message: format!("the response's Expiration {expiration} is not in the future"),
         });
     }
-    Ok(SessionCredentials {
+    Ok(Credentials {
         access_key_id: creds.access_key_id,
         secret_access_key: Sensitive::new(creds.secret_access_key),
         session_token: Sensitive::new(creds.session_token),
@@ -1122,7 +1066,7 @@ impl StsClient {
     pub async fn get_session_token(
         &self,
         req: SessionRequest<'_>,
-    ) -> Result<SessionCredentials, StsError> {
+    ) -> Result<Credentials, StsError> {
         let settings = &self.inner.settings;
         let bad = |message: String| StsError::InvalidRequest { message };
         validate_region(req.region).map_err(bad)?;
@@ -1137,7 +1081,7 @@ impl StsClient {
             },
         )?;
         let with_mfa = req.mfa.is_some();
-        let credentials = Credentials::new(
+        let credentials = SdkCredentials::new(
             req.access_key_id,
             req.secret_access_key.expose().clone(),
             None,
@@ -1182,7 +1126,7 @@ impl StsClient {
                 req.duration_seconds
             )));
         }
-        let credentials = Credentials::new(
+        let credentials = SdkCredentials::new(
             req.access_key_id,
             req.secret_access_key.expose().clone(),
             Some(req.session_token.expose().clone()),
@@ -1234,7 +1178,7 @@ impl StsClient {
         &self,
         region: &str,
         endpoint: Option<&str>,
-        credentials: Credentials,
+        credentials: SdkCredentials,
         attempts: Option<u32>,
     ) -> Result<aws_sdk_sts::Client, StsError> {
         let settings = &self.inner.settings;
@@ -1951,7 +1895,7 @@ mod tests {
         replies: Vec<Canned>,
         mfa: bool,
         s: StsSettings,
-    ) -> (Result<SessionCredentials, StsError>, usize) {
+    ) -> (Result<Credentials, StsError>, usize) {
         let fake = Fake::new(replies);
         let secret = Sensitive::new(SECRET.to_owned());
         let r = fake

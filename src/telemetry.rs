@@ -16,8 +16,13 @@ pub fn init(format: LogFormat, default_filter: &str) {
     // At trace level the AWS SDK logs request bodies, which hold the MFA code: cap its crates
     // at debug whatever the filter says. (A cap, not a `aws_…=debug` directive: that would also
     // raise them to debug under the default `info`, some 17 lines and 4 KiB per STS call.)
+    // The Kubernetes client logs a whole response body when it cannot deserialize it (every
+    // object of a list page, a Secret's data, a token code waiting in an annotation): its
+    // client module is silenced whatever the filter says. (Objects are read one by one,
+    // `reconcile::watch::Tolerant`, so that this does not happen on the watches.)
     let no_sdk_trace = filter::filter_fn(|meta| {
         !(*meta.level() == tracing::Level::TRACE && meta.target().starts_with("aws_"))
+            && meta.target() != "kube_client::client"
     });
     let registry = tracing_subscriber::registry()
         .with(env_filter)

@@ -23,10 +23,11 @@ use proptest::test_runner::{Config, TestRunner};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+use sts_session_operator::Credentials;
 use sts_session_operator::Sensitive;
 use sts_session_operator::crd::{OutputFormat, SessionToken, SourceSecretRef};
 use sts_session_operator::plan::{is_object_name, parse_duration};
-use sts_session_operator::secret::{self, Layout, SessionSecret};
+use sts_session_operator::secret::{self, Layout};
 use sts_session_operator::sts::{
     EndpointPolicy, SessionRequest, StsClient, StsError, StsSettings, TokenCode,
     normalize_endpoint, validate_serial_number,
@@ -559,7 +560,7 @@ fn session_token_with(formats: Vec<OutputFormat>, mount_path: String) -> Session
     st
 }
 
-fn session() -> impl Strategy<Value = SessionSecret> {
+fn session() -> impl Strategy<Value = Credentials> {
     (
         "ASIA[A-Z0-9]{16}",
         "[A-Za-z0-9/+]{40}",
@@ -567,7 +568,7 @@ fn session() -> impl Strategy<Value = SessionSecret> {
         1_600_000_000i64..4_000_000_000i64,
         prop_oneof![Just(0i32), 0i32..1_000_000_000],
     )
-        .prop_map(|(id, key, token, secs, nanos)| SessionSecret {
+        .prop_map(|(id, key, token, secs, nanos)| Credentials {
             access_key_id: id,
             secret_access_key: Sensitive::new(key),
             session_token: Sensitive::new(token),

@@ -1,0 +1,506 @@
+//! The approval protocol, whole: a person puts a six-digit MFA code on a SessionToken (the
+//! annotation `stssession.dev/token-code`, with `stssession.dev/approved-by`, usually through
+//! `kubectl sts approve`); the operator claims it exactly once (one JSON patch that tests the
+//! values and removes them, and marks the time of the claim in
+//! `stssession.dev/token-code-claimed-at`), records the claim in status, uses it for one STS call,
+//! and never stores, logs or retries it. A claim that status never resolved was interrupted (the
+//! process died): the code may have been spent, and the session is lost.
+//!
+//! Everything here is pure: parsing and bounding the annotations ([`ApprovalFacts`]), the
+//! decision about a code ([`assess`]), the claim patch ([`Claim`]), interrupted claims
+//! ([`interrupted`]).
+
+use crate::Sensitive;
+use crate::crd::{Approval, SessionToken, SessionTokenStatus};
+use crate::events::Event;
+use jiff::{SignedDuration, Timestamp};
+use std::fmt;
+use std::time::Duration;
+
+pub use crate::crd::{APPROVED_BY_ANNOTATION, RENEW_ANNOTATION, TOKEN_CODE_ANNOTATION};
+
+/// Annotation the claim of a code leaves on the SessionToken: when (RFC 3339) a code was last
+/// claimed to be used. Set by the same patch that removes the code, so that no crash can
+/// separate the two: a claim that status never resolved (no `Issuing` condition, approval or
+/// failure recorded at or after it) was interrupted. Only the operator may set it (the chart's
+/// admission policy).
+pub const CLAIMED_AT_ANNOTATION: &str = "stssession.dev/token-code-claimed-at";
+/// Client-side `kubectl apply` keeps the whole object here, a code included.
+pub const LAST_APPLIED_ANNOTATION: &str = "kubectl.kubernetes.io/last-applied-configuration";
+/// The `Issuing` condition's type, and its reason while a claimed code is being used.
+pub const ISSUING: &str = "Issuing";
+pub const CLAIMED: &str = "TokenCodeClaimed";
+/// Times on an object that should lie in the past are believed up to this far in the future
+/// (clock skew between the API server's clients); later ones are ignored.
+pub const MAX_SKEW: SignedDuration = SignedDuration::from_secs(300);
+
+// ---------------------------------------------------------------------------------------------
+// The code itself
+
+/// An MFA token code: exactly six ASCII digits, parsed from the annotation a human puts on the
+/// `SessionToken`. Anything else (surrounding spaces, letters, 5 or 7 digits, a leading `+`,
+/// non-ASCII digits) is refused. Deliberately not `Clone`: a code is good for one STS call.
+pub struct TokenCode(Sensitive<String>);
+
+impl TokenCode {
+    pub fn parse(raw: &str) -> Result<TokenCode, InvalidTokenCode> {
+        let problem = if raw.is_empty() {
+            "it is empty"
+        } else if raw.chars().any(char::is_whitespace) {
+            "it contains whitespace"
+        } else if !raw.bytes().all(|b| b.is_ascii_digit()) {
+            "it contains characters other than the digits 0-9"
+        } else if raw.len() != 6 {
+            "it does not have exactly six digits"
+        } else {
+            return Ok(TokenCode(Sensitive::new(raw.to_owned())));
+        };
+        Err(InvalidTokenCode { problem })
+    }
+
+    /// The six digits, for the STS request.
+    pub fn expose(&self) -> &str {
+        self.0.expose()
+    }
+}
+
+impl fmt::Debug for TokenCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TokenCode(<redacted>)")
+    }
+}
+
+/// Why a token code was refused. Never contains the code itself.
+#[derive(thiserror::Error, Debug, Clone, Copy, PartialEq, Eq)]
+#[error("the MFA token code must be exactly six ASCII digits, but {problem}")]
+pub struct InvalidTokenCode {
+    problem: &'static str,
+}
+
+/// What the code annotation on a SessionToken amounts to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CodeState {
+    /// No code annotation.
+    Absent,
+    /// A well-formed, fresh code on an MFA SessionToken: claim it and use it.
+    Usable,
+    /// Not six ASCII digits. Claimed and dropped, no STS call.
+    Invalid,
+    /// Older than the maximum age. Claimed and dropped, no STS call.
+    Expired { age: Duration },
+    /// A code on a SessionToken without `mfa`. Claimed and dropped with a warning.
+    NotNeeded,
+}
+
+/// Classifies the code annotation. `set_at` is when the annotation was last written (from
+/// `managedFields`); unknown means fresh, since the API server always records it.
+pub fn code_state(
+    raw_code: Option<&str>,
+    has_mfa: bool,
+    set_at: Option<Timestamp>,
+    now: Timestamp,
+    max_age: Duration,
+) -> CodeState {
+    let Some(raw) = raw_code else {
+        return CodeState::Absent;
+    };
+    if !has_mfa {
+        return CodeState::NotNeeded;
+    }
+    if TokenCode::parse(raw).is_err() {
+        return CodeState::Invalid;
+    }
+    if let Some(set_at) = set_at {
+        let age = now.duration_since(set_at);
+        if age > SignedDuration::try_from(max_age).unwrap_or(SignedDuration::MAX) {
+            return CodeState::Expired {
+                age: age.unsigned_abs(),
+            };
+        }
+    }
+    CodeState::Usable
+}
+
+/// The time the annotation `key` was last set, from the object's `managedFields`: the newest
+/// entry whose field set contains it.
+pub fn annotation_set_at(st: &SessionToken, key: &str) -> Option<Timestamp> {
+    let needle = format!("f:{key}");
+    st.metadata
+        .managed_fields
+        .as_ref()?
+        .iter()
+        .filter(|mf| {
+            mf.fields_v1.as_ref().is_some_and(|f| {
+                f.0.get("f:metadata")
+                    .and_then(|m| m.get("f:annotations"))
+                    .and_then(|a| a.as_object())
+                    .is_some_and(|a| a.contains_key(&needle))
+            })
+        })
+        .filter_map(|mf| mf.time.as_ref().map(|t| t.0))
+        .max()
+}
+
+/// A time that should lie in the past, believed only up to [`MAX_SKEW`] ahead of `now`.
+pub fn past_time(t: Timestamp, now: Timestamp) -> Option<Timestamp> {
+    let limit = now.checked_add(MAX_SKEW).unwrap_or(Timestamp::MAX);
+    (t <= limit).then_some(t)
+}
+
+// ---------------------------------------------------------------------------------------------
+// What the object says, parsed and bounded once
+
+/// The approval annotations of a SessionToken, read once (by `observe`) and bounded.
+#[derive(Clone, Debug, Default)]
+pub struct ApprovalFacts {
+    /// `stssession.dev/token-code`, as set (not yet checked).
+    pub code: Option<String>,
+    /// `stssession.dev/approved-by`.
+    pub approved_by: Option<String>,
+    /// When the code annotation was set (`managedFields`), if credible.
+    pub code_set_at: Option<Timestamp>,
+    /// `stssession.dev/token-code-claimed-at`, if it parses and is not in the future.
+    pub claimed_at: Option<Timestamp>,
+    /// `stssession.dev/renew-requested-at`, as set.
+    pub renew: Option<String>,
+    /// The code is also in client-side `kubectl apply`'s copy of the object.
+    pub code_in_last_applied: bool,
+}
+
+impl ApprovalFacts {
+    pub fn of(st: &SessionToken, now: Timestamp) -> Self {
+        let annotations = st.metadata.annotations.as_ref();
+        let get = |key: &str| annotations.and_then(|a| a.get(key)).cloned();
+        let code = get(TOKEN_CODE_ANNOTATION);
+        Self {
+            code_in_last_applied: code.is_some()
+                && annotations
+                    .and_then(|a| a.get(LAST_APPLIED_ANNOTATION))
+                    .is_some_and(|l| l.contains(TOKEN_CODE_ANNOTATION)),
+            code,
+            approved_by: get(APPROVED_BY_ANNOTATION),
+            code_set_at: annotation_set_at(st, TOKEN_CODE_ANNOTATION)
+                .and_then(|t| past_time(t, now)),
+            claimed_at: annotations
+                .and_then(|a| a.get(CLAIMED_AT_ANNOTATION))
+                .and_then(|t| t.parse::<Timestamp>().ok())
+                .and_then(|t| past_time(t, now)),
+            renew: get(RENEW_ANNOTATION),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Claims
+
+/// One claim of an annotation: a JSON patch that tests its value (and the values of `tested`
+/// companions) and removes them, so that exactly one claimant wins and a newer value set
+/// meanwhile survives; `mark` is an annotation the same patch sets.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Claim {
+    pub key: &'static str,
+    pub patch: serde_json::Value,
+}
+
+fn annotation_path(key: &str) -> String {
+    format!(
+        "/metadata/annotations/{}",
+        key.replace('~', "~0").replace('/', "~1")
+    )
+}
+
+impl Claim {
+    pub fn new(
+        key: &'static str,
+        value: &str,
+        companions: &[(&str, &str)],
+        mark: Option<(&str, String)>,
+    ) -> Self {
+        let mut ops =
+            vec![serde_json::json!({"op": "test", "path": annotation_path(key), "value": value})];
+        for (k, v) in companions {
+            ops.push(serde_json::json!({"op": "test", "path": annotation_path(k), "value": v}));
+        }
+        ops.push(serde_json::json!({"op": "remove", "path": annotation_path(key)}));
+        for (k, _) in companions {
+            ops.push(serde_json::json!({"op": "remove", "path": annotation_path(k)}));
+        }
+        if let Some((k, v)) = mark {
+            ops.push(serde_json::json!({"op": "add", "path": annotation_path(k), "value": v}));
+        }
+        Claim {
+            key,
+            patch: serde_json::Value::Array(ops),
+        }
+    }
+
+    /// Whether this claim marks the time of a code's use (the claim of a code to be sent).
+    pub fn marks_use(&self) -> bool {
+        let path = annotation_path(CLAIMED_AT_ANNOTATION);
+        self.patch.as_array().is_some_and(|ops| {
+            ops.iter()
+                .any(|op| op["op"] == "add" && op["path"] == *path)
+        })
+    }
+}
+
+/// Whether status records the outcome (or the ongoing use) of a code claimed at `claimed_at`:
+/// every path after a claim writes an `Issuing` condition, an approval or a failure with the
+/// claiming reconcile's time, which is the claim's.
+pub fn claim_resolved(status: &SessionTokenStatus, claimed_at: Timestamp) -> bool {
+    status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == ISSUING && c.last_transition_time >= claimed_at)
+        || status
+            .last_approval
+            .as_ref()
+            .is_some_and(|a| a.time >= claimed_at)
+        || status
+            .last_failure
+            .as_ref()
+            .is_some_and(|f| f.time >= claimed_at)
+}
+
+/// A claim of an earlier reconcile that status never resolved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Interrupted {
+    /// None pending.
+    No,
+    /// The claim may still be in use by another process until `deadline`.
+    Pending { deadline: Timestamp },
+    /// The process using the code claimed at `claimed_at` died: the code is spent (STS may or
+    /// may not have seen it) and the session, if any, is lost.
+    Yes { claimed_at: Timestamp },
+}
+
+/// Looks for an unresolved claim: on record in status (`Issuing` [`CLAIMED`]) or, if the
+/// claiming process died before writing that, in the annotation the claim itself left.
+/// `call_timeout` bounds how long a claim may be in use.
+pub fn interrupted(
+    status: &SessionTokenStatus,
+    facts: &ApprovalFacts,
+    now: Timestamp,
+    call_timeout: Duration,
+) -> Interrupted {
+    let recorded = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == ISSUING && c.reason == CLAIMED)
+        .map(|c| c.last_transition_time)
+        .and_then(|t| past_time(t, now));
+    let unrecorded = facts.claimed_at.filter(|t| !claim_resolved(status, *t));
+    let Some(claimed_at) = recorded.max(unrecorded) else {
+        return Interrupted::No;
+    };
+    let grace = SignedDuration::try_from(call_timeout)
+        .ok()
+        .and_then(|d| d.checked_add(SignedDuration::from_secs(10)))
+        .unwrap_or(SignedDuration::from_secs(60));
+    match claimed_at.checked_add(grace) {
+        Ok(deadline) if now < deadline => Interrupted::Pending { deadline },
+        _ => Interrupted::Yes { claimed_at },
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The decision about a code
+
+/// What to do about the code annotation now.
+#[derive(Debug, Default)]
+pub struct CodeDecision {
+    /// The claim to make (removes the code, whatever becomes of it).
+    pub claim: Option<Claim>,
+    /// The code to use for GetSessionToken once claimed.
+    pub use_code: Option<TokenCode>,
+    /// The approval to record if the code gives a session.
+    pub approval: Option<Approval>,
+    /// The `Issuing` condition to set: (status, reason, message).
+    pub issuing: Option<(&'static str, &'static str, String)>,
+    /// Events to publish once the claim succeeded.
+    pub events: Vec<Event>,
+    /// Do nothing now: come back after this long (a claim must wait for the next second).
+    pub wait: Option<Duration>,
+}
+
+/// What [`assess`] needs besides the annotations.
+pub struct CodeContext<'a> {
+    pub has_mfa: bool,
+    /// A problem that stops minting: (reason, message).
+    pub blocker: Option<(&'static str, &'a str)>,
+    pub status: &'a SessionTokenStatus,
+    pub now: Timestamp,
+    pub max_age: Duration,
+}
+
+/// Decides about the code annotation: claim it exactly once, whatever becomes of it, and use it
+/// only if it is usable and nothing blocks minting.
+pub fn assess(facts: &ApprovalFacts, cx: &CodeContext<'_>) -> CodeDecision {
+    let Some(raw) = facts.code.as_deref() else {
+        return CodeDecision::default();
+    };
+    let state = code_state(Some(raw), cx.has_mfa, facts.code_set_at, cx.now, cx.max_age);
+    let used = state == CodeState::Usable && cx.blocker.is_none();
+    let claimed_at = round_to_second(cx.now);
+    if used && claim_resolved(cx.status, claimed_at) {
+        // Status already holds something written in this very second, which a claim now could
+        // not be told apart from (its times are whole seconds): claim in the next.
+        let into_second =
+            Duration::from_nanos(u64::try_from(cx.now.subsec_nanosecond()).unwrap_or(0));
+        return CodeDecision {
+            wait: Some(Duration::from_millis(1020).saturating_sub(into_second)),
+            ..CodeDecision::default()
+        };
+    }
+    let companions: Vec<(&str, &str)> = facts
+        .approved_by
+        .as_deref()
+        .map(|by| (APPROVED_BY_ANNOTATION, by))
+        .into_iter()
+        .collect();
+    let mark = used.then(|| (CLAIMED_AT_ANNOTATION, claimed_at.to_string()));
+    let mut decision = CodeDecision {
+        claim: Some(Claim::new(TOKEN_CODE_ANNOTATION, raw, &companions, mark)),
+        ..CodeDecision::default()
+    };
+    if facts.code_in_last_applied {
+        decision.events.push(Event::warning(
+            "TokenCodeInLastApplied",
+            "the token-code annotation was set with client-side `kubectl apply`, which keeps it in the last-applied-configuration annotation; use `kubectl sts approve` or `kubectl annotate`".into(),
+        ));
+    }
+    let dropped = |reason: &'static str, message: String, d: &mut CodeDecision| {
+        d.events.push(Event::warning(reason, message.clone()));
+        d.issuing = Some(("False", reason, message));
+    };
+    match state {
+        CodeState::Absent => {}
+        CodeState::NotNeeded => decision.events.push(Event::warning(
+            "TokenCodeIgnored",
+            "this SessionToken has no spec.mfa, so it needs no token code; the annotation was removed".into(),
+        )),
+        CodeState::Invalid => dropped(
+            "InvalidTokenCode",
+            "the token code must be exactly six digits; it was removed unused".into(),
+            &mut decision,
+        ),
+        CodeState::Expired { age } => dropped(
+            "TokenCodeExpired",
+            format!(
+                "the token code was set {}s ago, longer than the {}s a code is accepted; it was removed unused. Approve again with a fresh code",
+                age.as_secs(),
+                cx.max_age.as_secs()
+            ),
+            &mut decision,
+        ),
+        CodeState::Usable => match cx.blocker {
+            Some((reason, message)) => dropped(
+                reason,
+                format!("the token code was removed unused: {message}"),
+                &mut decision,
+            ),
+            None => {
+                decision.use_code = TokenCode::parse(raw).ok();
+                decision.approval = Some(Approval {
+                    approved_by: facts.approved_by.clone(),
+                    time: claimed_at,
+                });
+            }
+        },
+    }
+    decision
+}
+
+/// Whole seconds: status timestamps are compared across reconciles and must not wobble.
+pub fn round_to_second(t: Timestamp) -> Timestamp {
+    Timestamp::from_second(t.as_second()).unwrap_or(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::Condition;
+
+    fn t(s: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + s).unwrap()
+    }
+
+    #[test]
+    fn token_codes_are_six_ascii_digits() {
+        assert!(TokenCode::parse("123456").is_ok());
+        for bad in [
+            "",
+            "12345",
+            "1234567",
+            " 123456",
+            "12345a",
+            "١٢٣٤٥٦",
+            "+12345",
+        ] {
+            assert!(TokenCode::parse(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            format!("{:?}", TokenCode::parse("123456").unwrap()),
+            "TokenCode(<redacted>)"
+        );
+    }
+
+    #[test]
+    fn a_claim_is_resolved_by_anything_status_records_at_or_after_it() {
+        let mut status = SessionTokenStatus::default();
+        assert!(!claim_resolved(&status, t(10)));
+        status.conditions.push(Condition {
+            type_: crate::crd::word(ISSUING),
+            status: crate::crd::word("True"),
+            reason: crate::crd::word("Succeeded"),
+            message: String::new(),
+            last_transition_time: t(10),
+            observed_generation: None,
+        });
+        assert!(claim_resolved(&status, t(10)));
+        assert!(!claim_resolved(&status, t(11)));
+        status.last_approval = Some(Approval {
+            approved_by: None,
+            time: t(12),
+        });
+        assert!(claim_resolved(&status, t(12)));
+    }
+
+    #[test]
+    fn claimed_at_far_in_the_future_is_ignored_not_added_to() {
+        let st: SessionToken = serde_json::from_value(serde_json::json!({
+            "apiVersion": "stssession.dev/v1alpha1", "kind": "SessionToken",
+            "metadata": {"name": "a", "namespace": "n", "annotations": {
+                CLAIMED_AT_ANNOTATION: "9999-12-30T21:59:59Z"}},
+            "spec": {"sourceCredentials": {"secretRef": {"name": "k"}}}
+        }))
+        .unwrap();
+        let facts = ApprovalFacts::of(&st, t(0));
+        assert_eq!(facts.claimed_at, None);
+        let status = SessionTokenStatus::default();
+        assert_eq!(
+            interrupted(&status, &facts, t(0), Duration::MAX),
+            Interrupted::No
+        );
+    }
+
+    #[test]
+    fn the_claim_tests_the_code_and_who_approved_it() {
+        let claim = Claim::new(
+            TOKEN_CODE_ANNOTATION,
+            "123456",
+            &[(APPROVED_BY_ANNOTATION, "alice")],
+            Some((CLAIMED_AT_ANNOTATION, "t".into())),
+        );
+        let ops = claim.patch.as_array().unwrap();
+        assert_eq!(ops[0]["op"], "test");
+        assert_eq!(ops[1]["op"], "test");
+        assert_eq!(
+            ops[1]["path"],
+            "/metadata/annotations/stssession.dev~1approved-by"
+        );
+        assert_eq!(ops[1]["value"], "alice");
+        assert!(claim.marks_use());
+        let _: json_patch::Patch = serde_json::from_value(claim.patch).unwrap();
+    }
+}

@@ -1,0 +1,420 @@
+//! Act: carry out a [`Plan`] and its [`Effects`]. All the reconcile's I/O is here, and no
+//! decision: what to claim, call, write, delete, restart and say comes from `plan`; this file
+//! only sequences it and reports how each request went.
+
+use super::Error;
+use super::context::Context;
+use super::observe::{short_error, status_code, workload_resource};
+use crate::approval::Claim;
+use crate::crd::{FIELD_MANAGER, SessionToken, SessionTokenStatus};
+use crate::events::Event;
+use crate::plan::{self, Call, CallKind, Effects, Facts, Outcome, Plan, SecretWrite, WriteMode};
+use crate::sts::{AssumeRoleRequest, SessionRequest};
+use k8s_openapi::api::core::v1::Secret;
+use kube::Resource;
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams, Preconditions};
+use kube::runtime::controller::Action;
+use std::time::Duration;
+use tracing::{debug, info, warn};
+
+/// Carries out `plan` for the object `f` describes.
+pub async fn run(ctx: &Context, f: &Facts, plan: Plan) -> Result<Action, Error> {
+    if let Some(wait) = plan.wait {
+        return Ok(Action::requeue(wait));
+    }
+    let api: Api<SessionToken> = Api::namespaced(ctx.client.clone(), &f.ns);
+    for claim in &plan.claims {
+        if !claim_annotation(&api, &f.name, claim).await? {
+            debug!(
+                namespace = f.ns,
+                name = f.name,
+                annotation = claim.key,
+                "claimed elsewhere or changed meanwhile"
+            );
+            return Ok(Action::requeue(Duration::from_secs(1)));
+        }
+    }
+    // What the API server holds of status, as far as this reconcile knows.
+    let mut server_status = f.st.status.clone().unwrap_or_default();
+    if let Some(record) = &plan.record_claim {
+        match write_status(&api, &f.name, record).await {
+            Ok(()) => {
+                ctx.note_status_write(&f.uid, record);
+                server_status = record.clone();
+            }
+            Err(e) => {
+                warn!(namespace = f.ns, name = f.name, error = %e, "could not record the claim; using the code anyway")
+            }
+        }
+    }
+    let outcome = call(ctx, f, plan.call).await;
+    let fx = plan::settle(f, plan.draft, outcome);
+    apply(ctx, f, &api, fx, server_status).await
+}
+
+/// The plan's STS call, if any.
+async fn call(ctx: &Context, f: &Facts, call: Option<Call>) -> Outcome {
+    let Some(call) = call else {
+        return Outcome::NoCall;
+    };
+    let (Ok(keys), region, endpoint) = (&f.keys, f.region.as_str(), f.endpoint.as_deref()) else {
+        return Outcome::NoCall;
+    };
+    match call {
+        Call::GetSessionToken { code, why } => {
+            info!(
+                namespace = f.ns,
+                name = f.name,
+                with_code = code.is_some(),
+                why,
+                "minting a session"
+            );
+            let request = SessionRequest {
+                region,
+                endpoint,
+                access_key_id: &keys.access_key_id,
+                secret_access_key: &keys.secret_access_key,
+                duration_seconds: f.st.spec.duration_seconds,
+                mfa: match (code, f.st.spec.mfa.as_ref()) {
+                    (Some(code), Some(mfa)) => Some((mfa.serial_number.as_str(), code)),
+                    _ => None,
+                },
+            };
+            let result = ctx.sts.get_session_token(request).await;
+            if let Err(e) = &result {
+                warn!(namespace = f.ns, name = f.name, reason = e.reason(), error = %e, "GetSessionToken failed");
+            }
+            Outcome::Session(result)
+        }
+        Call::AssumeRole {
+            session,
+            duration_seconds,
+            why,
+        } => {
+            let Some(spec) = f.assume_role() else {
+                return Outcome::NoCall;
+            };
+            info!(
+                namespace = f.ns,
+                name = f.name,
+                role = spec.role_arn,
+                why,
+                "assuming the role"
+            );
+            let tags: Vec<(String, String)> = spec
+                .tags
+                .iter()
+                .map(|t| (t.key.clone(), t.value.clone()))
+                .collect();
+            let role_session_name = spec
+                .role_session_name
+                .clone()
+                .unwrap_or_else(|| plan::default_role_session_name(&f.ns, &f.name));
+            let request = AssumeRoleRequest {
+                region,
+                endpoint,
+                access_key_id: &session.access_key_id,
+                secret_access_key: &session.secret_access_key,
+                session_token: &session.session_token,
+                role_arn: &spec.role_arn,
+                role_session_name: &role_session_name,
+                duration_seconds,
+                external_id: spec.external_id.as_deref(),
+                tags: &tags,
+            };
+            let result = ctx.sts.assume_role(request).await;
+            if let Err(e) = &result {
+                warn!(namespace = f.ns, name = f.name, reason = e.reason(), error = %e, "AssumeRole failed");
+            }
+            Outcome::Role(result)
+        }
+    }
+}
+
+/// Writes what `settle` decided, in order: Secrets, deletes, restarts, status, Events.
+async fn apply(
+    ctx: &Context,
+    f: &Facts,
+    api: &Api<SessionToken>,
+    mut fx: Effects,
+    server_status: SessionTokenStatus,
+) -> Result<Action, Error> {
+    match fx.call_metric {
+        Some((CallKind::GetSessionToken, outcome)) => ctx.metrics.sts_call(outcome),
+        Some((CallKind::AssumeRole, outcome)) => ctx.metrics.assume_role_call(outcome),
+        None => {}
+    }
+    ctx.with_memory(&f.uid, |m| m.remembered = fx.memory.clone());
+    for w in &fx.writes {
+        if let Err(e) = write_secret(ctx, f, w).await {
+            if w.new_credentials {
+                secret_write_failed(ctx, f, api, &fx, &e, &server_status).await;
+            }
+            return Err(Error::SecretWrite(e));
+        }
+    }
+    for d in &fx.deletes {
+        delete_owned_secret(ctx, f, d).await?;
+    }
+    restart_targets(ctx, f, &mut fx).await;
+    ctx.metrics.set_session(&f.ns, &f.name, fx.metrics);
+    if fx.status != server_status {
+        if let Err(e) = write_status(api, &f.name, &fx.status).await {
+            if let Some(minted) = fx.keep_unsaved.take() {
+                // The Secret holds the new session but status does not know it yet: keep it,
+                // so the next try records it instead of losing it.
+                ctx.with_memory(&f.uid, |m| m.remembered.unsaved = Some(minted));
+            }
+            return Err(e);
+        }
+        ctx.note_status_write(&f.uid, &fx.status);
+    }
+    publish(ctx, &f.st, fx.events).await;
+    let delay = plan::requeue_after(f.now, &[fx.wake]);
+    Ok(ctx.requeue(&f.ns, &f.name, delay))
+}
+
+/// A new session's Secret could not be written: keep the session in memory and, if the API
+/// server refused it (a refusal that will recur), say so in status.
+async fn secret_write_failed(
+    ctx: &Context,
+    f: &Facts,
+    api: &Api<SessionToken>,
+    fx: &Effects,
+    e: &kube::Error,
+    server_status: &SessionTokenStatus,
+) {
+    if let Some(minted) = fx.keep_unsaved.clone() {
+        ctx.with_memory(&f.uid, |m| m.remembered.unsaved = Some(minted));
+    }
+    let (kube::Error::Api(ae), Some(before), Some((session, _))) =
+        (e, &fx.status_before_write, &fx.keep_unsaved)
+    else {
+        return;
+    };
+    if !matches!(ae.code, 400 | 403 | 413 | 422) {
+        return;
+    }
+    let status = plan::secret_write_refused(f, before, &session.redact(&ae.message));
+    if status != *server_status && write_status(api, &f.name, &status).await.is_ok() {
+        ctx.note_status_write(&f.uid, &status);
+    }
+}
+
+/// Claims an annotation (see [`Claim`]). Returns false if the claim's test failed (someone else
+/// claimed it, or it changed) or the object is gone; any other refusal is an error, retried
+/// with backoff.
+async fn claim_annotation(
+    api: &Api<SessionToken>,
+    name: &str,
+    claim: &Claim,
+) -> Result<bool, Error> {
+    let patch: json_patch::Patch = serde_json::from_value(claim.patch.clone())
+        .map_err(|_| Error::MissingField("a claim patch"))?;
+    let pp = PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..Default::default()
+    };
+    match api.patch(name, &pp, &Patch::<()>::Json(patch)).await {
+        Ok(_) => Ok(true),
+        // A failed `test` op is 422 (Unprocessable) or 409; the object gone is 404.
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(false),
+        Err(kube::Error::Api(e)) if matches!(e.code, 409 | 422) && is_failed_test(&e.message) => {
+            Ok(false)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Whether an API server's message is that of a JSON patch `test` that failed (or of a path it
+/// tested or removed that is no longer there).
+fn is_failed_test(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("test") || m.contains("missing path") || m.contains("does not apply")
+}
+
+pub(crate) async fn write_status(
+    api: &Api<SessionToken>,
+    name: &str,
+    status: &SessionTokenStatus,
+) -> Result<(), Error> {
+    let body = serde_json::json!({
+        "apiVersion": SessionToken::api_version(&()),
+        "kind": SessionToken::kind(&()),
+        "status": status,
+    });
+    let pp = PatchParams::apply(FIELD_MANAGER).force();
+    api.patch_status(name, &pp, &Patch::Apply(&body)).await?;
+    Ok(())
+}
+
+/// Writes a Secret: created if absent (never merged into a foreign one), otherwise applied
+/// with a resourceVersion precondition after the ownership check, so a Secret that changed
+/// hands meanwhile is not taken over. Transient failures are retried twice.
+async fn write_secret(ctx: &Context, f: &Facts, w: &SecretWrite) -> Result<(), kube::Error> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &f.ns);
+    let mut attempt: u64 = 0;
+    loop {
+        attempt = attempt.saturating_add(1);
+        let result = match &w.mode {
+            WriteMode::Create => {
+                let pp = PostParams {
+                    field_manager: Some(FIELD_MANAGER.into()),
+                    ..Default::default()
+                };
+                secrets
+                    .create(&pp, &w.desired)
+                    .await
+                    .map(|created| ctx.note_secret_write(&f.uid, &created))
+            }
+            WriteMode::Apply { resource_version } => {
+                let mut body = w.desired.clone();
+                body.metadata.resource_version = resource_version.clone();
+                let pp = PatchParams::apply(FIELD_MANAGER).force();
+                match secrets.patch(&w.name, &pp, &Patch::Apply(&body)).await {
+                    Ok(applied) => {
+                        ctx.note_secret_write(&f.uid, &applied);
+                        prune_stale_keys(&secrets, &applied, &w.desired).await
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        match result {
+            Ok(()) => return Ok(()),
+            // 409: the Secret changed since it was read (or a namesake was created); the next
+            // reconcile reads it again.
+            Err(kube::Error::Api(e)) if e.code == 409 => return Err(kube::Error::Api(e)),
+            Err(e) if attempt < 3 => {
+                warn!(namespace = f.ns, name = f.name, secret = w.name, error = %e, attempt, "writing a Secret failed; retrying");
+                tokio::time::sleep(Duration::from_millis(200u64.saturating_mul(attempt))).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Removes from the output Secret, as just applied, the keys of formats no longer chosen that
+/// server-side apply kept (keys written when the Secret was created belong to the create, not
+/// to the apply). A JSON patch guarded by the resourceVersion; losing that race is fine: the
+/// next reconcile finds the Secret not up to date and tries again.
+async fn prune_stale_keys(
+    secrets: &Api<Secret>,
+    applied: &Secret,
+    desired: &Secret,
+) -> Result<(), kube::Error> {
+    let stale = crate::secret::stale_keys(applied, desired);
+    if stale.is_empty() {
+        return Ok(());
+    }
+    let mut ops = vec![serde_json::json!({
+        "op": "test", "path": "/metadata/resourceVersion",
+        "value": applied.metadata.resource_version.clone().unwrap_or_default(),
+    })];
+    ops.extend(stale.iter().map(|k| {
+        serde_json::json!({"op": "remove", "path": format!("/data/{}", k.replace('~', "~0").replace('/', "~1"))})
+    }));
+    let Ok(patch) = serde_json::from_value::<json_patch::Patch>(serde_json::Value::Array(ops))
+    else {
+        return Ok(());
+    };
+    let name = applied.metadata.name.clone().unwrap_or_default();
+    let pp = PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..Default::default()
+    };
+    match secrets.patch(&name, &pp, &Patch::<()>::Json(patch)).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if matches!(e.code, 409 | 422) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Deletes a Secret of ours (a precondition on its UID: never a namesake created meanwhile).
+async fn delete_owned_secret(
+    ctx: &Context,
+    f: &Facts,
+    d: &plan::SecretDelete,
+) -> Result<(), Error> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &f.ns);
+    let dp = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: d.uid.clone(),
+            resource_version: None,
+        }),
+        ..Default::default()
+    };
+    match secrets.delete(&d.name, &dp).await {
+        Ok(_) => {
+            info!(
+                namespace = f.ns,
+                name = f.name,
+                secret = d.name,
+                "deleted a Secret no longer needed"
+            );
+            Ok(())
+        }
+        Err(kube::Error::Api(e)) if matches!(e.code, 404 | 409) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The restarts `settle` decided, then the `RolloutRestart` condition from how they went.
+async fn restart_targets(ctx: &Context, f: &Facts, fx: &mut Effects) {
+    let Some(access_key_id) = fx.restart_for.clone() else {
+        return;
+    };
+    let mut problems = std::mem::take(&mut fx.target_problems);
+    for restart in std::mem::take(&mut fx.restarts) {
+        let api: Api<DynamicObject> = Api::namespaced_with(
+            ctx.client.clone(),
+            &f.ns,
+            &workload_resource(restart.target.kind),
+        );
+        let what = plan::target_name(&restart.target);
+        let pp = PatchParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..Default::default()
+        };
+        match api
+            .patch(&restart.target.name, &pp, &Patch::Merge(&restart.patch))
+            .await
+        {
+            Ok(_) => {
+                info!(
+                    namespace = f.ns,
+                    name = f.name,
+                    target = what,
+                    session = access_key_id,
+                    "restarted a rollout target"
+                );
+                fx.events.push(Event::normal(
+                    "RolloutRestartTriggered",
+                    format!("restarted {what} for session {access_key_id}"),
+                ));
+            }
+            Err(e) => problems.push(plan::TargetProblem::of(
+                &what,
+                "patch",
+                status_code(&e),
+                &short_error(&e),
+            )),
+        }
+    }
+    plan::restarts_done(f, fx, &access_key_id, &problems);
+}
+
+/// Publishes Events about `st`; a failure is logged, never fatal.
+pub(crate) async fn publish(ctx: &Context, st: &SessionToken, events: Vec<Event>) {
+    let regarding = st.object_ref(&());
+    for e in events {
+        let note = plan::truncate(&e.note, 1000);
+        if let Err(err) = ctx
+            .events
+            .publish(&regarding, e.type_, e.reason, "Reconcile", note)
+            .await
+        {
+            warn!(error = %err, reason = e.reason, "could not publish event");
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! What every reconcile shares: the clients, the settings, and this process's small memory of
+//! each object (kept only while there is something to remember).
+
+use crate::crd::{FIELD_MANAGER, OWNER_UID_LABEL, SessionTokenStatus};
+use crate::metrics::Metrics;
+use crate::plan::{Remembered, Timing};
+use crate::requeue::Requeues;
+use crate::sts::{EndpointPolicy, StsClient};
+use k8s_openapi::api::core::v1::Secret;
+use kube::Client;
+use kube::ResourceExt;
+use kube::core::PartialObjectMeta;
+use kube::runtime::controller::Action;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+/// What the operator is told at start.
+#[derive(Clone)]
+pub struct Settings {
+    pub default_region: String,
+    pub endpoint_policy: EndpointPolicy,
+    pub timing: Timing,
+    /// Name of this process (pod name), for Events and claim messages.
+    pub instance: String,
+}
+
+/// Per-object memory that must not be lost between reconciles of one process, but need not
+/// survive it.
+#[derive(Default)]
+pub(crate) struct Memory {
+    /// What the decisions remember (src/plan).
+    pub remembered: Remembered,
+    /// resourceVersions of this process's last writes of the output Secret and the Secret
+    /// keeping the session (at most one each): those changes, seen again on the watch, need no
+    /// reconcile.
+    secret_written: Vec<String>,
+    /// Consecutive reconcile errors, for the error backoff.
+    pub errors: u32,
+}
+
+impl Memory {
+    fn is_empty(&self) -> bool {
+        let Memory {
+            remembered,
+            secret_written,
+            errors,
+        } = self;
+        *remembered == Remembered::default() && secret_written.is_empty() && *errors == 0
+    }
+}
+
+/// The longest wait handed to a timer: far beyond any session (36 hours), short of what a
+/// timer's arithmetic could overflow on.
+const MAX_WAIT: Duration = Duration::from_secs(7 * 24 * 3600);
+
+pub struct Context {
+    pub client: Client,
+    pub sts: StsClient,
+    pub metrics: Arc<Metrics>,
+    pub settings: Settings,
+    pub(crate) events: crate::events::Publisher,
+    /// Boxed: the table keeps the room of every entry it ever held at once (all of them during
+    /// a cold start); a box keeps that room to a pointer.
+    memory: Mutex<HashMap<String, Box<Memory>>>,
+    /// hash of uid → digest of the status this process last wrote to that object: if the
+    /// cached object shows another one, the cache lags behind our own write, and acting on it
+    /// could mint twice. Kept apart from `memory` (and as two numbers) because nearly every
+    /// object has one until its next reconcile, hours later.
+    status_written: Mutex<HashMap<u64, u64>>,
+    /// Requeues far off (renewal times, hours away), kept compactly (see `requeue`): one table
+    /// per controller, by the namespace it watches (`None`: all), since each one hands its
+    /// objects back to its own controller.
+    pub(crate) requeues: RwLock<Vec<(Option<String>, Arc<Requeues>)>>,
+}
+
+fn hash_of(value: impl Hash) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    value.hash(&mut h);
+    h.finish()
+}
+
+/// A digest of a status, to recognise our own write in the cache without keeping a copy.
+fn status_digest(status: &SessionTokenStatus) -> u64 {
+    hash_of(serde_json::to_vec(status).unwrap_or_default())
+}
+
+impl Context {
+    pub fn new(client: Client, sts: StsClient, metrics: Arc<Metrics>, settings: Settings) -> Self {
+        Self {
+            events: crate::events::Publisher::new(
+                client.clone(),
+                FIELD_MANAGER,
+                &settings.instance,
+            ),
+            client,
+            sts,
+            metrics,
+            settings,
+            memory: Mutex::default(),
+            status_written: Mutex::default(),
+            requeues: RwLock::default(),
+        }
+    }
+
+    /// What the controller should do after a reconcile of `namespace/name` that needs another
+    /// one in `delay` (or, with `None`, only on a change): far-off waits are kept in the
+    /// controller's requeue table, shorter ones in kube-runtime's scheduler.
+    pub(crate) fn requeue(&self, namespace: &str, name: &str, delay: Option<Duration>) -> Action {
+        let delay = delay.map(|d| d.min(MAX_WAIT));
+        let table = self.requeues_of(namespace);
+        match (delay, table) {
+            (Some(d), Some(table)) if d > crate::requeue::FAR => {
+                let at = tokio::time::Instant::now().checked_add(d);
+                match at {
+                    Some(at) => table.schedule(namespace, name, at),
+                    None => table.cancel(namespace, name),
+                }
+                Action::await_change()
+            }
+            (delay, table) => {
+                if let Some(table) = table {
+                    table.cancel(namespace, name);
+                }
+                delay.map_or_else(Action::await_change, Action::requeue)
+            }
+        }
+    }
+
+    /// The far-off requeue table of the controller watching `namespace`.
+    fn requeues_of(&self, namespace: &str) -> Option<Arc<Requeues>> {
+        let tables = self.requeues.read().unwrap_or_else(|p| p.into_inner());
+        tables
+            .iter()
+            .find(|(scope, _)| scope.as_deref().is_none_or(|s| s == namespace))
+            .map(|(_, table)| table.clone())
+    }
+
+    pub(crate) fn note_status_write(&self, uid: &str, status: &SessionTokenStatus) {
+        self.status_written
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(hash_of(uid), status_digest(status));
+    }
+
+    /// Whether the cached object lags behind this process's last status write to it; once it
+    /// does not, that write is forgotten. (Only here, not on watch events: a reconcile may
+    /// start with a snapshot older than what the watch shows meanwhile.)
+    pub(crate) fn status_cache_lags(&self, uid: &str, cached: Option<&SessionTokenStatus>) -> bool {
+        let mut map = self
+            .status_written
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let key = hash_of(uid);
+        let lags = map
+            .get(&key)
+            .is_some_and(|w| Some(*w) != cached.map(status_digest));
+        if !lags
+            && map.remove(&key).is_some()
+            && map.capacity() > 64
+            && map.len() < map.capacity() / 4
+        {
+            map.shrink_to_fit();
+        }
+        lags
+    }
+
+    /// Runs `f` on the object's memory; an entry left with nothing to remember is dropped, so
+    /// that at rest (the usual state of nearly every object) memory holds no entry at all.
+    pub(crate) fn with_memory<R>(&self, uid: &str, f: impl FnOnce(&mut Memory) -> R) -> R {
+        let mut map = self.memory.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = map.entry(uid.to_string()).or_default();
+        let result = f(entry);
+        if entry.is_empty() {
+            map.remove(uid);
+        }
+        result
+    }
+
+    /// What the decisions remember of `uid`.
+    pub(crate) fn remembered(&self, uid: &str) -> Remembered {
+        self.with_memory(uid, |m| m.remembered.clone())
+    }
+
+    /// Whether a watched output Secret is exactly what this process last wrote there (then
+    /// forgotten: it has come back once).
+    pub(crate) fn is_own_secret_write(&self, secret: &PartialObjectMeta<Secret>) -> bool {
+        let (Some(uid), Some(rv)) = (
+            secret.labels().get(OWNER_UID_LABEL),
+            secret.metadata.resource_version.as_ref(),
+        ) else {
+            return false;
+        };
+        self.with_memory(uid, |m| {
+            let before = m.secret_written.len();
+            m.secret_written.retain(|w| w != rv);
+            m.secret_written.len() != before
+        })
+    }
+
+    pub(crate) fn note_secret_write(&self, uid: &str, written: &Secret) {
+        if let Some(rv) = written.metadata.resource_version.clone() {
+            self.with_memory(uid, |m| {
+                // One per Secret: the output and the kept session.
+                if m.secret_written.len() >= 2 {
+                    m.secret_written.remove(0);
+                }
+                m.secret_written.push(rv);
+            });
+        }
+    }
+
+    pub(crate) fn forget(&self, uid: &str) {
+        self.memory
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(uid);
+        self.status_written
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&hash_of(uid));
+    }
+}

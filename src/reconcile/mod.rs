@@ -1,0 +1,148 @@
+//! The reconciler: observe (src/reconcile/observe.rs) → decide (src/plan) → act
+//! (src/reconcile/act.rs), behind a backstop that turns a panic into `Ready=False/InternalError`
+//! on that one object. Idempotent and level-based: a reconcile that finds everything as it should
+//! be writes nothing. The watches that feed it are in src/reconcile/watch.rs.
+
+pub mod act;
+mod context;
+pub mod observe;
+mod tolerant;
+pub mod watch;
+
+pub use context::{Context, Settings};
+pub use watch::run;
+
+use crate::crd::SessionToken;
+use crate::events::Event;
+use crate::plan::{self, INTERNAL_ERROR, READY};
+use futures::FutureExt;
+use jiff::Timestamp;
+use kube::ResourceExt;
+use kube::api::Api;
+use kube::runtime::controller::Action;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Instant;
+use tracing::{error, warn};
+
+/// Errors that end a reconcile early; retried with per-object backoff. Failures of STS itself
+/// are not errors here: they are recorded in status and retried on schedule.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("the SessionToken has no {0}")]
+    MissingField(&'static str),
+    #[error("{0:?} is not a valid Secret name")]
+    InvalidName(String),
+    #[error("could not write the output Secret, keeping the new session in memory: {0}")]
+    SecretWrite(kube::Error),
+    #[error("the reconcile panicked (an operator bug, caught); retried with backoff")]
+    Panicked,
+}
+
+impl Error {
+    pub fn metric_reason(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "KubeApi",
+            Error::MissingField(_) | Error::InvalidName(_) => "InvalidObject",
+            Error::SecretWrite(_) => "SecretWrite",
+            Error::Panicked => "Panic",
+        }
+    }
+}
+
+/// One reconcile of a SessionToken, with its metrics; a panic inside it is caught here.
+pub async fn reconcile(st: Arc<SessionToken>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = match AssertUnwindSafe(phases(st.clone(), &ctx))
+        .catch_unwind()
+        .await
+    {
+        Ok(result) => result,
+        Err(_) => {
+            backstop(&st, &ctx).await;
+            Err(Error::Panicked)
+        }
+    };
+    let uid = st.metadata.uid.clone().unwrap_or_default();
+    if result.is_ok() {
+        ctx.with_memory(&uid, |m| m.errors = 0);
+    }
+    ctx.metrics.reconcile_finished(
+        started.elapsed(),
+        result.as_ref().err().map(Error::metric_reason),
+    );
+    result
+}
+
+/// The reconcile as a short sequence of phases.
+async fn phases(st: Arc<SessionToken>, ctx: &Context) -> Result<Action, Error> {
+    let Some(st) = current(st, ctx).await? else {
+        return Ok(Action::await_change());
+    };
+    let facts = observe::observe(st, ctx).await?;
+    let plan = plan::decide(&facts);
+    act::run(ctx, &facts, plan).await
+}
+
+/// The object to reconcile: the cached one, unless the cache has not caught up with this
+/// process's last status write (acting on it could mint twice): then the API server's.
+async fn current(st: Arc<SessionToken>, ctx: &Context) -> Result<Option<Arc<SessionToken>>, Error> {
+    let uid = st.metadata.uid.clone().unwrap_or_default();
+    if !ctx.status_cache_lags(&uid, st.status.as_ref()) {
+        return Ok(Some(st));
+    }
+    let api: Api<SessionToken> =
+        Api::namespaced(ctx.client.clone(), &st.namespace().unwrap_or_default());
+    Ok(api
+        .get_opt(&st.name_any())
+        .await?
+        .filter(|fresh| fresh.metadata.uid == st.metadata.uid)
+        .map(Arc::new))
+}
+
+/// After a panic: counted, logged (the object's name only: the panic's message may quote
+/// anything), and shown on the object as `Ready=False/InternalError` with an Event. Every other
+/// object keeps being served; this one is retried with backoff.
+async fn backstop(st: &SessionToken, ctx: &Context) {
+    ctx.metrics.reconcile_panicked();
+    let (namespace, name) = (st.namespace().unwrap_or_default(), st.name_any());
+    error!(
+        namespace,
+        name, "a reconcile panicked; the object is retried with backoff"
+    );
+    let message = "the operator met an internal error reconciling this SessionToken (a bug; its log says when); retried with backoff".to_string();
+    let mut status = st.status.clone().unwrap_or_default();
+    plan::set_condition(
+        &mut status.conditions,
+        READY,
+        ("False", INTERNAL_ERROR, message.clone()),
+        st.metadata.generation,
+        Timestamp::now(),
+    );
+    let api: Api<SessionToken> = Api::namespaced(ctx.client.clone(), &namespace);
+    let guarded = AssertUnwindSafe(async {
+        if let Err(e) = act::write_status(&api, &name, &status).await {
+            warn!(namespace, name, error = %e, "could not record the internal error in status");
+        }
+        act::publish(ctx, st, vec![Event::warning(INTERNAL_ERROR, message)]).await;
+    });
+    let _ = guarded.catch_unwind().await;
+}
+
+/// Per-object exponential backoff for reconcile errors (kube-runtime has none of its own).
+pub fn error_policy(st: Arc<SessionToken>, error: &Error, ctx: Arc<Context>) -> Action {
+    let uid = st.metadata.uid.clone().unwrap_or_default();
+    let attempt = ctx.with_memory(&uid, |m| {
+        m.errors = m.errors.saturating_add(1);
+        m.errors
+    });
+    let delay = plan::backoff(
+        attempt,
+        &ctx.settings.timing,
+        &format!("{uid}/{}", Timestamp::now().as_millisecond()),
+    );
+    warn!(namespace = st.namespace().unwrap_or_default(), name = st.name_any(), %error, attempt, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}

@@ -1,0 +1,403 @@
+//! The watches that feed the reconciler: SessionTokens (cached, without what the operator never
+//! reads) and the metadata of the Secrets it labelled, each object read on its own
+//! ([`Tolerant`]): one that cannot be read is skipped, logged by name and counted, and never
+//! stops the list or watch of the others.
+
+use super::context::Context;
+use super::{error_policy, reconcile};
+use crate::approval::{LAST_APPLIED_ANNOTATION, TOKEN_CODE_ANNOTATION};
+use crate::crd::{FIELD_MANAGER, SessionToken};
+use crate::secret::MANAGED_BY_LABEL;
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::Api;
+use kube::core::PartialObjectMeta;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::controller::Controller;
+use kube::runtime::reflector;
+use kube::runtime::watcher::{self, watcher};
+use kube::{Resource, ResourceExt};
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tracing::{debug, warn};
+
+pub use super::tolerant::Tolerant;
+
+/// Hash of what should trigger a reconcile: generation (spec), annotations (codes!), labels
+/// and deletion. Status-only changes, our own writes included, are filtered out.
+fn trigger_hash(st: &SessionToken) -> Option<u64> {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    st.metadata.generation.hash(&mut h);
+    st.metadata.annotations.hash(&mut h);
+    st.metadata.uid.hash(&mut h);
+    st.metadata.deletion_timestamp.is_some().hash(&mut h);
+    Some(h.finish())
+}
+
+/// `predicate_filter(trigger_hash, Default::default())` (kube's), with the same rules in a tenth
+/// of the memory: an object passes when its `trigger_hash` differs from the last one seen for it
+/// (namespace, name and uid) or when that was an hour ago or more (kube's default TTL), and
+/// entries not seen for an hour are swept hourly. kube keys its table with the object's name,
+/// namespace and uid as three `String`s (some 250 bytes an object, 2.5 MiB at 10,000); here a
+/// hash of them and the second last seen: 24 bytes.
+struct TriggerFilter {
+    /// hash of (namespace, name, uid) → (trigger hash, seconds after `start` last seen)
+    seen: HashMap<u64, (u64, u32)>,
+    start: Instant,
+    last_swept: u32,
+}
+
+impl TriggerFilter {
+    const TTL_SECS: u32 = 3600;
+
+    fn new() -> Self {
+        Self {
+            seen: HashMap::new(),
+            start: Instant::now(),
+            last_swept: 0,
+        }
+    }
+
+    /// Whether `st` should trigger a reconcile; records what was seen.
+    fn changed(&mut self, st: &SessionToken) -> bool {
+        let now = u32::try_from(self.start.elapsed().as_secs()).unwrap_or(u32::MAX);
+        self.changed_at(st, now)
+    }
+
+    /// [`TriggerFilter::changed`], `now` seconds after `start` (not before any earlier call's).
+    fn changed_at(&mut self, st: &SessionToken, now: u32) -> bool {
+        if now - self.last_swept >= Self::TTL_SECS {
+            self.seen
+                .retain(|_, (_, seen)| now - *seen < Self::TTL_SECS);
+            self.last_swept = now;
+        }
+        let Some(value) = trigger_hash(st) else {
+            return true;
+        };
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (&st.metadata.namespace, &st.metadata.name, &st.metadata.uid).hash(&mut h);
+        match self.seen.insert(h.finish(), (value, now)) {
+            Some((previous, seen)) => previous != value || now - seen >= Self::TTL_SECS,
+            None => true,
+        }
+    }
+}
+
+/// The cache keeps SessionTokens without `managedFields` (most of an object's size once its
+/// status is written), except entries that set one of our annotations: `plan::annotation_set_at`
+/// reads from them when a token code was set. Likewise client-side `kubectl apply`'s copy of the
+/// whole object in an annotation is kept only if it holds a token code (step 1 warns about it).
+fn drop_managed_fields(st: &mut SessionToken) {
+    if let Some(copy) = st
+        .metadata
+        .annotations
+        .as_mut()
+        .and_then(|a| a.get_mut(LAST_APPLIED_ANNOTATION))
+        .filter(|copy| !copy.contains(TOKEN_CODE_ANNOTATION))
+    {
+        // Emptied, not cleared: `clear` would keep the copy's buffer.
+        *copy = String::new();
+    }
+    let ours = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry| {
+        m.fields_v1
+            .as_ref()
+            .and_then(|f| f.0.get("f:metadata")?.get("f:annotations")?.as_object())
+            .is_some_and(|a| a.keys().any(|k| k.starts_with("f:stssession.dev/")))
+    };
+    if let Some(entries) = st.metadata.managed_fields.as_mut() {
+        entries.retain(ours);
+        if entries.is_empty() {
+            st.metadata.managed_fields = None;
+        } else {
+            entries.shrink_to_fit();
+        }
+    }
+}
+
+/// Retry delays of the watches: 500 ms doubling to 5 s, with jitter, back to the start after
+/// any success. kube's default goes up to 30 s, and every `410 Gone` that follows an API server
+/// restart (the watch cache starts anew) counts as a failure: new SessionTokens went unseen
+/// for up to half a minute after the API server was back (tests/faults/main.rs,
+/// `operator_rides_out_an_api_server_and_etcd_restart`: 16-18 s, now 2-5 s).
+/// Two watches per namespace polled every 5 s at most stay light for any API server.
+struct WatchBackoff {
+    next: Duration,
+}
+
+impl WatchBackoff {
+    const FIRST: Duration = Duration::from_millis(500);
+    const CAP: Duration = Duration::from_secs(5);
+}
+
+impl Default for WatchBackoff {
+    fn default() -> Self {
+        Self { next: Self::FIRST }
+    }
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let delay = self.next;
+        self.next = (delay * 2).min(Self::CAP);
+        Some(delay.mul_f64(0.8 + 0.4 * rand::random::<f64>()))
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+}
+
+/// A watch event of `Tolerant` objects as one of readable objects: an object that cannot be
+/// read is logged (its name only), counted and, if it was known, forgotten; never an error.
+fn readable<K, F>(event: watcher::Event<Tolerant<K>>, unreadable: &F) -> Option<watcher::Event<K>>
+where
+    K: Resource<DynamicType = ()>,
+    F: Fn(&k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Option<K>,
+{
+    use watcher::Event;
+    let read = |t: Tolerant<K>| match t {
+        Tolerant::Read(k) => Ok(k),
+        Tolerant::Unreadable(meta) => Err(meta),
+    };
+    match event {
+        Event::Init => Some(Event::Init),
+        Event::InitDone => Some(Event::InitDone),
+        Event::InitApply(t) => read(t)
+            .map(Event::InitApply)
+            .map_err(|m| unreadable(&m))
+            .ok(),
+        Event::Apply(t) => Some(match read(t) {
+            Ok(k) => Event::Apply(k),
+            // The cache forgets an object once readable that no longer is.
+            Err(meta) => Event::Delete(unreadable(&meta)?),
+        }),
+        Event::Delete(t) => match read(t) {
+            Ok(k) => Some(Event::Delete(k)),
+            Err(meta) => unreadable(&meta).map(Event::Delete),
+        },
+    }
+}
+
+/// Logs and counts an object of `kind` that cannot be read.
+fn report_unreadable(
+    metrics: &crate::metrics::Metrics,
+    kind: &str,
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) {
+    metrics.unreadable_object(kind);
+    warn!(
+        kind,
+        namespace = meta.namespace.as_deref().unwrap_or_default(),
+        name = meta.name.as_deref().unwrap_or_default(),
+        "skipping an object that cannot be read (the others are served)"
+    );
+}
+
+/// A SessionToken standing for one that cannot be read: its metadata, an empty spec.
+fn stand_in(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> SessionToken {
+    use crate::crd::{SessionTokenSpec, SourceCredentials, SourceSecretRef};
+    let mut st = SessionToken::new(
+        meta.name.as_deref().unwrap_or_default(),
+        SessionTokenSpec {
+            duration_seconds: crate::crd::DEFAULT_DURATION_SECONDS,
+            mfa: None,
+            source_credentials: SourceCredentials {
+                secret_ref: SourceSecretRef {
+                    name: String::new(),
+                    access_key_id_key: String::new(),
+                    secret_access_key_key: String::new(),
+                },
+            },
+            region: None,
+            endpoint: None,
+            secret: None,
+            renewal: None,
+            rollout_restart_targets: Vec::new(),
+            assume_role: None,
+        },
+    );
+    st.metadata = meta.clone();
+    st
+}
+
+/// Runs the controller for one scope (all namespaces, or one) until `shutdown` resolves; then
+/// it takes no new work and returns once the reconciles in flight are done.
+pub async fn run(
+    ctx: Arc<Context>,
+    namespace: Option<String>,
+    concurrency: u16,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let client = ctx.client.clone();
+    type Sessions = Api<Tolerant<SessionToken>>;
+    type Secrets = Api<Tolerant<PartialObjectMeta<Secret>>>;
+    let (sessions, secrets): (Sessions, Secrets) = match &namespace {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+        ),
+        None => (Api::all(client.clone()), Api::all(client.clone())),
+    };
+    let (reader, writer) = reflector::store();
+    let requeues = Arc::new(crate::requeue::Requeues::default());
+    ctx.requeues
+        .write()
+        .unwrap_or_else(|p| p.into_inner())
+        .push((namespace.clone(), requeues.clone()));
+    let forget_requeues = requeues.clone();
+    let (registry, this_table) = (ctx.clone(), requeues.clone());
+    let metrics = ctx.metrics.clone();
+    let forget_ctx = ctx.clone();
+    let own = ctx.clone();
+    let (m1, m2) = (ctx.metrics.clone(), ctx.metrics.clone());
+    let main_stream = watcher(sessions, watcher::Config::default().any_semantic())
+        .backoff(WatchBackoff::default())
+        .try_filter_map(move |event| {
+            let unreadable = |meta: &_| {
+                report_unreadable(&m1, "SessionToken", meta);
+                Some(stand_in(meta))
+            };
+            std::future::ready(Ok(readable(event, &unreadable)))
+        })
+        .modify(drop_managed_fields)
+        .reflect(writer)
+        .inspect_ok(move |event| {
+            if let watcher::Event::Delete(st) = event {
+                let namespace = st.namespace().unwrap_or_default();
+                metrics.remove_session(&namespace, &st.name_any());
+                forget_ctx.forget(st.metadata.uid.as_deref().unwrap_or_default());
+                forget_requeues.cancel(&namespace, &st.name_any());
+            }
+        })
+        .applied_objects()
+        .try_filter({
+            let mut filter = TriggerFilter::new();
+            move |st| std::future::ready(filter.changed(st))
+        })
+        // From here on only the object's reference (namespace, name) is used, kept in the
+        // controller's scheduler (twice) until the next reconcile, which reads the object from
+        // the cache: without uid and resourceVersion, which the reference would carry unread.
+        .map_ok(|mut st| {
+            st.metadata.uid = None;
+            st.metadata.resource_version = None;
+            st
+        });
+    // Only Secrets the operator labelled, and only their metadata: memory stays flat however
+    // many Secrets the cluster holds.
+    let owned = watcher(
+        secrets,
+        watcher::Config::default()
+            .labels(&format!("{MANAGED_BY_LABEL}={FIELD_MANAGER}"))
+            .any_semantic(),
+    )
+    .backoff(WatchBackoff::default())
+    .try_filter_map(move |event| {
+        // An unreadable Secret still has its owner: it triggers that SessionToken.
+        let unreadable = |meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+            report_unreadable(&m2, "Secret", meta);
+            Some(PartialObjectMeta::<Secret> {
+                types: None,
+                metadata: meta.clone(),
+                _phantom: std::marker::PhantomData,
+            })
+        };
+        std::future::ready(Ok(readable(event, &unreadable)))
+    })
+    .touched_objects()
+    // Our own writes come back on this watch: the reconcile that made them needs no other.
+    .try_filter(move |s| std::future::ready(!own.is_own_secret_write(s)));
+    // Far-off requeues of this controller's objects come back to it through a channel.
+    let (due_tx, due_rx) = futures::channel::mpsc::unbounded();
+    let requeue_task = tokio::spawn(async move {
+        requeues
+            .run(|object| due_tx.unbounded_send(object).map_err(|_| ()))
+            .await
+    });
+    Controller::for_stream(main_stream, reader)
+        .owns_stream(owned)
+        .reconcile_on(due_rx)
+        // The controller backs off on the watches' errors a second time: same policy.
+        .trigger_backoff(WatchBackoff::default())
+        .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((obj, _)) => debug!(object = %obj, "reconciled"),
+                Err(kube::runtime::controller::Error::ObjectNotFound(obj)) => {
+                    debug!(object = %obj, "gone")
+                }
+                Err(e) => debug!(error = %e, "controller event"),
+            }
+        })
+        .await;
+    requeue_task.abort();
+    // (A later run, after leadership comes back, starts with a table of its own.)
+    registry
+        .requeues
+        .write()
+        .unwrap_or_else(|p| p.into_inner())
+        .retain(|(_, table)| !Arc::ptr_eq(table, &this_table));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{SessionTokenStatus, TOKEN_CODE_ANNOTATION};
+
+    #[test]
+    fn watch_retries_grow_to_a_few_seconds_and_start_over() {
+        use kube::runtime::utils::Backoff as _;
+        let mut b = WatchBackoff::default();
+        let delays: Vec<Duration> = (0..8).map(|_| b.next().unwrap()).collect();
+        assert!(delays[0] >= Duration::from_millis(400) && delays[0] <= Duration::from_millis(600));
+        assert!(
+            delays.iter().all(|d| *d <= Duration::from_secs(6)),
+            "{delays:?}"
+        );
+        assert!(delays[7] >= Duration::from_secs(4), "{delays:?}");
+        b.reset();
+        assert!(b.next().unwrap() <= Duration::from_millis(600));
+    }
+
+    #[test]
+    fn the_trigger_filter_passes_changes_and_new_objects_only() {
+        let spec: crate::crd::SessionTokenSpec = serde_json::from_value(serde_json::json!({
+            "sourceCredentials": {"secretRef": {"name": "keys"}}
+        }))
+        .unwrap();
+        let mut st = SessionToken::new("app", spec);
+        st.metadata.namespace = Some("team-a".into());
+        st.metadata.uid = Some("uid-1".into());
+        let mut f = TriggerFilter::new();
+        assert!(f.changed_at(&st, 0), "first seen");
+        assert!(!f.changed_at(&st, 1), "nothing that triggers changed");
+        st.status = Some(SessionTokenStatus {
+            rotations: 1,
+            ..Default::default()
+        });
+        assert!(!f.changed_at(&st, 2), "status only");
+        st.metadata
+            .annotations
+            .get_or_insert_default()
+            .insert(TOKEN_CODE_ANNOTATION.into(), "123456".into());
+        assert!(f.changed_at(&st, 3), "an annotation");
+        st.metadata.uid = Some("uid-2".into());
+        assert!(f.changed_at(&st, 4), "recreated under the same name");
+        st.metadata.name = Some("other".into());
+        assert!(f.changed_at(&st, 5), "another object");
+        assert!(!f.changed_at(&st, 6));
+        assert_eq!(f.seen.len(), 3);
+        // Seen an hour ago or more: passes, as with kube's predicate_filter and its TTL.
+        let hour_later = 6 + TriggerFilter::TTL_SECS;
+        assert!(f.changed_at(&st, hour_later), "seen an hour ago");
+        assert!(!f.changed_at(&st, hour_later + 1));
+        assert_eq!(f.seen.len(), 1, "the hourly sweep");
+    }
+}
