@@ -75,10 +75,10 @@ pub fn renewal_window(st: &SessionToken, status: &SessionTokenStatus) -> Duratio
             // condition) from one session to the next: what was asked for, if STS gave about
             // that, else whole minutes (whole seconds only for test-sized sessions).
             let secs = expiration.duration_since(issued).as_secs();
-            if (secs - asked).abs() <= 60 {
+            if secs.abs_diff(asked) <= 60 {
                 asked
             } else if secs >= 600 {
-                (secs + 30) / 60 * 60
+                secs.saturating_add(30) / 60 * 60
             } else {
                 secs
             }
@@ -86,7 +86,9 @@ pub fn renewal_window(st: &SessionToken, status: &SessionTokenStatus) -> Duratio
         _ => asked,
     };
     let epoch = Timestamp::UNIX_EPOCH;
-    let expiration = epoch + SignedDuration::from_secs(lifetime.max(0));
+    let expiration = epoch
+        .checked_add(SignedDuration::from_secs(lifetime.max(0)))
+        .unwrap_or(Timestamp::MAX);
     let no_jitter = Timing {
         renewal_jitter_max: Duration::ZERO,
         ..Timing::default()

@@ -104,8 +104,14 @@ pub fn code_required_period(
 ) -> (u64, Timestamp) {
     let elapsed = now.duration_since(renewal).as_secs_f64().max(0.0);
     let step = interval.as_secs_f64().max(1.0);
-    let period = (elapsed / step).floor() as u64;
-    let next = renewal + SignedDuration::from_secs_f64(step * (period + 1) as f64);
+    let periods = (elapsed / step).floor();
+    // (Float to integer casts saturate.)
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let period = periods as u64;
+    let next = SignedDuration::try_from_secs_f64(step * (periods + 1.0))
+        .ok()
+        .and_then(|d| renewal.checked_add(d).ok())
+        .unwrap_or(Timestamp::MAX);
     (period, next)
 }
 

@@ -132,8 +132,8 @@ pub fn renewal_time(
     };
     let jitter_secs = (window_secs * 0.05).min(timing.renewal_jitter_max.as_secs_f64())
         * unit_jitter(jitter_seed);
-    let advance = SignedDuration::from_secs_f64(window_secs + jitter_secs);
-    round_to_second(expiration - advance).max(issued_at)
+    let advance = SignedDuration::try_from_secs_f64(window_secs + jitter_secs).unwrap_or(lifetime);
+    round_to_second(expiration.checked_sub(advance).unwrap_or(issued_at)).max(issued_at)
 }
 
 /// Whole seconds: status timestamps are compared across reconciles and must not wobble.
@@ -144,19 +144,28 @@ pub fn round_to_second(t: Timestamp) -> Timestamp {
 /// Delay before retry `attempt` (1-based) after a failure: exponential, capped, with up to
 /// 20 % jitter that is stable per `seed` (so repeated reconciles agree on the retry time).
 pub fn backoff(attempt: u32, timing: &Timing, seed: &str) -> Duration {
-    let exp = attempt.saturating_sub(1).min(20);
-    let raw = timing.backoff_base.as_secs_f64() * 2f64.powi(exp as i32);
+    let exp = i32::try_from(attempt.saturating_sub(1).min(20)).unwrap_or(20);
+    let raw = timing.backoff_base.as_secs_f64() * 2f64.powi(exp);
     let capped = raw.min(timing.backoff_cap.as_secs_f64());
     let jittered = capped * (0.8 + 0.2 * unit_jitter(&format!("{seed}/{attempt}")));
-    Duration::from_secs_f64(jittered)
+    Duration::try_from_secs_f64(jittered).unwrap_or(timing.backoff_cap)
 }
 
-/// Earliest of the given future instants, as a delay from `now`; `None` when there is none.
+/// Earliest of the given future instants, as a delay from `now` (at least 200 ms, at most
+/// [`MAX_WAIT`]); `None` when there is none.
 pub fn requeue_after(now: Timestamp, instants: &[Option<Timestamp>]) -> Option<Duration> {
     instants
         .iter()
         .flatten()
         .map(|t| t.duration_since(now))
         .min()
-        .map(|d| d.max(SignedDuration::from_millis(200)).unsigned_abs())
+        .map(|d| {
+            d.max(SignedDuration::from_millis(200))
+                .unsigned_abs()
+                .min(MAX_WAIT)
+        })
 }
+
+/// The longest wait handed to a timer: far beyond any session (36 hours), short of what a
+/// timer's arithmetic could overflow on.
+pub const MAX_WAIT: Duration = Duration::from_secs(7 * 24 * 3600);

@@ -3,7 +3,7 @@
 
 use crate::crd::{FIELD_MANAGER, OWNER_UID_LABEL, SessionTokenStatus};
 use crate::metrics::Metrics;
-use crate::plan::{Remembered, Timing};
+use crate::plan::{MAX_WAIT, Remembered, Timing};
 use crate::requeue::Requeues;
 use crate::sts::{EndpointPolicy, StsClient};
 use k8s_openapi::api::core::v1::Secret;
@@ -50,10 +50,6 @@ impl Memory {
         *remembered == Remembered::default() && secret_written.is_empty() && *errors == 0
     }
 }
-
-/// The longest wait handed to a timer: far beyond any session (36 hours), short of what a
-/// timer's arithmetic could overflow on.
-const MAX_WAIT: Duration = Duration::from_secs(7 * 24 * 3600);
 
 pub struct Context {
     pub client: Client,
