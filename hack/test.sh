@@ -57,7 +57,13 @@ export AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null
 unset AWS_SESSION_TOKEN AWS_PROFILE AWS_ENDPOINT_URL AWS_CONTAINER_CREDENTIALS_FULL_URI \
   AWS_CONTAINER_CREDENTIALS_RELATIVE_URI AWS_WEB_IDENTITY_TOKEN_FILE
 
-# -- 4. build, then run the tests on one shared control plane ----------------------------------
+# -- 4. lint, build, then run the tests on one shared control plane ----------------------------
+started=$SECONDS
+# Formatting and lints (src/lib.rs denies unwrap, expect, panic, unreachable, unchecked indexing
+# and arithmetic in non-test code): a red lint fails the run before any test.
+cargo fmt --all --check
+cargo clippy --quiet --locked --all-targets -- -D warnings
+echo "fmt and clippy took $((SECONDS - started)) s"
 started=$SECONDS
 cargo build --quiet --locked -p testkit --bin testenv
 cargo test --quiet --workspace --locked --no-run

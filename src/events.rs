@@ -147,7 +147,7 @@ impl Publisher {
                 .sent
                 .get(&key)
                 .filter(|s| now.duration_since(s.last) < SERIES_WINDOW)
-                .map(|s| (s.name.to_string(), s.count + 1))
+                .map(|s| (s.name.to_string(), s.count.saturating_add(1)))
         };
         let events: Api<K8sEvent> = Api::namespaced(self.client.clone(), &namespace);
         if let Some((name, count)) = repeat {

@@ -9,6 +9,20 @@
 //! - `secret`: how Secrets are laid out and read; `credentials`: the one credentials type;
 //! - `crd`: the resource; `metrics`, `events`, `telemetry`; `plugin`: kubectl-sts's pure half.
 
+// Non-test code handles what it is given: no unwrap, expect, panic, unreachable, unchecked
+// indexing or arithmetic that can overflow (a justified `#[allow]` where an invariant holds).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::unreachable,
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects
+    )
+)]
+
 pub mod approval;
 pub mod crd;
 pub mod credentials;

@@ -1,4 +1,12 @@
 //! sts-session-operator: flags, telemetry, start.
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::unreachable,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
 
 use anyhow::{Context as _, Result};
 use clap::Parser;
@@ -225,7 +233,7 @@ async fn run(args: Args) -> Result<()> {
             backoff_cap: args.retry_cap,
             role_min_session_remaining: args.role_min_session_remaining,
             // The longest an AssumeRole may take, and some clock skew.
-            role_expiry_margin: args.sts_timeout + Duration::from_secs(5),
+            role_expiry_margin: args.sts_timeout.saturating_add(Duration::from_secs(5)),
             ..Timing::default()
         },
         instance: instance.clone(),

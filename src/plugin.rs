@@ -235,7 +235,7 @@ pub fn render_table(rows: &[Row], all_namespaces: bool) -> String {
         .map(|i| {
             lines
                 .iter()
-                .map(|l| l[i].chars().count())
+                .map(|l| l.get(i).map_or(0, |c| c.chars().count()))
                 .max()
                 .unwrap_or(0)
         })
@@ -244,10 +244,11 @@ pub fn render_table(rows: &[Row], all_namespaces: bool) -> String {
     for line in &lines {
         let mut text = String::new();
         for (i, cell) in line.iter().enumerate() {
-            if i + 1 == line.len() {
+            if i.saturating_add(1) == line.len() {
                 text.push_str(cell);
             } else {
-                text.push_str(&format!("{cell:<w$}   ", w = widths[i]));
+                let w = widths.get(i).copied().unwrap_or(0);
+                text.push_str(&format!("{cell:<w$}   "));
             }
         }
         out.push_str(text.trim_end());
@@ -504,10 +505,11 @@ pub fn approve_outcome(
     {
         return Outcome::Pending(Waiting::Status);
     }
-    let fresh_approval = status
-        .last_approval
-        .as_ref()
-        .is_some_and(|a| a.time >= set_at - TOLERANCE);
+    let fresh_approval = status.last_approval.as_ref().is_some_and(|a| {
+        set_at
+            .checked_sub(TOLERANCE)
+            .is_ok_and(|since| a.time >= since)
+    });
     if issuing.is_some_and(|c| c.status == "True" && c.reason == "Succeeded") && fresh_approval {
         return succeeded(st);
     }
@@ -545,7 +547,7 @@ pub fn renew_outcome(
         return Outcome::Pending(Waiting::NotClaimed);
     }
     let status = st.status.clone().unwrap_or_default();
-    let since = requested_at - TOLERANCE;
+    let since = requested_at.checked_sub(TOLERANCE).unwrap_or(requested_at);
     if status.rotations > base.rotations && status.issued_at.is_some_and(|t| t >= since) {
         return succeeded(st);
     }

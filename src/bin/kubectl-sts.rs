@@ -4,6 +4,17 @@
 //! The decisions (code checks, outcome, table) are in `sts_session_operator::plugin`; this
 //! file only talks to the API server and the terminal. The MFA code is never printed or
 //! logged: it only leaves this process inside the merge patch that sets the annotation.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::unreachable,
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects
+    )
+)]
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use jiff::Timestamp;
@@ -522,7 +533,8 @@ async fn wait_for(
     timeout: Duration,
     decide: impl Fn(&SessionToken, Option<Duration>) -> Outcome,
 ) -> Result<Outcome, Exit> {
-    let deadline = tokio::time::Instant::now() + timeout;
+    let now = tokio::time::Instant::now();
+    let deadline = now.checked_add(timeout).unwrap_or(now);
     let mut gone_since: Option<tokio::time::Instant> = None;
     let mut last = Outcome::Pending(Waiting::NotClaimed);
     loop {
@@ -556,7 +568,12 @@ async fn wait_for(
         if now >= deadline {
             return Ok(last);
         }
-        tokio::time::sleep((deadline - now).min(Duration::from_millis(250))).await;
+        tokio::time::sleep(
+            deadline
+                .saturating_duration_since(now)
+                .min(Duration::from_millis(250)),
+        )
+        .await;
     }
 }
 

@@ -78,7 +78,7 @@ pub fn renewal_window(st: &SessionToken, status: &SessionTokenStatus) -> Duratio
             if secs.abs_diff(asked) <= 60 {
                 asked
             } else if secs >= 600 {
-                secs.saturating_add(30) / 60 * 60
+                secs.saturating_add(30).div_euclid(60).saturating_mul(60)
             } else {
                 secs
             }

@@ -706,7 +706,7 @@ fn settle_session(
             Some((creds, draft.approval.clone()))
         }
         Some(Err(e)) => {
-            mint_failed(f, &e, fx);
+            mint_failed(f, &e, draft.approval.is_some(), fx);
             None
         }
         None => f.memory.unsaved.clone(),
@@ -805,13 +805,17 @@ fn record_session(
 }
 
 /// Status and Events for a failed GetSessionToken.
-fn mint_failed(f: &Facts, e: &StsError, fx: &mut Effects) {
+fn mint_failed(f: &Facts, e: &StsError, with_code: bool, fx: &mut Effects) {
     if e.was_sent() {
         fx.call_metric = Some((CallKind::GetSessionToken, e.metric_outcome()));
     }
     let status = &mut fx.status;
     status.failed_attempts = status.failed_attempts.saturating_add(1).max(1);
-    let message = truncate(&e.to_string(), 500);
+    let mut message = truncate(&e.to_string(), 500);
+    if with_code && !e.was_sent() {
+        // STS never saw the code: it was not spent, only removed.
+        message.push_str("; the token code was removed unused");
+    }
     status.last_failure = Some(Failure {
         time: round_to_second(f.now),
         reason: e.reason().into(),
@@ -826,11 +830,12 @@ fn mint_failed(f: &Facts, e: &StsError, fx: &mut Effects) {
     );
     let attempts = u32::try_from(status.failed_attempts).unwrap_or(1);
     let retry = backoff(attempts, &f.timing, &f.uid);
-    let note = match (f.has_mfa(), e.was_sent()) {
+    let note = match (with_code, e.was_sent()) {
         (true, true) => format!("{e}. The code was used up: approve again with a new code"),
         (true, false) => {
             format!("{e}. The code was removed unused (STS never saw it): approve again")
         }
+        (false, _) if f.has_mfa() => format!("{e}"),
         (false, _) => format!("{e}; retrying in {}s", retry.as_secs()),
     };
     fx.events.push(Event::warning(e.reason(), note));

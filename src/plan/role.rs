@@ -35,10 +35,8 @@ pub fn session_secret_name(name: &str) -> String {
         return full;
     }
     let hash = format!("{:08x}", (unit_jitter(&full) * f64::from(u32::MAX)) as u32);
-    let mut head = &name[..253 - 8 - 9 - 1];
-    while head.ends_with(['.', '-']) {
-        head = &head[..head.len() - 1];
-    }
+    // 253 - hash (8) - "-session" (8) - "-" (1) - 1; names are ASCII.
+    let head = name.get(..235).unwrap_or(name).trim_end_matches(['.', '-']);
     format!("{head}-{hash}-session")
 }
 

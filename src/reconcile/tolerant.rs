@@ -12,7 +12,9 @@ use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 use std::borrow::Cow;
 
-/// An object of kind `K`, or the metadata of one that could not be read as a `K`.
+/// An object of kind `K`, or the metadata of one that could not be read as a `K`. (Only in
+/// flight between the API server and the cache: the size of its variants does not matter.)
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub enum Tolerant<K> {
     Read(K),
@@ -120,7 +122,7 @@ fn mend_times(value: &mut Value, depth: u8) {
     }
     match value {
         Value::Object(map) => {
-            map.retain(|k, v| !(OPTIONAL_TIMES.contains(&k.as_str()) && !is_time(v)));
+            map.retain(|k, v| !OPTIONAL_TIMES.contains(&k.as_str()) || is_time(v));
             for (k, v) in map.iter_mut() {
                 if REQUIRED_TIMES.contains(&k.as_str()) && !is_time(v) {
                     *v = Value::String("1970-01-01T00:00:00Z".into());

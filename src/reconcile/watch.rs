@@ -68,9 +68,9 @@ impl TriggerFilter {
 
     /// [`TriggerFilter::changed`], `now` seconds after `start` (not before any earlier call's).
     fn changed_at(&mut self, st: &SessionToken, now: u32) -> bool {
-        if now - self.last_swept >= Self::TTL_SECS {
+        if now.saturating_sub(self.last_swept) >= Self::TTL_SECS {
             self.seen
-                .retain(|_, (_, seen)| now - *seen < Self::TTL_SECS);
+                .retain(|_, (_, seen)| now.saturating_sub(*seen) < Self::TTL_SECS);
             self.last_swept = now;
         }
         let Some(value) = trigger_hash(st) else {
@@ -79,7 +79,9 @@ impl TriggerFilter {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         (&st.metadata.namespace, &st.metadata.name, &st.metadata.uid).hash(&mut h);
         match self.seen.insert(h.finish(), (value, now)) {
-            Some((previous, seen)) => previous != value || now - seen >= Self::TTL_SECS,
+            Some((previous, seen)) => {
+                previous != value || now.saturating_sub(seen) >= Self::TTL_SECS
+            }
             None => true,
         }
     }
@@ -142,7 +144,7 @@ impl Iterator for WatchBackoff {
 
     fn next(&mut self) -> Option<Duration> {
         let delay = self.next;
-        self.next = (delay * 2).min(Self::CAP);
+        self.next = delay.saturating_mul(2).min(Self::CAP);
         Some(delay.mul_f64(0.8 + 0.4 * rand::random::<f64>()))
     }
 }
@@ -161,26 +163,19 @@ where
     F: Fn(&k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Option<K>,
 {
     use watcher::Event;
-    let read = |t: Tolerant<K>| match t {
-        Tolerant::Read(k) => Ok(k),
-        Tolerant::Unreadable(meta) => Err(meta),
-    };
     match event {
         Event::Init => Some(Event::Init),
         Event::InitDone => Some(Event::InitDone),
-        Event::InitApply(t) => read(t)
-            .map(Event::InitApply)
-            .map_err(|m| unreadable(&m))
-            .ok(),
-        Event::Apply(t) => Some(match read(t) {
-            Ok(k) => Event::Apply(k),
-            // The cache forgets an object once readable that no longer is.
-            Err(meta) => Event::Delete(unreadable(&meta)?),
-        }),
-        Event::Delete(t) => match read(t) {
-            Ok(k) => Some(Event::Delete(k)),
-            Err(meta) => unreadable(&meta).map(Event::Delete),
-        },
+        Event::InitApply(Tolerant::Read(k)) => Some(Event::InitApply(k)),
+        Event::InitApply(Tolerant::Unreadable(meta)) => {
+            let _ = unreadable(&meta);
+            None
+        }
+        Event::Apply(Tolerant::Read(k)) => Some(Event::Apply(k)),
+        // The cache forgets an object once readable that no longer is.
+        Event::Apply(Tolerant::Unreadable(meta)) => unreadable(&meta).map(Event::Delete),
+        Event::Delete(Tolerant::Read(k)) => Some(Event::Delete(k)),
+        Event::Delete(Tolerant::Unreadable(meta)) => unreadable(&meta).map(Event::Delete),
     }
 }
 

@@ -1,6 +1,9 @@
 //! Shared setup for the operator's end-to-end tests: the real control plane (shared), a
 //! namespace per test, an STS peer, and the real operator binary running as the
 //! `sts-operator` identity with the RBAC it ships with.
+//!
+//! Included by several test binaries (`#[path]`), each using a part of it.
+#![allow(dead_code)]
 
 use anyhow::{Context as _, Result, bail};
 use k8s_openapi::api::core::v1::Secret;

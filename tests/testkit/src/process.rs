@@ -507,7 +507,8 @@ impl ScratchDir {
                 Ok(()) => break candidate,
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
                 Err(e) => {
-                    return Err(e).with_context(|| format!("cannot create {}", candidate.display()));
+                    return Err(e)
+                        .with_context(|| format!("cannot create {}", candidate.display()));
                 }
             }
         };
