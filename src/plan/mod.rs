@@ -1025,29 +1025,32 @@ fn role_failed(
     fx.events.push(Event::warning(reason, message));
 }
 
+/// Sets a condition of the consumers, with a Warning Event when it turns (or stays) False with
+/// a new message.
+fn set_warning_condition(f: &Facts, fx: &mut Effects, type_: &str, verdict: Verdict) {
+    let (state, reason, message) = &verdict;
+    let unchanged = fx
+        .status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == type_ && c.status == *state && c.message == *message);
+    if *state == "False" && !unchanged {
+        fx.events.push(Event::warning(reason, message.clone()));
+    }
+    set_condition(
+        &mut fx.status.conditions,
+        type_,
+        verdict,
+        f.generation,
+        f.now,
+    );
+}
+
 /// `ConsumerRefresh` and the restart targets.
 fn settle_consumers(f: &Facts, output_holds_credentials: bool, fx: &mut Effects) {
     match refresh_window_verdict(&f.st, &fx.status) {
         None => fx.status.conditions.retain(|c| c.type_ != CONSUMER_REFRESH),
-        Some(verdict) => {
-            let before = fx
-                .status
-                .conditions
-                .iter()
-                .find(|c| c.type_ == CONSUMER_REFRESH)
-                .map(|c| (c.status.to_string(), c.message.clone()));
-            let (state, reason, message) = &verdict;
-            if *state == "False" && before.as_ref() != Some(&(state.to_string(), message.clone())) {
-                fx.events.push(Event::warning(reason, message.clone()));
-            }
-            set_condition(
-                &mut fx.status.conditions,
-                CONSUMER_REFRESH,
-                verdict,
-                f.generation,
-                f.now,
-            );
-        }
+        Some(verdict) => set_warning_condition(f, fx, CONSUMER_REFRESH, verdict),
     }
     if f.st.spec.rollout_restart_targets.is_empty() {
         fx.status.conditions.retain(|c| c.type_ != ROLLOUT_RESTART);
@@ -1077,23 +1080,7 @@ pub fn restarts_done(f: &Facts, fx: &mut Effects, access_key_id: &str, problems:
         problems,
         f.now,
     );
-    let before = fx
-        .status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == ROLLOUT_RESTART)
-        .map(|c| (c.status.to_string(), c.message.clone()));
-    let (state, reason, message) = &verdict;
-    if *state == "False" && before.as_ref() != Some(&(state.to_string(), message.clone())) {
-        fx.events.push(Event::warning(reason, message.clone()));
-    }
-    set_condition(
-        &mut fx.status.conditions,
-        ROLLOUT_RESTART,
-        verdict,
-        f.generation,
-        f.now,
-    );
+    set_warning_condition(f, fx, ROLLOUT_RESTART, verdict);
     fx.wake = fx.wake.into_iter().chain(recheck).min();
 }
 

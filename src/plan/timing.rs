@@ -136,10 +136,7 @@ pub fn renewal_time(
     round_to_second(expiration.checked_sub(advance).unwrap_or(issued_at)).max(issued_at)
 }
 
-/// Whole seconds: status timestamps are compared across reconciles and must not wobble.
-pub fn round_to_second(t: Timestamp) -> Timestamp {
-    Timestamp::from_second(t.as_second()).unwrap_or(t)
-}
+pub use crate::approval::round_to_second;
 
 /// Delay before retry `attempt` (1-based) after a failure: exponential, capped, with up to
 /// 20 % jitter that is stable per `seed` (so repeated reconciles agree on the retry time).

@@ -78,6 +78,7 @@ pub async fn reconcile(st: Arc<SessionToken>, ctx: Arc<Context>) -> Result<Actio
 
 /// The reconcile as a short sequence of phases.
 async fn phases(st: Arc<SessionToken>, ctx: &Context) -> Result<Action, Error> {
+    fail_point(&st);
     let Some(st) = current(st, ctx).await? else {
         return Ok(Action::await_change());
     };
@@ -85,6 +86,23 @@ async fn phases(st: Arc<SessionToken>, ctx: &Context) -> Result<Action, Error> {
     let plan = plan::decide(&facts);
     act::run(ctx, &facts, plan).await
 }
+
+/// Debug builds only (the tests'): a SessionToken annotated [`TEST_PANIC_ANNOTATION`] makes
+/// its reconcile panic, so that the backstop can be tested end to end. Release builds (the
+/// image, the benchmarks) have no such thing.
+#[cfg(debug_assertions)]
+#[allow(clippy::panic)]
+fn fail_point(st: &SessionToken) {
+    if st.annotations().contains_key(TEST_PANIC_ANNOTATION) {
+        panic!("fail point {TEST_PANIC_ANNOTATION}");
+    }
+}
+
+#[cfg(not(debug_assertions))]
+fn fail_point(_: &SessionToken) {}
+
+/// See [`fail_point`].
+pub const TEST_PANIC_ANNOTATION: &str = "stssession.dev/test-panic";
 
 /// The object to reconcile: the cached one, unless the cache has not caught up with this
 /// process's last status write (acting on it could mint twice): then the API server's.

@@ -12,6 +12,7 @@ use jiff::{SignedDuration, Timestamp};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use std::time::Duration;
+use sts_session_operator::crd::SessionToken;
 use testkit::sts_double::{CodePolicy, StsDouble, StsDoubleConfig};
 
 const T: Duration = Duration::from_secs(30);
@@ -101,6 +102,67 @@ fn parse_credentials_file(
         }
     }
     out
+}
+
+#[tokio::test]
+async fn a_reconcile_that_panics_is_caught_and_shown_on_that_object_only() -> anyhow::Result<()> {
+    // The debug build's fail point (src/reconcile/mod.rs) makes this object's reconcile panic.
+    let World { ns, op, .. } = World::start("backstop", None, CodePolicy::Totp).await?;
+    let mut spec = source_spec(json!({}));
+    spec["secret"] = json!({"name": "bad-out"});
+    let bad: SessionToken = serde_json::from_value(json!({
+        "apiVersion": "stssession.dev/v1alpha1", "kind": "SessionToken",
+        "metadata": {"name": "bad", "annotations": {
+            sts_session_operator::reconcile::TEST_PANIC_ANNOTATION: "yes"}},
+        "spec": spec,
+    }))?;
+    ns.sessions()
+        .create(&kube::api::PostParams::default(), &bad)
+        .await?;
+    let st = wait_condition(&ns, "bad", "Ready", "False", "InternalError", T).await?;
+    assert!(
+        condition(&st, "Ready")
+            .unwrap()
+            .message
+            .contains("internal error")
+    );
+    // The others are served, by the same process.
+    ns.create_session("good", source_spec(json!({}))).await?;
+    wait_condition(&ns, "good", "Ready", "True", "Issued", T).await?;
+    assert!(op.process.is_running());
+    let metrics = op.metrics().await?;
+    let panics = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("sts_session_reconcile_panics_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(panics >= 1.0, "{metrics}");
+    assert!(
+        ns.event_reasons()
+            .await?
+            .iter()
+            .any(|r| r == "InternalError")
+    );
+    // Retried with backoff, not in a hot loop: a handful of panics in ten seconds.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let later = op
+        .metrics()
+        .await?
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("sts_session_reconcile_panics_total ")
+                .map(str::to_owned)
+        })
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(later < panics + 8.0, "{panics} then {later} panics in 10 s");
+    // The log names the object and the place, not the panic's message.
+    let log = op.log();
+    assert!(
+        log.contains("a reconcile panicked") && !log.contains("fail point"),
+        "{log}"
+    );
+    Ok(())
 }
 
 #[tokio::test]
