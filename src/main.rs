@@ -182,10 +182,41 @@ async fn trim_malloc() {
 async fn trim_malloc() {}
 
 async fn run(args: Args) -> Result<()> {
-    let instance = args
-        .instance
+    let metrics = Arc::new(Metrics::new());
+    tokio::spawn(trim_malloc());
+    let (ready_tx, ready_rx) = tokio::sync::watch::channel(false);
+    let listener = tokio::net::TcpListener::bind(args.metrics_address)
+        .await
+        .with_context(|| format!("binding {}", args.metrics_address))?;
+    tokio::spawn(metrics::serve_listener(listener, metrics.clone(), ready_rx));
+    let ctx = Arc::new(context(&args, metrics).await?);
+    ctx.client
+        .apiserver_version()
+        .await
+        .context("reaching the Kubernetes API")?;
+    // Ready means able to work, not leading: followers must be ready too, or a rolling update
+    // (new pod ready before the old leader goes) could never finish.
+    let _ = ready_tx.send(true);
+    let mut shutdown = std::pin::pin!(shutdown_signal());
+    let leadership = tokio::select! {
+        leadership = lead(&args, &ctx) => leadership?,
+        _ = &mut shutdown => {
+            info!("stopped before leading");
+            return Ok(());
+        }
+    };
+    serve(&args, ctx, leadership, shutdown).await
+}
+
+/// This replica's name.
+fn instance(args: &Args) -> String {
+    args.instance
         .clone()
-        .unwrap_or_else(|| format!("sts-session-operator-{}", std::process::id()));
+        .unwrap_or_else(|| format!("sts-session-operator-{}", std::process::id()))
+}
+
+/// The clients and settings every reconcile shares.
+async fn context(args: &Args, metrics: Arc<Metrics>) -> Result<Context> {
     let endpoint_policy = if args
         .allowed_sts_endpoints
         .iter()
@@ -196,14 +227,6 @@ async fn run(args: Args) -> Result<()> {
         EndpointPolicy::from_patterns(&args.allowed_sts_endpoints)
             .map_err(|e| anyhow::anyhow!("--allowed-sts-endpoints: {e}"))?
     };
-    let metrics = Arc::new(Metrics::new());
-    tokio::spawn(trim_malloc());
-    let (ready_tx, ready_rx) = tokio::sync::watch::channel(false);
-    let listener = tokio::net::TcpListener::bind(args.metrics_address)
-        .await
-        .with_context(|| format!("binding {}", args.metrics_address))?;
-    tokio::spawn(metrics::serve_listener(listener, metrics.clone(), ready_rx));
-
     let config = kube::Config::infer()
         .await
         .context("loading the Kubernetes client configuration")?;
@@ -222,7 +245,6 @@ async fn run(args: Args) -> Result<()> {
     sts_settings
         .validate()
         .map_err(|e| anyhow::anyhow!("invalid STS settings: {e}"))?;
-    let sts = StsClient::new(sts_settings);
     let settings = Settings {
         default_region: args.default_region.clone(),
         endpoint_policy,
@@ -236,54 +258,69 @@ async fn run(args: Args) -> Result<()> {
             role_expiry_margin: args.sts_timeout.saturating_add(Duration::from_secs(5)),
             ..Timing::default()
         },
-        instance: instance.clone(),
+        instance: instance(args),
     };
-    let ctx = Arc::new(Context::new(client.clone(), sts, metrics, settings));
-    client
-        .apiserver_version()
-        .await
-        .context("reaching the Kubernetes API")?;
-    // Ready means able to work, not leading: followers must be ready too, or a rolling update
-    // (new pod ready before the old leader goes) could never finish.
-    let _ = ready_tx.send(true);
+    Ok(Context::new(
+        client,
+        StsClient::new(sts_settings),
+        metrics,
+        settings,
+    ))
+}
 
-    // Leadership: only the Lease holder reconciles. Losing it ends the process, so the pod
-    // restarts as a follower rather than racing the new leader.
-    let mut leadership = None;
-    if args.leader_election {
-        let manager =
-            kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &args.lease_name)
-                .with_namespace(&args.lease_namespace)
-                .with_identity(&instance)
-                .with_field_manager(sts_session_operator::crd::FIELD_MANAGER)
-                .build()
-                .await
-                .context("setting up leader election")?;
-        let (mut is_leader, task) = manager.watch().await;
-        info!(instance, lease = args.lease_name, "waiting for leadership");
-        while !*is_leader.borrow_and_update() {
-            is_leader
-                .changed()
-                .await
-                .context("leader election stopped")?;
-        }
-        info!(instance, "leading");
-        leadership = Some((is_leader, task));
+type Leadership = (
+    tokio::sync::watch::Receiver<bool>,
+    tokio::task::JoinHandle<
+        Result<kube_lease_manager::LeaseManager, kube_lease_manager::LeaseManagerError>,
+    >,
+);
+
+/// Leadership: only the Lease holder reconciles. Returns once this replica leads (`None`
+/// without leader election).
+async fn lead(args: &Args, ctx: &Context) -> Result<Option<Leadership>> {
+    if !args.leader_election {
+        return Ok(None);
     }
+    let instance = instance(args);
+    let manager =
+        kube_lease_manager::LeaseManagerBuilder::new(ctx.client.clone(), &args.lease_name)
+            .with_namespace(&args.lease_namespace)
+            .with_identity(&instance)
+            .with_field_manager(sts_session_operator::crd::FIELD_MANAGER)
+            .build()
+            .await
+            .context("setting up leader election")?;
+    let (mut is_leader, task) = manager.watch().await;
+    info!(instance, lease = args.lease_name, "waiting for leadership");
+    while !*is_leader.borrow_and_update() {
+        is_leader
+            .changed()
+            .await
+            .context("leader election stopped")?;
+    }
+    info!(instance, "leading");
+    Ok(Some((is_leader, task)))
+}
 
-    let namespaces: Vec<Option<String>> = {
-        // sorted and deduplicated: a namespace named twice must not get two controllers
-        let list: std::collections::BTreeSet<String> = args
-            .namespaces
-            .iter()
-            .map(|n| n.trim().to_string())
-            .filter(|n| !n.is_empty())
-            .collect();
-        if list.is_empty() {
-            vec![None]
-        } else {
-            list.into_iter().map(Some).collect()
-        }
+/// Runs the controllers until SIGTERM (reconciles in flight then finish, within
+/// `--shutdown-timeout`) or until leadership is lost (the process ends, so the pod restarts as
+/// a follower rather than racing the new leader); then releases the Lease.
+async fn serve(
+    args: &Args,
+    ctx: Arc<Context>,
+    mut leadership: Option<Leadership>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<()> {
+    // sorted and deduplicated: a namespace named twice must not get two controllers
+    let list: std::collections::BTreeSet<String> = args
+        .namespaces
+        .iter()
+        .map(|n| n.trim().to_string())
+        .filter(|n| !n.is_empty())
+        .collect();
+    let namespaces: Vec<Option<String>> = match list.is_empty() {
+        true => vec![None],
+        false => list.into_iter().map(Some).collect(),
     };
     info!(namespaces = ?namespaces, "starting controllers");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -305,7 +342,7 @@ async fn run(args: Args) -> Result<()> {
     };
     tokio::select! {
         _ = &mut controllers => {}
-        _ = shutdown_signal() => {
+        _ = shutdown => {
             // No new work; reconciles in flight (a code being used) finish, within bounds.
             info!(timeout = ?args.shutdown_timeout, "shutting down: finishing reconciles in flight");
             let _ = stop_tx.send(true);
