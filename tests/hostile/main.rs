@@ -191,9 +191,11 @@ fn panic_line(log: &str) -> Option<String> {
 
 /// One hostile case: namespaces A (the hostile tenant's) and B, an STS double, one operator
 /// watching both.
-struct Case {
+struct Case<'cp> {
     name: &'static str,
-    cp: &'static ControlPlane,
+    cp: &'cp ControlPlane,
+    /// The operator watches every namespace (no `--namespaces`).
+    cluster_wide: bool,
     a: Ns,
     b: Ns,
     /// The tenant of A, with full rights on SessionTokens (status too) and Secrets in A.
@@ -208,13 +210,24 @@ struct Case {
     notes: Vec<String>,
 }
 
-impl Case {
-    async fn start(name: &'static str) -> Result<Case> {
-        Self::start_with(name, |_| {}).await
+impl<'cp> Case<'cp> {
+    async fn start(name: &'static str) -> Result<Case<'static>> {
+        Case::start_with(name, |_| {}).await
     }
 
-    async fn start_with(name: &'static str, configure: impl FnOnce(&StsDouble)) -> Result<Case> {
-        let cp = control_plane().await;
+    async fn start_with(
+        name: &'static str,
+        configure: impl FnOnce(&StsDouble),
+    ) -> Result<Case<'static>> {
+        Case::start_in(control_plane().await, name, false, configure).await
+    }
+
+    async fn start_in(
+        cp: &'cp ControlPlane,
+        name: &'static str,
+        cluster_wide: bool,
+        configure: impl FnOnce(&StsDouble),
+    ) -> Result<Case<'cp>> {
         let a = Ns::new(cp, "hostile-a").await?;
         let b = Ns::new(cp, "hostile-b").await?;
         let sts = StsDouble::start(StsDoubleConfig {
@@ -262,10 +275,11 @@ subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: {TENANT}}}]
                 .flatten())
         })
         .await?;
-        let op = Operator::start(cp, &b.name, &Self::options(&sts, &a, &b)).await?;
+        let op = Operator::start(cp, &b.name, &Self::options(&sts, &a, &b, cluster_wide)).await?;
         Ok(Case {
             name,
             cp,
+            cluster_wide,
             a,
             b,
             tenant,
@@ -280,10 +294,14 @@ subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: {TENANT}}}]
         })
     }
 
-    fn options(sts: &StsDouble, a: &Ns, b: &Ns) -> OperatorOptions {
+    fn options(sts: &StsDouble, a: &Ns, b: &Ns, cluster_wide: bool) -> OperatorOptions {
+        let namespaces = match cluster_wide {
+            true => String::new(),
+            false => format!("{},{}", a.name, b.name),
+        };
         OperatorOptions {
             sts_endpoint: sts.endpoint(),
-            extra_args: vec![format!("--namespaces={},{}", a.name, b.name)],
+            extra_args: vec![format!("--namespaces={namespaces}")],
             leader_election: false,
             user: OPERATOR_USER,
         }
@@ -308,7 +326,7 @@ subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: {TENANT}}}]
     /// Kills the operator (kill -9) and starts a new one, as a pod restart would.
     async fn restart_operator(&mut self) -> Result<()> {
         self.op.process.kill_9()?;
-        let opts = Self::options(&self.sts, &self.a, &self.b);
+        let opts = Self::options(&self.sts, &self.a, &self.b, self.cluster_wide);
         self.op = Operator::start(self.cp, &self.b.name, &opts).await?;
         Ok(())
     }
@@ -422,6 +440,20 @@ subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: {TENANT}}}]
             .await
     }
 
+    /// Waits until the operator has claimed (removed) the renew annotation.
+    async fn renew_handled(&self, name: &str) -> Result<()> {
+        eventually(
+            T,
+            &format!("the renew request on {name} to be handled"),
+            || async {
+                let st = self.a.session(name).await?;
+                let annotations = st.metadata.annotations.unwrap_or_default();
+                Ok((!annotations.contains_key(RENEW)).then_some(()))
+            },
+        )
+        .await
+    }
+
     /// Asks for a new session now (non-MFA): makes the operator mint, and write status.
     async fn renew(&self, name: &str) -> Result<()> {
         self.tenant
@@ -469,7 +501,7 @@ async fn every_annotation_the_operator_reads_set_to_junk() -> Result<()> {
     // token-code: huge (the annotations of an object may total 256 KiB), non-ASCII digits,
     // digits with a NUL, and a code on the non-MFA one; approved-by: junk.
     let attempts = [
-        json!({CODE: "1".repeat(200_000), APPROVED_BY: junk}),
+        json!({CODE: "1".repeat(180_000), APPROVED_BY: junk}),
         json!({CODE: "١٢٣٤٥٦", APPROVED_BY: ""}),
         json!({CODE: "12345\u{0000}", APPROVED_BY: "x".repeat(60_000)}),
         json!({CODE: " 123456", APPROVED_BY: null}),
@@ -598,7 +630,7 @@ async fn names_at_the_253_character_limit() -> Result<()> {
     .ok();
     c.session_in_a(
         &role_name,
-        spec(json!({"assumeRole": {"roleArn": role.arn}})),
+        spec(json!({"durationSeconds": 3600, "assumeRole": {"roleArn": role.arn}})),
         ("True", "Issued"),
     )
     .await
@@ -681,7 +713,7 @@ async fn status_counters_at_their_maximum() -> Result<()> {
         .await?;
     c.session_in_a(
         "role",
-        spec(json!({"assumeRole": {"roleArn": role.arn}})),
+        spec(json!({"durationSeconds": 3600, "assumeRole": {"roleArn": role.arn}})),
         ("True", "Issued"),
     )
     .await?;
@@ -771,11 +803,20 @@ async fn status_secret_names_pointing_at_other_secrets() -> Result<()> {
     }
     // The output Secret "moved" (per status) from the source Secret, another tenant's Secret,
     // a sibling's output Secret; kept sessions in them too.
+    // B's source Secret, read by admin (the tenant of A cannot).
+    let b_keys =
+        c.b.secrets()
+            .get("iam-keys")
+            .await?
+            .metadata
+            .resource_version;
+    let traversal = format!("../../{}/secrets/iam-keys", c.b.name);
     for (secret_name, session_name) in [
         ("iam-keys", "victim"),
         ("victim", "iam-keys"),
         ("sibling", "sibling"),
-        ("../b/iam-keys", "/"),
+        (traversal.as_str(), traversal.as_str()),
+        ("/", ""),
     ] {
         c.status(
             "pointer",
@@ -783,13 +824,27 @@ async fn status_secret_names_pointing_at_other_secrets() -> Result<()> {
         )
         .await?;
         c.renew("pointer").await?;
-        wait_condition(&c.a, "pointer", "Ready", "True", "Issued", T)
-            .await
-            .map_err(|e| c.fail(format!("pointer after {secret_name:?}: {e:#}")))
-            .ok();
+        c.renew_handled("pointer").await?;
+        eventually(T, "status.secretName to be pointer again", || async {
+            let st = c.a.session("pointer").await?;
+            Ok((st.status.and_then(|s| s.secret_name).as_deref() == Some("pointer")).then_some(()))
+        })
+        .await
+        .map_err(|e| c.fail(format!("pointer after {secret_name:?}: {e:#}")))
+        .ok();
     }
     c.check("status.secretName/sessionSecretName pointing elsewhere")
         .await;
+    if c.b
+        .secrets()
+        .get("iam-keys")
+        .await?
+        .metadata
+        .resource_version
+        != b_keys
+    {
+        c.fail("the source Secret of namespace B was changed");
+    }
     for (name, rv) in versions {
         match c.tenant.get_opt(&c.tenant.secrets(), name).await? {
             Some(s) if before(&s) == rv => {}
@@ -987,13 +1042,16 @@ async fn retained_secret_replaced_by_a_foreign_one() -> Result<()> {
             "stssession.dev/session-token-uid": "00000000-0000-0000-0000-000000000000"}),
     ] {
         c.tried += 1;
-        c.tenant.delete(&secrets, "kept").await?;
-        let created = c
-            .tenant
-            .create_secret("kept", labels.clone(), json!({"mine": "x"}))
-            .await?;
+        // One PUT (no window for the operator to write the Secret again in between): the
+        // tenant's data and labels, nothing of the operator's.
+        let mut foreign = c.tenant.get(&secrets, "kept").await?;
+        foreign["metadata"]["labels"] = labels.clone();
+        foreign["metadata"]["annotations"] = json!({});
+        foreign["data"] = json!({"mine": "eA=="});
+        let created = c.tenant.replace(&secrets, "kept", &foreign).await?;
         let rv = created["metadata"]["resourceVersion"].clone();
         c.renew("kept").await?;
+        c.renew_handled("kept").await?;
         wait_condition(&c.a, "kept", "Ready", "False", "SecretConflict", T)
             .await
             .map_err(|e| c.fail(format!("kept with labels {labels}: {e:#}")))
@@ -1081,6 +1139,113 @@ async fn session_token_deleted_while_its_code_is_in_use() -> Result<()> {
     .await;
     if let Err(e) = gone {
         c.fail(format!("{e:#}"));
+    }
+    c.finish()
+}
+
+// ---------------------------------------------------------------------------------------------
+// One operator for every namespace (the chart's default): what one tenant writes must not blind
+// it to the others. On a control plane of its own, since this operator sees every namespace.
+
+#[tokio::test]
+async fn cluster_wide_operator_is_not_blinded_by_one_tenants_objects() -> Result<()> {
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let cp = ControlPlane::start_with(testkit::control_plane::StartOptions {
+        crds: vec![root.join("crds")],
+        ..Default::default()
+    })
+    .await?;
+    cp.apply_yaml_file(root.join("tests/fixtures/operator-rbac.yaml"))
+        .await?;
+    let mut c = Case::start_in(&cp, "cluster_wide_poison", true, |_| {}).await?;
+    let mfa = c.mfa();
+    let sessions = c.tenant.sessions();
+    let secrets = c.tenant.secrets();
+    let poisons: [(&str, &str, &str); 5] = [
+        ("status.expiration beyond jiff", "sessiontoken", "p-status"),
+        (
+            "a condition with lastTransitionTime \"x\"",
+            "sessiontoken",
+            "p-condition",
+        ),
+        (
+            "managedFields time beyond jiff on a SessionToken",
+            "sessiontoken",
+            "p-fields",
+        ),
+        (
+            "managedFields time beyond jiff on an operator-labelled Secret",
+            "secret",
+            "p-secret",
+        ),
+        (
+            "token-code-claimed-at at jiff's maximum",
+            "sessiontoken",
+            "p-claim",
+        ),
+    ];
+    for (i, (what, kind, name)) in poisons.into_iter().enumerate() {
+        c.tried += 1;
+        let admitted = match i {
+            0 => {
+                c.session_in_a(name, spec(json!({})), ("True", "Issued"))
+                    .await?;
+                c.tenant
+                    .merge_status(name, json!({"status": {"expiration": BEYOND_JIFF}}))
+                    .await
+            }
+            1 => {
+                c.session_in_a(name, spec(json!({})), ("True", "Issued"))
+                    .await?;
+                let conditions = json!([{"type": "Ready", "status": "True", "reason": "Issued",
+                    "message": "m", "lastTransitionTime": "x"}]);
+                c.tenant
+                    .merge_status(name, json!({"status": {"conditions": conditions}}))
+                    .await
+            }
+            2 => {
+                c.session_in_a(name, spec(json!({})), ("True", "Issued"))
+                    .await?;
+                forge_managed_fields(&c.tenant, &sessions, name).await?;
+                Ok(Value::Null)
+            }
+            3 => {
+                c.tenant
+                    .create_secret(
+                        name,
+                        json!({"app.kubernetes.io/managed-by": "sts-session-operator"}),
+                        json!({"x": "y"}),
+                    )
+                    .await?;
+                forge_managed_fields(&c.tenant, &secrets, name).await?;
+                Ok(Value::Null)
+            }
+            _ => {
+                c.session_in_a(name, spec(mfa.clone()), ("False", "AwaitingTokenCode"))
+                    .await?;
+                c.tenant
+                    .annotate(name, json!({CLAIMED_AT: AT_JIFF_MAX}))
+                    .await
+            }
+        };
+        match admitted {
+            Ok(_) => {
+                c.check(&format!("{what} (watch)")).await;
+                c.restart_operator().await?;
+                c.check(&format!("{what} (after a restart: list)")).await;
+            }
+            Err(e) => c.note(format!("{what}: refused by the API server: {e}")),
+        }
+        // Clean up before the next one, with an operator that starts afresh.
+        let path = if kind == "secret" {
+            &secrets
+        } else {
+            &sessions
+        };
+        c.tenant.delete(path, name).await?;
+        if !c.op.process.is_running() {
+            c.restart_operator().await?;
+        }
     }
     c.finish()
 }
