@@ -187,7 +187,17 @@ impl Raw {
 fn panic_line(log: &str) -> Option<String> {
     let lines: Vec<&str> = log.lines().collect();
     let i = lines.iter().position(|l| l.contains("panicked at"))?;
-    Some(lines[i..lines.len().min(i + 2)].join(" | "))
+    let mut text = lines[i..lines.len().min(i + 2)].join(" | ");
+    // where in the operator, if the panic is in a dependency
+    if !lines[i].contains("panicked at src/")
+        && let Some(frame) = lines[i..]
+            .iter()
+            .take(60)
+            .find(|l| l.trim_start().starts_with("at ./src/"))
+    {
+        text.push_str(&format!(" | {}", frame.trim()));
+    }
+    Some(text)
 }
 
 /// One hostile case: namespaces A (the hostile tenant's) and B, an STS double, one operator
@@ -207,6 +217,8 @@ struct Case<'cp> {
     crashes: u64,
     stalls: u64,
     fresh: u32,
+    /// `panicked at` lines already counted in this operator's log.
+    panics_seen: usize,
     failures: Vec<String>,
     notes: Vec<String>,
 }
@@ -290,6 +302,7 @@ subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: {TENANT}}}]
             crashes: 0,
             stalls: 0,
             fresh: 0,
+            panics_seen: 0,
             failures: vec![],
             notes: vec![],
         })
@@ -329,6 +342,7 @@ subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: {TENANT}}}]
         self.op.process.kill_9()?;
         let opts = Self::options(&self.sts, &self.a, &self.b, self.cluster_wide);
         self.op = Operator::start(self.cp, &self.b.name, &opts).await?;
+        self.panics_seen = 0;
         Ok(())
     }
 
@@ -347,19 +361,7 @@ subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: {TENANT}}}]
     /// The three assertions, after `when`. Failures are collected (see [`Case::finish`]); a
     /// dead operator is counted, then replaced so the case can go on.
     async fn check(&mut self, when: &str) {
-        let log = self.op.log();
-        let running = self.op.process.is_running();
-        if !running || log.contains("panicked at") {
-            self.crashes += 1;
-            let why = panic_line(&log).unwrap_or_else(|| self.op.process.log_tail(15));
-            let exit = self.op.process.try_wait().ok().flatten();
-            self.fail(format!(
-                "{when}: operator crashed (running: {running}, exit: {exit:?}): {why}"
-            ));
-            if !running && let Err(e) = self.restart_operator().await {
-                self.fail(format!("{when}: restarting the operator: {e:#}"));
-            }
-        } else {
+        if self.op.process.is_running() {
             self.fresh += 1;
             let n = self.fresh;
             let (in_b, in_a) = tokio::join!(self.fresh_in(&self.b, n), self.fresh_in(&self.a, n));
@@ -372,12 +374,31 @@ subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: {TENANT}}}]
             }
             if stalled {
                 self.stalls += 1;
-                let tail = self.op.process.log_tail(8);
-                println!("[{}] operator log tail:\n{tail}", self.name);
             }
         }
-        // A code must never be logged: e.g. an object dumped whole when it cannot be read.
+        // Read after the fresh SessionTokens had their chance: a reconcile may panic meanwhile
+        // (a panicking reconcile task need not end the process).
         let log = self.op.log();
+        let running = self.op.process.is_running();
+        let panics = log.matches("panicked at").count();
+        if !running || panics > self.panics_seen {
+            self.crashes += 1;
+            self.panics_seen = panics;
+            let why = panic_line(&log).unwrap_or_else(|| self.op.process.log_tail(15));
+            let exit = self.op.process.try_wait().ok().flatten();
+            self.fail(format!(
+                "{when}: operator crashed (process running: {running}, exit: {exit:?}): {why}"
+            ));
+            if !running {
+                match self.restart_operator().await {
+                    Ok(()) => self.panics_seen = 0,
+                    Err(e) => self.fail(format!("{when}: restarting the operator: {e:#}")),
+                }
+            }
+        }
+        // No secret may be logged, e.g. in a response dumped whole because it could not be
+        // read: a code annotation with its value, the long-term secret key, a session's secrets
+        // (raw or base64, as in a Secret's data).
         let needle = format!("\"{CODE}\":\"");
         if let Some((n, line)) = log.lines().enumerate().find(|(_, l)| l.contains(&needle)) {
             // (the line itself is not shown: it holds the code)
@@ -386,6 +407,31 @@ subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: {TENANT}}}]
                 "{when}: the operator logged a token-code annotation with its value (log line {}, starting {head:?})",
                 n + 1
             ));
+        }
+        let mut secrets = vec![(
+            "the long-term secret access key",
+            self.sts.default_user().secret_access_key,
+        )];
+        for s in self.sts.issued_sessions() {
+            secrets.push(("a session's secret access key", s.secret_access_key));
+            secrets.push(("a session token", s.session_token));
+        }
+        for (what, value) in secrets {
+            let b64 = serde_json::to_value(k8s_openapi::ByteString(value.clone().into_bytes()))
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            for (form, needle) in [("", value), (" (base64)", b64)] {
+                if let Some((n, line)) = log.lines().enumerate().find(|(_, l)| l.contains(&needle))
+                {
+                    let head: String = line.chars().take(100).collect();
+                    self.fail(format!(
+                        "{when}: the operator logged {what}{form} (log line {}, starting {head:?})",
+                        n + 1
+                    ));
+                    break;
+                }
+            }
         }
         let mut uses: BTreeMap<String, usize> = BTreeMap::new();
         for call in self.sts.calls() {
@@ -1008,10 +1054,12 @@ async fn two_session_tokens_naming_the_same_output_secret() -> Result<()> {
         .await;
         if !c.op.process.is_running() || c.op.log().contains("panicked at") {
             c.check(&format!("round {round}")).await;
-            continue;
-        }
-        if let Err(e) = settled {
+        } else if let Err(e) = settled {
             c.fail(format!("round {round}: {e:#}"));
+        }
+        // Each round on its own: the next operator (after a crash) does not meet this one's.
+        for name in [&x, &y] {
+            c.tenant.delete(&c.tenant.sessions(), name).await?;
         }
     }
     c.check("after 20 rounds of two SessionTokens naming one Secret")
@@ -1186,6 +1234,9 @@ async fn cluster_wide_operator_is_not_blinded_by_one_tenants_objects() -> Result
         .await?;
     let mut c = Case::start_in(&cp, "cluster_wide_poison", true, |_| {}).await?;
     let mfa = c.mfa();
+    // An innocent tenant's SessionToken in B, about to be approved.
+    c.b.create_session("victim", spec(mfa.clone())).await?;
+    wait_condition(&c.b, "victim", "Ready", "False", "AwaitingTokenCode", T).await?;
     let sessions = c.tenant.sessions();
     let secrets = c.tenant.secrets();
     let poisons: [(&str, &str, &str); 5] = [
@@ -1255,6 +1306,10 @@ async fn cluster_wide_operator_is_not_blinded_by_one_tenants_objects() -> Result
                     .await
             }
         };
+        if i == 0 && admitted.is_ok() {
+            // B approves while the operator may be blind: the code waits in the object.
+            c.b.approve("victim", &next_code(), "admin").await?;
+        }
         match admitted {
             Ok(_) => {
                 c.check(&format!("{what} (watch)")).await;
