@@ -89,11 +89,6 @@ async fn sigterm_while_a_code_is_in_use_finishes_the_approval() -> anyhow::Resul
     );
 
     // Read from the API directly, the operator gone: the approval was finished.
-    ensure!(
-        sts.uses_of_code(code) == 1,
-        "STS saw the code {} times",
-        sts.uses_of_code(code)
-    );
     let st = ns.session("app").await?;
     let issuing = cond(&st, "Issuing");
     ensure!(
@@ -109,6 +104,11 @@ async fn sigterm_while_a_code_is_in_use_finishes_the_approval() -> anyhow::Resul
     ensure!(
         sts.issued_session(key).is_some(),
         "the Secret does not hold the session STS issued"
+    );
+    ensure!(
+        sts.uses_of_code(code) == 1,
+        "STS saw the code {} times",
+        sts.uses_of_code(code)
     );
     // The Lease was released: a successor need not wait for it to expire.
     let leases: Api<Lease> = Api::namespaced(ns.client.clone(), &ns.name);
