@@ -8,7 +8,8 @@
 //! not be: must stay 0), `restarts` (control-plane restarts), `approvals` (MFA approvals),
 //! `hostile` (hostile objects or edits a tenant wrote, tests/hostile), `crashes` (operator
 //! processes that exited or panicked meanwhile: must stay 0), `stalls` (fresh SessionTokens not
-//! served in time meanwhile: must stay 0).
+//! served in time meanwhile: must stay 0); tests/hostile also counts `leaks` (secret values in
+//! the operator's log).
 
 #![allow(dead_code)]
 
