@@ -1847,7 +1847,11 @@ subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: alice}}]
         sessiontokens(&alice, &ns)
             .create(
                 &PostParams::default(),
-                &session_token("born-claimed", true, json!({CLAIMED_AT: "2026-01-01T00:00:00Z"}))?,
+                &session_token(
+                    "born-claimed",
+                    true,
+                    json!({CLAIMED_AT: "2026-01-01T00:00:00Z"}),
+                )?,
             )
             .await
             .map(|_| ()),
@@ -1875,7 +1879,11 @@ subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: alice}}]
         ]))?)
     };
     sessiontokens(&operator, &ns)
-        .patch("claimed", &pp, &Patch::<()>::Json(claim("2026-11-29T10:00:00Z")?))
+        .patch(
+            "claimed",
+            &pp,
+            &Patch::<()>::Json(claim("2026-11-29T10:00:00Z")?),
+        )
         .await
         .context("the operator's claim")?;
     let a = annotations(&admin, &ns, "claimed").await?;
