@@ -97,7 +97,7 @@ if [[ -s "$summary_dir/figures.txt" ]]; then
   awk '
     { for (i = 2; i <= NF; i++) { split($i, kv, "="); sum[kv[1]] += kv[2] } }
     END {
-      n = split("rotations:rotations survived (under kills and faults)|kills:operator kills (kill -9)|restarts:control-plane restarts|faults:STS faults injected|approvals:MFA approvals under kills|bad_inputs:bad inputs tried end to end|fuzz_cases:property-test cases on untrusted input|leaks:leaks found (must be 0)", rows, "|")
+      n = split("rotations:rotations survived (under kills and faults)|kills:operator kills (kill -9)|restarts:control-plane restarts|faults:STS faults injected|approvals:MFA approvals under kills|bad_inputs:bad inputs tried end to end|fuzz_cases:property-test cases on untrusted input|leaks:leaks found (must be 0)|hostile:hostile objects tried|crashes:operator crashes|stalls:stalls", rows, "|")
       for (i = 1; i <= n; i++) {
         split(rows[i], r, ":")
         printf "  %-48s %d\n", r[2], sum[r[1]] + 0

@@ -1747,3 +1747,192 @@ subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: bob}}]
         .context("outside the selected namespace the policy must not apply")?;
     Ok(())
 }
+
+/// Only the operator (the chart's ServiceAccount) may add or change the annotation
+/// `stssession.dev/token-code-claimed-at`, its record of a claimed code: a forged one would make
+/// the operator report an interruption that never happened, or (a time at the end of the
+/// calendar) trip its time arithmetic. Removing it is admitted (it can only hide an unrecorded
+/// interruption, never spend or reuse a code; the operator never removes it, so refusing would
+/// break `kubectl replace` of a user's own manifest).
+#[tokio::test]
+async fn approval_policy_lets_only_the_operator_mark_a_claim() -> Result<()> {
+    const CLAIMED_AT: &str = "stssession.dev/token-code-claimed-at";
+    let cp = control_plane().await;
+    let _lock = EVERY_NAMESPACE.read().await;
+    let release_ns = cp.new_namespace("install-claims").await?;
+    let ns = cp.new_namespace("claims").await?;
+    let release = release_name();
+    let f = fullname(&release);
+    let operator_user = format!("system:serviceaccount:{release_ns}:{f}");
+    let values = json!({"approvalPolicy": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}}});
+    let (_docs, _cleanup) = install(cp, &release, &release_ns, &values).await?;
+    let admin = cp.admin_client().await?;
+
+    // alice may do anything to SessionTokens here, approve included.
+    cp.apply_yaml(&format!(
+        r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{name: sessiontoken-owner, namespace: {ns}}}
+rules:
+  - apiGroups: [stssession.dev]
+    resources: [sessiontokens, sessiontokens/status]
+    verbs: ["*"]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: alice-owns, namespace: {ns}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: sessiontoken-owner}}
+subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: alice}}]
+"#
+    ))
+    .await?;
+    let sts_api = sessiontokens(&admin, &ns);
+    for name in ["probe", "claimed", "by-admin"] {
+        sts_api
+            .create(
+                &PostParams::default(),
+                &session_token(name, true, json!({}))?,
+            )
+            .await?;
+    }
+    let alice = cp.client_as("alice").await?;
+    let set = |client: &Client, name: &'static str, value: Value| {
+        let api = sessiontokens(client, &ns);
+        async move {
+            let patch = json!({"metadata": {"annotations": {CLAIMED_AT: value}}});
+            api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .map(|_| ())
+        }
+    };
+
+    // Wait until the policy is in force (each try a new value: an unchanged one is no mark).
+    let deadline = tokio::time::Instant::now() + T;
+    let mut second = 0;
+    let first = loop {
+        second += 1;
+        let value = format!("2026-01-01T00:00:{:02}Z", second % 60);
+        match set(&alice, "probe", json!(value)).await {
+            Err(kube::Error::Api(e)) if e.message.contains("ValidatingAdmissionPolicy") => break e,
+            Ok(()) => {}
+            Err(kube::Error::Api(e)) if e.code == 403 => {} // RBAC not there yet
+            Err(e) => bail!("unexpected error while waiting for the policy: {e}"),
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the approval policy never refused alice setting {CLAIMED_AT}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    eprintln!("refusal: {}", first.message);
+
+    // 1. alice may not add it, whatever the value, saying why.
+    for value in ["9999-12-30T21:59:59Z", "x", ""] {
+        let e = refused(
+            set(&alice, "claimed", json!(value)).await,
+            &format!("alice adding {CLAIMED_AT}={value:?}"),
+        )?;
+        assert_eq!(e.code, 403, "{e:?}");
+        assert!(
+            e.message.contains(&format!(
+                r#"only the operator ({operator_user}) may set the stssession.dev/token-code-claimed-at annotation, its record of a claimed token code; the request comes from "alice""#
+            )),
+            "{}",
+            e.message
+        );
+    }
+    // ... nor create a SessionToken carrying it.
+    let e = refused(
+        sessiontokens(&alice, &ns)
+            .create(
+                &PostParams::default(),
+                &session_token(
+                    "born-claimed",
+                    true,
+                    json!({CLAIMED_AT: "2026-01-01T00:00:00Z"}),
+                )?,
+            )
+            .await
+            .map(|_| ()),
+        "alice creating a SessionToken with the annotation",
+    )?;
+    assert!(e.message.contains("only the operator"), "{}", e.message);
+
+    // 2. The operator's claim as it makes it (as the chart's ServiceAccount): test the code,
+    // remove it and approved-by, add the claim time. Admitted.
+    annotate(&alice, &ns, "claimed", "123456", "alice")
+        .await
+        .context("alice approving")?;
+    let token = service_account_token(cp, &release_ns, &f).await?;
+    let operator = cp.client_with_token(&token).await?;
+    let pp = PatchParams {
+        field_manager: Some("sts-session-operator".into()),
+        ..Default::default()
+    };
+    let claim = |value: &str| -> Result<json_patch::Patch> {
+        Ok(serde_json::from_value(json!([
+            {"op": "test", "path": "/metadata/annotations/stssession.dev~1token-code", "value": "123456"},
+            {"op": "remove", "path": "/metadata/annotations/stssession.dev~1token-code"},
+            {"op": "remove", "path": "/metadata/annotations/stssession.dev~1approved-by"},
+            {"op": "add", "path": "/metadata/annotations/stssession.dev~1token-code-claimed-at", "value": value},
+        ]))?)
+    };
+    sessiontokens(&operator, &ns)
+        .patch(
+            "claimed",
+            &pp,
+            &Patch::<()>::Json(claim("2026-11-29T10:00:00Z")?),
+        )
+        .await
+        .context("the operator's claim")?;
+    let a = annotations(&admin, &ns, "claimed").await?;
+    assert_eq!(
+        a.get(CLAIMED_AT).map(String::as_str),
+        Some("2026-11-29T10:00:00Z"),
+        "{a:?}"
+    );
+
+    // 3. alice may not change it; other edits (the mark unchanged) are admitted.
+    let e = refused(
+        set(&alice, "claimed", json!("9999-12-30T21:59:59Z")).await,
+        "alice changing the claim time",
+    )?;
+    assert!(e.message.contains("only the operator"), "{}", e.message);
+    let label = json!({"metadata": {"labels": {"touched-by": "alice"}}});
+    sessiontokens(&alice, &ns)
+        .patch("claimed", &PatchParams::default(), &Patch::Merge(&label))
+        .await
+        .context("alice labelling a claimed SessionToken")?;
+
+    // 4. Nor may admin (system:masters skips authorization, not admission).
+    let e = refused(
+        set(&admin, "by-admin", json!("2026-11-29T10:00:00Z")).await,
+        "admin adding the claim time",
+    )?;
+    assert!(
+        e.message.contains(r#"the request comes from "admin""#),
+        "{}",
+        e.message
+    );
+
+    // 5. The operator may change it (a new claim over an old one).
+    let remark: json_patch::Patch = serde_json::from_value(json!([
+        {"op": "add", "path": "/metadata/annotations/stssession.dev~1token-code-claimed-at", "value": "2026-11-29T11:00:00Z"},
+    ]))?;
+    sessiontokens(&operator, &ns)
+        .patch("claimed", &pp, &Patch::<()>::Json(remark))
+        .await
+        .context("the operator changing the claim time")?;
+
+    // 6. Removing it is admitted, for alice too.
+    set(&alice, "claimed", Value::Null)
+        .await
+        .context("alice removing the claim time")?;
+    assert!(
+        !annotations(&admin, &ns, "claimed")
+            .await?
+            .contains_key(CLAIMED_AT)
+    );
+    Ok(())
+}

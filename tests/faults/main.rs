@@ -5,6 +5,7 @@
 #[path = "../operator/common.rs"]
 mod common;
 mod crash;
+mod shutdown;
 #[path = "../support/summary.rs"]
 mod summary;
 

@@ -83,6 +83,10 @@ impl Operator {
             .filter_map(|a| flag(a))
             .collect();
         args.retain(|a| flag(a).is_none_or(|f| !overridden.contains(&f)));
+        // `--namespaces=` (empty: every namespace) replaces the default instead of adding to it.
+        if opts.extra_args.iter().any(|a| a == "--namespaces=") {
+            args.retain(|a| !a.starts_with("--namespaces="));
+        }
         args.extend(opts.extra_args.iter().cloned());
         let process = ChildProcess::builder(env!("CARGO_BIN_EXE_sts-session-operator"))
             .name(format!("operator-{ns}"))

@@ -5,7 +5,11 @@
 //! Keys in use: `rotations` (sessions minted while the suite was hurting the operator),
 //! `kills` (kill -9 of the operator), `faults` (STS faults injected), `bad_inputs` (bad inputs
 //! tried, end to end or as property-test cases), `leaks` (secret values found where they must
-//! not be: must stay 0), `restarts` (control-plane restarts), `approvals` (MFA approvals).
+//! not be: must stay 0), `restarts` (control-plane restarts), `approvals` (MFA approvals),
+//! `hostile` (hostile objects or edits a tenant wrote, tests/hostile), `crashes` (operator
+//! processes that exited or panicked meanwhile: must stay 0), `stalls` (fresh SessionTokens not
+//! served in time meanwhile: must stay 0); tests/hostile also counts `leaks` (secret values in
+//! the operator's log).
 
 #![allow(dead_code)]
 
