@@ -442,12 +442,14 @@ fn memory() -> impl Strategy<Value = Remembered> {
         prop::option::of((timestamp(), any::<u64>())),
         prop::option::of(timestamp()),
         any::<u32>(),
+        prop::option::of(timestamp()),
     )
-        .prop_map(|(unsaved, sent, expired, misses)| Remembered {
+        .prop_map(|(unsaved, sent, expired, misses, renewed)| Remembered {
             unsaved: unsaved.map(|c| (c, None)),
             code_required_sent: sent,
             expired_sent: expired,
             source_misses: misses,
+            renewed_on_request: renewed,
         })
 }
 

@@ -107,6 +107,8 @@ pub struct Remembered {
     pub expired_sent: Option<Timestamp>,
     /// Consecutive reconciles that found the source Secret missing or unusable.
     pub source_misses: u32,
+    /// When a renewal request (`kubectl sts renew`) was last honoured.
+    pub renewed_on_request: Option<Timestamp>,
 }
 
 /// Everything one reconcile knows: the SessionToken, its Secrets, the source keys, restart
@@ -284,6 +286,8 @@ pub struct Draft {
     hash: Option<String>,
     /// When a deferred renewal request (or code) is looked at again.
     later: Option<Timestamp>,
+    /// A renewal request is honoured in this reconcile.
+    renewal_requested: bool,
 }
 
 /// The first half of a reconcile's decisions.
@@ -327,6 +331,7 @@ pub fn decide(f: &Facts) -> Plan {
         session_state,
         hash,
         later: None,
+        renewal_requested: false,
     };
     let mut plan = Plan {
         wait: code.wait,
@@ -405,8 +410,9 @@ fn interrupted_claim(f: &Facts, status: &mut SessionTokenStatus) -> Option<Times
     }
 }
 
-/// `kubectl sts renew`: a new session now, once, where no code is needed; at most one a minute
-/// and not before a failure's backoff is over. Returns why a session is minted without a code.
+/// `kubectl sts renew`: a new session now, once, where no code is needed; at most one request
+/// a minute is honoured (this process remembers when), and none before a failure's backoff is
+/// over: the request waits on the object until then. Returns why a session is minted without a code.
 fn renewal_request(f: &Facts, claims: &mut Vec<Claim>, draft: &mut Draft) -> Option<&'static str> {
     let hash_matches = draft.hash.is_some() && draft.hash == f.status.session_hash;
     let auto = (!f.has_mfa())
@@ -429,11 +435,11 @@ fn renewal_request(f: &Facts, claims: &mut Vec<Claim>, draft: &mut Draft) -> Opt
         ));
         return None;
     }
-    let last_issue = f
-        .status
-        .issued_at
+    let last_request = f
+        .memory
+        .renewed_on_request
         .map(|t| at_or_max(t, RENEWAL_REQUEST_INTERVAL));
-    let allowed_at = retry_at.max(last_issue);
+    let allowed_at = retry_at.max(last_request);
     match allowed_at {
         Some(at) if f.now < at => {
             draft.later = Some(at);
@@ -441,6 +447,7 @@ fn renewal_request(f: &Facts, claims: &mut Vec<Claim>, draft: &mut Draft) -> Opt
         }
         _ => {
             claims.push(Claim::new(approval::RENEW_ANNOTATION, requested, &[], None));
+            draft.renewal_requested = true;
             Some("renewal requested")
         }
     }
@@ -652,6 +659,14 @@ pub fn settle(f: &Facts, draft: Draft, outcome: Outcome) -> Effects {
         events: draft.events.clone(),
         memory: Remembered {
             unsaved: None,
+            // Forgotten once it no longer limits anything.
+            renewed_on_request: match draft.renewal_requested {
+                true => Some(f.now),
+                false => f
+                    .memory
+                    .renewed_on_request
+                    .filter(|t| f.now < at_or_max(*t, RENEWAL_REQUEST_INTERVAL)),
+            },
             ..f.memory.clone()
         },
         metrics: SessionMetrics::default(),

@@ -21,7 +21,6 @@
 //! range of `jiff::Timestamp`) cannot even be read back through the typed API.
 
 #[path = "../operator/common.rs"]
-#[allow(dead_code)]
 mod common;
 #[path = "../support/summary.rs"]
 mod summary;

@@ -107,7 +107,9 @@ fn parse_credentials_file(
 #[tokio::test]
 async fn a_reconcile_that_panics_is_caught_and_shown_on_that_object_only() -> anyhow::Result<()> {
     // The debug build's fail point (src/reconcile/mod.rs) makes this object's reconcile panic.
-    let World { ns, op, .. } = World::start("backstop", None, CodePolicy::Totp).await?;
+    let World {
+        ns, op, sts: _sts, ..
+    } = World::start("backstop", None, CodePolicy::Totp).await?;
     let mut spec = source_spec(json!({}));
     spec["secret"] = json!({"name": "bad-out"});
     let bad: SessionToken = serde_json::from_value(json!({
