@@ -165,6 +165,8 @@ pub struct ApprovalFacts {
     pub renew: Option<String>,
     /// The code is also in client-side `kubectl apply`'s copy of the object.
     pub code_in_last_applied: bool,
+    /// The object's resourceVersion: what a claim tests.
+    pub resource_version: String,
 }
 
 impl ApprovalFacts {
@@ -186,6 +188,7 @@ impl ApprovalFacts {
                 .and_then(|t| t.parse::<Timestamp>().ok())
                 .and_then(|t| past_time(t, now)),
             renew: get(RENEW_ANNOTATION),
+            resource_version: st.metadata.resource_version.clone().unwrap_or_default(),
         }
     }
 }
@@ -193,9 +196,14 @@ impl ApprovalFacts {
 // ---------------------------------------------------------------------------------------------
 // Claims
 
-/// One claim of an annotation: a JSON patch that tests its value (and the values of `tested`
-/// companions) and removes them, so that exactly one claimant wins and a newer value set
-/// meanwhile survives; `mark` is an annotation the same patch sets.
+/// One claim of an annotation: a JSON patch that tests the object's resourceVersion (the one
+/// the decision was made on: the code, who approved it, everything) and removes the annotation
+/// and its companions, so that exactly one claimant wins and a newer value set meanwhile
+/// survives; `mark` is an annotation the same patch sets.
+///
+/// (Not a `test` of the annotations' values: the API server compares a tested string by its
+/// JSON text, and Go writes `<`, `>` and `&` as `\u003c`, `\u003e`, `\u0026` where serde does
+/// not, so a value holding one of them could never be claimed.)
 #[derive(Clone, Debug, PartialEq)]
 pub struct Claim {
     pub key: &'static str,
@@ -212,17 +220,15 @@ fn annotation_path(key: &str) -> String {
 impl Claim {
     pub fn new(
         key: &'static str,
-        value: &str,
-        companions: &[(&str, &str)],
+        resource_version: &str,
+        companions: &[&str],
         mark: Option<(&str, String)>,
     ) -> Self {
-        let mut ops =
-            vec![serde_json::json!({"op": "test", "path": annotation_path(key), "value": value})];
-        for (k, v) in companions {
-            ops.push(serde_json::json!({"op": "test", "path": annotation_path(k), "value": v}));
-        }
-        ops.push(serde_json::json!({"op": "remove", "path": annotation_path(key)}));
-        for (k, _) in companions {
+        let mut ops = vec![
+            serde_json::json!({"op": "test", "path": "/metadata/resourceVersion", "value": resource_version}),
+            serde_json::json!({"op": "remove", "path": annotation_path(key)}),
+        ];
+        for k in companions {
             ops.push(serde_json::json!({"op": "remove", "path": annotation_path(k)}));
         }
         if let Some((k, v)) = mark {
@@ -352,15 +358,18 @@ pub fn assess(facts: &ApprovalFacts, cx: &CodeContext<'_>) -> CodeDecision {
             ..CodeDecision::default()
         };
     }
-    let companions: Vec<(&str, &str)> = facts
-        .approved_by
-        .as_deref()
-        .map(|by| (APPROVED_BY_ANNOTATION, by))
-        .into_iter()
-        .collect();
+    let companions: &[&str] = match facts.approved_by {
+        Some(_) => &[APPROVED_BY_ANNOTATION],
+        None => &[],
+    };
     let mark = used.then(|| (CLAIMED_AT_ANNOTATION, claimed_at.to_string()));
     let mut decision = CodeDecision {
-        claim: Some(Claim::new(TOKEN_CODE_ANNOTATION, raw, &companions, mark)),
+        claim: Some(Claim::new(
+            TOKEN_CODE_ANNOTATION,
+            &facts.resource_version,
+            companions,
+            mark,
+        )),
         ..CodeDecision::default()
     };
     if facts.code_in_last_applied {
@@ -485,21 +494,22 @@ mod tests {
     }
 
     #[test]
-    fn the_claim_tests_the_code_and_who_approved_it() {
+    fn the_claim_tests_the_object_it_was_decided_on_and_removes_who_approved() {
         let claim = Claim::new(
             TOKEN_CODE_ANNOTATION,
-            "123456",
-            &[(APPROVED_BY_ANNOTATION, "alice")],
+            "42",
+            &[APPROVED_BY_ANNOTATION],
             Some((CLAIMED_AT_ANNOTATION, "t".into())),
         );
         let ops = claim.patch.as_array().unwrap();
         assert_eq!(ops[0]["op"], "test");
-        assert_eq!(ops[1]["op"], "test");
+        assert_eq!(ops[0]["path"], "/metadata/resourceVersion");
+        assert_eq!(ops[0]["value"], "42");
+        assert_eq!(ops[1]["op"], "remove");
         assert_eq!(
-            ops[1]["path"],
+            ops[2]["path"],
             "/metadata/annotations/stssession.dev~1approved-by"
         );
-        assert_eq!(ops[1]["value"], "alice");
         assert!(claim.marks_use());
         let _: json_patch::Patch = serde_json::from_value(claim.patch).unwrap();
     }

@@ -421,11 +421,16 @@ fn renewal_request(f: &Facts, claims: &mut Vec<Claim>, draft: &mut Draft) -> Opt
     let spec_changed = f.status.observed_generation != f.generation;
     let retry_at = f.retry_time().filter(|_| !spec_changed);
     let may_retry = retry_at.is_none_or(|t| f.now >= t);
-    let Some(requested) = f.approval.renew.as_deref() else {
+    if f.approval.renew.is_none() {
         return auto.filter(|_| may_retry);
     };
     if f.has_mfa() {
-        claims.push(Claim::new(approval::RENEW_ANNOTATION, requested, &[], None));
+        claims.push(Claim::new(
+            approval::RENEW_ANNOTATION,
+            &f.approval.resource_version,
+            &[],
+            None,
+        ));
         draft.events.push(Event::warning(
             "RenewNeedsTokenCode",
             format!(
@@ -446,7 +451,12 @@ fn renewal_request(f: &Facts, claims: &mut Vec<Claim>, draft: &mut Draft) -> Opt
             auto.filter(|_| may_retry)
         }
         _ => {
-            claims.push(Claim::new(approval::RENEW_ANNOTATION, requested, &[], None));
+            claims.push(Claim::new(
+                approval::RENEW_ANNOTATION,
+                &f.approval.resource_version,
+                &[],
+                None,
+            ));
             draft.renewal_requested = true;
             Some("renewal requested")
         }

@@ -217,20 +217,12 @@ async fn claim_annotation(
     };
     match api.patch(name, &pp, &Patch::<()>::Json(patch)).await {
         Ok(_) => Ok(true),
-        // A failed `test` op is 422 (Unprocessable) or 409; the object gone is 404.
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(false),
-        Err(kube::Error::Api(e)) if matches!(e.code, 409 | 422) && is_failed_test(&e.message) => {
-            Ok(false)
-        }
+        // The object changed since it was read (the resourceVersion `test` failed: 422 with
+        // the API server's generic message, or 409), or it is gone (404). Anything else (a
+        // refusal by admission, say) is an error, retried with backoff.
+        Err(kube::Error::Api(e)) if matches!(e.code, 404 | 409 | 422) => Ok(false),
         Err(e) => Err(e.into()),
     }
-}
-
-/// Whether an API server's message is that of a JSON patch `test` that failed (or of a path it
-/// tested or removed that is no longer there).
-fn is_failed_test(message: &str) -> bool {
-    let m = message.to_ascii_lowercase();
-    m.contains("test") || m.contains("missing path") || m.contains("does not apply")
 }
 
 pub(crate) async fn write_status(
