@@ -45,6 +45,38 @@ export STS_TEST_HELM
 echo "helm build took $((SECONDS - started)) s ($STS_TEST_HELM)"
 # -- end of helm block ----------------------------------------------------------------------------
 
+# -- images and a real node (tests/image, tests/node; block owned by the image/node work) ---------
+# Debian packages they need (root installs them; CI runs as root): docker.io (dockerd, docker),
+# debootstrap (the stand-in base images), runc and containernetworking-plugins (the node).
+missing=()
+for need in dockerd:docker.io docker:docker.io debootstrap:debootstrap runc:runc; do
+  command -v "${need%%:*}" >/dev/null || missing+=("${need#*:}")
+done
+[[ -x /usr/lib/cni/loopback ]] || missing+=(containernetworking-plugins)
+if ((${#missing[@]})); then
+  started=$SECONDS
+  if [[ $(id -u) != 0 ]]; then
+    echo "missing Debian packages ${missing[*]}: apt-get install them as root" >&2
+    exit 1
+  fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  echo "installed ${missing[*]} in $((SECONDS - started)) s"
+fi
+# The operator's image from ./Dockerfile (docker build, stand-in base images made here), plus the
+# node tests' consumer and pause images; cached by content (hack/build-image.sh).
+started=$SECONDS
+STS_TEST_IMAGES=$(bash hack/build-image.sh | tail -n 1)
+export STS_TEST_IMAGES
+echo "image build took $((SECONDS - started)) s ($STS_TEST_IMAGES)"
+# kubelet, kube-scheduler (same Kubernetes as the control plane) and containerd 2.x, cached by
+# version (hack/build-node.sh).
+started=$SECONDS
+STS_TEST_NODE_BIN_DIR=$(bash hack/build-node.sh | tail -n 1)
+export STS_TEST_NODE_BIN_DIR
+echo "node build took $((SECONDS - started)) s ($STS_TEST_NODE_BIN_DIR)"
+# -- end of images and node block -------------------------------------------------------------------
+
 # -- 3. environment ------------------------------------------------------------------------------
 export STS_TEST_BIN_DIR="$bin_dir"
 export STS_TEST_VENV="$venv"
