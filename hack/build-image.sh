@@ -45,12 +45,20 @@ rust_version=$(rustc --version | awk '{print $2}')
 [[ "$rust_version" == 1.95.* ]] || { echo "build-image: rustc is $rust_version; the builder stand-in must carry Rust 1.95" >&2; exit 1; }
 sysroot=$(rustc --print sysroot)
 
-# Stand-ins and helper images: keyed by this script and the toolchain.
-standin_key=$(cat "$0" <(echo "$rust_version") | sha256sum | cut -c1-12)
-builder_image="sts-standin/rust:1.95-bookworm-$standin_key"
-runtime_image="sts-standin/distroless-cc-debian12:nonroot-$standin_key"
-consumer_image="sts-standin/python-boto3:bookworm-$standin_key"
-pause_image="sts-standin/pause:3.10-$standin_key"
+# Stand-ins and helper images: each keyed by its recipe (bump a recipe's revision when changing
+# how it is made) and, for the builder, the toolchain.
+debootstrap_include=gcc,libc6-dev,ca-certificates,python3-boto3
+key() { echo "$*" | sha256sum | cut -c1-12; }
+rootfs_key=$(key "bookworm minbase $debootstrap_include r1")
+# The builder reaches crates.io through this machine's network, so it trusts what this machine
+# trusts (/etc/ssl/certs/ca-certificates.crt: Debian's CAs plus any local ones, e.g. an HTTPS
+# proxy's from /usr/local/share/ca-certificates).
+host_ca=/etc/ssl/certs/ca-certificates.crt
+builder_image="sts-standin/rust:1.95-bookworm-$(key "$rootfs_key $rust_version $(sha256sum <"$host_ca") r2")"
+runtime_image="sts-standin/distroless-cc-debian12:nonroot-$(key "libc6 libgcc-s1 tzdata r1")"
+consumer_image="sts-standin/python-boto3:bookworm-$rootfs_key"
+pause_image="sts-standin/pause:3.10-$(key "pause r1")"
+standin_key=$(key "$builder_image $runtime_image $consumer_image $pause_image")
 
 # The operator image: keyed by the build context the Dockerfile sees and the stand-ins.
 context_key=$(cd "$root" && { cat Dockerfile .dockerignore Cargo.toml Cargo.lock tests/testkit/Cargo.toml
@@ -75,6 +83,8 @@ cleanup() {
     for _ in $(seq 1 60); do kill -0 "$dockerd_pid" 2>/dev/null || break; sleep 0.5; done
     kill -9 "$dockerd_pid" 2>/dev/null || true
   fi
+  # dockerd leaves its network namespace file mounted under the exec root.
+  grep -o " $run[^ ]*" /proc/self/mountinfo 2>/dev/null | sort -r | while read -r m; do umount -l "$m" || true; done
   rm -rf "$run" "${tmp:-}"
 }
 trap cleanup EXIT
@@ -89,12 +99,12 @@ has() { docker image inspect "$1" >/dev/null 2>&1; }
 tmp=$(mktemp -d)
 
 # -- Debian bookworm root filesystem (builder and consumer) ----------------------------------------
-rootfs_tar="$cache/bookworm-$standin_key.tar"
+rootfs_tar="$cache/bookworm-$rootfs_key.tar"
 if [[ ! -f "$rootfs_tar" ]]; then
   started=$SECONDS
   echo "debootstrap bookworm ..." >&2
   mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
-  nice -n 10 debootstrap --variant=minbase --include=gcc,libc6-dev,ca-certificates,python3-boto3 \
+  nice -n 10 debootstrap --variant=minbase --include="$debootstrap_include" \
     bookworm "$tmp/rootfs" "$mirror" >"$tmp/debootstrap.log" 2>&1 \
     || { tail -30 "$tmp/debootstrap.log" >&2; exit 1; }
   rm -rf "$tmp/rootfs/var/cache/apt/archives/"*.deb "$tmp/rootfs/var/lib/apt/lists/"*
@@ -122,8 +132,13 @@ if ! has "$builder_image"; then
   cp -a "$sysroot/lib/rustlib/x86_64-unknown-linux-gnu" "$sysroot/lib/rustlib/etc" "$tc/lib/rustlib/"
   [[ -d "$sysroot/libexec" ]] && cp -a "$sysroot/libexec" "$tc/"
   for b in cargo rustc rustdoc; do ln -s "../../rustup/toolchains/1.95-x86_64-unknown-linux-gnu/bin/$b" "$tmp/rust/usr/local/cargo/bin/$b"; done
+  mkdir -p "$tmp/rust/etc/ssl/certs"
+  cp "$host_ca" "$tmp/rust/etc/ssl/certs/ca-certificates.crt"
+  # The root filesystem without its CA bundle, then the toolchain and this machine's bundle.
   cp "$rootfs_tar" "$tmp/builder.tar"
-  tar -C "$tmp/rust" --numeric-owner --owner=0 --group=0 -rf "$tmp/builder.tar" ./usr/local
+  tar --delete -f "$tmp/builder.tar" ./etc/ssl/certs/ca-certificates.crt
+  tar -C "$tmp/rust" --numeric-owner --owner=0 --group=0 -rf "$tmp/builder.tar" \
+    ./usr/local/rustup ./usr/local/cargo ./etc/ssl/certs/ca-certificates.crt
   docker import \
     --change 'ENV RUSTUP_HOME=/usr/local/rustup CARGO_HOME=/usr/local/cargo RUST_VERSION=1.95.0' \
     --change 'ENV PATH=/usr/local/cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
