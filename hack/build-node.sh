@@ -4,7 +4,9 @@
 #   (hack/node/go.mod pins the same k8s.io/kubernetes as hack/controlplane/go.mod),
 # - containerd 2.x, its runc shim and ctr, from github.com/containerd/containerd/v2
 #   (hack/containerd/go.mod),
-# runc and the CNI plugins come from Debian (apt-get install runc containernetworking-plugins).
+# - runc from github.com/opencontainers/runc (hack/runc/go.mod), with seccomp (cgo + Debian's
+#   libseccomp-dev): Debian bookworm's runc 1.1.5 fails to start containerd 2.x's sandboxes.
+# The CNI plugins come from Debian (apt-get install containernetworking-plugins).
 #
 # Cached outside the clone, keyed by version: ${STS_TEST_CACHE:-~/.cache/sts-session-operator}/node/<key>/
 # Prints that directory as its last line of stdout.
@@ -16,6 +18,7 @@ pinned() { sed -nE "s#^[[:space:]]*(require[[:space:]]+)?$2 (v[^ ]+).*#\\2#p" "$
 k8s_version=$(pinned "$here/node/go.mod" k8s.io/kubernetes)
 cp_version=$(pinned "$here/controlplane/go.mod" k8s.io/kubernetes)
 containerd_version=$(pinned "$here/containerd/go.mod" github.com/containerd/containerd/v2)
+runc_version=$(pinned "$here/runc/go.mod" github.com/opencontainers/runc)
 go_version=$(go env GOVERSION)
 [[ -n "$k8s_version" && -n "$containerd_version" ]] || { echo "cannot read pinned versions" >&2; exit 1; }
 if [[ "$k8s_version" != "$cp_version" ]]; then
@@ -25,6 +28,8 @@ fi
 
 cache_root=${STS_TEST_CACHE:-$HOME/.cache/sts-session-operator}
 out="$cache_root/node/k8s-$k8s_version-containerd-$containerd_version-$go_version"
+runc_out="$cache_root/node/runc-$runc_version-$go_version"
+mkdir -p "$runc_out"
 mkdir -p "$out"
 exec 9>"$out.lock"
 flock 9
@@ -57,5 +62,13 @@ ctr_tags="no_btrfs no_devmapper no_zfs no_aufs"
 [[ -x "$out/containerd-shim-runc-v2" ]] || CGO_ENABLED=0 build "$here/containerd" github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2 containerd-shim-runc-v2 "$ctr_ldflags" "$ctr_tags"
 [[ -x "$out/ctr" ]] || CGO_ENABLED=0 build "$here/containerd" github.com/containerd/containerd/v2/cmd/ctr ctr "$ctr_ldflags" "$ctr_tags"
 
+# runc: cgo for libseccomp; cached apart from the rest (its own key).
+if [[ ! -x "$runc_out/runc" ]]; then
+  [[ -f /usr/include/seccomp.h ]] || { echo "libseccomp-dev is missing: apt-get install libseccomp-dev" >&2; exit 1; }
+  CGO_ENABLED=1 build "$here/runc" github.com/opencontainers/runc runc \
+    "-s -w -X main.version=${runc_version#v}" "seccomp urfave_cli_no_docs"
+  mv -f "$out/runc" "$runc_out/runc"
+fi
+ln -sfn "$runc_out/runc" "$out/runc"
 echo "node binaries ready in $((SECONDS - started)) s: $out" >&2
 echo "$out"

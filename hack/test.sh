@@ -47,12 +47,14 @@ echo "helm build took $((SECONDS - started)) s ($STS_TEST_HELM)"
 
 # -- images and a real node (tests/image, tests/node; block owned by the image/node work) ---------
 # Debian packages they need (root installs them; CI runs as root): docker.io (dockerd, docker),
-# debootstrap (the stand-in base images), runc and containernetworking-plugins (the node).
+# debootstrap (the stand-in base images), containernetworking-plugins and libseccomp-dev (runc's
+# build) for the node.
 missing=()
-for need in dockerd:docker.io docker:docker.io debootstrap:debootstrap runc:runc; do
+for need in dockerd:docker.io docker:docker.io debootstrap:debootstrap; do
   command -v "${need%%:*}" >/dev/null || missing+=("${need#*:}")
 done
 [[ -x /usr/lib/cni/loopback ]] || missing+=(containernetworking-plugins)
+[[ -f /usr/include/seccomp.h ]] || missing+=(libseccomp-dev)
 if ((${#missing[@]})); then
   started=$SECONDS
   if [[ $(id -u) != 0 ]]; then

@@ -125,6 +125,43 @@ fn consumer_lines(log: Option<&Path>) -> Vec<Value> {
         .collect()
 }
 
+/// Pods' phases and conditions, and the node's taints, for a failure message.
+async fn describe(admin: &Client) -> String {
+    let mut out = String::new();
+    if let Ok(list) = Api::<Pod>::all(admin.clone())
+        .list(&ListParams::default())
+        .await
+    {
+        for p in list.items {
+            let status = p.status.unwrap_or_default();
+            out.push_str(&format!(
+                "pod {}/{}: {:?} {}\n",
+                p.metadata.namespace.unwrap_or_default(),
+                p.metadata.name.unwrap_or_default(),
+                status.phase,
+                serde_json::to_string(&status.conditions).unwrap_or_default(),
+            ));
+            for c in status.container_statuses.unwrap_or_default() {
+                out.push_str(&format!(
+                    "  {}: {}\n",
+                    c.name,
+                    serde_json::to_string(&c.state).unwrap_or_default()
+                ));
+            }
+        }
+    }
+    if let Ok(n) = Api::<k8s_openapi::api::core::v1::Node>::all(admin.clone())
+        .get(node::NODE_NAME)
+        .await
+    {
+        out.push_str(&format!(
+            "node taints: {}\n",
+            serde_json::to_string(&n.spec.and_then(|s| s.taints)).unwrap_or_default()
+        ));
+    }
+    out
+}
+
 /// The helm post-renderer: host network for the chart's pod, and a rolling update that stops
 /// the old pod first (one host, one metrics port). Nothing else of the chart changes.
 const POST_RENDERER: &str = r#"#!/bin/sh
@@ -146,7 +183,9 @@ async fn operator_and_consumers_on_a_real_node() -> Result<()> {
     let root = images::root();
     let cp = ControlPlane::start_with(StartOptions {
         crds: vec![root.join("crds")],
-        ..Default::default()
+        // ServiceAccount admission on (testkit turns it off: it runs no kubelet), so that pods
+        // get the projected ServiceAccount token volume a real cluster gives them.
+        apiserver_args: vec!["--disable-admission-plugins=".into()],
     })
     .await?;
     let admin = cp.admin_client().await?;
@@ -154,7 +193,11 @@ async fn operator_and_consumers_on_a_real_node() -> Result<()> {
     println!("node {} Ready", node::NODE_NAME);
     let result = scenario(&cp, &admin, &node, &images).await;
     if let Err(e) = &result {
-        eprintln!("node test failed: {e:#}\n{}", node.logs());
+        eprintln!(
+            "node test failed: {e:#}\n{}{}",
+            describe(&admin).await,
+            node.logs()
+        );
     }
     drop(node);
     result

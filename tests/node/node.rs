@@ -1,8 +1,8 @@
-//! A real node on this machine: containerd 2.x (with Debian's runc and CNI plugins) and a
+//! A real node on this machine: containerd 2.x (with runc and Debian's CNI plugins) and a
 //! kubelet of the control plane's Kubernetes release, registered to a private control plane,
 //! plus what a cluster runs besides: kube-scheduler, and a second kube-controller-manager with
 //! the controllers testkit's does not run (deployments, replica sets, service accounts, the
-//! root CA ConfigMap). Dropping it stops everything it started, even after a failure: pods'
+//! root CA ConfigMap, node lifecycle: it lifts the `not-ready` taint the kubelet registers with). Dropping it stops everything it started, even after a failure: pods'
 //! containers, the shims, containerd, the kubelet, mounts and cgroups.
 //!
 //! The pod network is the one thing left out: every pod here uses `hostNetwork` (the test
@@ -56,12 +56,6 @@ pub struct Node {
     scratch: Option<ScratchDir>,
 }
 
-fn which(tool: &str) -> Option<PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|d| d.join(tool))
-        .find(|p| p.is_file())
-}
-
 /// The cgroup v1 hierarchies (or the cgroup2 mount) under /sys/fs/cgroup.
 fn cgroup_mounts() -> Vec<PathBuf> {
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
@@ -90,10 +84,6 @@ impl Node {
                 bin.join(b).display()
             );
         }
-        ensure!(
-            which("runc").is_some(),
-            "runc not found: `apt-get install runc` (hack/test.sh installs it)"
-        );
         ensure!(
             Path::new("/usr/lib/cni/loopback").is_file(),
             "/usr/lib/cni/loopback not found: `apt-get install containernetworking-plugins` (hack/test.sh installs it)"
@@ -132,7 +122,7 @@ impl Node {
                 .arg(format!("--kubeconfig={}", kubeconfig.display()))
                 .arg(
                     "--controllers=deployment-controller,replicaset-controller,serviceaccount-controller,\
-                     root-ca-certificate-publisher-controller",
+                     root-ca-certificate-publisher-controller,node-lifecycle-controller",
                 )
                 .arg(format!("--root-ca-file={}", cp.ca_file().display()))
                 .args(["--leader-elect=false", "--bind-address=127.0.0.1"])
@@ -189,6 +179,11 @@ temp = "{dir}/containerd/tmp"
   [plugins.'io.containerd.cri.v1.images'.pinned_images]
     sandbox = "{pause}"
 [plugins.'io.containerd.cri.v1.runtime']
+  # This machine withholds CAP_SYS_RESOURCE even from root: no process may lower its
+  # oom_score_adj, so runc would fail on the kubelet's -998 for sandboxes ("failed to update
+  # /proc/self/oom_score_adj: Permission denied"). containerd's setting for that case: never
+  # below containerd's own.
+  restrict_oom_score_adj = true
   [plugins.'io.containerd.cri.v1.runtime'.containerd]
     default_runtime_name = "runc"
     [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
@@ -202,7 +197,7 @@ temp = "{dir}/containerd/tmp"
 "#,
             dir = dir.display(),
             sock = node.sock.display(),
-            runc = which("runc").context("runc")?.display(),
+            runc = bin.join("runc").display(),
             cni = cni_conf.display(),
         );
         std::fs::write(dir.join("containerd.toml"), config)?;
