@@ -607,6 +607,13 @@ async fn scenario(cp: &ControlPlane, admin: &Client, node: &Node, images: &Image
             .arg(kubeconfig),
     )?;
     let code = user.totp_code_now();
+    // The old pod's log goes with the pod: read what it wrote so far (checked for secrets below).
+    let read_log = |pod: &str| {
+        node.container_log(release_ns, pod, "operator")
+            .and_then(|f| std::fs::read_to_string(f).ok())
+            .unwrap_or_default()
+    };
+    let mut old_log = read_log(&op_name);
     // The approval and the restart, back to back (README: `kubectl annotate`).
     let annotate = Command::new(kubectl()?)
         .args(["annotate", "st", "app-mfa", "-n", ns])
@@ -675,6 +682,11 @@ async fn scenario(cp: &ControlPlane, admin: &Client, node: &Node, images: &Image
             .is_some(),
         "no lastApproval"
     );
+    // Whatever the old pod wrote until it stopped, if its log is still there.
+    let last = read_log(&op_name);
+    if last.len() > old_log.len() {
+        old_log = last;
+    }
     let new_op = eventually(T, "a new operator pod Ready", || async {
         Ok(operator_pod(
             pods.list(&ListParams::default().labels(&selector))
@@ -699,11 +711,7 @@ async fn scenario(cp: &ControlPlane, admin: &Client, node: &Node, images: &Image
         secrets.push(s.secret_access_key);
         secrets.push(s.session_token);
     }
-    for pod_name in [&op_name, &new_name] {
-        let text = node
-            .container_log(release_ns, pod_name, "operator")
-            .and_then(|f| std::fs::read_to_string(f).ok())
-            .unwrap_or_default();
+    for (pod_name, text) in [(&op_name, old_log), (&new_name, read_log(&new_name))] {
         ensure!(!text.is_empty(), "no log for {pod_name}");
         for s in &secrets {
             ensure!(
