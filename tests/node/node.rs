@@ -408,25 +408,24 @@ resolvConf: /etc/resolv.conf
             let _ = k.terminate();
             let _ = k.wait_timeout_blocking(Duration::from_secs(15));
         }
-        if self.containerd.as_ref().is_some_and(|c| c.is_running()) {
-            if let Ok(out) = self
+        if self.containerd.as_ref().is_some_and(|c| c.is_running())
+            && let Ok(out) = self
                 .ctr()
                 .args(["-n", "k8s.io", "tasks", "ls", "-q"])
                 .output()
-            {
-                for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                    let _ = self
-                        .ctr()
-                        .args(["-n", "k8s.io", "tasks", "kill", "-s", "SIGKILL", id])
-                        .output();
-                }
-                std::thread::sleep(Duration::from_millis(500));
-                for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                    let _ = self
-                        .ctr()
-                        .args(["-n", "k8s.io", "tasks", "delete", "-f", id])
-                        .output();
-                }
+        {
+            for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ = self
+                    .ctr()
+                    .args(["-n", "k8s.io", "tasks", "kill", "-s", "SIGKILL", id])
+                    .output();
+            }
+            std::thread::sleep(Duration::from_millis(500));
+            for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ = self
+                    .ctr()
+                    .args(["-n", "k8s.io", "tasks", "delete", "-f", id])
+                    .output();
             }
         }
         // 2. containerd, the other daemons, then whatever still names this directory.
