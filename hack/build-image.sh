@@ -206,10 +206,12 @@ build_seconds=$((SECONDS - started))
 echo "docker build took $build_seconds s" >&2
 
 mkdir -p "$out.tmp"
-for name in operator consumer pause; do
-  var="${name}_image"
-  docker save -o "$out.tmp/$name.tar" "${!var}"
-done
+docker save -o "$out.tmp/operator.tar" "$operator_image"
+# The helper images change only with their recipes: saved once, next to the out-* directories.
+consumer_tar="$cache/consumer-${consumer_image##*:}.tar"
+pause_tar="$cache/pause-${pause_image##*:}.tar"
+[[ -f "$consumer_tar" ]] || { docker save -o "$consumer_tar.tmp" "$consumer_image" && mv -f "$consumer_tar.tmp" "$consumer_tar"; }
+[[ -f "$pause_tar" ]] || { docker save -o "$pause_tar.tmp" "$pause_image" && mv -f "$pause_tar.tmp" "$pause_tar"; }
 uncompressed=$(docker image inspect -f '{{.Size}}' "$operator_image")
 compressed=$(gzip -c "$out.tmp/operator.tar" | wc -c)
 {
@@ -222,9 +224,18 @@ CONSUMER_IMAGE=$consumer_image
 PAUSE_IMAGE=$pause_image
 BUILDER_IMAGE=$builder_image
 RUNTIME_IMAGE=$runtime_image
+OPERATOR_ARCHIVE=$out/operator.tar
+CONSUMER_ARCHIVE=$consumer_tar
+PAUSE_ARCHIVE=$pause_tar
 OPERATOR_IMAGE_BYTES=$uncompressed
 OPERATOR_IMAGE_GZIP_BYTES=$compressed
 ENV
+# Older operator images and their archives go (docker keeps the builder's layers, so the next
+# build of a changed src/ still reuses the dependencies' layer).
+for old in $(docker images --format '{{.Repository}}:{{.Tag}}' sts-session-operator); do
+  [[ "$old" == "$operator_image" ]] || docker rmi "$old" >/dev/null 2>&1 || true
+done
 rm -rf "$out"; mv "$out.tmp" "$out"
+ls -dt "$cache"/out-* 2>/dev/null | tail -n +4 | xargs -r rm -rf
 cat "$out/sizes.txt" >&2
 echo "$out"

@@ -115,7 +115,11 @@ impl Images {
     }
     /// `docker save` archive of one image: `operator`, `consumer` or `pause`.
     pub fn archive(&self, which: &str) -> PathBuf {
-        self.dir.join(format!("{which}.tar"))
+        let key = format!("{}_ARCHIVE", which.to_uppercase());
+        match self.vars.get(&key) {
+            Some(p) => PathBuf::from(p),
+            None => self.dir.join(format!("{which}.tar")),
+        }
     }
     /// (repository, tag) of an image name.
     pub fn split(image: &str) -> (&str, &str) {
