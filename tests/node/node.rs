@@ -11,6 +11,7 @@
 //! network ready.
 
 use anyhow::{Context as _, Result, bail, ensure};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -48,6 +49,8 @@ pub struct Node {
     cgroup_root: String,
     /// Kernel settings the kubelet changes at start (its kernel tunables), put back at the end.
     sysctls: Vec<(PathBuf, String)>,
+    /// iptables chains before the kubelet started (it adds its canary and firewall chains).
+    iptables: Vec<(String, BTreeSet<(String, String)>)>,
     kubelet: Option<ChildProcess>,
     containerd: Option<ChildProcess>,
     scheduler: Option<ChildProcess>,
@@ -105,6 +108,10 @@ impl Node {
             .map(|k| Path::new("/proc/sys").join(k))
             .filter_map(|p| std::fs::read_to_string(&p).ok().map(|v| (p, v)))
             .collect(),
+            iptables: ["iptables", "ip6tables"]
+                .iter()
+                .map(|t| (t.to_string(), iptables_chains(t)))
+                .collect(),
             kubelet: None,
             containerd: None,
             scheduler: None,
@@ -444,6 +451,9 @@ resolvConf: /etc/resolv.conf
         for (path, value) in self.sysctls.drain(..) {
             let _ = std::fs::write(path, value);
         }
+        for (tool, before) in self.iptables.drain(..) {
+            remove_new_chains(&tool, &before);
+        }
         std::thread::sleep(Duration::from_millis(300));
         // 3. Mounts (secret volumes, rootfs overlays, sandbox shm) and cgroups.
         unmount_under(&self.dir);
@@ -502,4 +512,64 @@ fn remove_cgroup_tree(dir: &Path) {
         }
     }
     let _ = std::fs::remove_dir(dir);
+}
+
+/// (table, chain) pairs that `iptables-save` (or `ip6tables-save`) shows.
+fn iptables_chains(tool: &str) -> BTreeSet<(String, String)> {
+    let text = Command::new(format!("{tool}-save"))
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let mut table = String::new();
+    let mut chains = BTreeSet::new();
+    for line in text.lines() {
+        if let Some(t) = line.strip_prefix('*') {
+            table = t.to_string();
+        } else if let Some(name) = line
+            .strip_prefix(':')
+            .and_then(|c| c.split_whitespace().next())
+        {
+            chains.insert((table.clone(), name.to_string()));
+        }
+    }
+    chains
+}
+
+/// Removes the chains that are new since `before` (the kubelet's KUBE-FIREWALL,
+/// KUBE-KUBELET-CANARY, KUBE-IPTABLES-HINT), and the jumps to them.
+fn remove_new_chains(tool: &str, before: &BTreeSet<(String, String)>) {
+    let now = iptables_chains(tool);
+    let new: Vec<&(String, String)> = now.difference(before).collect();
+    if new.is_empty() {
+        return;
+    }
+    let text = Command::new(format!("{tool}-save"))
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let mut table = String::new();
+    for line in text.lines() {
+        if let Some(t) = line.strip_prefix('*') {
+            table = t.to_string();
+        } else if let Some(rule) = line.strip_prefix("-A ") {
+            let words: Vec<&str> = rule.split_whitespace().collect();
+            let (Some(chain), Some(target)) = (words.first(), words.last()) else {
+                continue;
+            };
+            let from_old = before.contains(&(table.clone(), chain.to_string()));
+            let to_new = new.contains(&&(table.clone(), target.to_string()));
+            if from_old && to_new && !rule.contains('"') {
+                let _ = Command::new(tool)
+                    .args(["-t", &table, "-D"])
+                    .args(&words)
+                    .output();
+            }
+        }
+    }
+    for (table, chain) in &new {
+        let _ = Command::new(tool).args(["-t", table, "-F", chain]).output();
+    }
+    for (table, chain) in &new {
+        let _ = Command::new(tool).args(["-t", table, "-X", chain]).output();
+    }
 }
