@@ -5,9 +5,14 @@
 # glibc symbols are all there. The binary uses rustls on ring (no OpenSSL), and links only
 # glibc and libgcc_s dynamically: hence distroless "cc" (glibc + libgcc), not "static".
 # A fully static binary is possible with the musl target (see README, "Install").
+#
+# The base images are build arguments whose defaults are the real ones: `docker build .` uses
+# them. (The tests build this file unchanged with local stand-ins: hack/build-image.sh.)
 ARG RUST_VERSION=1.95
+ARG BUILDER_IMAGE=rust:${RUST_VERSION}-bookworm
+ARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot
 
-FROM rust:${RUST_VERSION}-bookworm AS builder
+FROM ${BUILDER_IMAGE} AS builder
 WORKDIR /src
 ENV CARGO_TERM_COLOR=never CARGO_INCREMENTAL=0
 
@@ -29,7 +34,7 @@ RUN find src -name '*.rs' -exec touch {} + \
  && cargo build --release --locked --bin sts-session-operator \
  && install -D -m 0755 target/release/sts-session-operator /out/sts-session-operator
 
-FROM gcr.io/distroless/cc-debian12:nonroot
+FROM ${RUNTIME_IMAGE}
 LABEL org.opencontainers.image.title="sts-session-operator" \
       org.opencontainers.image.description="Keeps AWS STS session credentials fresh in Kubernetes Secrets" \
       org.opencontainers.image.licenses="Apache-2.0"

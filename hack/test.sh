@@ -45,6 +45,50 @@ export STS_TEST_HELM
 echo "helm build took $((SECONDS - started)) s ($STS_TEST_HELM)"
 # -- end of helm block ----------------------------------------------------------------------------
 
+# -- images and a real node (tests/image, tests/node; block owned by the image/node work) ---------
+# Debian packages they need (root installs them; CI runs as root): docker.io (dockerd, docker),
+# debootstrap (the stand-in base images), containernetworking-plugins and libseccomp-dev (runc's
+# build) for the node.
+missing=()
+for need in dockerd:docker.io docker:docker.io debootstrap:debootstrap; do
+  command -v "${need%%:*}" >/dev/null || missing+=("${need#*:}")
+done
+[[ -x /usr/lib/cni/loopback ]] || missing+=(containernetworking-plugins)
+[[ -f /usr/include/seccomp.h ]] || missing+=(libseccomp-dev)
+if ((${#missing[@]})); then
+  started=$SECONDS
+  if [[ $(id -u) != 0 ]]; then
+    echo "missing Debian packages ${missing[*]}: apt-get install them as root" >&2
+    exit 1
+  fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  echo "installed ${missing[*]} in $((SECONDS - started)) s"
+fi
+# kubelet, kube-scheduler (same Kubernetes as the control plane), containerd 2.x and runc, cached
+# by version (hack/build-node.sh), built while the image builds: its final link-time optimisation
+# runs on one core, and debootstrap mostly waits on the network.
+started=$SECONDS
+node_build_log=$(mktemp "${TMPDIR:-/tmp}/sts-node-build.XXXXXX")
+bash hack/build-node.sh >"$node_build_log.out" 2>"$node_build_log" &
+node_build_pid=$!
+# The operator's image from ./Dockerfile (docker build, stand-in base images made here), plus the
+# node tests' consumer and pause images; cached by content (hack/build-image.sh).
+STS_TEST_IMAGES=$(bash hack/build-image.sh | tail -n 1) || { kill "$node_build_pid" 2>/dev/null; exit 1; }
+export STS_TEST_IMAGES
+echo "image build took $((SECONDS - started)) s ($STS_TEST_IMAGES)"
+if ! wait "$node_build_pid"; then
+  cat "$node_build_log" >&2
+  echo "hack/build-node.sh failed" >&2
+  exit 1
+fi
+cat "$node_build_log" >&2
+STS_TEST_NODE_BIN_DIR=$(tail -n 1 "$node_build_log.out")
+rm -f "$node_build_log" "$node_build_log.out"
+export STS_TEST_NODE_BIN_DIR
+echo "image and node builds took $((SECONDS - started)) s ($STS_TEST_NODE_BIN_DIR)"
+# -- end of images and node block -------------------------------------------------------------------
+
 # -- 3. environment ------------------------------------------------------------------------------
 export STS_TEST_BIN_DIR="$bin_dir"
 export STS_TEST_VENV="$venv"

@@ -115,8 +115,9 @@ pub struct StartOptions {
     /// CRD manifests (files, or directories of `*.yaml`/`*.yml`) applied before
     /// kube-controller-manager starts, so its garbage collector watches them from the start.
     pub crds: Vec<PathBuf>,
-    /// More kube-apiserver flags, after (and so overriding) the usual ones, e.g.
-    /// `--max-requests-inflight=800` for benchmarks with many objects.
+    /// More kube-apiserver flags, replacing the usual ones of the same name, e.g.
+    /// `--max-requests-inflight=800` for benchmarks with many objects, or
+    /// `--disable-admission-plugins=` (ServiceAccount admission on, for a real kubelet).
     pub apiserver_args: Vec<String>,
 }
 
@@ -599,6 +600,11 @@ impl ControlPlane {
             "--audit-log-mode=blocking".into(),
             "--audit-log-maxsize=1024".into(),
         ];
+        // A flag in `apiserver_args` replaces the usual one of that name (list flags such as
+        // --disable-admission-plugins would otherwise add up).
+        let name = |a: &str| a.split('=').next().unwrap_or("").to_string();
+        let overridden: Vec<String> = owned.apiserver_args.iter().map(|a| name(a)).collect();
+        args.retain(|a| !overridden.contains(&name(a)));
         args.extend(owned.apiserver_args.iter().cloned());
         let apiserver = self.spawn("kube-apiserver", args)?;
         let client = self.admin_client().await?;
