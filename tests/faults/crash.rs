@@ -1,5 +1,6 @@
 //! Crash safety: the operator killed with SIGKILL at random moments, across many rotations
-//! (without MFA) and many approvals (with MFA, kills landing while the STS call is in flight),
+//! (without MFA) and many approvals (with MFA, kills landing while the STS call is in flight:
+//! some by chance, at least one on purpose, with the call held at the STS double until the kill),
 //! and started again each time (no leader election: the new process need not wait for the dead
 //! one's Lease).
 //!
@@ -27,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use sts_session_operator::crd::SessionToken;
 use testkit::control_plane::ControlPlane;
-use testkit::sts_double::{CodePolicy, Fault, StsDouble, StsDoubleConfig};
+use testkit::sts_double::{CodePolicy, Fault, HoldFilter, StsDouble, StsDoubleConfig};
 
 /// Linux's SIGSTOP (libc is not a dependency of these tests).
 const SIGSTOP: i32 = 19;
@@ -200,7 +201,8 @@ async fn kill_9_across_rotations_never_leaves_expired_credentials() -> Result<()
     })?;
     sts.inject_faults(Fault::Delay(Duration::from_millis(300)));
     let user = sts.default_user();
-    ns.create_source_secret("iam-keys", &user.access_key_id, &user.secret_access_key).await?;
+    ns.create_source_secret("iam-keys", &user.access_key_id, &user.secret_access_key)
+        .await?;
     let names: Vec<String> = (0..5).map(|i| format!("app-{i}")).collect();
     for name in &names {
         ns.create_session(name, json!({"durationSeconds": 900, "sourceCredentials": {"secretRef": {"name": "iam-keys"}}}))
@@ -208,7 +210,15 @@ async fn kill_9_across_rotations_never_leaves_expired_credentials() -> Result<()
     }
     let mut op = Crashy::start(cp, &ns.name, crash_opts(sts.endpoint(), &[])).await?;
     for name in &names {
-        wait_condition(&ns, name, "Ready", "True", "Issued", Duration::from_secs(30)).await?;
+        wait_condition(
+            &ns,
+            name,
+            "Ready",
+            "True",
+            "Issued",
+            Duration::from_secs(30),
+        )
+        .await?;
     }
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -216,7 +226,10 @@ async fn kill_9_across_rotations_never_leaves_expired_credentials() -> Result<()
     // generous for a loaded 2-core machine, short against kills every 1-6 s.
     let grace = Duration::from_secs(4);
     let sampler = tokio::spawn(sample_secrets(
-        Ns { name: ns.name.clone(), client: ns.client.clone() },
+        Ns {
+            name: ns.name.clone(),
+            client: ns.client.clone(),
+        },
         names.clone(),
         op.up_since.clone(),
         grace,
@@ -228,7 +241,12 @@ async fn kill_9_across_rotations_never_leaves_expired_credentials() -> Result<()
         let api = ns.sessions();
         async move {
             let list = api.list(&ListParams::default()).await?;
-            anyhow::Ok(list.items.iter().map(|s| s.status.as_ref().map_or(0, |s| s.rotations)).sum::<i64>() as u64)
+            anyhow::Ok(
+                list.items
+                    .iter()
+                    .map(|s| s.status.as_ref().map_or(0, |s| s.rotations))
+                    .sum::<i64>() as u64,
+            )
         }
     };
     let initial = rotations(&ns).await?;
@@ -260,7 +278,15 @@ async fn kill_9_across_rotations_never_leaves_expired_credentials() -> Result<()
     let samples = sampler.await?;
 
     for name in &names {
-        wait_condition(&ns, name, "Ready", "True", "Issued", Duration::from_secs(30)).await?;
+        wait_condition(
+            &ns,
+            name,
+            "Ready",
+            "True",
+            "Issued",
+            Duration::from_secs(30),
+        )
+        .await?;
     }
     op.check_no_panic()?;
     let rotated = rotations(&ns).await? - initial;
@@ -278,11 +304,19 @@ async fn kill_9_across_rotations_never_leaves_expired_credentials() -> Result<()
         "expired credentials while the operator could renew them:\n{}",
         samples.violations.join("\n")
     );
-    ensure!(samples.samples > 100, "too few samples: {}", samples.samples);
+    ensure!(
+        samples.samples > 100,
+        "too few samples: {}",
+        samples.samples
+    );
     // A kill can cost one extra session per SessionToken (minted, then lost with the process
     // before status recorded it); anything beyond that is a duplicate mint.
     let bound = initial + rotated + op.kills * names.len() as u64 + names.len() as u64;
-    ensure!(ok_calls <= bound, "{ok_calls} sessions issued for {rotated} rotations and {} kills", op.kills);
+    ensure!(
+        ok_calls <= bound,
+        "{ok_calls} sessions issued for {rotated} rotations and {} kills",
+        op.kills
+    );
     summary::record(
         "faults::kill_9_across_rotations",
         &[("rotations", rotated), ("kills", op.kills)],
@@ -319,7 +353,10 @@ async fn approve_repeatedly(
 ) -> Result<Vec<(String, Outcome)>> {
     let mut outcomes = vec![];
     loop {
-        let code = format!("{:06}", 100_000 + codes.fetch_add(1, std::sync::atomic::Ordering::SeqCst));
+        let code = format!(
+            "{:06}",
+            100_000 + codes.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        );
         let by = format!("tester-{code}");
         // Not all at once: approvals that a kill interrupted together would stay in step.
         let jitter = rand::rng().random_range(0..1000);
@@ -335,12 +372,20 @@ async fn approve_repeatedly(
             let st = ns.session(&name).await?;
             let issuing = condition(&st, "Issuing");
             let status = st.status.clone().unwrap_or_default();
-            if status.last_approval.as_ref().and_then(|a| a.approved_by.as_deref()) == Some(by.as_str()) {
+            if status
+                .last_approval
+                .as_ref()
+                .and_then(|a| a.approved_by.as_deref())
+                == Some(by.as_str())
+            {
                 break Outcome::Issued;
             }
             match issuing {
                 Some(c) if c.status == "Unknown" && c.reason == "TokenCodeClaimed" => {
-                    lock(&board).claimed.entry(name.clone()).or_insert((code.clone(), Instant::now()));
+                    lock(&board)
+                        .claimed
+                        .entry(name.clone())
+                        .or_insert((code.clone(), Instant::now()));
                 }
                 Some(c) if c.status == "False" && c.reason == "Interrupted" => {
                     if Some(&c.message) != stale_interrupted.as_ref() {
@@ -348,7 +393,11 @@ async fn approve_repeatedly(
                     }
                 }
                 Some(c) if c.status == "False" => {
-                    bail!("{name}: approval with {code} ended as Issuing=False/{}: {}", c.reason, c.message)
+                    bail!(
+                        "{name}: approval with {code} ended as Issuing=False/{}: {}",
+                        c.reason,
+                        c.message
+                    )
                 }
                 _ => {}
             }
@@ -363,10 +412,16 @@ async fn approve_repeatedly(
         lock(&board).claimed.remove(&name);
         let (cut_short, killed_since) = {
             let b = lock(&board);
-            (b.cut_short.contains(&code), b.kill_times.iter().any(|k| *k > approved_at))
+            (
+                b.cut_short.contains(&code),
+                b.kill_times.iter().any(|k| *k > approved_at),
+            )
         };
         if outcome == Outcome::Interrupted {
-            ensure!(killed_since, "{name}: approval with {code} Interrupted without a kill");
+            ensure!(
+                killed_since,
+                "{name}: approval with {code} Interrupted without a kill"
+            );
         }
         if cut_short {
             ensure!(
@@ -376,10 +431,17 @@ async fn approve_repeatedly(
         }
         if outcome == Outcome::Issued {
             let st = ns.session(&name).await?;
-            ensure!(cond(&st, "Ready") == ("True".into(), "Issued".into()), "{name}: {:?}", st.status);
+            ensure!(
+                cond(&st, "Ready") == ("True".into(), "Issued".into()),
+                "{name}: {:?}",
+                st.status
+            );
             let key = st.status.as_ref().and_then(|s| s.access_key_id.clone());
             let data = ns.secret_data(&name).await?.unwrap_or_default();
-            ensure!(data.get("AWS_ACCESS_KEY_ID") == key.as_ref(), "{name}: the Secret does not hold the session status names");
+            ensure!(
+                data.get("AWS_ACCESS_KEY_ID") == key.as_ref(),
+                "{name}: the Secret does not hold the session status names"
+            );
         }
         outcomes.push((code, outcome.clone()));
         if outcomes.len() >= approvals && outcome == Outcome::Issued {
@@ -397,11 +459,15 @@ async fn kill_9_across_mfa_approvals_never_reuses_or_silently_loses_a_code() -> 
     let mut rng = StdRng::seed_from_u64(seed);
     let cp = control_plane().await;
     let ns = Ns::new(cp, "crash-mfa").await?;
-    let sts = StsDouble::start(StsDoubleConfig { code_policy: CodePolicy::AcceptAny, ..Default::default() })?;
+    let sts = StsDouble::start(StsDoubleConfig {
+        code_policy: CodePolicy::AcceptAny,
+        ..Default::default()
+    })?;
     // Every call takes 1 s: a kill soon after the claim lands mid-call.
     sts.inject_faults(Fault::Delay(Duration::from_secs(1)));
     let user = sts.default_user();
-    ns.create_source_secret("iam-keys", &user.access_key_id, &user.secret_access_key).await?;
+    ns.create_source_secret("iam-keys", &user.access_key_id, &user.secret_access_key)
+        .await?;
     let names: Vec<String> = (0..4).map(|i| format!("mfa-{i}")).collect();
     for name in &names {
         ns.create_session(
@@ -415,11 +481,22 @@ async fn kill_9_across_mfa_approvals_never_reuses_or_silently_loses_a_code() -> 
     let mut op = Crashy::start(
         cp,
         &ns.name,
-        crash_opts(sts.endpoint(), &["--sts-timeout=2s", "--token-code-max-age=60s"]),
+        crash_opts(
+            sts.endpoint(),
+            &["--sts-timeout=2s", "--token-code-max-age=60s"],
+        ),
     )
     .await?;
     for name in &names {
-        wait_condition(&ns, name, "Ready", "False", "AwaitingTokenCode", Duration::from_secs(30)).await?;
+        wait_condition(
+            &ns,
+            name,
+            "Ready",
+            "False",
+            "AwaitingTokenCode",
+            Duration::from_secs(30),
+        )
+        .await?;
     }
 
     let board = Arc::new(Mutex::new(Board::default()));
@@ -429,7 +506,10 @@ async fn kill_9_across_mfa_approvals_never_reuses_or_silently_loses_a_code() -> 
         .iter()
         .map(|name| {
             tokio::spawn(approve_repeatedly(
-                Ns { name: ns.name.clone(), client: ns.client.clone() },
+                Ns {
+                    name: ns.name.clone(),
+                    client: ns.client.clone(),
+                },
                 name.clone(),
                 approvals_per_token,
                 board.clone(),
@@ -439,46 +519,89 @@ async fn kill_9_across_mfa_approvals_never_reuses_or_silently_loses_a_code() -> 
         .collect();
     let all_done = || drivers.iter().all(|d| d.is_finished());
     let mut mid_call_kills = 0u64;
+    // Kills driven into an STS call on purpose: the first one (before any approval can finish)
+    // and the one half-way through the budget. The double holds the next call carrying a code
+    // until the operator is dead, so the kill lands mid-call every time, whatever the seed and
+    // the machine's load. The other kills keep the random schedule.
+    let forced: BTreeSet<u64> = [0, kill_budget / 2].into();
+    let mut forced_kills = 0u64;
     // Kills until the budget is spent; the approvals then finish undisturbed.
     while !all_done() && op.kills < kill_budget {
-        // Up for 1-5 s, then: half of the time kill right after a claim (mid-call), else at a
-        // random moment.
-        tokio::time::sleep(Duration::from_millis(rng.random_range(1000..5000))).await;
-        if all_done() {
-            break;
-        }
         let mut cut = None;
-        if rng.random_bool(0.5) {
-            let until = Instant::now() + Duration::from_secs(5);
-            let mut target = None;
-            while Instant::now() < until && !all_done() {
-                let fresh = lock(&board)
-                    .claimed
-                    .values()
-                    .find(|(_, seen)| seen.elapsed() < Duration::from_millis(300))
-                    .map(|(code, seen)| (code.clone(), *seen));
-                if fresh.is_some() {
-                    target = fresh;
+        let mut held = None;
+        if forced.contains(&op.kills) {
+            if op.kills > 0 {
+                tokio::time::sleep(Duration::from_millis(rng.random_range(1000..5000))).await;
+                if all_done() {
                     break;
                 }
-                tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            if let Some((code, seen)) = target {
-                let wait = Duration::from_millis(rng.random_range(0..300));
-                tokio::time::sleep(wait).await;
-                if seen.elapsed() < Duration::from_millis(600) {
-                    cut = Some(code);
+            let hold = sts.hold_next(HoldFilter::WithTokenCode);
+            let call = hold
+                .arrived(Duration::from_secs(60))
+                .await
+                .with_context(|| {
+                    format!(
+                        "no approval reached STS within 60 s of arming a hold (kill {})",
+                        op.kills
+                    )
+                })?;
+            // Anywhere from at once to 300 ms into the call.
+            tokio::time::sleep(Duration::from_millis(rng.random_range(0..300))).await;
+            cut = call.token_code_used.clone();
+            held = Some(hold);
+        } else {
+            // Up for 1-5 s, then: half of the time kill right after a claim (mid-call, if the
+            // timing works out), else at a random moment.
+            tokio::time::sleep(Duration::from_millis(rng.random_range(1000..5000))).await;
+            if all_done() {
+                break;
+            }
+            if rng.random_bool(0.5) {
+                let until = Instant::now() + Duration::from_secs(5);
+                let mut target = None;
+                while Instant::now() < until && !all_done() {
+                    let fresh = lock(&board)
+                        .claimed
+                        .values()
+                        .find(|(_, seen)| seen.elapsed() < Duration::from_millis(300))
+                        .map(|(code, seen)| (code.clone(), *seen));
+                    if fresh.is_some() {
+                        target = fresh;
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                if let Some((code, seen)) = target {
+                    let wait = Duration::from_millis(rng.random_range(0..300));
+                    tokio::time::sleep(wait).await;
+                    if seen.elapsed() < Duration::from_millis(600) {
+                        cut = Some(code);
+                    }
                 }
             }
         }
         lock(&board).kill_times.push(Instant::now());
         let killed_at = Timestamp::now();
         op.kill()?;
-        if let Some(code) = cut {
+        if let Some(hold) = held.take() {
+            // Held at STS all along: certainly cut short. Let it go on; its answer (a session
+            // the dead process never saw) goes nowhere.
+            let code = cut.take().context("a held approval call carries a code")?;
+            ensure!(
+                sts.uses_of_code(&code) == 0,
+                "the held call with {code} was judged before the kill"
+            );
+            hold.release();
+            lock(&board).cut_short.insert(code);
+            mid_call_kills += 1;
+            forced_kills += 1;
+        } else if let Some(code) = cut {
             // Cut short, unless STS had already answered (then either outcome is right).
             let answered = sts.calls().iter().any(|c| {
                 c.token_code_used.as_deref() == Some(code.as_str())
-                    && c.at + jiff::SignedDuration::try_from(c.handled_in).unwrap_or_default() <= killed_at
+                    && c.at + jiff::SignedDuration::try_from(c.handled_in).unwrap_or_default()
+                        <= killed_at
             });
             if !answered {
                 lock(&board).cut_short.insert(code);
@@ -495,11 +618,18 @@ async fn kill_9_across_mfa_approvals_never_reuses_or_silently_loses_a_code() -> 
     }
     let mut outcomes: BTreeMap<String, Vec<(String, Outcome)>> = BTreeMap::new();
     for (name, d) in names.iter().zip(drivers) {
-        outcomes.insert(name.clone(), d.await?.with_context(|| format!("driving {name}"))?);
+        outcomes.insert(
+            name.clone(),
+            d.await?.with_context(|| format!("driving {name}"))?,
+        );
     }
     for name in &names {
         let st = ns.session(name).await?;
-        ensure!(cond(&st, "Ready") == ("True".into(), "Issued".into()), "{name} is not Ready: {:?}", st.status);
+        ensure!(
+            cond(&st, "Ready") == ("True".into(), "Issued".into()),
+            "{name} is not Ready: {:?}",
+            st.status
+        );
     }
     let used: Vec<&String> = outcomes.values().flatten().map(|(c, _)| c).collect();
     let mut reused = vec![];
@@ -508,24 +638,51 @@ async fn kill_9_across_mfa_approvals_never_reuses_or_silently_loses_a_code() -> 
             reused.push(code.to_string());
         }
     }
-    ensure!(reused.is_empty(), "codes sent to STS more than once: {reused:?}");
+    ensure!(
+        reused.is_empty(),
+        "codes sent to STS more than once: {reused:?}"
+    );
     op.check_no_panic()?;
-    let interrupted = outcomes.values().flatten().filter(|(_, o)| *o == Outcome::Interrupted).count();
+    let interrupted = outcomes
+        .values()
+        .flatten()
+        .filter(|(_, o)| *o == Outcome::Interrupted)
+        .count();
     let cut_short = lock(&board).cut_short.len();
     println!(
-        "crash/approvals: {} approvals ({} interrupted, {cut_short} with the STS call cut short), {} kills ({mid_call_kills} mid-call), {} STS calls, {:?}",
+        "crash/approvals: {} approvals ({} interrupted, {cut_short} with the STS call cut short), {} kills ({mid_call_kills} mid-call, {forced_kills} of them held at STS on purpose), {} STS calls, {:?}",
         used.len(),
         interrupted,
         op.kills,
         sts.call_count(),
         started.elapsed()
     );
-    ensure!(op.kills >= 3, "too few kills to prove anything: {}", op.kills);
-    ensure!(cut_short >= 1, "no kill landed mid-call: the test proves too little");
-    let issued = outcomes.values().flatten().filter(|(_, o)| *o == Outcome::Issued).count() as u64;
+    ensure!(
+        op.kills >= 3,
+        "too few kills to prove anything: {}",
+        op.kills
+    );
+    ensure!(
+        forced_kills >= 1,
+        "no kill was driven into an STS call: the test proves too little"
+    );
+    ensure!(
+        cut_short >= 1,
+        "no kill landed mid-call: the test proves too little"
+    );
+    let issued = outcomes
+        .values()
+        .flatten()
+        .filter(|(_, o)| *o == Outcome::Issued)
+        .count() as u64;
     summary::record(
         "faults::kill_9_across_mfa_approvals",
-        &[("rotations", issued), ("kills", op.kills), ("approvals", used.len() as u64)],
+        &[
+            ("rotations", issued),
+            ("kills", op.kills),
+            ("kills_mid_call", mid_call_kills),
+            ("approvals", used.len() as u64),
+        ],
     );
     Ok(())
 }
@@ -539,10 +696,14 @@ async fn kill_9_across_mfa_approvals_never_reuses_or_silently_loses_a_code() -> 
 async fn a_claimed_code_is_on_record_before_its_annotation_goes() -> Result<()> {
     let cp = control_plane().await;
     let ns = Ns::new(cp, "crash-claim").await?;
-    let sts = StsDouble::start(StsDoubleConfig { code_policy: CodePolicy::AcceptAny, ..Default::default() })?;
+    let sts = StsDouble::start(StsDoubleConfig {
+        code_policy: CodePolicy::AcceptAny,
+        ..Default::default()
+    })?;
     sts.inject_faults(Fault::Delay(Duration::from_secs(2)));
     let user = sts.default_user();
-    ns.create_source_secret("iam-keys", &user.access_key_id, &user.secret_access_key).await?;
+    ns.create_source_secret("iam-keys", &user.access_key_id, &user.secret_access_key)
+        .await?;
     let rounds = if summary::long() { 20 } else { 2 };
     let names: Vec<String> = (0..rounds).map(|i| format!("mfa-{i}")).collect();
     for name in &names {
@@ -555,12 +716,23 @@ async fn a_claimed_code_is_on_record_before_its_annotation_goes() -> Result<()> 
     let mut op = Crashy::start(
         cp,
         &ns.name,
-        crash_opts(sts.endpoint(), &["--sts-timeout=3s", "--token-code-max-age=60s"]),
+        crash_opts(
+            sts.endpoint(),
+            &["--sts-timeout=3s", "--token-code-max-age=60s"],
+        ),
     )
     .await?;
     let mut frozen_in_the_gap = 0;
     for (i, name) in names.iter().enumerate() {
-        wait_condition(&ns, name, "Ready", "False", "AwaitingTokenCode", Duration::from_secs(30)).await?;
+        wait_condition(
+            &ns,
+            name,
+            "Ready",
+            "False",
+            "AwaitingTokenCode",
+            Duration::from_secs(30),
+        )
+        .await?;
         let code = format!("{:06}", 700_000 + i);
         let api = ns.sessions();
         // From the watch cache's current state ("0": no "too large resource version" when
@@ -597,7 +769,12 @@ async fn a_claimed_code_is_on_record_before_its_annotation_goes() -> Result<()> 
         let st = wait_condition(&ns, name, "Issuing", "False", "Interrupted", Duration::from_secs(40))
             .await
             .with_context(|| format!("{name}: killed right after claiming the code (Issuing then: {issuing_when_frozen:?}), the approval was lost without a trace"))?;
-        ensure!(condition(&st, "Issuing").unwrap().message.contains("Approve again"));
+        ensure!(
+            condition(&st, "Issuing")
+                .unwrap()
+                .message
+                .contains("Approve again")
+        );
         ensure!(cond(&st, "Ready") == ("False".into(), "AwaitingTokenCode".into()));
         ensure!(sts.uses_of_code(&code) <= 1);
         if issuing_when_frozen.1.is_empty() {
@@ -605,7 +782,10 @@ async fn a_claimed_code_is_on_record_before_its_annotation_goes() -> Result<()> 
         }
     }
     op.check_no_panic()?;
-    println!("crash/claim: {} kills right after a claim, {frozen_in_the_gap} before status recorded it", op.kills);
+    println!(
+        "crash/claim: {} kills right after a claim, {frozen_in_the_gap} before status recorded it",
+        op.kills
+    );
     summary::record("faults::killed_right_after_a_claim", &[("kills", op.kills)]);
     Ok(())
 }
