@@ -387,11 +387,15 @@ async fn approve_repeatedly(
                         .entry(name.clone())
                         .or_insert((code.clone(), Instant::now()));
                 }
-                Some(c) if c.status == "False" && c.reason == "Interrupted" => {
-                    if Some(&c.message) != stale_interrupted.as_ref() {
-                        break Outcome::Interrupted;
-                    }
+                Some(c)
+                    if c.status == "False"
+                        && c.reason == "Interrupted"
+                        && Some(&c.message) != stale_interrupted.as_ref() =>
+                {
+                    break Outcome::Interrupted;
                 }
+                // The previous approval's outcome, still shown.
+                Some(c) if c.status == "False" && c.reason == "Interrupted" => {}
                 Some(c) if c.status == "False" => {
                     bail!(
                         "{name}: approval with {code} ended as Issuing=False/{}: {}",
