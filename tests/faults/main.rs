@@ -3,6 +3,7 @@
 //! STS calls bounded, and say in its conditions what is happening.
 
 #[path = "../operator/common.rs"]
+#[allow(dead_code)] // shared with tests/operator: not every helper is used here
 mod common;
 mod crash;
 #[path = "../support/summary.rs"]

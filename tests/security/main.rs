@@ -2,6 +2,7 @@
 //! value (long-term key, session secret or token, token code) leaves the Secrets it belongs in.
 
 #[path = "../operator/common.rs"]
+#[allow(dead_code)] // shared with tests/operator: not every helper is used here
 mod common;
 #[path = "../support/summary.rs"]
 mod summary;
