@@ -23,8 +23,11 @@ while [[ -z "$version" && "$module" == */* ]]; do
 done
 [[ -n "$version" ]] || { echo "cannot read the version of $pkg from $mod" >&2; exit 1; }
 
+# Optional build tags, from a `// build-tags: a,b` line in the go.mod (part of the cache key).
+tags=$(sed -nE 's#^//[[:space:]]*build-tags:[[:space:]]*([^ ]+).*#\1#p' "$mod" | head -1)
+
 cache_root=${STS_TEST_CACHE:-$HOME/.cache/sts-session-operator}
-out="$cache_root/$name/$version"
+out="$cache_root/$name/$version${tags:+-$tags}"
 bin="$out/$name"
 mkdir -p "$out"
 if [[ ! -x "$bin" ]]; then
@@ -32,9 +35,9 @@ if [[ ! -x "$bin" ]]; then
     flock 9
     if [[ ! -x "$bin" ]]; then   # another process may have built it while we waited
       started=$SECONDS
-      echo "building $name $version ($pkg) ..." >&2
+      echo "building $name $version ($pkg${tags:+, tags $tags}) ..." >&2
       tmp="$out/.$name.tmp.$$"
-      (cd "$here/$name" && nice -n 10 go build -trimpath -ldflags "-s -w" -o "$tmp" "$pkg")
+      (cd "$here/$name" && nice -n 10 go build -trimpath ${tags:+-tags "$tags"} -ldflags "-s -w" -o "$tmp" "$pkg")
       mv -f "$tmp" "$bin"   # atomic: a half-built binary is never mistaken for a cached one
       echo "built $name in $((SECONDS - started)) s" >&2
     fi

@@ -1,5 +1,8 @@
 // Builds promtool (Prometheus rule checks and rule unit tests) for the chart's alerts:
 // hack/build-go-tool.sh promtool. Only go.mod/go.sum live here.
+// Without Prometheus' service-discovery plugins (cloud SDKs, Kubernetes client): rule checks and
+// rule unit tests need none of them, and the build is far smaller.
+// build-tags: remove_all_sd
 module stssession.dev/hack/promtool
 
 go 1.26.7
