@@ -11,13 +11,15 @@ awk '
     if (result == "") { status = "NO RESULT"; result = "started, printed no result (crashed, killed or timed out)"; bad++ }
     else if (status == "ok") good++
     else bad++
-    printf "  %-9s %-34s %s\n", status, name, result
+    printf "  %-9s %-40s %s\n", status, name, result
     name = ""; result = ""; status = ""
   }
   /^[[:space:]]+Running / {
     flush()
-    line = $0; sub(/^[[:space:]]+Running /, "", line); sub(/ \(.*$/, "", line)
-    sub(/^unittests /, "", line)
+    line = $0; sub(/^[[:space:]]+Running /, "", line)
+    crate = line; sub(/^.*\(/, "", crate); sub(/\).*$/, "", crate); sub(/^.*\//, "", crate); sub(/-[0-9a-f]+$/, "", crate)
+    sub(/ \(.*$/, "", line)
+    if (sub(/^unittests /, "", line)) line = line " (" crate ")"
     name = line
     next
   }
