@@ -96,7 +96,10 @@ async fn sts_throttling_errors_and_an_outage_are_survived_with_bounded_calls() -
     ns.create_source_secret("iam-keys", &user.access_key_id, &user.secret_access_key).await?;
     let _op = Operator::start(cp, &ns.name, &opts(sts.endpoint())).await?;
 
-    // 30 % of calls fail: throttled or a 5xx.
+    // The first calls fail for sure (throttled, then a 5xx: the test never depends on chance
+    // for its point), and after them 30 % of calls: throttled or a 5xx.
+    sts.inject_faults(Fault::Next { count: 2, kind: FaultKind::Throttling });
+    sts.inject_faults(Fault::Next { count: 2, kind: FaultKind::ServiceUnavailable });
     sts.inject_faults(Fault::Random { probability: 0.15, kind: FaultKind::Throttling });
     sts.inject_faults(Fault::Random { probability: 0.15, kind: FaultKind::ServiceUnavailable });
     let names: Vec<String> = (0..4).map(|i| format!("app-{i}")).collect();
@@ -105,7 +108,7 @@ async fn sts_throttling_errors_and_an_outage_are_survived_with_bounded_calls() -
     }
     watch_rotations(&ns, &names, 3, Duration::from_secs(60)).await?;
     let injected = sts.calls().iter().filter(|c| c.injected).count();
-    assert!(injected > 0, "no fault was injected: the test proves nothing");
+    assert!(injected >= 4, "only {injected} faults injected: the test proves too little");
 
     // A full outage: renewals fail, the conditions say so, the Secrets stay until they expire.
     sts.clear_faults();
