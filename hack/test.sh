@@ -2,11 +2,12 @@
 # The one test command (`make test`, CI's .ci/run). Extra arguments go to `cargo test`.
 #
 # 1. builds (once, cached by version) the local control plane: hack/build-control-plane.sh
-# 2. creates (once, keyed by the hash of hack/requirements-test.txt) a virtualenv with moto and
-#    kubectl
-# 3. builds the tests, then runs `cargo test --workspace --locked` inside `testenv run`, which
-#    starts ONE control plane that every test binary shares (STS_TEST_KUBECONFIG,
-#    STS_TEST_CONTROL_PLANE_DIR) and tears it down afterwards.
+# 2. creates (once, keyed by the hash of hack/requirements-test.txt) a virtualenv with moto,
+#    kubectl and hadolint; builds (once, cached) helm, promtool and kube-score
+# 3. builds the tests, then runs `cargo test --workspace --locked --no-fail-fast` inside
+#    `testenv run`, which starts ONE control plane that every test binary shares
+#    (STS_TEST_KUBECONFIG, STS_TEST_CONTROL_PLANE_DIR) and tears it down afterwards.
+# 4. prints the figures the tests recorded and one line per test binary (hack/test-summary.sh).
 # Exit code: cargo test's.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -89,6 +90,19 @@ export STS_TEST_NODE_BIN_DIR
 echo "image and node builds took $((SECONDS - started)) s ($STS_TEST_NODE_BIN_DIR)"
 # -- end of images and node block -------------------------------------------------------------------
 
+# -- promtool and kube-score (alerts and manifest lint: tests/lint.rs) ------------------------------
+# Built once from hack/promtool/go.mod and hack/kube-score/go.mod, cached by version
+# (hack/build-go-tool.sh); tests/lint.rs builds them itself when these are unset.
+started=$SECONDS
+STS_TEST_PROMTOOL=$(bash hack/build-go-tool.sh promtool | tail -n 1)
+export STS_TEST_PROMTOOL
+echo "promtool build took $((SECONDS - started)) s ($STS_TEST_PROMTOOL)"
+started=$SECONDS
+STS_TEST_KUBE_SCORE=$(bash hack/build-go-tool.sh kube-score | tail -n 1)
+export STS_TEST_KUBE_SCORE
+echo "kube-score build took $((SECONDS - started)) s ($STS_TEST_KUBE_SCORE)"
+# -- end of promtool / kube-score block -------------------------------------------------------------
+
 # -- 3. environment ------------------------------------------------------------------------------
 export STS_TEST_BIN_DIR="$bin_dir"
 export STS_TEST_VENV="$venv"
@@ -124,12 +138,16 @@ export STS_TEST_SUMMARY_DIR="$summary_dir"
 # -- end of summary block --------------------------------------------------------------------------
 
 # A hang fails here, with a message, rather than at CI's time limit.
+# --no-fail-fast: a red test binary never hides the others (cargo test would stop at the first);
+# the output is also kept, for the one-line-per-binary summary at the end.
 test_timeout=${STS_TEST_TIMEOUT:-2400}
+test_log="$summary_dir/cargo-test.log"
 started=$SECONDS
 set +e
 timeout --foreground --kill-after=60 "$test_timeout" \
-  "$CARGO_TARGET_DIR/debug/testenv" run "${crd_args[@]}" -- cargo test --workspace --locked "$@"
-rc=$?
+  "$CARGO_TARGET_DIR/debug/testenv" run "${crd_args[@]}" -- \
+  cargo test --workspace --locked --no-fail-fast "$@" 2>&1 | tee "$test_log"
+rc=${PIPESTATUS[0]}
 set -e
 if [[ $rc == 124 ]]; then
   echo "tests did not finish within $test_timeout s (STS_TEST_TIMEOUT): stopped" >&2
@@ -141,13 +159,16 @@ if [[ -s "$summary_dir/figures.txt" ]]; then
   awk '
     { for (i = 2; i <= NF; i++) { split($i, kv, "="); sum[kv[1]] += kv[2] } }
     END {
-      n = split("rotations:rotations survived (under kills and faults)|kills:operator kills (kill -9)|restarts:control-plane restarts|faults:STS faults injected|approvals:MFA approvals under kills|bad_inputs:bad inputs tried end to end|fuzz_cases:property-test cases on untrusted input|leaks:leaks found (must be 0)|hostile:hostile objects tried|crashes:operator crashes|stalls:stalls", rows, "|")
+      n = split("rotations:rotations survived (under kills and faults)|kills:operator kills (kill -9)|restarts:control-plane restarts|faults:STS faults injected|approvals:MFA approvals under kills|kills_mid_call:kills during an STS call (MFA approvals)|bad_inputs:bad inputs tried end to end|fuzz_cases:property-test cases on untrusted input|leaks:leaks found (must be 0)|hostile:hostile objects tried|crashes:operator crashes|stalls:stalls", rows, "|")
       for (i = 1; i <= n; i++) {
         split(rows[i], r, ":")
         printf "  %-48s %d\n", r[2], sum[r[1]] + 0
       }
     }' "$summary_dir/figures.txt"
 fi
+# -- one line per test binary (from cargo's "Running ..." and "test result: ..." lines) -------------
+echo "== test binaries =="
+bash hack/test-summary.sh "$test_log" || true
 rm -rf "$summary_dir"
 # -- end of summary block --------------------------------------------------------------------------
 echo "tests took $((SECONDS - started)) s (exit code $rc); make test took $((SECONDS - total_started)) s in all"

@@ -279,6 +279,7 @@ type Leadership = (
 /// without leader election).
 async fn lead(args: &Args, ctx: &Context) -> Result<Option<Leadership>> {
     if !args.leader_election {
+        ctx.metrics.set_leader(true);
         return Ok(None);
     }
     let instance = instance(args);
@@ -299,6 +300,7 @@ async fn lead(args: &Args, ctx: &Context) -> Result<Option<Leadership>> {
             .context("leader election stopped")?;
     }
     info!(instance, "leading");
+    ctx.metrics.set_leader(true);
     Ok(Some((is_leader, task)))
 }
 
@@ -335,6 +337,7 @@ async fn serve(
         match leadership.as_mut() {
             Some((is_leader, _)) => {
                 let _ = is_leader.wait_for(|l| !*l).await;
+                ctx.metrics.set_leader(false);
                 warn!("lost leadership");
             }
             None => std::future::pending::<()>().await,

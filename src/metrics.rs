@@ -19,7 +19,7 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetri
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 use tokio::net::TcpListener;
@@ -181,6 +181,34 @@ impl Collector for SessionSeries {
     }
 }
 
+/// `process_resident_memory_bytes`: the process' resident set (Linux `/proc/self/statm`), read
+/// at each scrape; absent where that file is not (the dashboard's "operator memory").
+#[derive(Debug, Default)]
+struct ProcessSeries;
+
+fn resident_bytes() -> Option<i64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: i64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf only reads a configuration value.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    (page > 0).then(|| pages.saturating_mul(page))
+}
+
+impl Collector for ProcessSeries {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        if let Some(bytes) = resident_bytes() {
+            let family = encoder.encode_descriptor(
+                "process_resident_memory",
+                "Resident memory size of the operator process",
+                Some(&Unit::Bytes),
+                MetricType::Gauge,
+            )?;
+            ConstGauge::new(bytes).encode(family)?;
+        }
+        Ok(())
+    }
+}
+
 /// The operator's metrics. `Send + Sync`; share it through an `Arc`.
 #[derive(Debug)]
 pub struct Metrics {
@@ -192,6 +220,7 @@ pub struct Metrics {
     reconcile_errors: Family<ReasonLabels, Counter>,
     reconcile_panics: Counter,
     unreadable_objects: Family<KindLabels, Counter>,
+    leader: Gauge,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -221,6 +250,13 @@ impl Metrics {
         let unreadable_objects = Family::<KindLabels, Counter>::default();
 
         registry.register_collector(Box::new(sessions.clone()));
+        registry.register_collector(Box::new(ProcessSeries));
+        let leader = Gauge::default();
+        registry.register(
+            "sts_session_leader",
+            "1 while this replica reconciles (holds the leader Lease, or runs without leader election), else 0",
+            leader.clone(),
+        );
         registry.register(
             "sts_session_sts_calls",
             "GetSessionToken calls by outcome",
@@ -266,7 +302,14 @@ impl Metrics {
             reconcile_errors,
             reconcile_panics,
             unreadable_objects,
+            leader,
         }
+    }
+
+    /// Whether this replica reconciles: call with `true` once it holds the leader Lease (or at
+    /// start without leader election), `false` when it loses it.
+    pub fn set_leader(&self, leader: bool) {
+        self.leader.set(i64::from(leader));
     }
 
     /// Counts one reconcile that panicked.
@@ -554,6 +597,22 @@ mod tests {
         m.remove_session("team-b", "ci");
         m.remove_session("team-b", "ci");
         assert!(!m.encode().contains("namespace="));
+    }
+
+    #[test]
+    fn leader_and_process_memory() {
+        let m = Metrics::new();
+        assert!(m.encode().contains("sts_session_leader 0\n"));
+        m.set_leader(true);
+        let out = m.encode();
+        assert!(out.contains("sts_session_leader 1\n"), "{out}");
+        let resident = out
+            .lines()
+            .find_map(|l| l.strip_prefix("process_resident_memory_bytes "))
+            .and_then(|v| v.parse::<i64>().ok());
+        assert!(resident.is_some_and(|b| b > 1 << 20), "{out}");
+        m.set_leader(false);
+        assert!(m.encode().contains("sts_session_leader 0\n"));
     }
 
     #[test]

@@ -536,6 +536,75 @@ pub fn approve_outcome(
     Outcome::Pending(Waiting::Status)
 }
 
+/// The cut-off of `kubectl sts revoke`: the moment of the request, in whole seconds (rounded
+/// down, so a session issued after the request is never before it).
+pub fn revoke_cutoff(now: Timestamp) -> Timestamp {
+    Timestamp::from_second(now.as_second()).unwrap_or(now)
+}
+
+/// The IAM policy that denies every request signed with session credentials issued before
+/// `cutoff` (`aws:TokenIssueTime`, which long-term keys do not carry: the operator's source
+/// keys keep working, and so do sessions issued after the cut-off).
+pub fn revoke_policy(cutoff: Timestamp) -> Value {
+    let at = revoke_cutoff(cutoff).to_string();
+    let sid: String = format!("DenySessionsIssuedBefore{at}")
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .collect();
+    json!({
+        "Version": "2012-10-17",
+        "Statement": [{
+            "Sid": sid,
+            "Effect": "Deny",
+            "Action": "*",
+            "Resource": "*",
+            "Condition": {"DateLessThan": {"aws:TokenIssueTime": at}}
+        }]
+    })
+}
+
+/// What `kubectl sts revoke` prints once the new session is there (or, with `--no-wait`,
+/// requested): the old session's fate, the steps, the cut-off on a line of its own
+/// (`Cut-off: RFC 3339`) and the policy (pretty JSON) last.
+pub fn revoke_instructions(
+    st: &SessionToken,
+    cutoff: Timestamp,
+    old_access_key_id: Option<&str>,
+    old_expiration: Option<Timestamp>,
+    now: Timestamp,
+) -> String {
+    let cutoff = revoke_cutoff(cutoff);
+    let stamp: String = cutoff
+        .to_string()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .collect();
+    let mut out = String::new();
+    match (old_access_key_id, old_expiration) {
+        (Some(key), Some(exp)) => out.push_str(&format!(
+            "The previous session {key} stays valid at AWS until {} (in {}): deleting or overwriting a Secret does not revoke it.\n",
+            rfc3339(exp),
+            format_left(Some(exp), now)
+        )),
+        _ => out.push_str("There was no previous session on record.\n"),
+    }
+    out.push_str(&format!(
+        "To deny every session of the IAM user issued before the cut-off (the new one was issued after it; the user's long-term keys are not affected), add this policy to the user whose keys the SessionToken uses:\n  aws iam put-user-policy --user-name USER --policy-name revoke-sessions-{stamp} --policy-document file://revoke.json\n"
+    ));
+    if let Some(role) = st.spec.assume_role.as_ref() {
+        let role_name = role.role_arn.rsplit('/').next().unwrap_or(&role.role_arn);
+        out.push_str(&format!(
+            "Role credentials (spec.assumeRole, {}) are revoked the same way on the role:\n  aws iam put-role-policy --role-name {role_name} --policy-name revoke-sessions-{stamp} --policy-document file://revoke.json\n",
+            role.role_arn
+        ));
+    }
+    out.push_str("Remove the policy once the old sessions have expired. See docs/revocation.md.\n");
+    out.push_str(&format!("Cut-off: {}\n", rfc3339(cutoff)));
+    out.push_str(&serde_json::to_string_pretty(&revoke_policy(cutoff)).unwrap_or_default());
+    out.push('\n');
+    out
+}
+
 /// Has the renewal asked for at `requested_at` happened?
 pub fn renew_outcome(
     st: &SessionToken,
@@ -975,6 +1044,40 @@ mod tests {
             matches!(approve_outcome(&blocked, set_at, &Baseline::default(), None), Outcome::Failed { reason, .. } if reason == "EndpointNotAllowed")
         );
         assert_eq!(Outcome::Pending(Waiting::Status).exit_code(), EXIT_TIMEOUT);
+    }
+
+    #[test]
+    fn revoke_policy_denies_sessions_issued_before_the_cutoff() {
+        let cutoff: Timestamp = "2026-11-29T23:45:12.750Z".parse().unwrap();
+        let p = revoke_policy(cutoff);
+        let stmt = &p["Statement"][0];
+        assert_eq!(stmt["Effect"], "Deny");
+        assert_eq!(stmt["Action"], "*");
+        assert_eq!(
+            stmt["Condition"]["DateLessThan"]["aws:TokenIssueTime"],
+            "2026-11-29T23:45:12Z"
+        );
+        assert_eq!(stmt["Sid"], "DenySessionsIssuedBefore20261129T234512Z");
+        let s = st(
+            json!({"spec": {"mfa": {"serialNumber": "arn:aws:iam::123456789012:mfa/a"},
+            "assumeRole": {"roleArn": "arn:aws:iam::123456789012:role/team/deployer"}}}),
+        );
+        let text = revoke_instructions(
+            &s,
+            cutoff,
+            Some("ASIAOLD"),
+            Some(t(cutoff.as_second() + 3600)),
+            cutoff,
+        );
+        assert!(
+            text.contains("previous session ASIAOLD stays valid"),
+            "{text}"
+        );
+        assert!(text.contains("\nCut-off: 2026-11-29T23:45:12Z\n"), "{text}");
+        assert!(text.contains("--role-name deployer"), "{text}");
+        let json_start = text.find("{\n").unwrap();
+        let parsed: Value = serde_json::from_str(&text[json_start..]).unwrap();
+        assert_eq!(parsed, p);
     }
 
     #[test]

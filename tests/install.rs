@@ -1936,3 +1936,154 @@ subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: alice}}]
     );
     Ok(())
 }
+
+// ---------------------------------------------------------------------------------------------
+// Upgrades.
+
+/// The upgrade steps of docs/install.md ("Upgrades"), on a private control plane (the previous
+/// CRD must not reach the tests sharing the common one): the chart installed with the previous
+/// release's CRD (tests/fixtures/crd-previous.yaml), SessionTokens created and issued (one with
+/// MFA, approved once), then the CRD upgraded (`kubectl apply --server-side -f crds/`) and the
+/// operator replaced (the chart applied again, the process stopped and the new one started, as
+/// a rolling update does). Afterwards the sessions without MFA keep rotating, the MFA session
+/// stays Issued on the same session, and no code is asked for or used.
+#[tokio::test]
+async fn upgrade_from_the_previous_crd_keeps_sessions_rotating_without_a_new_code() -> Result<()> {
+    let cp = ControlPlane::start().await?;
+    let result = upgrade_steps(&cp).await;
+    cp.shutdown().await;
+    result
+}
+
+async fn upgrade_steps(cp: &ControlPlane) -> Result<()> {
+    let admin = cp.admin_client().await?;
+    // 1. The previous release: its CRD, then the chart (without CRDs: helm installs crds/ only
+    //    on first install and never upgrades them).
+    cp.apply_yaml_file(root().join("tests/fixtures/crd-previous.yaml"))
+        .await
+        .context("the previous CRD")?;
+    let sts = StsDouble::start(StsDoubleConfig {
+        code_policy: testkit::sts_double::CodePolicy::AcceptAny,
+        returned_lifetime: Some(Duration::from_secs(12)),
+        ..Default::default()
+    })?;
+    let release_ns = cp.new_namespace("upgrade-release").await?;
+    let release = release_name();
+    let values = json!({
+        "stsEndpoint": sts.endpoint(),
+        "allowedStsEndpoints": ["http://127.0.0.1:*"],
+        "logFormat": "text",
+        "approvalPolicy": {"enabled": false},
+        "replicas": 1,
+    });
+    let (docs, _cleanup) = install(cp, &release, &release_ns, &values).await?;
+    let ns = workload(cp, "upgrade", &sts).await?;
+    let api = sessiontokens(&admin, &ns);
+    // An MFA SessionToken on a second double (spec.endpoint) that returns the asked-for hour,
+    // so that it asks for no code during the test; its own IAM user's keys.
+    let sts_mfa = StsDouble::start(StsDoubleConfig {
+        code_policy: testkit::sts_double::CodePolicy::AcceptAny,
+        ..Default::default()
+    })?;
+    let mfa_user = sts_mfa.default_user();
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "iam-keys-mfa"},
+        "stringData": {"AWS_ACCESS_KEY_ID": mfa_user.access_key_id, "AWS_SECRET_ACCESS_KEY": mfa_user.secret_access_key},
+    }))?;
+    Api::<Secret>::namespaced(admin.clone(), &ns)
+        .create(&PostParams::default(), &secret)
+        .await?;
+    let mut mfa = session_token("mfa", true, json!({}))?;
+    mfa.data["spec"]["mfa"]["serialNumber"] = json!(mfa_user.serial_number().unwrap());
+    mfa.data["spec"]["sourceCredentials"]["secretRef"]["name"] = json!("iam-keys-mfa");
+    mfa.data["spec"]["endpoint"] = json!(sts_mfa.endpoint());
+    api.create(&PostParams::default(), &mfa).await?;
+    let op = start_operator(cp, &docs, &release_ns, &release).await?;
+    wait_issued(cp, &ns, &op).await?;
+    let state = |name: &'static str| {
+        let api = api.clone();
+        async move {
+            let st = api.get(name).await?;
+            let v = serde_json::to_value(&st)?;
+            anyhow::Ok((
+                v.pointer("/status/rotations")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(0),
+                v.pointer("/status/accessKeyId")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string(),
+                condition(&st, "Ready"),
+            ))
+        }
+    };
+    let pair = |a: &str, b: &str| (a.to_string(), b.to_string());
+    let deadline = tokio::time::Instant::now() + T;
+    while state("mfa").await?.2 != pair("False", "AwaitingTokenCode") {
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "mfa never asked for a code: {:?}",
+            state("mfa").await?
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    annotate(&admin, &ns, "mfa", "123456", "alice").await?;
+    let deadline = tokio::time::Instant::now() + T;
+    while state("mfa").await?.2 != pair("True", "Issued") {
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "mfa not issued: {:?}\n{}",
+            state("mfa").await?,
+            op.process.log_tail(30)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (_, mfa_key, _) = state("mfa").await?;
+    let code_calls = || {
+        sts_mfa
+            .calls()
+            .iter()
+            .filter(|c| c.token_code_used.is_some())
+            .count()
+    };
+    let codes_before = code_calls();
+    let (rotations_before, _, _) = state("app").await?;
+
+    // 2. The upgrade: the new CRD, the chart applied again, the operator replaced.
+    cp.install_crds(root().join("crds"))
+        .await
+        .context("upgrading the CRD")?;
+    let (docs, _cleanup2) = install(cp, &release, &release_ns, &values).await?;
+    drop(op); // stops the old process
+    let op = start_operator(cp, &docs, &release_ns, &release).await?;
+
+    // 3. Rotations go on, the MFA session stays, no code.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let (rotations, _, ready) = state("app").await?;
+        if rotations >= rotations_before + 2 && ready == pair("True", "Issued") {
+            break;
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "app did not keep rotating after the upgrade: {rotations} rotations (had {rotations_before}), Ready={ready:?}\n{}",
+            op.process.log_tail(40)
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let (_, key, ready) = state("mfa").await?;
+    ensure!(
+        ready == pair("True", "Issued"),
+        "mfa after the upgrade: Ready={ready:?}"
+    );
+    ensure!(
+        key == mfa_key,
+        "the MFA session was replaced by the upgrade ({mfa_key} -> {key})"
+    );
+    ensure!(
+        code_calls() == codes_before,
+        "the upgrade used a code: {} STS calls with a code, {codes_before} before",
+        code_calls()
+    );
+    Ok(())
+}

@@ -11,9 +11,9 @@ use aws_smithy_http_client::tls;
 use aws_smithy_runtime_api::client::result::CreateUnhandledError;
 use jiff::Timestamp;
 use testkit::sts_double::{
-    CodePolicy, Fault, FaultKind, MSG_INVALID_MFA_CODE, MSG_INVALID_MFA_SERIAL, MSG_MFA_INCOMPLETE,
-    MSG_SESSION_CREDENTIALS, NewUser, Outcome, RoleSpec, StsDouble, StsDoubleConfig, TestUser,
-    UserKind, sigv4, totp,
+    CodePolicy, Fault, FaultKind, HoldFilter, MSG_INVALID_MFA_CODE, MSG_INVALID_MFA_SERIAL,
+    MSG_MFA_INCOMPLETE, MSG_SESSION_CREDENTIALS, NewUser, Outcome, RoleSpec, StsDouble,
+    StsDoubleConfig, TestUser, UserKind, sigv4, totp,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -911,6 +911,64 @@ async fn outages_random_faults_and_delay() {
     let started = Instant::now();
     client.get_session_token().send().await.unwrap();
     assert!(started.elapsed() < Duration::from_millis(1000));
+}
+
+/// A hold keeps one matching request in flight until released: the caller knows it arrived
+/// (with its code) and the SDK call does not return before the release; requests the filter
+/// does not match pass; a dropped handle lets its request go.
+#[tokio::test]
+async fn a_held_call_stays_in_flight_until_released() {
+    let double = StsDouble::start(StsDoubleConfig {
+        code_policy: CodePolicy::AcceptAny,
+        ..Default::default()
+    })
+    .unwrap();
+    let user = double.default_user();
+    let client = sts_client(&double, user.sdk_credentials());
+
+    let held = double.hold_next(HoldFilter::WithTokenCode);
+    // Without a code: not caught.
+    client.get_session_token().send().await.expect("not held");
+    assert!(!held.has_arrived());
+
+    let call = {
+        let (client, user) = (client.clone(), user.clone());
+        tokio::spawn(async move { get_session_token(&client, &user, "123456", None).await })
+    };
+    let arrived = held
+        .arrived(Duration::from_secs(10))
+        .await
+        .expect("the call arrives and waits");
+    assert_eq!(arrived.token_code_used.as_deref(), Some("123456"));
+    assert_eq!(arrived.code_accepted, None, "not judged while held");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!call.is_finished(), "still in flight while held");
+    assert_eq!(double.uses_of_code("123456"), 0);
+    held.release();
+    call.await.unwrap().expect("answered after the release");
+    assert_eq!(double.uses_of_code("123456"), 1);
+    let last = double.calls().pop().unwrap();
+    assert!(
+        last.handled_in >= Duration::from_millis(500),
+        "{:?}",
+        last.handled_in
+    );
+
+    // Dropped before anything came: disarmed.
+    drop(double.hold_next(HoldFilter::Any));
+    let started = Instant::now();
+    client.get_session_token().send().await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    // Dropped while holding: the request goes on.
+    let held = double.hold_next(HoldFilter::Any);
+    let call = {
+        let client = client.clone();
+        tokio::spawn(async move { client.get_session_token().send().await })
+    };
+    held.arrived(Duration::from_secs(10)).await.expect("held");
+    drop(held);
+    call.await.unwrap().expect("released by the drop");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-//! `kubectl sts`: approve, renew and inspect SessionTokens of the sts-session-operator.
+//! `kubectl sts`: approve, renew, revoke and inspect SessionTokens of the sts-session-operator.
 //! Installed as `kubectl-sts` on PATH, kubectl runs it for `kubectl sts ...`.
 //!
 //! The decisions (code checks, outcome, table) are in `sts_session_operator::plugin`; this
@@ -35,7 +35,7 @@ use sts_session_operator::plugin::{
 
 const AFTER_HELP: &str = "\
 Exit codes:
-  0  done (approve/renew: the operator issued a new session)
+  0  done (approve/renew/revoke: the operator issued a new session)
   1  failed (the operator refused the code or could not mint; the API server failed)
   2  usage, invalid code, SessionToken not found, or permission denied (nothing was written)
   3  timed out waiting for the operator";
@@ -109,6 +109,23 @@ enum Command {
     Renew {
         /// The SessionToken.
         name: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Replace a SessionToken's session now, and print the IAM policy that cuts off the old one
+    ///
+    /// Session credentials cannot be revoked by deleting a Secret: they stay valid at AWS until
+    /// they expire. This gets a new session at once (as `renew`; with spec.mfa it asks for a
+    /// code, as `approve`), then prints an IAM policy denying sessions issued before the moment
+    /// of the request (aws:TokenIssueTime, DateLessThan), with that cut-off filled in, and how
+    /// to attach it. The new session is issued after the cut-off and keeps working.
+    #[command(after_help = AFTER_HELP)]
+    Revoke {
+        /// The SessionToken.
+        name: String,
+        /// With spec.mfa: the code, instead of prompting (see `approve --code`).
+        #[arg(long, value_name = "CODE")]
+        code: Option<String>,
         #[command(flatten)]
         wait: WaitArgs,
     },
@@ -215,6 +232,15 @@ async fn run(cli: Cli) -> Result<(), Exit> {
         Command::Renew { name, wait } => {
             let (client, ns) = connect(&cli.global).await?;
             renew(client, &ns, &name, &wait).await
+        }
+        Command::Revoke { name, code, wait } => {
+            let code = code.map(Sensitive::new);
+            if let Some(c) = &code {
+                plugin::validate_code(c.expose()).map_err(|e| Exit::usage(e.to_string()))?;
+                let _ = CODE.set(c.clone());
+            }
+            let (client, ns) = connect(&cli.global).await?;
+            revoke(client, &ns, &name, code, &wait).await
         }
     }
 }
@@ -483,6 +509,50 @@ async fn renew(client: Client, ns: &str, name: &str, wait: &WaitArgs) -> Result<
         ))),
         Outcome::Pending(waiting) => Err(timed_out(wait.timeout, waiting, ns, name, false)),
     }
+}
+
+/// `kubectl sts revoke`: a new session first (approve or renew), then the policy.
+async fn revoke(
+    client: Client,
+    ns: &str,
+    name: &str,
+    code: Option<Sensitive<String>>,
+    wait: &WaitArgs,
+) -> Result<(), Exit> {
+    let api = sessions(&client, ns);
+    let st = get(&api, ns, name).await?;
+    let old = st.status.clone().unwrap_or_default();
+    // Before anything is written: the new session is issued after this moment.
+    let cutoff = plugin::revoke_cutoff(Timestamp::now());
+    eprintln!(
+        "Revoking the session of SessionToken {ns}/{name}: first a new session, issued after {cutoff}..."
+    );
+    if st.spec.mfa.is_some() {
+        approve(client, ns, name, code, wait).await
+    } else if code.is_some() {
+        Err(Exit::usage(format!(
+            "SessionToken {ns}/{name} has no spec.mfa, so it takes no code: drop --code"
+        )))
+    } else {
+        renew(client, ns, name, wait).await
+    }
+    .map_err(|mut e| {
+        e.message.push_str(
+            ". No policy printed: without a new session it would cut off the one in use (docs/revocation.md shows it)",
+        );
+        e
+    })?;
+    print!(
+        "{}",
+        plugin::revoke_instructions(
+            &st,
+            cutoff,
+            old.access_key_id.as_deref(),
+            old.expiration,
+            Timestamp::now()
+        )
+    );
+    Ok(())
 }
 
 fn print_session(ns: &str, expiration: Option<Timestamp>, secret: Option<String>) {

@@ -1,5 +1,6 @@
 //! Crash safety: the operator killed with SIGKILL at random moments, across many rotations
-//! (without MFA) and many approvals (with MFA, kills landing while the STS call is in flight),
+//! (without MFA) and many approvals (with MFA, kills landing while the STS call is in flight:
+//! some by chance, at least one on purpose, with the call held at the STS double until the kill),
 //! and started again each time (no leader election: the new process need not wait for the dead
 //! one's Lease).
 //!
@@ -27,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use sts_session_operator::crd::SessionToken;
 use testkit::control_plane::ControlPlane;
-use testkit::sts_double::{CodePolicy, Fault, StsDouble, StsDoubleConfig};
+use testkit::sts_double::{CodePolicy, Fault, HoldFilter, StsDouble, StsDoubleConfig};
 
 /// Linux's SIGSTOP (libc is not a dependency of these tests).
 const SIGSTOP: i32 = 19;
@@ -393,6 +394,7 @@ async fn approve_repeatedly(
                 {
                     break Outcome::Interrupted;
                 }
+                // The previous approval's outcome, still shown.
                 Some(c) if c.status == "False" && c.reason == "Interrupted" => {}
                 Some(c) if c.status == "False" => {
                     bail!(
@@ -521,42 +523,84 @@ async fn kill_9_across_mfa_approvals_never_reuses_or_silently_loses_a_code() -> 
         .collect();
     let all_done = || drivers.iter().all(|d| d.is_finished());
     let mut mid_call_kills = 0u64;
+    // Kills driven into an STS call on purpose: the first one (before any approval can finish)
+    // and the one half-way through the budget. The double holds the next call carrying a code
+    // until the operator is dead, so the kill lands mid-call every time, whatever the seed and
+    // the machine's load. The other kills keep the random schedule.
+    let forced: BTreeSet<u64> = [0, kill_budget / 2].into();
+    let mut forced_kills = 0u64;
     // Kills until the budget is spent; the approvals then finish undisturbed.
     while !all_done() && op.kills < kill_budget {
-        // Up for 1-5 s, then: half of the time kill right after a claim (mid-call), else at a
-        // random moment.
-        tokio::time::sleep(Duration::from_millis(rng.random_range(1000..5000))).await;
-        if all_done() {
-            break;
-        }
         let mut cut = None;
-        if rng.random_bool(0.5) {
-            let until = Instant::now() + Duration::from_secs(5);
-            let mut target = None;
-            while Instant::now() < until && !all_done() {
-                let fresh = lock(&board)
-                    .claimed
-                    .values()
-                    .find(|(_, seen)| seen.elapsed() < Duration::from_millis(300))
-                    .map(|(code, seen)| (code.clone(), *seen));
-                if fresh.is_some() {
-                    target = fresh;
+        let mut held = None;
+        if forced.contains(&op.kills) {
+            if op.kills > 0 {
+                tokio::time::sleep(Duration::from_millis(rng.random_range(1000..5000))).await;
+                if all_done() {
                     break;
                 }
-                tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            if let Some((code, seen)) = target {
-                let wait = Duration::from_millis(rng.random_range(0..300));
-                tokio::time::sleep(wait).await;
-                if seen.elapsed() < Duration::from_millis(600) {
-                    cut = Some(code);
+            let hold = sts.hold_next(HoldFilter::WithTokenCode);
+            let call = hold
+                .arrived(Duration::from_secs(60))
+                .await
+                .with_context(|| {
+                    format!(
+                        "no approval reached STS within 60 s of arming a hold (kill {})",
+                        op.kills
+                    )
+                })?;
+            // Anywhere from at once to 300 ms into the call.
+            tokio::time::sleep(Duration::from_millis(rng.random_range(0..300))).await;
+            cut = call.token_code_used.clone();
+            held = Some(hold);
+        } else {
+            // Up for 1-5 s, then: half of the time kill right after a claim (mid-call, if the
+            // timing works out), else at a random moment.
+            tokio::time::sleep(Duration::from_millis(rng.random_range(1000..5000))).await;
+            if all_done() {
+                break;
+            }
+            if rng.random_bool(0.5) {
+                let until = Instant::now() + Duration::from_secs(5);
+                let mut target = None;
+                while Instant::now() < until && !all_done() {
+                    let fresh = lock(&board)
+                        .claimed
+                        .values()
+                        .find(|(_, seen)| seen.elapsed() < Duration::from_millis(300))
+                        .map(|(code, seen)| (code.clone(), *seen));
+                    if fresh.is_some() {
+                        target = fresh;
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                if let Some((code, seen)) = target {
+                    let wait = Duration::from_millis(rng.random_range(0..300));
+                    tokio::time::sleep(wait).await;
+                    if seen.elapsed() < Duration::from_millis(600) {
+                        cut = Some(code);
+                    }
                 }
             }
         }
         lock(&board).kill_times.push(Instant::now());
         let killed_at = Timestamp::now();
         op.kill()?;
-        if let Some(code) = cut {
+        if let Some(hold) = held.take() {
+            // Held at STS all along: certainly cut short. Let it go on; its answer (a session
+            // the dead process never saw) goes nowhere.
+            let code = cut.take().context("a held approval call carries a code")?;
+            ensure!(
+                sts.uses_of_code(&code) == 0,
+                "the held call with {code} was judged before the kill"
+            );
+            hold.release();
+            lock(&board).cut_short.insert(code);
+            mid_call_kills += 1;
+            forced_kills += 1;
+        } else if let Some(code) = cut {
             // Cut short, unless STS had already answered (then either outcome is right).
             let answered = sts.calls().iter().any(|c| {
                 c.token_code_used.as_deref() == Some(code.as_str())
@@ -610,7 +654,7 @@ async fn kill_9_across_mfa_approvals_never_reuses_or_silently_loses_a_code() -> 
         .count();
     let cut_short = lock(&board).cut_short.len();
     println!(
-        "crash/approvals: {} approvals ({} interrupted, {cut_short} with the STS call cut short), {} kills ({mid_call_kills} mid-call), {} STS calls, {:?}",
+        "crash/approvals: {} approvals ({} interrupted, {cut_short} with the STS call cut short), {} kills ({mid_call_kills} mid-call, {forced_kills} of them held at STS on purpose), {} STS calls, {:?}",
         used.len(),
         interrupted,
         op.kills,
@@ -621,6 +665,10 @@ async fn kill_9_across_mfa_approvals_never_reuses_or_silently_loses_a_code() -> 
         op.kills >= 3,
         "too few kills to prove anything: {}",
         op.kills
+    );
+    ensure!(
+        forced_kills >= 1,
+        "no kill was driven into an STS call: the test proves too little"
     );
     ensure!(
         cut_short >= 1,
@@ -636,6 +684,7 @@ async fn kill_9_across_mfa_approvals_never_reuses_or_silently_loses_a_code() -> 
         &[
             ("rotations", issued),
             ("kills", op.kills),
+            ("kills_mid_call", mid_call_kills),
             ("approvals", used.len() as u64),
         ],
     );

@@ -142,7 +142,16 @@ async fn sts_throttling_errors_and_an_outage_are_survived_with_bounded_calls() -
         .await?;
     let _op = Operator::start(cp, &ns.name, &opts(sts.endpoint())).await?;
 
-    // 30 % of calls fail: throttled or a 5xx.
+    // The first calls fail for sure (throttled, then a 5xx: the test never depends on chance
+    // for its point), and after them 30 % of calls: throttled or a 5xx.
+    sts.inject_faults(Fault::Next {
+        count: 2,
+        kind: FaultKind::Throttling,
+    });
+    sts.inject_faults(Fault::Next {
+        count: 2,
+        kind: FaultKind::ServiceUnavailable,
+    });
     sts.inject_faults(Fault::Random {
         probability: 0.15,
         kind: FaultKind::Throttling,
@@ -158,8 +167,8 @@ async fn sts_throttling_errors_and_an_outage_are_survived_with_bounded_calls() -
     watch_rotations(&ns, &names, 3, Duration::from_secs(60)).await?;
     let injected = sts.calls().iter().filter(|c| c.injected).count();
     assert!(
-        injected > 0,
-        "no fault was injected: the test proves nothing"
+        injected >= 4,
+        "only {injected} faults injected: the test proves too little"
     );
 
     // A full outage: renewals fail, the conditions say so, the Secrets stay until they expire.

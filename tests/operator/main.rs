@@ -5,6 +5,7 @@
 mod assume_role;
 mod common;
 mod consumers;
+mod monitoring;
 mod plugin;
 
 use common::*;

@@ -811,3 +811,110 @@ async fn plugin_renews_a_session_without_mfa() -> Result<()> {
     );
     Ok(())
 }
+
+/// `kubectl sts revoke`: a new session at once (without MFA as `renew`; with MFA after a code,
+/// as `approve`), then the IAM policy that denies sessions issued before the cut-off it prints.
+/// The STS double's issue times show the old session before the cut-off and the new one not.
+#[tokio::test]
+async fn plugin_revokes_with_a_new_session_and_a_cutoff_policy() -> Result<()> {
+    let cp = control_plane().await;
+    let ns = Ns::new(cp, "plugin-revoke").await?;
+    let n = ns.name.clone();
+    let n = n.as_str();
+    let sts = StsDouble::start(StsDoubleConfig {
+        code_policy: CodePolicy::AcceptAny,
+        ..Default::default()
+    })?;
+    let user = sts.default_user();
+    ns.create_source_secret("iam-keys", &user.access_key_id, &user.secret_access_key)
+        .await?;
+    grant_approver(cp, n, "alice").await?;
+    let _op = Operator::start(
+        cp,
+        n,
+        &OperatorOptions {
+            sts_endpoint: sts.endpoint(),
+            extra_args: vec![],
+            leader_election: false,
+            user: OPERATOR_USER,
+        },
+    )
+    .await?;
+    ns.create_session("auto", spec(None)).await?;
+    ns.create_session("mfa", spec(Some(user.serial_number().unwrap())))
+        .await?;
+    wait_condition(&ns, "auto", "Ready", "True", "Issued", T).await?;
+    wait_condition(&ns, "mfa", "Ready", "False", "AwaitingTokenCode", T).await?;
+    ns.approve("mfa", "123456", "alice").await?;
+    wait_condition(&ns, "mfa", "Ready", "True", "Issued", T).await?;
+    // The cut-off is in whole seconds: let the first sessions be a second old.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+
+    for (name, stdin, args) in [
+        ("auto", None, vec!["revoke", "auto", "-n", n]),
+        ("mfa", Some("654321\n"), vec!["revoke", "mfa", "-n", n]),
+    ] {
+        let old_key = ns.secret_data(name).await?.unwrap()["AWS_ACCESS_KEY_ID"].clone();
+        let r = sts_as(cp, "alice", &args, stdin).await?;
+        assert_eq!(r.code, 0, "{name}: {}", r.show());
+        assert!(
+            !r.all().contains("654321"),
+            "the code was printed: {}",
+            r.show()
+        );
+        let new_key = ns.secret_data(name).await?.unwrap()["AWS_ACCESS_KEY_ID"].clone();
+        assert_ne!(
+            new_key, old_key,
+            "{name}: the Secret still holds the old session"
+        );
+        assert!(r.stdout.contains(&new_key), "{name}: {}", r.show());
+        assert!(
+            r.stdout
+                .contains(&format!("previous session {old_key} stays valid")),
+            "{name}: {}",
+            r.show()
+        );
+        // The printed cut-off, and the policy (the JSON at the end) with it filled in.
+        let cutoff: Timestamp = r
+            .stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("Cut-off: "))
+            .with_context(|| r.show())?
+            .parse()?;
+        let policy: serde_json::Value =
+            serde_json::from_str(&r.stdout[r.stdout.find("{\n").with_context(|| r.show())?..])?;
+        let stmt = &policy["Statement"][0];
+        assert_eq!(stmt["Effect"], "Deny", "{policy}");
+        assert_eq!(
+            stmt["Condition"]["DateLessThan"]["aws:TokenIssueTime"],
+            json!(cutoff.to_string()),
+            "{policy}"
+        );
+        // What STS says: the old session was issued before the cut-off, the new one not.
+        let old = sts.issued_session(&old_key).context("the old session")?;
+        let new = sts.issued_session(&new_key).context("the new session")?;
+        assert!(
+            old.issued_at < cutoff,
+            "{name}: old issued {} vs cut-off {cutoff}",
+            old.issued_at
+        );
+        assert!(
+            new.issued_at >= cutoff,
+            "{name}: new issued {} vs cut-off {cutoff}",
+            new.issued_at
+        );
+        let st = ns.session(name).await?;
+        assert!(!annotations(&st).contains_key("stssession.dev/renew-requested-at"));
+        assert!(!annotations(&st).contains_key("stssession.dev/token-code"));
+    }
+    // A code for a SessionToken without MFA: refused, nothing written.
+    let r = sts_as(
+        cp,
+        "alice",
+        &["revoke", "auto", "-n", n, "--code", "123456"],
+        None,
+    )
+    .await?;
+    assert_eq!(r.code, 2, "{}", r.show());
+    Ok(())
+}

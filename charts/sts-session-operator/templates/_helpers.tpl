@@ -88,3 +88,31 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- fail "approvalPolicy.validationActions: use Deny or Warn, not both (Kubernetes refuses the combination)" }}
 {{- end }}
 {{- end }}
+
+{{/* Whole seconds in a duration such as "2h", "90s" or "1h30m" (milliseconds are dropped). */}}
+{{- define "sts-session-operator.seconds" -}}
+{{- $total := 0 }}
+{{- range regexFindAll "[0-9]+(ms|s|m|h)" . -1 }}
+{{- $n := int (regexFind "^[0-9]+" .) }}
+{{- $unit := regexFind "(ms|s|m|h)$" . }}
+{{- if eq $unit "h" }}{{ $total = add $total (mul $n 3600) }}
+{{- else if eq $unit "m" }}{{ $total = add $total (mul $n 60) }}
+{{- else if eq $unit "s" }}{{ $total = add $total $n }}
+{{- end }}
+{{- end }}
+{{- $total }}
+{{- end }}
+
+{{/* Whether to render the PrometheusRule: alerts.enabled true, or "auto" and the cluster serves
+the prometheus-operator's PrometheusRule. */}}
+{{- define "sts-session-operator.alertsEnabled" -}}
+{{- if eq (toString .Values.alerts.enabled) "auto" }}
+{{- if .Capabilities.APIVersions.Has "monitoring.coreos.com/v1/PrometheusRule" }}true{{ end }}
+{{- else if .Values.alerts.enabled }}true
+{{- end }}
+{{- end }}
+
+{{/* The `job` label of the operator's scrape target (a ServiceMonitor's: the Service's name). */}}
+{{- define "sts-session-operator.job" -}}
+{{- default (printf "%s-metrics" (include "sts-session-operator.fullname" .)) .Values.alerts.job }}
+{{- end }}

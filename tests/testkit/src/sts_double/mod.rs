@@ -385,6 +385,84 @@ pub enum Fault {
     Outage(FaultKind),
 }
 
+/// Which request an armed hold ([`StsDouble::hold_next`]) catches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HoldFilter {
+    /// The next request of any kind.
+    Any,
+    /// The next request that carries a `TokenCode` (an MFA approval's call).
+    WithTokenCode,
+}
+
+impl HoldFilter {
+    pub(crate) fn matches(self, call: &RecordedCall) -> bool {
+        match self {
+            HoldFilter::Any => true,
+            HoldFilter::WithTokenCode => call.token_code_used.is_some(),
+        }
+    }
+}
+
+/// Where a held request waits. Runtime-agnostic (tokio `watch`), so the double's thread and a
+/// test's runtime can both use it.
+pub(crate) struct Gate {
+    arrived: tokio::sync::watch::Sender<Option<RecordedCall>>,
+    released: tokio::sync::watch::Sender<bool>,
+}
+
+impl Gate {
+    pub(crate) fn is_released(&self) -> bool {
+        *self.released.borrow()
+    }
+
+    /// Called by the server: announces the request, then waits for the release.
+    pub(crate) async fn park(&self, call: &RecordedCall) {
+        self.arrived.send_replace(Some(call.clone()));
+        let mut released = self.released.subscribe();
+        let _ = released.wait_for(|r| *r).await;
+    }
+}
+
+/// An armed hold: the first matching request the double receives waits, before fault
+/// injection and before it is judged (its code not yet used), until [`HeldCall::release`] or
+/// until this handle is dropped. The caller thus knows that a call is in flight and stays in
+/// flight: what a crash test needs to kill a client in the middle of an STS call on purpose.
+/// After the release the request goes on as usual (delay, faults, processing); if its client
+/// died meanwhile, the answer goes nowhere, as with real STS. Its [`RecordedCall::handled_in`]
+/// includes the time held.
+pub struct HeldCall {
+    gate: Arc<Gate>,
+}
+
+impl HeldCall {
+    /// Waits up to `timeout` for a matching request to arrive; returns it as recorded so far
+    /// (action, key, serial number and code; outcome not yet known).
+    pub async fn arrived(&self, timeout: Duration) -> Option<RecordedCall> {
+        let mut rx = self.gate.arrived.subscribe();
+        let fut = rx.wait_for(|c| c.is_some());
+        match tokio::time::timeout(timeout, fut).await {
+            Ok(Ok(call)) => call.clone(),
+            _ => None,
+        }
+    }
+
+    /// Whether a request is waiting (or has waited) here.
+    pub fn has_arrived(&self) -> bool {
+        self.gate.arrived.borrow().is_some()
+    }
+
+    /// Lets the held request go on (or, if none came yet, disarms the hold).
+    pub fn release(&self) {
+        self.gate.released.send_replace(true);
+    }
+}
+
+impl Drop for HeldCall {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
 /// A running STS test double. Stops (and frees its port) on drop.
 pub struct StsDouble {
     shared: Arc<Shared>,
@@ -542,7 +620,24 @@ impl StsDouble {
         self.shared.lock().faults.inject(fault);
     }
 
-    /// Removes queued, random and outage faults and the delay.
+    /// Arms a hold: the next request matching `filter` waits until the returned handle is
+    /// released or dropped (see [`HeldCall`]). Several holds may be armed; each catches one
+    /// request, oldest hold first.
+    pub fn hold_next(&self, filter: HoldFilter) -> HeldCall {
+        let gate = Arc::new(Gate {
+            arrived: tokio::sync::watch::Sender::new(None),
+            released: tokio::sync::watch::Sender::new(false),
+        });
+        self.shared
+            .lock()
+            .faults
+            .holds
+            .push_back((filter, gate.clone()));
+        HeldCall { gate }
+    }
+
+    /// Removes queued, random and outage faults, the delay and armed holds (a request already
+    /// held stays held until its handle is released or dropped).
     pub fn clear_faults(&self) {
         self.shared.lock().faults = Default::default();
     }

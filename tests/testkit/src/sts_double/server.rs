@@ -116,6 +116,12 @@ async fn handle(
     let params = sts::parse_params(parts.uri.query(), &body);
     let mut call = sts::new_call(&parts.headers, &params, &request_id, arrived);
 
+    // An armed hold: wait here, in flight, until the test lets the request go on.
+    let gate = shared.lock().faults.take_hold(&call);
+    if let Some(gate) = gate {
+        gate.park(&call).await;
+    }
+
     let (fault, delay) = shared.lock().faults.draw();
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;

@@ -1,16 +1,17 @@
 //! The double's state and the STS actions.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::HeaderMap;
 use jiff::Timestamp;
 
 use super::{
-    CodePolicy, Fault, FaultKind, IssuedSession, MSG_EXPIRED_TOKEN, MSG_INVALID_MFA_CODE,
-    MSG_INVALID_MFA_SERIAL, MSG_INVALID_TOKEN, MSG_MFA_INCOMPLETE, MSG_SESSION_CREDENTIALS,
-    MSG_SIGNATURE, MfaDevice, NewUser, Outcome, RecordedCall, RoleSpec, StsDoubleConfig, TestRole,
-    TestUser, UserKind, ids, sigv4, totp, xml,
+    CodePolicy, Fault, FaultKind, Gate, HoldFilter, IssuedSession, MSG_EXPIRED_TOKEN,
+    MSG_INVALID_MFA_CODE, MSG_INVALID_MFA_SERIAL, MSG_INVALID_TOKEN, MSG_MFA_INCOMPLETE,
+    MSG_SESSION_CREDENTIALS, MSG_SIGNATURE, MfaDevice, NewUser, Outcome, RecordedCall, RoleSpec,
+    StsDoubleConfig, TestRole, TestUser, UserKind, ids, sigv4, totp, xml,
 };
 
 pub(crate) const API_VERSION: &str = "2011-06-15";
@@ -143,6 +144,8 @@ pub(crate) struct Faults {
     pub random: Vec<(f64, FaultKind)>,
     pub delay: Duration,
     pub outage: Option<FaultKind>,
+    /// Armed holds ([`crate::sts_double::StsDouble::hold_next`]), oldest first.
+    pub holds: VecDeque<(HoldFilter, Arc<Gate>)>,
 }
 
 impl Faults {
@@ -153,6 +156,17 @@ impl Faults {
             Fault::Delay(delay) => self.delay = delay,
             Fault::Outage(kind) => self.outage = Some(kind),
         }
+    }
+
+    /// The armed hold (if any) the request at hand must wait at: the oldest whose filter
+    /// matches. Holds whose handle was released or dropped before any request came are dropped.
+    pub(crate) fn take_hold(&mut self, call: &RecordedCall) -> Option<Arc<Gate>> {
+        self.holds.retain(|(_, gate)| !gate.is_released());
+        let i = self
+            .holds
+            .iter()
+            .position(|(filter, _)| filter.matches(call))?;
+        self.holds.remove(i).map(|(_, gate)| gate)
     }
 
     /// The fault (if any) for the request at hand, and the delay to apply.
