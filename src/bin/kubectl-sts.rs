@@ -32,6 +32,7 @@ use sts_session_operator::plan::{annotation_set_at, parse_duration};
 use sts_session_operator::plugin::{
     self, Baseline, EXIT_FAILED, EXIT_TIMEOUT, EXIT_USAGE, Outcome, Waiting,
 };
+use sts_session_operator::reconcile::Tolerant;
 
 const AFTER_HELP: &str = "\
 Exit codes:
@@ -667,10 +668,12 @@ async fn status(
         }
         return Ok(());
     }
-    let api: Api<SessionToken> = if all {
+    // Each item read on its own: one SessionToken that cannot be read (a time beyond the
+    // calendar in its managedFields, say) is named, not a failure of the whole list.
+    let api: Api<Tolerant<SessionToken>> = if all {
         Api::all(client)
     } else {
-        sessions(&client, ns)
+        Api::namespaced(client, ns)
     };
     let what = if all {
         "SessionTokens in all namespaces".to_string()
@@ -681,7 +684,17 @@ async fn status(
         .list(&Default::default())
         .await
         .map_err(|e| api_error(e, &what))?;
-    let mut items = list.items;
+    let mut items = Vec::new();
+    for item in list.items {
+        match item {
+            Tolerant::Read(st) => items.push(st),
+            Tolerant::Unreadable(meta) => eprintln!(
+                "SessionToken {}/{} cannot be read (skipped)",
+                meta.namespace.unwrap_or_default(),
+                meta.name.unwrap_or_default()
+            ),
+        }
+    }
     items.sort_by_key(|st| (st.namespace().unwrap_or_default(), st.name_any()));
     let rows: Vec<_> = items.iter().map(|st| plugin::row(st, now)).collect();
     match output {

@@ -10,6 +10,7 @@ mod tolerant;
 pub mod watch;
 
 pub use context::{Context, Settings};
+pub use tolerant::Tolerant;
 pub use watch::run;
 
 use crate::crd::SessionToken;
