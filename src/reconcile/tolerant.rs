@@ -56,9 +56,15 @@ impl<K: Resource<DynamicType = ()>> Resource for Tolerant<K> {
 
 impl<'de, K: DeserializeOwned> Deserialize<'de> for Tolerant<K> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let mut value = Value::deserialize(d)?;
+        // The object's text, read as a `K` directly (the usual case, and the cheap one); only
+        // if that fails is it read as JSON, mended, and read again.
+        let raw = Box::<serde_json::value::RawValue>::deserialize(d)?;
+        if let Ok(k) = serde_json::from_str::<K>(raw.get()) {
+            return Ok(Tolerant::Read(k));
+        }
+        let mut value: Value = serde_json::from_str(raw.get()).map_err(serde::de::Error::custom)?;
         mend(&mut value);
-        match serde_json::from_value::<K>(value.clone()) {
+        match K::deserialize(&value) {
             Ok(k) => Ok(Tolerant::Read(k)),
             Err(_) => Ok(Tolerant::Unreadable(bare_meta(&value))),
         }
