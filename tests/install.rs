@@ -1235,7 +1235,8 @@ async fn wait_issued(cp: &ControlPlane, ns: &str, op: &Operator) -> Result<()> {
     }
 }
 
-/// The output Secret has the session's keys, and the operator's Event was recorded.
+/// The output Secret has the session's keys; deleted, it is issued again (a first issue without
+/// an approval has no Event; a second one has), and the operator's Event is recorded.
 async fn assert_secret_and_event(cp: &ControlPlane, ns: &str) -> Result<()> {
     let admin = cp.admin_client().await?;
     let secret = Api::<Secret>::namespaced(admin.clone(), ns)
@@ -1259,8 +1260,11 @@ async fn assert_secret_and_event(cp: &ControlPlane, ns: &str) -> Result<()> {
         String::from_utf8_lossy(&data["AWS_ACCESS_KEY_ID"].0).starts_with("ASIA"),
         "not a session key"
     );
+    Api::<Secret>::namespaced(admin.clone(), ns)
+        .delete("app", &Default::default())
+        .await?;
     let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(admin, ns);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
         let reasons: Vec<String> = events
             .list(&ListParams::default())

@@ -803,7 +803,8 @@ fn record_session(
     status.rotations = status.rotations.saturating_add(1);
     status.failed_attempts = 0;
     status.last_failure = None;
-    if approval.is_some() {
+    let approved = approval.is_some();
+    if approved {
         status.last_approval = approval;
     }
     set_condition(
@@ -820,13 +821,18 @@ fn record_session(
         f.generation,
         f.now,
     );
-    fx.events.push(Event::normal(
-        "Issued",
-        format!(
-            "session {} written to Secret {home}, expires {}",
-            session.access_key_id, session.expiration
-        ),
-    ));
+    // The first session of a SessionToken without an approval gets no Event: `Ready` and
+    // `Issuing` say it, and a cold start of many would spend a request on each (issue 17).
+    // Approvals (who approved) and rotations (a new key in the Secret) keep theirs.
+    if approved || f.status.rotations > 0 {
+        fx.events.push(Event::normal(
+            "Issued",
+            format!(
+                "session {} written to Secret {home}, expires {}",
+                session.access_key_id, session.expiration
+            ),
+        ));
+    }
 }
 
 /// Status and Events for a failed GetSessionToken.

@@ -145,12 +145,16 @@ async fn apply(
         None => {}
     }
     ctx.with_memory(&f.uid, |m| m.remembered = fx.memory.clone());
+    let mut missed = false;
     for w in &fx.writes {
-        if let Err(e) = write_secret(ctx, f, w).await {
-            if w.new_credentials {
-                secret_write_failed(ctx, f, api, &fx, &e, &server_status).await;
+        match write_secret(ctx, f, w).await {
+            Ok(m) => missed |= m,
+            Err(e) => {
+                if w.new_credentials {
+                    secret_write_failed(ctx, f, api, &fx, &e, &server_status).await;
+                }
+                return Err(Error::SecretWrite(e));
             }
-            return Err(Error::SecretWrite(e));
         }
     }
     for d in &fx.deletes {
@@ -170,7 +174,12 @@ async fn apply(
         ctx.note_status_write(&f.uid, &fx.status);
     }
     publish(ctx, &f.st, fx.events).await;
-    let delay = plan::requeue_after(f.now, &[fx.wake]);
+    let delay = match missed {
+        // A change of this object's Secrets came by during a write: what it would have
+        // started, at once.
+        true => Some(Duration::ZERO),
+        false => plan::requeue_after(f.now, &[fx.wake]),
+    };
     Ok(ctx.requeue(&f.ns, &f.name, delay))
 }
 
@@ -242,41 +251,50 @@ pub(crate) async fn write_status(
 
 /// Writes a Secret: created if absent (never merged into a foreign one), otherwise applied
 /// with a resourceVersion precondition after the ownership check, so a Secret that changed
-/// hands meanwhile is not taken over. Transient failures are retried twice.
-async fn write_secret(ctx: &Context, f: &Facts, w: &SecretWrite) -> Result<(), kube::Error> {
+/// hands meanwhile is not taken over. Transient failures are retried twice. Returns whether
+/// the watch showed a change of this object's Secrets meanwhile that was not this write.
+async fn write_secret(ctx: &Context, f: &Facts, w: &SecretWrite) -> Result<bool, kube::Error> {
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &f.ns);
     let mut attempt: u64 = 0;
     loop {
         attempt = attempt.saturating_add(1);
+        ctx.secret_write_started(&f.uid);
         let result = match &w.mode {
             WriteMode::Create => {
                 let pp = PostParams {
                     field_manager: Some(FIELD_MANAGER.into()),
                     ..Default::default()
                 };
-                secrets
-                    .create(&pp, &w.desired)
-                    .await
-                    .map(|created| ctx.note_secret_write(&f.uid, &created))
+                secrets.create(&pp, &w.desired).await
             }
             WriteMode::Apply { resource_version } => {
                 let mut body = w.desired.clone();
                 body.metadata.resource_version = resource_version.clone();
                 let pp = PatchParams::apply(FIELD_MANAGER).force();
-                match secrets.patch(&w.name, &pp, &Patch::Apply(&body)).await {
-                    Ok(applied) => {
-                        ctx.note_secret_write(&f.uid, &applied);
-                        prune_stale_keys(&secrets, &applied, &w.desired).await
-                    }
-                    Err(e) => Err(e),
-                }
+                secrets.patch(&w.name, &pp, &Patch::Apply(&body)).await
             }
         };
+        let missed = ctx.secret_write_done(&f.uid, result.as_ref().ok());
+        let result = match result {
+            Ok(written) => {
+                ctx.owned.wrote(&f.ns, &w.name);
+                match &w.mode {
+                    WriteMode::Create => Ok(()),
+                    WriteMode::Apply { .. } => {
+                        prune_stale_keys(&secrets, &written, &w.desired).await
+                    }
+                }
+            }
+            Err(e) => Err(e),
+        };
         match result {
-            Ok(()) => return Ok(()),
-            // 409: the Secret changed since it was read (or a namesake was created); the next
-            // reconcile reads it again.
-            Err(kube::Error::Api(e)) if e.code == 409 => return Err(kube::Error::Api(e)),
+            Ok(()) => return Ok(missed),
+            // 409: the Secret changed since it was read, or a namesake exists that the
+            // owned-Secret watch cannot see (a create): the next reconcile reads it.
+            Err(kube::Error::Api(e)) if e.code == 409 => {
+                ctx.owned.unsure(&f.ns, &w.name);
+                return Err(kube::Error::Api(e));
+            }
             Err(e) if attempt < 3 => {
                 warn!(namespace = f.ns, name = f.name, secret = w.name, error = %e, attempt, "writing a Secret failed; retrying");
                 tokio::time::sleep(Duration::from_millis(200u64.saturating_mul(attempt))).await;

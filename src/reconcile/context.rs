@@ -36,6 +36,12 @@ pub(crate) struct Memory {
     /// keeping the session (at most one each): those changes, seen again on the watch, need no
     /// reconcile.
     secret_written: Vec<String>,
+    /// Secret writes of this process in flight: a labelled Secret of this object seen on the
+    /// watch meanwhile may be that write coming back before its response (see
+    /// [`Context::is_own_secret_write`]).
+    writing: u8,
+    /// resourceVersions seen on the watch while a write was in flight (at most 4).
+    seen_while_writing: Vec<String>,
     /// Consecutive reconcile errors, for the error backoff.
     pub errors: u32,
 }
@@ -45,9 +51,15 @@ impl Memory {
         let Memory {
             remembered,
             secret_written,
+            writing,
+            seen_while_writing,
             errors,
         } = self;
-        *remembered == Remembered::default() && secret_written.is_empty() && *errors == 0
+        *remembered == Remembered::default()
+            && secret_written.is_empty()
+            && *writing == 0
+            && seen_while_writing.is_empty()
+            && *errors == 0
     }
 }
 
@@ -57,6 +69,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub settings: Settings,
     pub(crate) events: crate::events::Publisher,
+    /// Which labelled Secrets exist, as the owned-Secret watches show them.
+    pub(crate) owned: super::owned::OwnedSecrets,
     /// Boxed: the table keeps the room of every entry it ever held at once (all of them during
     /// a cold start); a box keeps that room to a pointer.
     memory: Mutex<HashMap<String, Box<Memory>>>,
@@ -94,6 +108,7 @@ impl Context {
             sts,
             metrics,
             settings,
+            owned: super::owned::OwnedSecrets::default(),
             memory: Mutex::default(),
             status_written: Mutex::default(),
             requeues: RwLock::default(),
@@ -179,8 +194,10 @@ impl Context {
         self.with_memory(uid, |m| m.remembered.clone())
     }
 
-    /// Whether a watched output Secret is exactly what this process last wrote there (then
-    /// forgotten: it has come back once).
+    /// Whether a watched Secret of an object is what this process last wrote there (then
+    /// forgotten: it has come back once), or may be a write of this process still waiting for
+    /// its response (the watch can be faster): then its resourceVersion is kept for
+    /// [`Context::secret_write_done`] to tell.
     pub(crate) fn is_own_secret_write(&self, secret: &PartialObjectMeta<Secret>) -> bool {
         let (Some(uid), Some(rv)) = (
             secret.labels().get(OWNER_UID_LABEL),
@@ -191,20 +208,47 @@ impl Context {
         self.with_memory(uid, |m| {
             let before = m.secret_written.len();
             m.secret_written.retain(|w| w != rv);
-            m.secret_written.len() != before
+            if m.secret_written.len() != before {
+                return true;
+            }
+            if m.writing == 0 || m.seen_while_writing.len() >= 4 {
+                return false;
+            }
+            m.seen_while_writing.push(rv.clone());
+            true
         })
     }
 
-    pub(crate) fn note_secret_write(&self, uid: &str, written: &Secret) {
-        if let Some(rv) = written.metadata.resource_version.clone() {
-            self.with_memory(uid, |m| {
+    /// A Secret write of `uid` is about to be sent.
+    pub(crate) fn secret_write_started(&self, uid: &str) {
+        self.with_memory(uid, |m| m.writing = m.writing.saturating_add(1));
+    }
+
+    /// A Secret write of `uid` is done (`written`: what the API server stored, if it did).
+    /// Returns whether the watch showed, meanwhile, a change of the object's Secrets that was
+    /// not this write: the reconcile it would have started is then due.
+    pub(crate) fn secret_write_done(&self, uid: &str, written: Option<&Secret>) -> bool {
+        let rv = written.and_then(|w| w.metadata.resource_version.clone());
+        self.with_memory(uid, |m| {
+            m.writing = m.writing.saturating_sub(1);
+            let came_back = rv
+                .as_ref()
+                .is_some_and(|rv| m.seen_while_writing.contains(rv));
+            m.seen_while_writing.retain(|s| Some(s) != rv.as_ref());
+            if let (Some(rv), false) = (rv, came_back) {
                 // One per Secret: the output and the kept session.
                 if m.secret_written.len() >= 2 {
                     m.secret_written.remove(0);
                 }
                 m.secret_written.push(rv);
-            });
-        }
+            }
+            if m.writing > 0 {
+                return false;
+            }
+            let missed = !m.seen_while_writing.is_empty();
+            m.seen_while_writing.clear();
+            missed
+        })
     }
 
     pub(crate) fn forget(&self, uid: &str) {

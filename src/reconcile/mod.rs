@@ -6,6 +6,7 @@
 pub mod act;
 mod context;
 pub mod observe;
+mod owned;
 mod tolerant;
 pub mod watch;
 

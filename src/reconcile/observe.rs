@@ -41,11 +41,19 @@ pub async fn observe(st: Arc<SessionToken>, ctx: &Context) -> Result<Facts, Erro
     if !plan::is_object_name(&names.out) {
         return Err(Error::InvalidName(names.out));
     }
-    let get = |name: Option<&str>| {
+    // A Secret the owned-Secret watch has listed as absent is not read (src/reconcile/owned.rs):
+    // a namesake it cannot see refuses the create that follows. Not while a token code waits:
+    // a code is never spent on a session that could then find its Secret taken.
+    let trust_watch = !st
+        .annotations()
+        .contains_key(approval::TOKEN_CODE_ANNOTATION);
+    let get = |name: Option<&str>, skip_absent: bool| {
         let secrets = secrets.clone();
         let name = name.filter(|n| plan::is_object_name(n)).map(str::to_owned);
+        let ns = ns.as_str();
         async move {
             match name {
+                Some(n) if skip_absent && trust_watch && ctx.owned.absent(ns, &n) => Ok(None),
                 Some(n) => secrets.get_opt(&n).await,
                 None => Ok(None),
             }
@@ -53,12 +61,21 @@ pub async fn observe(st: Arc<SessionToken>, ctx: &Context) -> Result<Facts, Erro
     };
     // Independent reads, in parallel: an approval waits for them.
     let (out, old, source, kept, targets) = tokio::try_join!(
-        get(Some(&names.out)),
-        get(names.old.as_deref()),
-        get(Some(&st.spec.source_credentials.secret_ref.name)),
-        get(names.read_kept.then_some(names.kept.as_str())),
+        get(Some(&names.out), true),
+        get(names.old.as_deref(), true),
+        get(Some(&st.spec.source_credentials.secret_ref.name), false),
+        get(names.read_kept.then_some(names.kept.as_str()), true),
         async { Ok(read_targets(ctx, &ns, &st).await) },
     )?;
+    for (name, read) in [(&names.out, &out), (&names.kept, &kept)] {
+        if *name == names.kept && !names.read_kept {
+            continue;
+        }
+        match secret::ownership(read.as_ref(), &st) {
+            Ownership::Foreign(_) => ctx.owned.unsure(&ns, name),
+            Ownership::Ours | Ownership::Absent => ctx.owned.sure(&ns, name),
+        }
+    }
     let reads = Reads {
         out,
         old,

@@ -284,7 +284,10 @@ pub async fn run(
             st
         });
     // Only Secrets the operator labelled, and only their metadata: memory stays flat however
-    // many Secrets the cluster holds.
+    // many Secrets the cluster holds. Which of them exist is kept (`Context::owned`): a
+    // reconcile does not read a Secret known to be absent.
+    ctx.owned.start(namespace.as_deref());
+    let (index, scope) = (ctx.clone(), namespace.clone());
     let owned = watcher(
         secrets,
         watcher::Config::default()
@@ -304,6 +307,7 @@ pub async fn run(
         };
         std::future::ready(Ok(readable(event, &unreadable)))
     })
+    .inspect_ok(move |event| index.owned.record(scope.as_deref(), event))
     .touched_objects()
     // Our own writes come back on this watch: the reconcile that made them needs no other.
     .try_filter(move |s| std::future::ready(!own.is_own_secret_write(s)));
@@ -333,6 +337,7 @@ pub async fn run(
         })
         .await;
     requeue_task.abort();
+    registry.owned.stop(namespace.as_deref());
     // (A later run, after leadership comes back, starts with a table of its own.)
     registry
         .requeues
