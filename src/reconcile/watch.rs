@@ -6,7 +6,7 @@
 use super::context::Context;
 use super::{error_policy, reconcile};
 use crate::approval::{LAST_APPLIED_ANNOTATION, TOKEN_CODE_ANNOTATION};
-use crate::crd::{FIELD_MANAGER, SessionToken};
+use crate::crd::{FIELD_MANAGER, OWNER_NAME_ANNOTATION, SessionToken};
 use crate::secret::MANAGED_BY_LABEL;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Secret;
@@ -14,7 +14,7 @@ use kube::api::Api;
 use kube::core::PartialObjectMeta;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::controller::Controller;
-use kube::runtime::reflector;
+use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::watcher::{self, watcher};
 use kube::{Resource, ResourceExt};
 use std::collections::HashMap;
@@ -194,6 +194,27 @@ fn report_unreadable(
     );
 }
 
+/// The SessionToken a labelled Secret belongs to: its controller owner reference or, for a
+/// Secret kept with `retainOnDelete` (no owner reference), the owner's name the operator
+/// annotated it with. Deleted or altered, either Secret starts a reconcile of its SessionToken.
+/// (Whoever can write a Secret in a namespace can only start reconciles of SessionTokens there;
+/// whether the Secret is the object's is decided by `secret::ownership` on what is read.)
+fn owner_of(secret: PartialObjectMeta<Secret>) -> Option<ObjectRef<SessionToken>> {
+    let namespace = secret.namespace()?;
+    let by_reference = secret
+        .owner_references()
+        .iter()
+        .find(|o| o.controller == Some(true) && o.kind == SessionToken::kind(&()))
+        .map(|o| o.name.as_str());
+    let name = by_reference.or_else(|| {
+        secret
+            .annotations()
+            .get(OWNER_NAME_ANNOTATION)
+            .map(String::as_str)
+    })?;
+    crate::plan::is_object_name(name).then(|| ObjectRef::new(name).within(&namespace))
+}
+
 /// A SessionToken standing for one that cannot be read: its metadata, an empty spec.
 fn stand_in(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> SessionToken {
     use crate::crd::{SessionTokenSpec, SourceCredentials, SourceSecretRef};
@@ -319,7 +340,7 @@ pub async fn run(
             .await
     });
     Controller::for_stream(main_stream, reader)
-        .owns_stream(owned)
+        .watches_stream(owned, owner_of)
         .reconcile_on(due_rx)
         // The controller backs off on the watches' errors a second time: same policy.
         .trigger_backoff(WatchBackoff::default())

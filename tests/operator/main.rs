@@ -866,6 +866,79 @@ async fn secrets_are_garbage_collected_retained_or_left_alone() -> anyhow::Resul
     Ok(())
 }
 
+/// A Secret kept with `retainOnDelete` has no owner reference; it is watched by the operator's
+/// label all the same: altered or deleted, it is repaired within seconds without MFA, and
+/// reported `SecretMissing` at once with MFA (not hours later, at the renewal).
+#[tokio::test]
+async fn retained_secrets_are_watched_like_owned_ones() -> anyhow::Result<()> {
+    const SECONDS: Duration = Duration::from_secs(10);
+    // (Bound, not `..`: the operator and the double would be dropped, and stopped, at once.)
+    let World {
+        ns,
+        user,
+        op: _op,
+        sts: _sts,
+        ..
+    } = World::start("retained", None, CodePolicy::Totp).await?;
+    let retain = json!({"secret": {"retainOnDelete": true}});
+    ns.create_session("plain", source_spec(retain.clone()))
+        .await?;
+    wait_condition(&ns, "plain", "Ready", "True", "Issued", T).await?;
+    assert!(
+        ns.secrets()
+            .get("plain")
+            .await?
+            .metadata
+            .owner_references
+            .is_none()
+    );
+    let holds_its_session =
+        |st: SessionToken, data: Option<std::collections::BTreeMap<String, String>>| {
+            let key = st.status.and_then(|s| s.access_key_id);
+            data.is_some_and(|d| key.is_some() && d.get("AWS_ACCESS_KEY_ID") == key.as_ref())
+        };
+
+    // Altered: the keys replaced by someone.
+    let tamper = json!({"stringData": {"AWS_ACCESS_KEY_ID": "AKIATAMPERED"}});
+    ns.secrets()
+        .patch("plain", &PatchParams::default(), &Patch::Merge(&tamper))
+        .await?;
+    eventually(SECONDS, "the altered retained Secret repaired", || async {
+        Ok(
+            holds_its_session(ns.session("plain").await?, ns.secret_data("plain").await?)
+                .then_some(()),
+        )
+    })
+    .await?;
+
+    // Deleted: issued again.
+    let before = ns.session("plain").await?.status.unwrap().rotations;
+    ns.secrets()
+        .delete("plain", &DeleteParams::default())
+        .await?;
+    eventually(
+        SECONDS,
+        "the deleted retained Secret issued again",
+        || async {
+            let st = ns.session("plain").await?;
+            let rotated = st.status.as_ref().is_some_and(|s| s.rotations > before);
+            Ok((rotated && holds_its_session(st, ns.secret_data("plain").await?)).then_some(()))
+        },
+    )
+    .await?;
+
+    // With MFA: deleted, the session is gone with it: SecretMissing, at once.
+    let mfa = json!({"mfa": {"serialNumber": user.serial_number().unwrap()},
+        "secret": {"retainOnDelete": true}});
+    ns.create_session("mfa", source_spec(mfa)).await?;
+    wait_condition(&ns, "mfa", "Ready", "False", "AwaitingTokenCode", T).await?;
+    ns.approve("mfa", &user.totp_code_now(), "alice").await?;
+    wait_condition(&ns, "mfa", "Ready", "True", "Issued", T).await?;
+    ns.secrets().delete("mfa", &DeleteParams::default()).await?;
+    wait_condition(&ns, "mfa", "Ready", "False", "SecretMissing", SECONDS).await?;
+    Ok(())
+}
+
 #[tokio::test]
 async fn renaming_the_output_moves_the_session_and_deletes_the_old_secret() -> anyhow::Result<()> {
     let World {

@@ -662,6 +662,8 @@ struct ApprovalFigures {
     sts_server: [f64; 4],
     writes_per_approval: f64,
     gets_per_approval: f64,
+    /// Requests per approval by verb and resource ([`Requests::per_token`]).
+    per_approval: String,
 }
 
 #[derive(serde::Serialize)]
@@ -911,6 +913,7 @@ async fn approval(world: &World, opts: &Opts) -> Result<ApprovalFigures> {
         sts_server: stats(sts),
         writes_per_approval: (requests.object_writes() + requests.event_writes) as f64 / n_all,
         gets_per_approval: requests.total_gets() as f64 / n_all,
+        per_approval: requests.per_token(warmup + opts.approvals),
     })
 }
 
@@ -1200,6 +1203,11 @@ fn report(f: &Figures, opts: &Opts) -> String {
             "| API requests per approval | {:.1} writes (Events included, Lease not), {:.1} GETs | |",
             a.writes_per_approval, a.gets_per_approval
         );
+        let _ = writeln!(
+            out,
+            "| API requests per approval, by verb | {} | |",
+            a.per_approval
+        );
     }
     for c in &f.cold {
         let target = match c.n {
@@ -1324,6 +1332,11 @@ fn report(f: &Figures, opts: &Opts) -> String {
             r.status_writes,
             r.event_writes,
             r.total_gets()
+        );
+        let _ = writeln!(
+            out,
+            "| rotation storm: requests per rotation | {} | |",
+            r.per_token(s.n)
         );
     }
     out
