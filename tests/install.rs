@@ -1399,8 +1399,8 @@ async fn operator_with_namespace_scoped_chart_rbac_ignores_other_namespaces() ->
         "the unlisted namespace got a Secret"
     );
     ensure!(
-        sts.call_count() == 1,
-        "{} STS calls; expected one (the watched namespace's)",
+        sts.call_count() == 2,
+        "{} STS calls; expected two (the watched namespace's, and again once its Secret was deleted)",
         sts.call_count()
     );
 

@@ -149,6 +149,15 @@ async fn apply(
     for w in &fx.writes {
         match write_secret(ctx, f, w).await {
             Ok(m) => missed |= m,
+            // A create met a namesake the owned-Secret watch cannot see: the name is read from
+            // now on (`OwnedSecrets::unsure`), and at once, not after an error's backoff.
+            Err(kube::Error::Api(e)) if e.code == 409 && matches!(w.mode, WriteMode::Create) => {
+                if w.new_credentials {
+                    secret_write_failed(ctx, f, api, &fx, &kube::Error::Api(e), &server_status)
+                        .await;
+                }
+                return Ok(Action::requeue(Duration::from_millis(500)));
+            }
             Err(e) => {
                 if w.new_credentials {
                     secret_write_failed(ctx, f, api, &fx, &e, &server_status).await;
@@ -285,7 +294,14 @@ async fn write_secret(ctx: &Context, f: &Facts, w: &SecretWrite) -> Result<bool,
                     }
                 }
             }
-            Err(e) => Err(e),
+            Err(e) => {
+                if matches!(w.mode, WriteMode::Create) {
+                    // Refused for whatever reason (an invalid label is refused before a
+                    // namesake is looked for): what is there is read from now on.
+                    ctx.owned.unsure(&f.ns, &w.name);
+                }
+                Err(e)
+            }
         };
         match result {
             Ok(()) => return Ok(missed),
