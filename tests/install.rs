@@ -408,6 +408,11 @@ fn values_schema_rejects_bad_values_with_readable_messages() -> Result<()> {
         "allowedStsEndpoints": ["https://sts.*.amazonaws.com"], "extraArgs": ["--sts-timeout=15s"],
         "metrics": {"serviceMonitor": {"enabled": true}}, "approverRole": {"aggregateToEdit": true},
     });
+    // Without a Lease, one pod at a time: admitted with Recreate.
+    let no_lease = json!({"replicas": 1, "leaderElection": {"enabled": false}, "strategy": {"type": "Recreate"}});
+    let (_, docs) = render("r", "ns", &no_lease)?;
+    let deploy = find(&docs, "Deployment", "r-sts-session-operator")?;
+    assert_eq!(deploy["spec"]["strategy"], json!({"type": "Recreate"}));
     for values in [json!({}), good] {
         let out = helm_template("r", "ns", &values)?;
         ensure!(
@@ -437,6 +442,16 @@ fn values_schema_rejects_bad_values_with_readable_messages() -> Result<()> {
             json!({"approvalPolicy": {"validationActions": ["Deny", "Warn"]}}),
             "not both",
         ),
+        // One replica without a Lease still runs two pods side by side during a RollingUpdate.
+        (
+            json!({"replicas": 1, "leaderElection": {"enabled": false}}),
+            "leaderElection.enabled=false needs strategy.type=Recreate",
+        ),
+        (
+            json!({"replicas": 1, "leaderElection": {"enabled": false}, "strategy": {"type": "RollingUpdate"}}),
+            "leaderElection.enabled=false needs strategy.type=Recreate",
+        ),
+        (json!({"strategy": {"type": "Blue"}}), "/strategy/type"),
     ];
     for (values, expected) in cases {
         let out = helm_template("r", "ns", &values)?;

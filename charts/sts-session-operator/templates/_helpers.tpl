@@ -84,6 +84,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if and (gt (int .Values.replicas) 1) (not .Values.leaderElection.enabled) }}
 {{- fail "replicas > 1 needs leaderElection.enabled=true: without a Lease every replica would reconcile, and two replicas could race for the same MFA code" }}
 {{- end }}
+{{- if and (not .Values.leaderElection.enabled) (ne (toString (dig "type" "RollingUpdate" .Values.strategy)) "Recreate") }}
+{{- fail "leaderElection.enabled=false needs strategy.type=Recreate: with a RollingUpdate the new pod starts before the old one stops, and without a Lease both would reconcile (and could race for the same MFA code) during every rollout" }}
+{{- end }}
 {{- if and .Values.approvalPolicy.enabled (has "Deny" .Values.approvalPolicy.validationActions) (has "Warn" .Values.approvalPolicy.validationActions) }}
 {{- fail "approvalPolicy.validationActions: use Deny or Warn, not both (Kubernetes refuses the combination)" }}
 {{- end }}
