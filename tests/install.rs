@@ -503,6 +503,13 @@ async fn chart_with_default_values_applies_to_the_api_server() -> Result<()> {
             "",
             &format!("{f}-approvals"),
         ),
+        id("ClusterRole", "", &format!("{f}-restart-targets")),
+        id("ValidatingAdmissionPolicy", "", &format!("{f}-operator-writes")),
+        id(
+            "ValidatingAdmissionPolicyBinding",
+            "",
+            &format!("{f}-operator-writes"),
+        ),
     ]
     .into();
     assert_eq!(ids(&docs), expected);
@@ -555,7 +562,8 @@ async fn chart_with_default_values_applies_to_the_api_server() -> Result<()> {
 
     // The operator's ClusterRole has exactly the fixture's rules (tests/fixtures/operator-rbac.yaml,
     // what the operator's own tests grant it), except Leases, which are in the release
-    // namespace's Role, with the same verbs.
+    // namespace's Role, with the same verbs, and workloads (restart targets), which are in a
+    // ClusterRole of their own that nothing binds by default (opt-in per namespace).
     let fixture = parse_docs(&std::fs::read_to_string(
         root().join("tests/fixtures/operator-rbac.yaml"),
     )?)?;
@@ -566,6 +574,9 @@ async fn chart_with_default_values_applies_to_the_api_server() -> Result<()> {
     let (lease_rules, work_rules): (Vec<Value>, Vec<Value>) = fixture_rules
         .into_iter()
         .partition(|r| r["resources"] == json!(["leases"]));
+    let (restart_rules, work_rules): (Vec<Value>, Vec<Value>) = work_rules
+        .into_iter()
+        .partition(|r| r["apiGroups"] == json!(["apps"]));
     let sorted = |rules: &[Value]| -> Vec<String> {
         let mut v: Vec<String> = rules.iter().map(|r| r.to_string()).collect();
         v.sort();
@@ -598,17 +609,41 @@ async fn chart_with_default_values_applies_to_the_api_server() -> Result<()> {
         verbs(lease_role["rules"].as_array().unwrap()),
         verbs(&lease_rules)
     );
-    // Without restart targets, no rights on workloads.
+    // Workloads: the restart ClusterRole has the fixture's rule, and is bound nowhere by default.
+    let restart_role = find(&docs, "ClusterRole", &format!("{f}-restart-targets"))?;
+    assert_eq!(
+        sorted(restart_role["rules"].as_array().unwrap()),
+        sorted(&restart_rules)
+    );
+    assert!(
+        !chart_rules.iter().any(|r| r.to_string().contains("deployments")),
+        "the operator's ClusterRole reaches workloads: {chart_rules:?}"
+    );
+    let bound_roles: Vec<&str> = docs
+        .iter()
+        .filter(|d| s(d, "/kind").ends_with("Binding") && s(d, "/apiVersion").starts_with("rbac"))
+        .map(|d| s(d, "/roleRef/name"))
+        .collect();
+    assert!(
+        !bound_roles.contains(&format!("{f}-restart-targets").as_str()),
+        "{bound_roles:?}"
+    );
+    // Bound in listed namespaces, or (on request) cluster-wide; not shipped at all when disabled.
+    let (_, listed) = render(
+        &release,
+        &ns,
+        &json!({"rbac": {"rolloutRestartTargets": {"namespaces": ["team-a"], "clusterWide": true}}}),
+    )?;
+    let binding = find(&listed, "RoleBinding", &format!("{f}-restart-targets"))?;
+    assert_eq!(s(binding, "/metadata/namespace"), "team-a");
+    assert_eq!(s(binding, "/roleRef/kind"), "ClusterRole");
+    find(&listed, "ClusterRoleBinding", &format!("{f}-restart-targets"))?;
     let (_, no_restart) = render(
         &release,
         &ns,
-        &json!({"rbac": {"rolloutRestartTargets": false}}),
+        &json!({"rbac": {"rolloutRestartTargets": {"enabled": false}}}),
     )?;
-    let rules = find(&no_restart, "ClusterRole", &f)?["rules"].to_string();
-    assert!(
-        !rules.contains("deployments") && rules.contains("secrets"),
-        "{rules}"
-    );
+    assert!(find(&no_restart, "ClusterRole", &format!("{f}-restart-targets")).is_err());
 
     // Approvers: `approve` + get/list/watch/patch, aggregated into "admin" (not "edit") by default.
     let approve = find(&docs, "ClusterRole", &format!("{f}-approve"))?;
@@ -702,6 +737,13 @@ async fn chart_scoped_to_namespaces_has_no_cluster_wide_secret_access() -> Resul
             "ValidatingAdmissionPolicyBinding",
             "",
             &format!("{f}-approvals"),
+        ),
+        id("ClusterRole", "", &format!("{f}-restart-targets")),
+        id("ValidatingAdmissionPolicy", "", &format!("{f}-operator-writes")),
+        id(
+            "ValidatingAdmissionPolicyBinding",
+            "",
+            &format!("{f}-operator-writes"),
         ),
     ]
     .into();
@@ -829,7 +871,7 @@ async fn chart_without_approval_policy_applies() -> Result<()> {
     let ns = cp.new_namespace("install-nopolicy").await?;
     let release = release_name();
     let f = fullname(&release);
-    let values = json!({"approvalPolicy": {"enabled": false}, "replicas": 1});
+    let values = json!({"approvalPolicy": {"enabled": false}, "operatorPolicy": {"enabled": false}, "replicas": 1});
     let (docs, _cleanup) = install(cp, &release, &ns, &values).await?;
     let expected: BTreeSet<_> = [
         id("ServiceAccount", &ns, &f),
@@ -838,6 +880,7 @@ async fn chart_without_approval_policy_applies() -> Result<()> {
         id("Role", &ns, &format!("{f}-leader-election")),
         id("RoleBinding", &ns, &format!("{f}-leader-election")),
         id("ClusterRole", "", &format!("{f}-approve")),
+        id("ClusterRole", "", &format!("{f}-restart-targets")),
         id("Service", &ns, &format!("{f}-metrics")),
         id("Deployment", &ns, &f),
         // no PodDisruptionBudget with one replica, no policy
@@ -1228,10 +1271,15 @@ async fn workload(cp: &ControlPlane, prefix: &str, sts: &StsDouble) -> Result<St
 }
 
 async fn wait_issued(cp: &ControlPlane, ns: &str, op: &Operator) -> Result<()> {
+    wait_ready(cp, ns, "app", op).await
+}
+
+/// Waits for `Ready=True/Issued` on SessionToken `name`.
+async fn wait_ready(cp: &ControlPlane, ns: &str, name: &str, op: &Operator) -> Result<()> {
     let api = sessiontokens(&cp.admin_client().await?, ns);
     let deadline = tokio::time::Instant::now() + T;
     loop {
-        let st = api.get("app").await?;
+        let st = api.get(name).await?;
         let ready = condition(&st, "Ready");
         if ready == ("True".into(), "Issued".into()) {
             return Ok(());
@@ -1243,7 +1291,7 @@ async fn wait_issued(cp: &ControlPlane, ns: &str, op: &Operator) -> Result<()> {
         );
         ensure!(
             tokio::time::Instant::now() < deadline,
-            "{ns}/app not Ready=True/Issued after {T:?} (Ready={ready:?}); operator log:\n{}",
+            "{ns}/{name} not Ready=True/Issued after {T:?} (Ready={ready:?}); operator log:\n{}",
             op.process.log_tail(40)
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -1328,24 +1376,63 @@ fn forbidden_requests(
         .collect())
 }
 
+/// The real operator under the chart's ServiceAccount, RBAC and both admission policies (the
+/// approvals' and the one fencing its own writes), with restart targets bound in the workload
+/// namespace as its admins would: a non-MFA session issued and rotated (a renewal request), a
+/// Deployment restarted for each session, a role assumed and refreshed, and an MFA approval by an
+/// approver, and the audit log shows not one request of the operator refused.
 #[tokio::test]
 async fn operator_works_with_the_charts_cluster_wide_rbac() -> Result<()> {
     let cp = control_plane().await;
     let _lock = EVERY_NAMESPACE.write().await;
     let since = jiff::Timestamp::now();
-    let sts = StsDouble::start(StsDoubleConfig::default())?;
+    let sts = StsDouble::start(StsDoubleConfig {
+        returned_role_lifetime: Some(Duration::from_secs(6)),
+        ..Default::default()
+    })?;
+    let role = sts.add_role(testkit::sts_double::RoleSpec::named("deployer"));
+    let user = sts.default_user();
     let release_ns = cp.new_namespace("install-rbac").await?;
+    let ns = workload(cp, "rbac-workload", &sts).await?;
     let release = release_name();
+    let f = fullname(&release);
     let values = json!({
         "stsEndpoint": sts.endpoint(),
         "allowedStsEndpoints": ["http://127.0.0.1:*"],
         "logFormat": "text",
-        "approvalPolicy": {"enabled": false},
+        "approvalPolicy": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}},
+        "extraArgs": ["--sts-timeout=3s"],
     });
     let (docs, _cleanup) = install(cp, &release, &release_ns, &values).await?;
-    let ns = workload(cp, "rbac-workload", &sts).await?;
+    let admin = cp.admin_client().await?;
+    // The namespace's admins let the operator restart their workloads; alice approves there.
+    cp.apply_yaml(&format!(
+        r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: sts-session-operator-restarts, namespace: {ns}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: {f}-restart-targets}}
+subjects: [{{kind: ServiceAccount, name: {f}, namespace: {release_ns}}}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: alice-approves, namespace: {ns}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: {f}-approve}}
+subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: alice}}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: legacy, namespace: {ns}}}
+spec:
+  selector: {{matchLabels: {{app: legacy}}}}
+  template:
+    metadata: {{labels: {{app: legacy}}}}
+    spec: {{containers: [{{name: legacy, image: "registry.example/legacy:1"}}]}}
+"#
+    ))
+    .await?;
     let op = start_operator(cp, &docs, &release_ns, &release).await?;
-    wait_issued(cp, &ns, &op).await?;
+    wait_ready(cp, &ns, "app", &op).await?;
     assert_secret_and_event(cp, &ns).await?;
     let metrics = http_get(op.metrics_port, "/metrics").await?;
     ensure!(
@@ -1353,17 +1440,121 @@ async fn operator_works_with_the_charts_cluster_wide_rbac() -> Result<()> {
         "/metrics:\n{metrics}"
     );
     assert_lease_held(cp, &release_ns, &release).await?;
-    let sa_user = format!("system:serviceaccount:{release_ns}:{}", fullname(&release));
+
+    // A rollout restart: "app" gets a restart target; a renewal request rotates its session,
+    // and the Deployment is restarted for the new one.
+    let api = sessiontokens(&admin, &ns);
+    let key = |st: &DynamicObject| s(&serde_json::to_value(st).unwrap_or_default(), "/status/accessKeyId").to_string();
+    let first = key(&api.get("app").await?);
+    api.patch(
+        "app",
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"spec": {"rolloutRestartTargets": [{"kind": "Deployment", "name": "legacy"}]}})),
+    )
+    .await?;
+    api.patch(
+        "app",
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"metadata": {"annotations": {"stssession.dev/renew-requested-at": jiff::Timestamp::now().to_string()}}})),
+    )
+    .await?;
+    let deployments = workloads(&admin, &ns, "deployments", "Deployment");
+    let deadline = tokio::time::Instant::now() + T;
+    let second = loop {
+        let now = key(&api.get("app").await?);
+        let restarted_for = serde_json::to_value(deployments.get("legacy").await?)?
+            .pointer("/spec/template/metadata/annotations/sessiontoken.stssession.dev~1app")
+            .and_then(Value::as_str)
+            .map(String::from);
+        if now != first && restarted_for.as_deref() == Some(now.as_str()) {
+            break now;
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "no rotation with a restart (first session {first}, now {now}, the Deployment restarted for {restarted_for:?}); operator log:\n{}",
+            op.process.log_tail(40)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    eprintln!("rotated {first} -> {second}, Deployment restarted for it");
+
+    // A role, assumed and refreshed (the double returns 6 s role credentials).
+    api.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({
+            "apiVersion": "stssession.dev/v1alpha1", "kind": "SessionToken",
+            "metadata": {"name": "role"},
+            "spec": {"durationSeconds": 3600, "sourceCredentials": {"secretRef": {"name": "iam-keys"}},
+                     "assumeRole": {"roleArn": role.arn}},
+        }))?,
+    )
+    .await?;
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        let assumed = sts
+            .calls()
+            .iter()
+            .filter(|c| c.action == "AssumeRole" && c.issued_access_key_id.is_some())
+            .count();
+        if assumed >= 2 {
+            break;
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the role was not refreshed ({assumed} AssumeRole); operator log:\n{}",
+            op.process.log_tail(40)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    wait_ready(cp, &ns, "role", &op).await?;
+
+    // An MFA approval, by alice (the approver role; the approval policy in force).
+    api.create(
+        &PostParams::default(),
+        &session_token("mfa", true, json!({}))?,
+    )
+    .await?;
+    let into_window = jiff::Timestamp::now().as_millisecond().rem_euclid(30_000);
+    if into_window > 27_000 {
+        tokio::time::sleep(Duration::from_millis((30_000 - into_window + 200) as u64)).await;
+    }
+    let alice = cp.client_as("alice").await?;
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        // RBAC and the policy reach the API server's caches asynchronously.
+        match annotate(&alice, &ns, "mfa", &user.totp_code_now(), "alice").await {
+            Ok(()) => break,
+            Err(kube::Error::Api(e)) if e.code == 403 && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => bail!("alice approving: {e}"),
+        }
+    }
+    wait_ready(cp, &ns, "mfa", &op).await?;
+    let mfa = serde_json::to_value(api.get("mfa").await?)?;
+    ensure!(
+        s(&mfa, "/status/lastApproval/approvedBy") == "alice",
+        "status.lastApproval: {:?}",
+        mfa.pointer("/status/lastApproval")
+    );
+    ensure!(
+        sts.calls().iter().any(|c| c.code_accepted == Some(true)),
+        "no MFA code reached STS"
+    );
+
+    let sa_user = format!("system:serviceaccount:{release_ns}:{f}");
     let refused = forbidden_requests(cp, &sa_user, since)?;
     ensure!(
         refused.is_empty(),
-        "requests the chart's RBAC refused: {refused:#?}\noperator log:\n{}",
+        "requests the chart's RBAC or admission policies refused: {refused:#?}\noperator log:\n{}",
         op.process.log_tail(40)
     );
-    ensure!(
-        !cp.audit_events_where(since, |e| e.username() == sa_user)?
-            .is_empty(),
-        "no requests by {sa_user} in the audit log"
+    let requests = cp.audit_events_where(since, |e| e.username() == sa_user)?;
+    ensure!(!requests.is_empty(), "no requests by {sa_user} in the audit log");
+    eprintln!(
+        "the operator made {} requests, {} writes, none refused",
+        requests.len(),
+        requests.iter().filter(|e| e.is_write()).count()
     );
     Ok(())
 }
@@ -1949,6 +2140,346 @@ subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: alice}}]
             .await?
             .contains_key(CLAIMED_AT)
     );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The operator's own writes, fenced (operatorPolicy).
+
+fn workloads(client: &Client, ns: &str, plural: &str, kind: &str) -> Api<DynamicObject> {
+    let ar = kube::api::ApiResource {
+        group: "apps".into(),
+        version: "v1".into(),
+        api_version: "apps/v1".into(),
+        kind: kind.into(),
+        plural: plural.into(),
+    };
+    Api::namespaced_with(client.clone(), ns, &ar)
+}
+
+/// The operator's real ServiceAccount token, with all the RBAC the chart gives it (restart
+/// targets bound in the test's namespace), against the chart's `operatorPolicy`: every write the
+/// operator makes passes (built with the operator's own functions: the claim patches, the
+/// restart patch, its Secrets' labels), and what a stolen token would do is refused by the
+/// policy (not by RBAC: the messages name it): a Deployment's image, replicas or labels, an
+/// unlabelled Secret, a foreign Secret taken over or deleted, a SessionToken's spec or labels,
+/// a token code set.
+#[tokio::test]
+async fn operator_policy_fences_the_operators_own_writes() -> Result<()> {
+    use sts_session_operator::approval::{CLAIMED_AT_ANNOTATION, Claim};
+    use sts_session_operator::crd::{
+        APPROVED_BY_ANNOTATION, OWNER_UID_LABEL, RENEW_ANNOTATION, TOKEN_CODE_ANNOTATION,
+    };
+    let cp = control_plane().await;
+    let release_ns = cp.new_namespace("install-fence").await?;
+    let ns = cp.new_namespace("fence").await?;
+    let release = release_name();
+    let f = fullname(&release);
+    let policy = format!("{f}-operator-writes");
+    // The approval policy is scoped away from everything (it is not what this test is about).
+    let values = json!({
+        "approvalPolicy": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "nowhere"}}},
+        "rbac": {"rolloutRestartTargets": {"namespaces": [ns]}},
+    });
+    let (_docs, _cleanup) = install(cp, &release, &release_ns, &values).await?;
+    let admin = cp.admin_client().await?;
+    let token = service_account_token(cp, &release_ns, &f).await?;
+    let op = cp.client_with_token(&token).await?;
+    let pp = PatchParams {
+        field_manager: Some("sts-session-operator".into()),
+        ..Default::default()
+    };
+    let fenced = |e: &kube::core::Status, what: &str| -> Result<()> {
+        ensure!(
+            e.code == 403 && e.message.contains(&policy),
+            "{what}: refused, but not by {policy}: {e:?}"
+        );
+        Ok(())
+    };
+    let secrets_op: Api<Secret> = Api::namespaced(op.clone(), &ns);
+    let secrets_admin: Api<Secret> = Api::namespaced(admin.clone(), &ns);
+    let secret = |name: &str, ours: bool| -> Result<Secret> {
+        let labels = if ours {
+            json!({"app.kubernetes.io/managed-by": "sts-session-operator", OWNER_UID_LABEL: "0b4c-uid"})
+        } else {
+            json!({"team": "a"})
+        };
+        Ok(serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": labels},
+            "stringData": {"k": "v"},
+        }))?)
+    };
+
+    // Wait until the policy (and the RBAC) are in force: the operator creating an unlabelled
+    // Secret is refused by the policy.
+    let deadline = tokio::time::Instant::now() + T;
+    let mut n = 0;
+    let first = loop {
+        n += 1;
+        match secrets_op
+            .create(&PostParams::default(), &secret(&format!("probe-{n}"), false)?)
+            .await
+        {
+            Err(kube::Error::Api(e)) if e.message.contains("ValidatingAdmissionPolicy") => break e,
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 403 => {} // RBAC not there yet
+            Err(e) => bail!("unexpected error while waiting for the policy: {e}"),
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the operator policy never refused an unlabelled Secret"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    eprintln!("refusal: {}", first.message);
+    fenced(&first, "an unlabelled Secret")?;
+    ensure!(
+        first.message.contains("may create only Secrets labelled as its own"),
+        "{}",
+        first.message
+    );
+
+    // -- Secrets ---------------------------------------------------------------------------
+    // Its own: created, updated (server-side apply, as it writes them), deleted.
+    secrets_op
+        .create(&PostParams::default(), &secret("ours", true)?)
+        .await
+        .context("the operator creating a Secret of its own")?;
+    let mut update = secret("ours", true)?;
+    update.string_data = Some(BTreeMap::from([("k".to_string(), "v2".to_string())]));
+    secrets_op
+        .patch(
+            "ours",
+            &PatchParams::apply("sts-session-operator").force(),
+            &Patch::Apply(&update),
+        )
+        .await
+        .context("the operator updating a Secret of its own")?;
+    // A foreign Secret: not taken over (labels added), not changed, not deleted.
+    secrets_admin
+        .create(&PostParams::default(), &secret("foreign", false)?)
+        .await?;
+    let take_over = json!({"metadata": {"labels": {"app.kubernetes.io/managed-by": "sts-session-operator", OWNER_UID_LABEL: "0b4c-uid"}}, "stringData": {"k": "stolen"}});
+    let e = refused(
+        secrets_op
+            .patch("foreign", &pp, &Patch::Merge(&take_over))
+            .await
+            .map(|_| ()),
+        "the operator taking over a foreign Secret",
+    )?;
+    fenced(&e, "taking over a foreign Secret")?;
+    let e = refused(
+        secrets_op
+            .delete("foreign", &Default::default())
+            .await
+            .map(|_| ()),
+        "the operator deleting a foreign Secret",
+    )?;
+    fenced(&e, "deleting a foreign Secret")?;
+    ensure!(secrets_admin.get_opt("foreign").await?.is_some());
+    // Its own Secret may not be made foreign either (the label removed).
+    let unlabel = json!({"metadata": {"labels": {"app.kubernetes.io/managed-by": null}}});
+    let e = refused(
+        secrets_op
+            .patch("ours", &pp, &Patch::Merge(&unlabel))
+            .await
+            .map(|_| ()),
+        "the operator unlabelling its Secret",
+    )?;
+    fenced(&e, "unlabelling its own Secret")?;
+    secrets_op
+        .delete("ours", &Default::default())
+        .await
+        .context("the operator deleting a Secret of its own")?;
+
+    // -- Workloads ---------------------------------------------------------------------------
+    cp.apply_yaml(&format!(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: web, namespace: {ns}}}
+spec:
+  selector: {{matchLabels: {{app: web}}}}
+  template:
+    metadata: {{labels: {{app: web}}, annotations: {{keep: "me"}}}}
+    spec: {{containers: [{{name: web, image: "registry.example/web:1"}}]}}
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {{name: db, namespace: {ns}}}
+spec:
+  serviceName: db
+  selector: {{matchLabels: {{app: db}}}}
+  template:
+    metadata: {{labels: {{app: db}}}}
+    spec: {{containers: [{{name: db, image: "registry.example/db:1"}}]}}
+---
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {{name: agent, namespace: {ns}}}
+spec:
+  selector: {{matchLabels: {{app: agent}}}}
+  template:
+    metadata: {{labels: {{app: agent}}}}
+    spec: {{containers: [{{name: agent, image: "registry.example/agent:1"}}]}}
+"#
+    ))
+    .await?;
+    let now = jiff::Timestamp::now();
+    for (plural, kind, name, long_name) in [
+        ("deployments", "Deployment", "web", "app"),
+        ("statefulsets", "StatefulSet", "db", &*"a".repeat(200)),
+        ("daemonsets", "DaemonSet", "agent", "app"),
+    ] {
+        let api = workloads(&op, &ns, plural, kind);
+        // The restart, exactly as the operator makes it (two of them: a second SessionToken's
+        // annotation, and a long SessionToken name's hashed key).
+        for st_name in ["app", long_name] {
+            let restart = sts_session_operator::plan::restart_patch(st_name, "ASIAFENCETEST", now);
+            api.patch(name, &pp, &Patch::Merge(&restart))
+                .await
+                .with_context(|| format!("the operator restarting {kind} {name}"))?;
+        }
+        // Anything else: refused.
+        let image = json!({"spec": {"template": {"spec": {"containers": [{"name": name, "image": "evil.example/x:1"}]}}}});
+        let e = refused(
+            api.patch(name, &pp, &Patch::Strategic(&image))
+                .await
+                .map(|_| ()),
+            &format!("the operator changing {kind} {name}'s image"),
+        )?;
+        fenced(&e, "an image")?;
+        ensure!(
+            e.message.contains("may only restart"),
+            "{}",
+            e.message
+        );
+        let sneak = json!({"spec": {"template": {"metadata": {"annotations": {"stssession.dev/restartedAt": "2026-01-01T00:00:00Z", "other": "x"}}}}});
+        let e = refused(
+            api.patch(name, &pp, &Patch::Merge(&sneak)).await.map(|_| ()),
+            &format!("the operator adding another template annotation to {kind} {name}"),
+        )?;
+        fenced(&e, "another template annotation")?;
+        let label = json!({"metadata": {"labels": {"owned": "by-operator"}}});
+        let e = refused(
+            api.patch(name, &pp, &Patch::Merge(&label)).await.map(|_| ()),
+            &format!("the operator labelling {kind} {name}"),
+        )?;
+        fenced(&e, "a workload label")?;
+    }
+    let deployments = workloads(&op, &ns, "deployments", "Deployment");
+    for (what, patch) in [
+        ("replicas", json!({"spec": {"replicas": 5}})),
+        ("the service account", json!({"spec": {"template": {"spec": {"serviceAccountName": "default"}}}})),
+        ("a template annotation removed", json!({"spec": {"template": {"metadata": {"annotations": {"keep": null}}}}})),
+    ] {
+        let e = refused(
+            deployments
+                .patch("web", &pp, &Patch::Merge(&patch))
+                .await
+                .map(|_| ()),
+            &format!("the operator changing the Deployment's {what}"),
+        )?;
+        fenced(&e, what)?;
+    }
+    let web = workloads(&admin, &ns, "deployments", "Deployment").get("web").await?;
+    let web = serde_json::to_value(&web)?;
+    assert_eq!(
+        web.pointer("/spec/template/spec/containers/0/image"),
+        Some(&json!("registry.example/web:1"))
+    );
+    assert_eq!(
+        web.pointer("/spec/template/metadata/annotations/sessiontoken.stssession.dev~1app"),
+        Some(&json!("ASIAFENCETEST"))
+    );
+    // Other users are not fenced.
+    let image = json!({"spec": {"template": {"spec": {"containers": [{"name": "web", "image": "registry.example/web:2"}]}}}});
+    workloads(&admin, &ns, "deployments", "Deployment")
+        .patch("web", &PatchParams::default(), &Patch::Strategic(&image))
+        .await
+        .context("admin changing the image")?;
+
+    // -- SessionTokens -----------------------------------------------------------------------
+    let admin_sts = sessiontokens(&admin, &ns);
+    admin_sts
+        .create(
+            &PostParams::default(),
+            &session_token(
+                "st",
+                true,
+                json!({TOKEN_CODE_ANNOTATION: "123456", APPROVED_BY_ANNOTATION: "admin", "keep": "me"}),
+            )?,
+        )
+        .await?;
+    let op_sts = sessiontokens(&op, &ns);
+    for (what, patch) in [
+        ("spec", json!({"spec": {"durationSeconds": 7200}})),
+        ("spec (the source Secret)", json!({"spec": {"sourceCredentials": {"secretRef": {"name": "foreign"}}}})),
+        ("labels", json!({"metadata": {"labels": {"x": "y"}}})),
+        ("another annotation", json!({"metadata": {"annotations": {"keep": null}}})),
+        ("a token code", json!({"metadata": {"annotations": {TOKEN_CODE_ANNOTATION: "654321"}}})),
+    ] {
+        let e = refused(
+            op_sts.patch("st", &pp, &Patch::Merge(&patch)).await.map(|_| ()),
+            &format!("the operator changing a SessionToken's {what}"),
+        )?;
+        fenced(&e, what)?;
+        ensure!(e.message.contains("may only claim"), "{}", e.message);
+    }
+    // The claim, as the operator builds it.
+    let rv = admin_sts.get("st").await?.resource_version().unwrap_or_default();
+    let claim = Claim::new(
+        TOKEN_CODE_ANNOTATION,
+        &rv,
+        &[APPROVED_BY_ANNOTATION],
+        Some((CLAIMED_AT_ANNOTATION, jiff::Timestamp::now().to_string())),
+    );
+    let patch: json_patch::Patch = serde_json::from_value(claim.patch.clone())?;
+    op_sts
+        .patch("st", &pp, &Patch::<()>::Json(patch))
+        .await
+        .context("the operator's claim")?;
+    let a = annotations(&admin, &ns, "st").await?;
+    ensure!(
+        !a.contains_key(TOKEN_CODE_ANNOTATION) && a.contains_key(CLAIMED_AT_ANNOTATION) && a.contains_key("keep"),
+        "{a:?}"
+    );
+    // A renewal request claimed.
+    admin_sts
+        .patch(
+            "st",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"metadata": {"annotations": {RENEW_ANNOTATION: "2026-01-01T00:00:00Z"}}})),
+        )
+        .await?;
+    let rv = admin_sts.get("st").await?.resource_version().unwrap_or_default();
+    let claim = Claim::new(RENEW_ANNOTATION, &rv, &[], None);
+    let patch: json_patch::Patch = serde_json::from_value(claim.patch.clone())?;
+    op_sts
+        .patch("st", &pp, &Patch::<()>::Json(patch))
+        .await
+        .context("the operator claiming a renewal request")?;
+    // Status: not fenced.
+    op_sts
+        .patch_status(
+            "st",
+            &PatchParams::apply("sts-session-operator").force(),
+            &Patch::Apply(&json!({
+                "apiVersion": "stssession.dev/v1alpha1", "kind": "SessionToken",
+                "status": {"observedGeneration": 1},
+            })),
+        )
+        .await
+        .context("the operator writing status")?;
+    // Nor may it create or delete one.
+    let e = refused(
+        op_sts
+            .delete("st", &Default::default())
+            .await
+            .map(|_| ()),
+        "the operator deleting a SessionToken",
+    )?;
+    ensure!(e.code == 403, "{e:?}"); // RBAC: it has no delete
     Ok(())
 }
 

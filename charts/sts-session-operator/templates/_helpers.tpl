@@ -72,11 +72,13 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
-{{- if .Values.rbac.rolloutRestartTargets }}
+{{- end }}
+
+{{/* Restarting workloads after a rotation (spec.rolloutRestartTargets): opt-in per namespace. */}}
+{{- define "sts-session-operator.restartRules" -}}
 - apiGroups: ["apps"]
   resources: ["deployments", "statefulsets", "daemonsets"]
   verbs: ["get", "patch"]  # spec.rolloutRestartTargets: restarting workloads after a rotation
-{{- end }}
 {{- end }}
 
 {{/* Refuses combinations that would break at run time. */}}
@@ -118,4 +120,10 @@ the prometheus-operator's PrometheusRule. */}}
 {{/* The `job` label of the operator's scrape target (a ServiceMonitor's: the Service's name). */}}
 {{- define "sts-session-operator.job" -}}
 {{- default (printf "%s-metrics" (include "sts-session-operator.fullname" .)) .Values.alerts.job }}
+{{- end }}
+
+{{/* CEL: the field at this path (below object/oldObject) is the same before and after an
+update: both absent, or both present and equal. */}}
+{{- define "sts-session-operator.same" -}}
+(has(object.{{ . }}) == has(oldObject.{{ . }}) && (!has(object.{{ . }}) || object.{{ . }} == oldObject.{{ . }}))
 {{- end }}
