@@ -504,7 +504,11 @@ async fn chart_with_default_values_applies_to_the_api_server() -> Result<()> {
             &format!("{f}-approvals"),
         ),
         id("ClusterRole", "", &format!("{f}-restart-targets")),
-        id("ValidatingAdmissionPolicy", "", &format!("{f}-operator-writes")),
+        id(
+            "ValidatingAdmissionPolicy",
+            "",
+            &format!("{f}-operator-writes"),
+        ),
         id(
             "ValidatingAdmissionPolicyBinding",
             "",
@@ -616,7 +620,9 @@ async fn chart_with_default_values_applies_to_the_api_server() -> Result<()> {
         sorted(&restart_rules)
     );
     assert!(
-        !chart_rules.iter().any(|r| r.to_string().contains("deployments")),
+        !chart_rules
+            .iter()
+            .any(|r| r.to_string().contains("deployments")),
         "the operator's ClusterRole reaches workloads: {chart_rules:?}"
     );
     let bound_roles: Vec<&str> = docs
@@ -637,7 +643,11 @@ async fn chart_with_default_values_applies_to_the_api_server() -> Result<()> {
     let binding = find(&listed, "RoleBinding", &format!("{f}-restart-targets"))?;
     assert_eq!(s(binding, "/metadata/namespace"), "team-a");
     assert_eq!(s(binding, "/roleRef/kind"), "ClusterRole");
-    find(&listed, "ClusterRoleBinding", &format!("{f}-restart-targets"))?;
+    find(
+        &listed,
+        "ClusterRoleBinding",
+        &format!("{f}-restart-targets"),
+    )?;
     let (_, no_restart) = render(
         &release,
         &ns,
@@ -739,7 +749,11 @@ async fn chart_scoped_to_namespaces_has_no_cluster_wide_secret_access() -> Resul
             &format!("{f}-approvals"),
         ),
         id("ClusterRole", "", &format!("{f}-restart-targets")),
-        id("ValidatingAdmissionPolicy", "", &format!("{f}-operator-writes")),
+        id(
+            "ValidatingAdmissionPolicy",
+            "",
+            &format!("{f}-operator-writes"),
+        ),
         id(
             "ValidatingAdmissionPolicyBinding",
             "",
@@ -1444,12 +1458,20 @@ spec:
     // A rollout restart: "app" gets a restart target; a renewal request rotates its session,
     // and the Deployment is restarted for the new one.
     let api = sessiontokens(&admin, &ns);
-    let key = |st: &DynamicObject| s(&serde_json::to_value(st).unwrap_or_default(), "/status/accessKeyId").to_string();
+    let key = |st: &DynamicObject| {
+        s(
+            &serde_json::to_value(st).unwrap_or_default(),
+            "/status/accessKeyId",
+        )
+        .to_string()
+    };
     let first = key(&api.get("app").await?);
     api.patch(
         "app",
         &PatchParams::default(),
-        &Patch::Merge(&json!({"spec": {"rolloutRestartTargets": [{"kind": "Deployment", "name": "legacy"}]}})),
+        &Patch::Merge(
+            &json!({"spec": {"rolloutRestartTargets": [{"kind": "Deployment", "name": "legacy"}]}}),
+        ),
     )
     .await?;
     api.patch(
@@ -1550,7 +1572,10 @@ spec:
         op.process.log_tail(40)
     );
     let requests = cp.audit_events_where(since, |e| e.username() == sa_user)?;
-    ensure!(!requests.is_empty(), "no requests by {sa_user} in the audit log");
+    ensure!(
+        !requests.is_empty(),
+        "no requests by {sa_user} in the audit log"
+    );
     eprintln!(
         "the operator made {} requests, {} writes, none refused",
         requests.len(),
@@ -2217,7 +2242,10 @@ async fn operator_policy_fences_the_operators_own_writes() -> Result<()> {
     let first = loop {
         n += 1;
         match secrets_op
-            .create(&PostParams::default(), &secret(&format!("probe-{n}"), false)?)
+            .create(
+                &PostParams::default(),
+                &secret(&format!("probe-{n}"), false)?,
+            )
             .await
         {
             Err(kube::Error::Api(e)) if e.message.contains("ValidatingAdmissionPolicy") => break e,
@@ -2234,7 +2262,9 @@ async fn operator_policy_fences_the_operators_own_writes() -> Result<()> {
     eprintln!("refusal: {}", first.message);
     fenced(&first, "an unlabelled Secret")?;
     ensure!(
-        first.message.contains("may create only Secrets labelled as its own"),
+        first
+            .message
+            .contains("may create only Secrets labelled as its own"),
         "{}",
         first.message
     );
@@ -2349,20 +2379,20 @@ spec:
             &format!("the operator changing {kind} {name}'s image"),
         )?;
         fenced(&e, "an image")?;
-        ensure!(
-            e.message.contains("may only restart"),
-            "{}",
-            e.message
-        );
+        ensure!(e.message.contains("may only restart"), "{}", e.message);
         let sneak = json!({"spec": {"template": {"metadata": {"annotations": {"stssession.dev/restartedAt": "2026-01-01T00:00:00Z", "other": "x"}}}}});
         let e = refused(
-            api.patch(name, &pp, &Patch::Merge(&sneak)).await.map(|_| ()),
+            api.patch(name, &pp, &Patch::Merge(&sneak))
+                .await
+                .map(|_| ()),
             &format!("the operator adding another template annotation to {kind} {name}"),
         )?;
         fenced(&e, "another template annotation")?;
         let label = json!({"metadata": {"labels": {"owned": "by-operator"}}});
         let e = refused(
-            api.patch(name, &pp, &Patch::Merge(&label)).await.map(|_| ()),
+            api.patch(name, &pp, &Patch::Merge(&label))
+                .await
+                .map(|_| ()),
             &format!("the operator labelling {kind} {name}"),
         )?;
         fenced(&e, "a workload label")?;
@@ -2370,8 +2400,14 @@ spec:
     let deployments = workloads(&op, &ns, "deployments", "Deployment");
     for (what, patch) in [
         ("replicas", json!({"spec": {"replicas": 5}})),
-        ("the service account", json!({"spec": {"template": {"spec": {"serviceAccountName": "default"}}}})),
-        ("a template annotation removed", json!({"spec": {"template": {"metadata": {"annotations": {"keep": null}}}}})),
+        (
+            "the service account",
+            json!({"spec": {"template": {"spec": {"serviceAccountName": "default"}}}}),
+        ),
+        (
+            "a template annotation removed",
+            json!({"spec": {"template": {"metadata": {"annotations": {"keep": null}}}}}),
+        ),
     ] {
         let e = refused(
             deployments
@@ -2382,7 +2418,9 @@ spec:
         )?;
         fenced(&e, what)?;
     }
-    let web = workloads(&admin, &ns, "deployments", "Deployment").get("web").await?;
+    let web = workloads(&admin, &ns, "deployments", "Deployment")
+        .get("web")
+        .await?;
     let web = serde_json::to_value(&web)?;
     assert_eq!(
         web.pointer("/spec/template/spec/containers/0/image"),
@@ -2414,20 +2452,36 @@ spec:
     let op_sts = sessiontokens(&op, &ns);
     for (what, patch) in [
         ("spec", json!({"spec": {"durationSeconds": 7200}})),
-        ("spec (the source Secret)", json!({"spec": {"sourceCredentials": {"secretRef": {"name": "foreign"}}}})),
+        (
+            "spec (the source Secret)",
+            json!({"spec": {"sourceCredentials": {"secretRef": {"name": "foreign"}}}}),
+        ),
         ("labels", json!({"metadata": {"labels": {"x": "y"}}})),
-        ("another annotation", json!({"metadata": {"annotations": {"keep": null}}})),
-        ("a token code", json!({"metadata": {"annotations": {TOKEN_CODE_ANNOTATION: "654321"}}})),
+        (
+            "another annotation",
+            json!({"metadata": {"annotations": {"keep": null}}}),
+        ),
+        (
+            "a token code",
+            json!({"metadata": {"annotations": {TOKEN_CODE_ANNOTATION: "654321"}}}),
+        ),
     ] {
         let e = refused(
-            op_sts.patch("st", &pp, &Patch::Merge(&patch)).await.map(|_| ()),
+            op_sts
+                .patch("st", &pp, &Patch::Merge(&patch))
+                .await
+                .map(|_| ()),
             &format!("the operator changing a SessionToken's {what}"),
         )?;
         fenced(&e, what)?;
         ensure!(e.message.contains("may only claim"), "{}", e.message);
     }
     // The claim, as the operator builds it.
-    let rv = admin_sts.get("st").await?.resource_version().unwrap_or_default();
+    let rv = admin_sts
+        .get("st")
+        .await?
+        .resource_version()
+        .unwrap_or_default();
     let claim = Claim::new(
         TOKEN_CODE_ANNOTATION,
         &rv,
@@ -2441,7 +2495,9 @@ spec:
         .context("the operator's claim")?;
     let a = annotations(&admin, &ns, "st").await?;
     ensure!(
-        !a.contains_key(TOKEN_CODE_ANNOTATION) && a.contains_key(CLAIMED_AT_ANNOTATION) && a.contains_key("keep"),
+        !a.contains_key(TOKEN_CODE_ANNOTATION)
+            && a.contains_key(CLAIMED_AT_ANNOTATION)
+            && a.contains_key("keep"),
         "{a:?}"
     );
     // A renewal request claimed.
@@ -2449,10 +2505,16 @@ spec:
         .patch(
             "st",
             &PatchParams::default(),
-            &Patch::Merge(&json!({"metadata": {"annotations": {RENEW_ANNOTATION: "2026-01-01T00:00:00Z"}}})),
+            &Patch::Merge(
+                &json!({"metadata": {"annotations": {RENEW_ANNOTATION: "2026-01-01T00:00:00Z"}}}),
+            ),
         )
         .await?;
-    let rv = admin_sts.get("st").await?.resource_version().unwrap_or_default();
+    let rv = admin_sts
+        .get("st")
+        .await?
+        .resource_version()
+        .unwrap_or_default();
     let claim = Claim::new(RENEW_ANNOTATION, &rv, &[], None);
     let patch: json_patch::Patch = serde_json::from_value(claim.patch.clone())?;
     op_sts
@@ -2473,10 +2535,7 @@ spec:
         .context("the operator writing status")?;
     // Nor may it create or delete one.
     let e = refused(
-        op_sts
-            .delete("st", &Default::default())
-            .await
-            .map(|_| ()),
+        op_sts.delete("st", &Default::default()).await.map(|_| ()),
         "the operator deleting a SessionToken",
     )?;
     ensure!(e.code == 403, "{e:?}"); // RBAC: it has no delete

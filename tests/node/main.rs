@@ -309,7 +309,13 @@ async fn scenario(cp: &ControlPlane, admin: &Client, node: &Node, images: &Image
     // docs/rbac-and-approvals.md), as the docs say.
     run_ok(
         Command::new(kubectl()?)
-            .args(["create", "rolebinding", "sts-session-operator-restarts", "-n", ns])
+            .args([
+                "create",
+                "rolebinding",
+                "sts-session-operator-restarts",
+                "-n",
+                ns,
+            ])
             .arg(format!("--clusterrole={fullname}-restart-targets"))
             .arg(format!("--serviceaccount={release_ns}:{fullname}"))
             .arg("--kubeconfig")
