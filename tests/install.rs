@@ -504,6 +504,9 @@ async fn chart_with_default_values_applies_to_the_api_server() -> Result<()> {
             &format!("{f}-approvals"),
         ),
         id("ClusterRole", "", &format!("{f}-restart-targets")),
+        id("ClusterRole", "", &format!("{f}-metrics-auth")),
+        id("ClusterRoleBinding", "", &format!("{f}-metrics-auth")),
+        id("ClusterRole", "", &format!("{f}-metrics-reader")),
         id(
             "ValidatingAdmissionPolicy",
             "",
@@ -536,6 +539,7 @@ async fn chart_with_default_values_applies_to_the_api_server() -> Result<()> {
         "--default-region=us-east-1",
         "--log-format=json",
         "--leader-election=true",
+        "--metrics-auth=true",
         &format!("--lease-name={f}"),
     ] {
         assert!(args.contains(&a), "{a} missing from {args:?}");
@@ -749,6 +753,9 @@ async fn chart_scoped_to_namespaces_has_no_cluster_wide_secret_access() -> Resul
             &format!("{f}-approvals"),
         ),
         id("ClusterRole", "", &format!("{f}-restart-targets")),
+        id("ClusterRole", "", &format!("{f}-metrics-auth")),
+        id("ClusterRoleBinding", "", &format!("{f}-metrics-auth")),
+        id("ClusterRole", "", &format!("{f}-metrics-reader")),
         id(
             "ValidatingAdmissionPolicy",
             "",
@@ -787,9 +794,24 @@ async fn chart_scoped_to_namespaces_has_no_cluster_wide_secret_access() -> Resul
             s(d, "/metadata/name")
         );
     }
-    assert!(
-        !docs.iter().any(|d| s(d, "/kind") == "ClusterRoleBinding"),
-        "no ClusterRoleBinding in namespace-scoped mode"
+    // The one ClusterRoleBinding: reviewing /metrics readers' tokens (TokenReview,
+    // SubjectAccessReview), nothing else.
+    let crbs: Vec<&str> = docs
+        .iter()
+        .filter(|d| s(d, "/kind") == "ClusterRoleBinding")
+        .map(|d| s(d, "/metadata/name"))
+        .collect();
+    assert_eq!(
+        crbs,
+        [format!("{f}-metrics-auth")],
+        "ClusterRoleBindings in namespace-scoped mode"
+    );
+    assert_eq!(
+        find(&docs, "ClusterRole", &format!("{f}-metrics-auth"))?["rules"],
+        json!([
+            {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
+            {"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"], "verbs": ["create"]},
+        ])
     );
 
     // On the server: no ClusterRole of this release grants Secrets, and the ServiceAccount may
@@ -895,6 +917,9 @@ async fn chart_without_approval_policy_applies() -> Result<()> {
         id("RoleBinding", &ns, &format!("{f}-leader-election")),
         id("ClusterRole", "", &format!("{f}-approve")),
         id("ClusterRole", "", &format!("{f}-restart-targets")),
+        id("ClusterRole", "", &format!("{f}-metrics-auth")),
+        id("ClusterRoleBinding", "", &format!("{f}-metrics-auth")),
+        id("ClusterRole", "", &format!("{f}-metrics-reader")),
         id("Service", &ns, &format!("{f}-metrics")),
         id("Deployment", &ns, &f),
         // no PodDisruptionBudget with one replica, no policy
@@ -1230,6 +1255,29 @@ async fn http_get(port: u16, path: &str) -> Result<String> {
     Ok(format!("{status}\n{body}"))
 }
 
+/// [`http_get`] with `Authorization: Bearer TOKEN` if given: "STATUS\nBODY".
+async fn http_get_auth(port: u16, path: &str, token: Option<&str>) -> Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Connection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await?;
+    let mut buf = String::new();
+    stream.read_to_string(&mut buf).await?;
+    let status = buf.split(' ').nth(1).unwrap_or("").to_string();
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok(format!("{status}\n{body}"))
+}
+
 fn sessiontokens(client: &Client, ns: &str) -> Api<DynamicObject> {
     let ar = kube::api::ApiResource {
         group: "stssession.dev".into(),
@@ -1448,10 +1496,11 @@ spec:
     let op = start_operator(cp, &docs, &release_ns, &release).await?;
     wait_ready(cp, &ns, "app", &op).await?;
     assert_secret_and_event(cp, &ns).await?;
-    let metrics = http_get(op.metrics_port, "/metrics").await?;
+    // /metrics needs a reader's token (admin's client certificate is no token: a test user).
+    let metrics = http_get_auth(op.metrics_port, "/metrics", None).await?;
     ensure!(
-        metrics.starts_with("200") && metrics.contains("sts_session_ready_status"),
-        "/metrics:\n{metrics}"
+        metrics.starts_with("401"),
+        "/metrics without a token:\n{metrics}"
     );
     assert_lease_held(cp, &release_ns, &release).await?;
 
@@ -1641,6 +1690,140 @@ async fn operator_with_namespace_scoped_chart_rbac_ignores_other_namespaces() ->
     Ok(())
 }
 
+/// `/metrics` as the chart serves it (kubebuilder's secure metrics): 401 without a token or with
+/// one the API server does not know, 403 for users without `get` on the non-resource URL
+/// `/metrics` (a test user, a ServiceAccount), 200 for a ServiceAccount bound to the chart's
+/// `metrics-reader` ClusterRole; `/healthz` and `/readyz` open. The answers are kept: more
+/// scrapes with the same token cost no more TokenReviews (audit log).
+#[tokio::test]
+async fn metrics_are_served_only_to_authorized_readers() -> Result<()> {
+    let cp = control_plane().await;
+    let _lock = EVERY_NAMESPACE.read().await;
+    let sts = StsDouble::start(StsDoubleConfig::default())?;
+    let release_ns = cp.new_namespace("install-metrics").await?;
+    let ns = workload(cp, "metrics-workload", &sts).await?;
+    let release = release_name();
+    let f = fullname(&release);
+    let values = json!({
+        "watchNamespaces": [ns],
+        "stsEndpoint": sts.endpoint(),
+        "allowedStsEndpoints": ["http://127.0.0.1:*"],
+        "logFormat": "text",
+        "approvalPolicy": {"enabled": false},
+    });
+    let (docs, _cleanup) = install(cp, &release, &release_ns, &values).await?;
+    let binding = json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": format!("{release}-scraper")},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": format!("{f}-metrics-reader")},
+        "subjects": [{"kind": "ServiceAccount", "name": "scraper", "namespace": release_ns}],
+    });
+    let _binding_cleanup = Cleanup {
+        kubeconfig: cp.admin_kubeconfig().to_path_buf(),
+        objects: vec![binding.clone()],
+    };
+    cp.apply_yaml(&format!(
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: scraper, namespace: {release_ns}}}\n---\n\
+         apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: stranger, namespace: {release_ns}}}\n---\n{}",
+        serde_json::to_string(&binding)?
+    ))
+    .await?;
+    // RBAC reaches the authorizer's cache asynchronously: wait until it says yes for the scraper
+    // (a refusal would be kept by the operator for 30 s).
+    let admin = cp.admin_client().await?;
+    let scraper_user = format!("system:serviceaccount:{release_ns}:scraper");
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        let sar: SubjectAccessReview = serde_json::from_value(json!({"spec": {
+            "user": scraper_user,
+            "groups": ["system:serviceaccounts", format!("system:serviceaccounts:{release_ns}"), "system:authenticated"],
+            "nonResourceAttributes": {"path": "/metrics", "verb": "get"},
+        }}))?;
+        let answer = Api::<SubjectAccessReview>::all(admin.clone())
+            .create(&PostParams::default(), &sar)
+            .await?;
+        if answer.status.is_some_and(|s| s.allowed) {
+            break;
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the scraper's binding never took effect"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let op = start_operator(cp, &docs, &release_ns, &release).await?;
+    wait_issued(cp, &ns, &op).await?;
+    let port = op.metrics_port;
+
+    for path in ["/healthz", "/readyz"] {
+        let r = http_get_auth(port, path, None).await?;
+        ensure!(r.starts_with("200"), "{path} without a token:\n{r}");
+    }
+    let status = |r: &str| r.split('\n').next().unwrap_or_default().to_string();
+    let r = http_get_auth(port, "/metrics", None).await?;
+    ensure!(
+        status(&r) == "401" && !r.contains("sts_session"),
+        "no token:\n{r}"
+    );
+    let r = http_get_auth(port, "/metrics", Some("not-a-token-the-api-server-knows")).await?;
+    ensure!(status(&r) == "401", "an unknown token:\n{r}");
+    let mallory = testkit::control_plane::token_for("mallory");
+    let r = http_get_auth(port, "/metrics", Some(&mallory)).await?;
+    ensure!(
+        status(&r) == "403" && !r.contains("sts_session"),
+        "mallory:\n{r}"
+    );
+    let stranger = service_account_token(cp, &release_ns, "stranger").await?;
+    let r = http_get_auth(port, "/metrics", Some(&stranger)).await?;
+    ensure!(
+        status(&r) == "403",
+        "a ServiceAccount without the role:\n{r}"
+    );
+    let since = jiff::Timestamp::now();
+    let scraper = service_account_token(cp, &release_ns, "scraper").await?;
+    let r = http_get_auth(port, "/metrics", Some(&scraper)).await?;
+    ensure!(
+        status(&r) == "200" && r.contains("sts_session_ready_status"),
+        "the metrics reader:\n{r}"
+    );
+
+    // Kept: five more scrapes within 30 s, no more reviews.
+    let sa_user = format!("system:serviceaccount:{release_ns}:{f}");
+    let reviews = || -> Result<usize> {
+        Ok(cp
+            .audit_events_where(since, |e| {
+                e.username() == sa_user && e.resource() == "tokenreviews" && e.verb == "create"
+            })?
+            .len())
+    };
+    cp.wait_for_audit_event(since, T, |e| {
+        e.username() == sa_user && e.resource() == "tokenreviews"
+    })
+    .await?;
+    let first = reviews()?;
+    for _ in 0..5 {
+        let r = http_get_auth(port, "/metrics", Some(&scraper)).await?;
+        ensure!(status(&r) == "200", "a repeated scrape:\n{r}");
+    }
+    // Refusals are kept too.
+    for _ in 0..3 {
+        let r = http_get_auth(port, "/metrics", Some(&stranger)).await?;
+        ensure!(status(&r) == "403", "a repeated refusal:\n{r}");
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = reviews()?;
+    eprintln!(
+        "TokenReviews: {first} for the first scrape, {after} after 5 more scrapes and 3 more refusals"
+    );
+    ensure!(
+        first == 1 && after == first,
+        "answers not kept: {first} TokenReviews for the first scrape, {after} after 8 more requests"
+    );
+    let refused = forbidden_requests(cp, &sa_user, since)?;
+    ensure!(refused.is_empty(), "requests refused: {refused:#?}");
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------------------
 // Guarded approvals.
 
@@ -1691,7 +1874,8 @@ async fn approval_policy_admits_only_approvers_naming_themselves() -> Result<()>
     let (_docs, _cleanup) = install(cp, &release, &release_ns, &values).await?;
     let admin = cp.admin_client().await?;
 
-    // alice: the chart's approver ClusterRole, in this namespace. bob: get/list/patch, no approve.
+    // alice: the chart's approver ClusterRole, in this namespace. bob: an editor (get/list/patch/
+    // update), no approve.
     cp.apply_yaml(&format!(
         r#"
 apiVersion: rbac.authorization.k8s.io/v1
@@ -1706,7 +1890,7 @@ metadata: {{name: sessiontoken-editor, namespace: {ns}}}
 rules:
   - apiGroups: [stssession.dev]
     resources: [sessiontokens]
-    verbs: [get, list, patch]
+    verbs: [get, list, patch, update]
 ---
 apiVersion: rbac.authorization.k8s.io/v1
 kind: RoleBinding
@@ -1793,12 +1977,66 @@ subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: bob}}]
             .contains_key(CODE)
     );
 
-    // 3. bob may patch SessionTokens (a label is fine) but not approve.
+    // 1b. Approving is all alice may do: her `patch` does not reach the spec, labels or other
+    // annotations (that needs `update`), not even alongside an approval.
+    for (what, patch) in [
+        (
+            "the role",
+            json!({"spec": {"assumeRole": {"roleArn": "arn:aws:iam::123456789012:role/admin"}}}),
+        ),
+        (
+            "the source Secret",
+            json!({"spec": {"sourceCredentials": {"secretRef": {"name": "other-keys"}}}}),
+        ),
+        (
+            "the restart targets",
+            json!({"spec": {"rolloutRestartTargets": [{"kind": "Deployment", "name": "anything"}]}}),
+        ),
+        (
+            "a label",
+            json!({"metadata": {"labels": {"touched-by": "alice"}}}),
+        ),
+        (
+            "another annotation",
+            json!({"metadata": {"annotations": {"note": "x"}}}),
+        ),
+        (
+            "the role, with an approval",
+            json!({"metadata": {"annotations": {CODE: "246810", APPROVED_BY: "alice"}}, "spec": {"durationSeconds": 900}}),
+        ),
+    ] {
+        let e = refused(
+            sessiontokens(&alice, &ns)
+                .patch("alice-ok", &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .map(|_| ()),
+            &format!("alice (approver) changing {what}"),
+        )?;
+        assert_eq!(e.code, 403, "{e:?}");
+        assert!(
+            e.message.contains(&format!(r#"user "alice" may not change SessionToken {ns}/alice-ok beyond the stssession.dev/token-code and stssession.dev/approved-by annotations: that needs the verb "update""#)),
+            "{what}: {}",
+            e.message
+        );
+    }
+    let st = serde_json::to_value(sts_api.get("alice-ok").await?)?;
+    assert_eq!(st["spec"]["durationSeconds"], 3600);
+    assert!(st.pointer("/spec/assumeRole").is_none(), "{st}");
+
+    // 3. bob (an editor) may change SessionTokens (a label, the spec) but not approve.
     let label = json!({"metadata": {"labels": {"touched-by": "bob"}}});
     sessiontokens(&bob, &ns)
         .patch("bob", &PatchParams::default(), &Patch::Merge(&label))
         .await
         .context("bob labelling")?;
+    sessiontokens(&bob, &ns)
+        .patch(
+            "bob",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"durationSeconds": 7200}})),
+        )
+        .await
+        .context("bob (editor) changing the spec")?;
     let e = refused(
         annotate(&bob, &ns, "bob", "345678", "bob").await,
         "bob approving",
