@@ -504,6 +504,7 @@ async fn chart_with_default_values_applies_to_the_api_server() -> Result<()> {
             &format!("{f}-approvals"),
         ),
         id("ClusterRole", "", &format!("{f}-restart-targets")),
+        id("ClusterRole", "", &format!("{f}-edit")),
         id("ClusterRole", "", &format!("{f}-metrics-auth")),
         id("ClusterRoleBinding", "", &format!("{f}-metrics-auth")),
         id("ClusterRole", "", &format!("{f}-metrics-reader")),
@@ -753,6 +754,7 @@ async fn chart_scoped_to_namespaces_has_no_cluster_wide_secret_access() -> Resul
             &format!("{f}-approvals"),
         ),
         id("ClusterRole", "", &format!("{f}-restart-targets")),
+        id("ClusterRole", "", &format!("{f}-edit")),
         id("ClusterRole", "", &format!("{f}-metrics-auth")),
         id("ClusterRoleBinding", "", &format!("{f}-metrics-auth")),
         id("ClusterRole", "", &format!("{f}-metrics-reader")),
@@ -917,6 +919,7 @@ async fn chart_without_approval_policy_applies() -> Result<()> {
         id("RoleBinding", &ns, &format!("{f}-leader-election")),
         id("ClusterRole", "", &format!("{f}-approve")),
         id("ClusterRole", "", &format!("{f}-restart-targets")),
+        id("ClusterRole", "", &format!("{f}-edit")),
         id("ClusterRole", "", &format!("{f}-metrics-auth")),
         id("ClusterRoleBinding", "", &format!("{f}-metrics-auth")),
         id("ClusterRole", "", &format!("{f}-metrics-reader")),
@@ -2777,6 +2780,470 @@ spec:
         "the operator deleting a SessionToken",
     )?;
     ensure!(e.code == 403, "{e:?}"); // RBAC: it has no delete
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The table of docs/rbac-and-approvals.md ("Who may do what"), cell by cell.
+
+/// One identity of the table: a client with its real ServiceAccount token, and its user name.
+struct Who {
+    column: &'static str,
+    client: Client,
+    user: String,
+    groups: Vec<String>,
+}
+
+/// The table's rows: (the first cell, word for word, what the test does for it).
+const TABLE_ROWS: &[(&str, &str)] = &[
+    ("read SessionTokens", "read"),
+    (
+        "approve: set `stssession.dev/token-code` and `stssession.dev/approved-by` naming oneself",
+        "approve",
+    ),
+    (
+        "withdraw a pending approval (remove both annotations)",
+        "withdraw",
+    ),
+    (
+        "change a SessionToken's spec (role, source Secret, restart targets, ...)",
+        "spec",
+    ),
+    (
+        "change a SessionToken's labels or other annotations",
+        "labels",
+    ),
+    ("create or delete SessionTokens", "create-delete"),
+    (
+        "mark a claim: set `stssession.dev/token-code-claimed-at`",
+        "mark",
+    ),
+    ("write a SessionToken's status", "status"),
+    ("update a Secret labelled as the operator's", "our-secret"),
+    (
+        "update any other Secret (e.g. the IAM keys)",
+        "other-secret",
+    ),
+    (
+        "restart a workload (the two restart annotations of its pod template)",
+        "restart",
+    ),
+    ("change a workload's pod template (e.g. its image)", "image"),
+    (
+        "let the operator restart this namespace's workloads (bind `<release>-restart-targets`)",
+        "opt-in",
+    ),
+    (
+        "read `/metrics` (needs `<release>-metrics-reader`)",
+        "metrics",
+    ),
+];
+const TABLE_COLUMNS: [&str; 4] = ["operator", "approver", "editor", "namespace admin"];
+
+/// The table in docs/rbac-and-approvals.md: (row text, [yes/no per column]).
+fn rbac_table() -> Result<Vec<(String, [bool; 4])>> {
+    let doc = std::fs::read_to_string(root().join("docs/rbac-and-approvals.md"))?;
+    let start = doc
+        .find("<!-- rbac-table")
+        .context("docs/rbac-and-approvals.md has no <!-- rbac-table marker")?;
+    let cells = |line: &str| -> Vec<String> {
+        line.trim()
+            .trim_matches('|')
+            .split('|')
+            .map(|c| c.trim().to_string())
+            .collect()
+    };
+    let mut lines = doc[start..]
+        .lines()
+        .skip(1)
+        .take_while(|l| l.trim_start().starts_with('|'));
+    let header = cells(lines.next().context("no table after the marker")?);
+    ensure!(
+        header.len() == 5 && header[1..] == TABLE_COLUMNS,
+        "the table's columns: {header:?}"
+    );
+    let mut rows = Vec::new();
+    for line in lines.skip(1) {
+        let c = cells(line);
+        ensure!(c.len() == 5, "a row without 5 cells: {line}");
+        let mut yes = [false; 4];
+        for (i, cell) in c[1..].iter().enumerate() {
+            yes[i] = match cell.as_str() {
+                "yes" => true,
+                "no" => false,
+                other => bail!("cell {other:?} of row {:?}: yes or no", c[0]),
+            };
+        }
+        rows.push((c[0].clone(), yes));
+    }
+    Ok(rows)
+}
+
+/// Admitted (true) or refused with 403 (false); anything else is an error.
+fn admitted<T>(r: Result<T, kube::Error>, what: &str) -> Result<bool> {
+    match r {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(e)) if e.code == 403 => Ok(false),
+        Err(e) => bail!("{what}: {e}"),
+    }
+}
+
+#[tokio::test]
+async fn the_rbac_table_in_the_docs_is_what_the_api_server_enforces() -> Result<()> {
+    use k8s_openapi::api::rbac::v1::RoleBinding;
+    use kube::api::DeleteParams;
+    let table = rbac_table()?;
+    let known: BTreeSet<&str> = TABLE_ROWS.iter().map(|(row, _)| *row).collect();
+    let shown: BTreeSet<&str> = table.iter().map(|(row, _)| row.as_str()).collect();
+    ensure!(
+        known == shown,
+        "the table's rows differ from the ones this test checks: only in the docs {:?}, only here {:?}",
+        shown.difference(&known).collect::<Vec<_>>(),
+        known.difference(&shown).collect::<Vec<_>>()
+    );
+
+    let cp = control_plane().await;
+    // The chart's edit and approve ClusterRoles aggregate into the built-in admin and edit.
+    let _lock = EVERY_NAMESPACE.write().await;
+    let release_ns = cp.new_namespace("install-table").await?;
+    let ns = cp.new_namespace("table").await?;
+    let release = release_name();
+    let f = fullname(&release);
+    let values = json!({"approvalPolicy": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}}});
+    let (_docs, _cleanup) = install(cp, &release, &release_ns, &values).await?;
+    let admin = cp.admin_client().await?;
+    cp.apply_yaml(&format!(
+        r#"
+apiVersion: v1
+kind: ServiceAccount
+metadata: {{name: approver, namespace: {ns}}}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {{name: editor, namespace: {ns}}}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {{name: nsadmin, namespace: {ns}}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: approver, namespace: {ns}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: {f}-approve}}
+subjects: [{{kind: ServiceAccount, name: approver, namespace: {ns}}}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: editor, namespace: {ns}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: edit}}
+subjects: [{{kind: ServiceAccount, name: editor, namespace: {ns}}}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: nsadmin, namespace: {ns}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: admin}}
+subjects: [{{kind: ServiceAccount, name: nsadmin, namespace: {ns}}}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: sts-session-operator-restarts, namespace: {ns}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: {f}-restart-targets}}
+subjects: [{{kind: ServiceAccount, name: {f}, namespace: {release_ns}}}]
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: iam-keys, namespace: {ns}}}
+stringData: {{AWS_ACCESS_KEY_ID: AKIAEXAMPLE, AWS_SECRET_ACCESS_KEY: not-a-secret}}
+---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: app
+  namespace: {ns}
+  labels: {{app.kubernetes.io/managed-by: sts-session-operator, stssession.dev/session-token-uid: 0b4c-uid}}
+stringData: {{AWS_ACCESS_KEY_ID: ASIAEXAMPLE}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: web, namespace: {ns}}}
+spec:
+  selector: {{matchLabels: {{app: web}}}}
+  template:
+    metadata: {{labels: {{app: web}}}}
+    spec: {{containers: [{{name: web, image: "registry.example/web:1"}}]}}
+"#
+    ))
+    .await?;
+    let sts_admin = sessiontokens(&admin, &ns);
+    sts_admin
+        .create(
+            &PostParams::default(),
+            &session_token("app", true, json!({}))?,
+        )
+        .await?;
+    sts_admin
+        .create(
+            &PostParams::default(),
+            &session_token(
+                "pending",
+                true,
+                json!({CODE: "112233", APPROVED_BY: "admin"}),
+            )?,
+        )
+        .await?;
+
+    let sa = |ns: &str, name: &str| {
+        (
+            format!("system:serviceaccount:{ns}:{name}"),
+            vec![
+                "system:serviceaccounts".to_string(),
+                format!("system:serviceaccounts:{ns}"),
+                "system:authenticated".to_string(),
+            ],
+        )
+    };
+    let mut who = Vec::new();
+    for (column, sa_ns, name) in [
+        ("operator", release_ns.as_str(), f.as_str()),
+        ("approver", ns.as_str(), "approver"),
+        ("editor", ns.as_str(), "editor"),
+        ("namespace admin", ns.as_str(), "nsadmin"),
+    ] {
+        let token = service_account_token(cp, sa_ns, name).await?;
+        let (user, groups) = sa(sa_ns, name);
+        who.push(Who {
+            column,
+            client: cp.client_with_token(&token).await?,
+            user,
+            groups,
+        });
+    }
+    let can = |w: &Who, verb: &str, group: &str, resource: &str| {
+        let admin = admin.clone();
+        let sar = json!({"spec": {"user": w.user, "groups": w.groups,
+            "resourceAttributes": {"verb": verb, "group": group, "resource": resource, "namespace": ns}}});
+        async move {
+            let sar: SubjectAccessReview = serde_json::from_value(sar)?;
+            let answer = Api::<SubjectAccessReview>::all(admin)
+                .create(&PostParams::default(), &sar)
+                .await?;
+            anyhow::Ok(answer.status.is_some_and(|s| s.allowed))
+        }
+    };
+    // Aggregation and RBAC caches, then the policies, take effect asynchronously.
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        let ready = can(&who[2], "update", "stssession.dev", "sessiontokens").await?
+            && can(&who[3], "update", "stssession.dev", "sessiontokens").await?
+            && can(&who[3], "approve", "stssession.dev", "sessiontokens").await?
+            && can(&who[1], "approve", "stssession.dev", "sessiontokens").await?
+            && can(&who[0], "patch", "apps", "deployments").await?;
+        if ready {
+            break;
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the roles never aggregated into admin/edit"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let dry = PatchParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        // Both policies in force: the approver's label and the operator's unlabelled Secret.
+        let label = sessiontokens(&who[1].client, &ns)
+            .patch(
+                "app",
+                &dry,
+                &Patch::Merge(&json!({"metadata": {"labels": {"x": "y"}}})),
+            )
+            .await;
+        let secret = Api::<Secret>::namespaced(who[0].client.clone(), &ns)
+            .patch(
+                "iam-keys",
+                &dry,
+                &Patch::Merge(&json!({"data": {"x": "eA=="}})),
+            )
+            .await;
+        let by_policy = |r: Result<(), kube::Error>| matches!(r, Err(kube::Error::Api(e)) if e.message.contains("ValidatingAdmissionPolicy"));
+        if by_policy(label.map(|_| ())) && by_policy(secret.map(|_| ())) {
+            break;
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the admission policies never took effect"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let dry_post = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let dry_delete = DeleteParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let mut mismatches = Vec::new();
+    let mut cells = 0;
+    for (row, expected) in &table {
+        let action = TABLE_ROWS
+            .iter()
+            .find(|(r, _)| r == row)
+            .map(|(_, a)| *a)
+            .unwrap_or_default();
+        for (i, w) in who.iter().enumerate() {
+            let sts = sessiontokens(&w.client, &ns);
+            let secrets: Api<Secret> = Api::namespaced(w.client.clone(), &ns);
+            let deployments = workloads(&w.client, &ns, "deployments", "Deployment");
+            let what = format!("{row} as the {}", w.column);
+            let json_patch =
+                |ops: Value| -> Result<json_patch::Patch> { Ok(serde_json::from_value(ops)?) };
+            let got = match action {
+                "read" => admitted(sts.get("app").await, &what)?,
+                "approve" => admitted(
+                    sts.patch("app", &dry, &Patch::Merge(&json!({"metadata": {"annotations": {CODE: "135790", APPROVED_BY: w.user}}})))
+                        .await,
+                    &what,
+                )?,
+                "withdraw" => admitted(
+                    sts.patch(
+                        "pending",
+                        &dry,
+                        &Patch::<()>::Json(json_patch(json!([
+                            {"op": "remove", "path": "/metadata/annotations/stssession.dev~1token-code"},
+                            {"op": "remove", "path": "/metadata/annotations/stssession.dev~1approved-by"},
+                        ]))?),
+                    )
+                    .await,
+                    &what,
+                )?,
+                "spec" => admitted(
+                    sts.patch("app", &dry, &Patch::Merge(&json!({"spec": {"durationSeconds": 7200}})))
+                        .await,
+                    &what,
+                )?,
+                "labels" => {
+                    let labels = admitted(
+                        sts.patch("app", &dry, &Patch::Merge(&json!({"metadata": {"labels": {"x": "y"}}})))
+                            .await,
+                        &what,
+                    )?;
+                    let annotations = admitted(
+                        sts.patch("app", &dry, &Patch::Merge(&json!({"metadata": {"annotations": {"note": "x"}}})))
+                            .await,
+                        &what,
+                    )?;
+                    ensure!(labels == annotations, "{what}: labels {labels}, annotations {annotations}");
+                    labels
+                }
+                "create-delete" => {
+                    let created = admitted(
+                        sts.create(&dry_post, &session_token("another", false, json!({}))?).await,
+                        &what,
+                    )?;
+                    let deleted = admitted(sts.delete("app", &dry_delete).await, &what)?;
+                    ensure!(created == deleted, "{what}: create {created}, delete {deleted}");
+                    created
+                }
+                "mark" => admitted(
+                    sts.patch(
+                        "app",
+                        &dry,
+                        &Patch::<()>::Json(json_patch(json!([
+                            {"op": "add", "path": "/metadata/annotations/stssession.dev~1token-code-claimed-at", "value": "2026-01-01T00:00:00Z"},
+                        ]))?),
+                    )
+                    .await,
+                    &what,
+                )?,
+                "status" => admitted(
+                    sts.patch_status("app", &dry, &Patch::Merge(&json!({"status": {"observedGeneration": 1}})))
+                        .await,
+                    &what,
+                )?,
+                "our-secret" => admitted(
+                    secrets.patch("app", &dry, &Patch::Merge(&json!({"data": {"AWS_ACCESS_KEY_ID": "QVNJQU5FVw=="}})))
+                        .await,
+                    &what,
+                )?,
+                "other-secret" => admitted(
+                    secrets.patch("iam-keys", &dry, &Patch::Merge(&json!({"data": {"AWS_ACCESS_KEY_ID": "QUtJQU5FVw=="}})))
+                        .await,
+                    &what,
+                )?,
+                "restart" => admitted(
+                    deployments
+                        .patch(
+                            "web",
+                            &dry,
+                            &Patch::Merge(&sts_session_operator::plan::restart_patch(
+                                "app",
+                                "ASIATABLE",
+                                jiff::Timestamp::now(),
+                            )),
+                        )
+                        .await,
+                    &what,
+                )?,
+                "image" => admitted(
+                    deployments
+                        .patch(
+                            "web",
+                            &dry,
+                            &Patch::Strategic(&json!({"spec": {"template": {"spec": {"containers": [{"name": "web", "image": "evil.example/x:1"}]}}}})),
+                        )
+                        .await,
+                    &what,
+                )?,
+                "opt-in" => {
+                    let rb: RoleBinding = serde_json::from_value(json!({
+                        "metadata": {"name": "opt-in"},
+                        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": format!("{f}-restart-targets")},
+                        "subjects": [{"kind": "ServiceAccount", "name": f, "namespace": release_ns}],
+                    }))?;
+                    admitted(
+                        Api::<RoleBinding>::namespaced(w.client.clone(), &ns)
+                            .create(&dry_post, &rb)
+                            .await,
+                        &what,
+                    )?
+                }
+                "metrics" => {
+                    let sar: SubjectAccessReview = serde_json::from_value(json!({"spec": {
+                        "user": w.user, "groups": w.groups,
+                        "nonResourceAttributes": {"path": "/metrics", "verb": "get"},
+                    }}))?;
+                    Api::<SubjectAccessReview>::all(admin.clone())
+                        .create(&PostParams::default(), &sar)
+                        .await?
+                        .status
+                        .is_some_and(|s| s.allowed)
+                }
+                other => bail!("no check for {other:?}"),
+            };
+            cells += 1;
+            let want = expected[i];
+            if got != want {
+                mismatches.push(format!(
+                    "{what}: the docs say {}, the API server {}",
+                    if want { "yes" } else { "no" },
+                    if got { "admits it" } else { "refuses it" }
+                ));
+            }
+        }
+    }
+    eprintln!("{cells} cells of the RBAC table checked");
+    ensure!(
+        mismatches.is_empty(),
+        "docs/rbac-and-approvals.md's table is wrong in {} of {cells} cells:\n{}",
+        mismatches.len(),
+        mismatches.join("\n")
+    );
+    ensure!(cells == TABLE_ROWS.len() * 4, "{cells} cells checked");
     Ok(())
 }
 
