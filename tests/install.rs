@@ -1583,11 +1583,9 @@ spec:
     wait_ready(cp, &ns, "role", &op).await?;
 
     // An MFA approval, by alice (the approver role; the approval policy in force).
-    api.create(
-        &PostParams::default(),
-        &session_token("mfa", true, json!({}))?,
-    )
-    .await?;
+    let mut mfa = session_token("mfa", true, json!({}))?;
+    mfa.data["spec"]["mfa"]["serialNumber"] = json!(user.serial_number());
+    api.create(&PostParams::default(), &mfa).await?;
     let into_window = jiff::Timestamp::now().as_millisecond().rem_euclid(30_000);
     if into_window > 27_000 {
         tokio::time::sleep(Duration::from_millis((30_000 - into_window + 200) as u64)).await;
@@ -2978,7 +2976,7 @@ spec:
     sts_admin
         .create(
             &PostParams::default(),
-            &session_token("app", true, json!({}))?,
+            &session_token("app", true, json!({"note": "kept"}))?,
         )
         .await?;
     sts_admin
