@@ -875,6 +875,59 @@ async fn chart_scoped_to_namespaces_has_no_cluster_wide_secret_access() -> Resul
     Ok(())
 }
 
+/// `metrics.networkPolicy`: off by default; on, one NetworkPolicy selecting the operator's pods,
+/// Ingress only, admitting the configured scraper (namespace and pod selectors together: that
+/// scraper, not any pod of its namespace nor that pod name anywhere) on the metrics port only.
+/// The API server accepts it. (No CNI here enforces it: what it admits is checked as written.)
+#[tokio::test]
+async fn network_policy_admits_only_the_scraper_on_the_metrics_port() -> Result<()> {
+    let cp = control_plane().await;
+    let ns = cp.new_namespace("install-netpol").await?;
+    let release = release_name();
+    let f = fullname(&release);
+    let (_, default) = render(&release, &ns, &json!({}))?;
+    assert!(
+        !default.iter().any(|d| s(d, "/kind") == "NetworkPolicy"),
+        "a NetworkPolicy by default"
+    );
+    let values = json!({"metrics": {"networkPolicy": {"enabled": true, "scraper": {
+        "namespaceSelector": {"matchLabels": {"team": "observability"}},
+        "podSelector": {"matchLabels": {"app": "vmagent"}},
+    }}}});
+    let (yaml, docs) = render(&release, &ns, &values)?;
+    let np = find(&docs, "NetworkPolicy", &f)?;
+    let deploy = find(&docs, "Deployment", &f)?;
+    assert_eq!(
+        np["spec"]["podSelector"]["matchLabels"],
+        deploy["spec"]["selector"]["matchLabels"]
+    );
+    assert_eq!(np["spec"]["policyTypes"], json!(["Ingress"]));
+    assert_eq!(
+        np["spec"]["ingress"],
+        json!([{
+            "from": [{
+                "namespaceSelector": {"matchLabels": {"team": "observability"}},
+                "podSelector": {"matchLabels": {"app": "vmagent"}},
+            }],
+            "ports": [{"port": "metrics", "protocol": "TCP"}],
+        }])
+    );
+    let port = &deploy["spec"]["template"]["spec"]["containers"][0]["ports"][0];
+    assert_eq!(port["name"], "metrics");
+    // The probes use that same port (the kubelet's node is always admitted).
+    let c = &deploy["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(c["livenessProbe"]["httpGet"]["port"], "metrics");
+    assert_eq!(c["readinessProbe"]["httpGet"]["port"], "metrics");
+    let np_yaml: String = yaml
+        .split("\n---")
+        .filter(|d| d.contains("kind: NetworkPolicy"))
+        .collect();
+    cp.apply_yaml(&np_yaml)
+        .await
+        .context("applying the NetworkPolicy")?;
+    Ok(())
+}
+
 /// SubjectAccessReview for a ServiceAccount user.
 async fn access_allowed(
     admin: &Client,
