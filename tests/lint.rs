@@ -25,7 +25,7 @@ fn helm_lint_strict_passes_for_the_supported_value_sets() -> Result<()> {
             "locked down",
             &[
                 "--set",
-                "metrics.networkPolicy.enabled=true,rbac.rolloutRestartTargets.namespaces={team-a},replicas=1,leaderElection.enabled=false,strategy.type=Recreate",
+                "metrics.networkPolicy.enabled=true,metrics.networkPolicy.scraper.namespaceSelector.matchLabels.team=monitoring,rbac.rolloutRestartTargets.namespaces={team-a},replicas=1,leaderElection.enabled=false,strategy.type=Recreate",
             ],
         ),
         (
