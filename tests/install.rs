@@ -1875,6 +1875,18 @@ async fn metrics_are_served_only_to_authorized_readers() -> Result<()> {
     );
     let refused = forbidden_requests(cp, &sa_user, since)?;
     ensure!(refused.is_empty(), "requests refused: {refused:#?}");
+    // The tokens it reviewed are nowhere in its log.
+    let log = op.process.read_log();
+    for (whose, token) in [
+        ("scraper", &scraper),
+        ("stranger", &stranger),
+        ("mallory", &mallory),
+    ] {
+        ensure!(
+            !log.contains(token.as_str()),
+            "the {whose}'s token is in the operator's log"
+        );
+    }
     Ok(())
 }
 
