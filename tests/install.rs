@@ -2568,7 +2568,7 @@ async fn operator_policy_fences_the_operators_own_writes() -> Result<()> {
     ensure!(
         first
             .message
-            .contains("may create only Secrets labelled as its own"),
+            .contains("may create only Opaque Secrets labelled as its own"),
         "{}",
         first.message
     );
@@ -2589,6 +2589,22 @@ async fn operator_policy_fences_the_operators_own_writes() -> Result<()> {
         )
         .await
         .context("the operator updating a Secret of its own")?;
+    // Not even labelled, a Secret the token controller would fill with a ServiceAccount's token.
+    let mut sa_token = secret("sa-token", true)?;
+    sa_token.type_ = Some("kubernetes.io/service-account-token".into());
+    sa_token.metadata.annotations = Some(BTreeMap::from([(
+        "kubernetes.io/service-account.name".to_string(),
+        "default".to_string(),
+    )]));
+    sa_token.string_data = None;
+    let e = refused(
+        secrets_op
+            .create(&PostParams::default(), &sa_token)
+            .await
+            .map(|_| ()),
+        "the operator creating a labelled service-account-token Secret",
+    )?;
+    fenced(&e, "a service-account-token Secret")?;
     // A foreign Secret: not taken over (labels added), not changed, not deleted.
     secrets_admin
         .create(&PostParams::default(), &secret("foreign", false)?)
