@@ -928,6 +928,46 @@ async fn network_policy_admits_only_the_scraper_on_the_metrics_port() -> Result<
     Ok(())
 }
 
+/// The ServiceMonitor sends Prometheus' own ServiceAccount token when `/metrics` needs one
+/// (`metrics.auth`, the default), and the Deployment turns the guard on; with `metrics.auth=false`
+/// neither (and no review rights, no reader role).
+#[test]
+fn service_monitor_sends_a_bearer_token_when_metrics_need_one() -> Result<()> {
+    let f = fullname("r");
+    for auth in [true, false] {
+        let values = json!({"metrics": {"auth": auth, "serviceMonitor": {"enabled": true}}});
+        let (_, docs) = render("r", "ns", &values)?;
+        let sm = find(&docs, "ServiceMonitor", &f)?;
+        let endpoint = &sm["spec"]["endpoints"][0];
+        assert_eq!(
+            endpoint.get("bearerTokenFile").and_then(Value::as_str),
+            auth.then_some("/var/run/secrets/kubernetes.io/serviceaccount/token"),
+            "metrics.auth={auth}: {endpoint}"
+        );
+        let args =
+            find(&docs, "Deployment", &f)?["spec"]["template"]["spec"]["containers"][0]["args"]
+                .clone();
+        assert!(
+            args.as_array()
+                .is_some_and(|a| a.contains(&json!(format!("--metrics-auth={auth}")))),
+            "{args}"
+        );
+        for role in ["metrics-auth", "metrics-reader"] {
+            assert_eq!(
+                find(&docs, "ClusterRole", &format!("{f}-{role}")).is_ok(),
+                auth,
+                "ClusterRole {role} with metrics.auth={auth}"
+            );
+        }
+    }
+    let (_, docs) = render("r", "ns", &json!({}))?;
+    assert_eq!(
+        find(&docs, "ClusterRole", &format!("{f}-metrics-reader"))?["rules"],
+        json!([{"nonResourceURLs": ["/metrics"], "verbs": ["get"]}])
+    );
+    Ok(())
+}
+
 /// SubjectAccessReview for a ServiceAccount user.
 async fn access_allowed(
     admin: &Client,
