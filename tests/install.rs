@@ -981,6 +981,7 @@ async fn access_allowed(
         "sessiontokens" => "stssession.dev",
         "leases" => "coordination.k8s.io",
         "events" => "events.k8s.io",
+        "deployments" | "statefulsets" | "daemonsets" => "apps",
         _ => "",
     };
     let sar: SubjectAccessReview = serde_json::from_value(json!({
@@ -1589,6 +1590,32 @@ spec:
 "#
     ))
     .await?;
+    // Restarts are opt-in per namespace: the operator may patch workloads here, not elsewhere.
+    let sa_user = format!("system:serviceaccount:{release_ns}:{f}");
+    for kind in ["deployments", "statefulsets", "daemonsets"] {
+        let deadline = tokio::time::Instant::now() + T;
+        while !access_allowed(&admin, &sa_user, &release_ns, "patch", kind, Some(&ns)).await? {
+            ensure!(
+                tokio::time::Instant::now() < deadline,
+                "the opt-in binding never took effect"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        for elsewhere in [release_ns.as_str(), "default", "kube-system"] {
+            ensure!(
+                !access_allowed(
+                    &admin,
+                    &sa_user,
+                    &release_ns,
+                    "patch",
+                    kind,
+                    Some(elsewhere)
+                )
+                .await?,
+                "the operator may patch {kind} in {elsewhere}, which did not opt in"
+            );
+        }
+    }
     let op = start_operator(cp, &docs, &release_ns, &release).await?;
     wait_ready(cp, &ns, "app", &op).await?;
     assert_secret_and_event(cp, &ns).await?;
@@ -1707,7 +1734,6 @@ spec:
         "no MFA code reached STS"
     );
 
-    let sa_user = format!("system:serviceaccount:{release_ns}:{f}");
     let refused = forbidden_requests(cp, &sa_user, since)?;
     ensure!(
         refused.is_empty(),
