@@ -79,7 +79,7 @@ kubectl apply -f tests/fixtures/operator-rbac.yaml >/dev/null
 metrics_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 KUBECONFIG=$dir/kubeconfig-sts-operator.yaml sts-session-operator \
   --sts-endpoint "$STS_ENDPOINT" --allowed-sts-endpoints 'http://127.0.0.1:*' \
-  --metrics-address "127.0.0.1:$metrics_port" --leader-election=false --log-format text \
+  --metrics-address "127.0.0.1:$metrics_port" --metrics-auth=false --leader-election=false --log-format text \
   >"$dir/operator.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 300); do

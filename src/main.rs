@@ -72,6 +72,12 @@ struct Args {
     /// Address of the /metrics, /healthz and /readyz endpoints.
     #[arg(long, env = "METRICS_ADDRESS", default_value = "0.0.0.0:8080")]
     metrics_address: SocketAddr,
+
+    /// Serve /metrics only to clients whose bearer token the API server accepts (TokenReview)
+    /// and whose user may `get` the non-resource URL /metrics (SubjectAccessReview; answers kept
+    /// 30 s). /healthz and /readyz stay open. false: /metrics open to whoever reaches the port.
+    #[arg(long, env = "METRICS_AUTH", default_value_t = true, action = clap::ArgAction::Set)]
+    metrics_auth: bool,
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "json")]
     log_format: LogFormat,
@@ -188,8 +194,19 @@ async fn run(args: Args) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(args.metrics_address)
         .await
         .with_context(|| format!("binding {}", args.metrics_address))?;
-    tokio::spawn(metrics::serve_listener(listener, metrics.clone(), ready_rx));
+    let auth = args
+        .metrics_auth
+        .then(|| Arc::new(metrics::MetricsAuth::new(Duration::from_secs(30), 1024)));
+    tokio::spawn(metrics::serve_listener_with_auth(
+        listener,
+        metrics.clone(),
+        ready_rx,
+        auth.clone(),
+    ));
     let ctx = Arc::new(context(&args, metrics).await?);
+    if let Some(auth) = &auth {
+        auth.set_client(ctx.client.clone());
+    }
     ctx.client
         .apiserver_version()
         .await

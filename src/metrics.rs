@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
+use hyper::header::{
+    ALLOW, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE,
+};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::collector::Collector;
@@ -24,6 +26,9 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+
+pub mod auth;
+pub use auth::MetricsAuth;
 
 /// Content type of `/metrics`.
 pub const OPENMETRICS_CONTENT_TYPE: &str =
@@ -416,11 +421,22 @@ pub async fn serve(
     serve_listener(listener, metrics, ready).await
 }
 
-/// [`serve`] on an already bound listener (tests bind port 0).
+/// [`serve`] on an already bound listener (tests bind port 0), `/metrics` open to anyone.
 pub async fn serve_listener(
     listener: TcpListener,
     metrics: Arc<Metrics>,
     ready: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    serve_listener_with_auth(listener, metrics, ready, None).await
+}
+
+/// [`serve_listener`], with `/metrics` served only to readers `auth` allows (401 without a
+/// valid bearer token, 403 without the right, 503 when the API server cannot be asked).
+pub async fn serve_listener_with_auth(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    ready: watch::Receiver<bool>,
+    auth: Option<Arc<MetricsAuth>>,
 ) -> std::io::Result<()> {
     loop {
         let (stream, _peer) = match listener.accept().await {
@@ -435,10 +451,18 @@ pub async fn serve_listener(
         };
         let metrics = metrics.clone();
         let ready = ready.clone();
+        let auth = auth.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
-                let response = respond(&req, &metrics, &ready);
-                async move { Ok::<_, Infallible>(response) }
+                let metrics = metrics.clone();
+                let ready = ready.clone();
+                let auth = auth.clone();
+                async move {
+                    if let Some(denied) = guard(&req, auth.as_deref()).await {
+                        return Ok::<_, Infallible>(denied);
+                    }
+                    Ok::<_, Infallible>(respond(&req, &metrics, &ready))
+                }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -457,6 +481,42 @@ fn is_transient_accept_error(e: &std::io::Error) -> bool {
         e.kind(),
         ConnectionAborted | ConnectionReset | Interrupted | WouldBlock | TimedOut
     ) || matches!(e.raw_os_error(), Some(23 | 24)) // ENFILE, EMFILE
+}
+
+/// The refusal of a `/metrics` request `auth` does not allow, if it is one.
+async fn guard(
+    req: &Request<Incoming>,
+    auth: Option<&MetricsAuth>,
+) -> Option<Response<Full<Bytes>>> {
+    let auth = auth?;
+    if req.uri().path() != "/metrics" || !matches!(*req.method(), Method::GET | Method::HEAD) {
+        return None;
+    }
+    match auth.check(req.headers().get(AUTHORIZATION)).await {
+        Ok(auth::Verdict::Allowed) => None,
+        Ok(auth::Verdict::Unauthenticated) => {
+            let mut r = text(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized: a bearer token the Kubernetes API accepts is needed\n",
+            );
+            r.headers_mut().insert(
+                WWW_AUTHENTICATE,
+                HeaderValue::from_static(r#"Bearer realm="sts-session-operator""#),
+            );
+            Some(r)
+        }
+        Ok(auth::Verdict::Forbidden) => Some(text(
+            StatusCode::FORBIDDEN,
+            "forbidden: needs get on the non-resource URL /metrics (ClusterRole ...-metrics-reader)\n",
+        )),
+        Err(e) => {
+            tracing::debug!(error = %e, "metrics: request not judged");
+            Some(text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "cannot check the bearer token now\n",
+            ))
+        }
+    }
 }
 
 fn respond(
@@ -729,6 +789,36 @@ mod tests {
         let _ = s.read_to_end(&mut sink).await;
         assert_eq!(get(addr, "GET", "/healthz").await.0, 200);
 
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn with_auth_metrics_need_a_token_and_health_stays_open() {
+        let (_ready_tx, ready_rx) = watch::channel(true);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let auth = Arc::new(MetricsAuth::new(Duration::from_secs(30), 8));
+        let server = tokio::spawn(serve_listener_with_auth(
+            listener,
+            Arc::new(Metrics::new()),
+            ready_rx,
+            Some(auth),
+        ));
+        let (status, head, body) = get(addr, "GET", "/metrics").await;
+        assert_eq!(status, 401, "{body}");
+        assert!(head.contains("www-authenticate: bearer"), "{head}");
+        assert!(!body.contains("sts_session"), "{body}");
+        assert_eq!(get(addr, "HEAD", "/metrics").await.0, 401);
+        assert_eq!(get(addr, "GET", "/healthz").await.0, 200);
+        assert_eq!(get(addr, "GET", "/readyz").await.0, 200);
+        // A token, but no API server to ask yet: not served, not cached.
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t0ken\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = String::new();
+        s.read_to_string(&mut buf).await.unwrap();
+        assert!(buf.starts_with("HTTP/1.1 503"), "{buf}");
         server.abort();
     }
 

@@ -408,6 +408,11 @@ fn values_schema_rejects_bad_values_with_readable_messages() -> Result<()> {
         "allowedStsEndpoints": ["https://sts.*.amazonaws.com"], "extraArgs": ["--sts-timeout=15s"],
         "metrics": {"serviceMonitor": {"enabled": true}}, "approverRole": {"aggregateToEdit": true},
     });
+    // Without a Lease, one pod at a time: admitted with Recreate.
+    let no_lease = json!({"replicas": 1, "leaderElection": {"enabled": false}, "strategy": {"type": "Recreate"}});
+    let (_, docs) = render("r", "ns", &no_lease)?;
+    let deploy = find(&docs, "Deployment", "r-sts-session-operator")?;
+    assert_eq!(deploy["spec"]["strategy"], json!({"type": "Recreate"}));
     for values in [json!({}), good] {
         let out = helm_template("r", "ns", &values)?;
         ensure!(
@@ -437,6 +442,16 @@ fn values_schema_rejects_bad_values_with_readable_messages() -> Result<()> {
             json!({"approvalPolicy": {"validationActions": ["Deny", "Warn"]}}),
             "not both",
         ),
+        // One replica without a Lease still runs two pods side by side during a RollingUpdate.
+        (
+            json!({"replicas": 1, "leaderElection": {"enabled": false}}),
+            "leaderElection.enabled=false needs strategy.type=Recreate",
+        ),
+        (
+            json!({"replicas": 1, "leaderElection": {"enabled": false}, "strategy": {"type": "RollingUpdate"}}),
+            "leaderElection.enabled=false needs strategy.type=Recreate",
+        ),
+        (json!({"strategy": {"type": "Blue"}}), "/strategy/type"),
     ];
     for (values, expected) in cases {
         let out = helm_template("r", "ns", &values)?;
@@ -488,6 +503,21 @@ async fn chart_with_default_values_applies_to_the_api_server() -> Result<()> {
             "",
             &format!("{f}-approvals"),
         ),
+        id("ClusterRole", "", &format!("{f}-restart-targets")),
+        id("ClusterRole", "", &format!("{f}-edit")),
+        id("ClusterRole", "", &format!("{f}-metrics-auth")),
+        id("ClusterRoleBinding", "", &format!("{f}-metrics-auth")),
+        id("ClusterRole", "", &format!("{f}-metrics-reader")),
+        id(
+            "ValidatingAdmissionPolicy",
+            "",
+            &format!("{f}-operator-writes"),
+        ),
+        id(
+            "ValidatingAdmissionPolicyBinding",
+            "",
+            &format!("{f}-operator-writes"),
+        ),
     ]
     .into();
     assert_eq!(ids(&docs), expected);
@@ -510,6 +540,7 @@ async fn chart_with_default_values_applies_to_the_api_server() -> Result<()> {
         "--default-region=us-east-1",
         "--log-format=json",
         "--leader-election=true",
+        "--metrics-auth=true",
         &format!("--lease-name={f}"),
     ] {
         assert!(args.contains(&a), "{a} missing from {args:?}");
@@ -540,7 +571,8 @@ async fn chart_with_default_values_applies_to_the_api_server() -> Result<()> {
 
     // The operator's ClusterRole has exactly the fixture's rules (tests/fixtures/operator-rbac.yaml,
     // what the operator's own tests grant it), except Leases, which are in the release
-    // namespace's Role, with the same verbs.
+    // namespace's Role, with the same verbs, and workloads (restart targets), which are in a
+    // ClusterRole of their own that nothing binds by default (opt-in per namespace).
     let fixture = parse_docs(&std::fs::read_to_string(
         root().join("tests/fixtures/operator-rbac.yaml"),
     )?)?;
@@ -551,6 +583,9 @@ async fn chart_with_default_values_applies_to_the_api_server() -> Result<()> {
     let (lease_rules, work_rules): (Vec<Value>, Vec<Value>) = fixture_rules
         .into_iter()
         .partition(|r| r["resources"] == json!(["leases"]));
+    let (restart_rules, work_rules): (Vec<Value>, Vec<Value>) = work_rules
+        .into_iter()
+        .partition(|r| r["apiGroups"] == json!(["apps"]));
     let sorted = |rules: &[Value]| -> Vec<String> {
         let mut v: Vec<String> = rules.iter().map(|r| r.to_string()).collect();
         v.sort();
@@ -583,17 +618,47 @@ async fn chart_with_default_values_applies_to_the_api_server() -> Result<()> {
         verbs(lease_role["rules"].as_array().unwrap()),
         verbs(&lease_rules)
     );
-    // Without restart targets, no rights on workloads.
+    // Workloads: the restart ClusterRole has the fixture's rule, and is bound nowhere by default.
+    let restart_role = find(&docs, "ClusterRole", &format!("{f}-restart-targets"))?;
+    assert_eq!(
+        sorted(restart_role["rules"].as_array().unwrap()),
+        sorted(&restart_rules)
+    );
+    assert!(
+        !chart_rules
+            .iter()
+            .any(|r| r.to_string().contains("deployments")),
+        "the operator's ClusterRole reaches workloads: {chart_rules:?}"
+    );
+    let bound_roles: Vec<&str> = docs
+        .iter()
+        .filter(|d| s(d, "/kind").ends_with("Binding") && s(d, "/apiVersion").starts_with("rbac"))
+        .map(|d| s(d, "/roleRef/name"))
+        .collect();
+    assert!(
+        !bound_roles.contains(&format!("{f}-restart-targets").as_str()),
+        "{bound_roles:?}"
+    );
+    // Bound in listed namespaces, or (on request) cluster-wide; not shipped at all when disabled.
+    let (_, listed) = render(
+        &release,
+        &ns,
+        &json!({"rbac": {"rolloutRestartTargets": {"namespaces": ["team-a"], "clusterWide": true}}}),
+    )?;
+    let binding = find(&listed, "RoleBinding", &format!("{f}-restart-targets"))?;
+    assert_eq!(s(binding, "/metadata/namespace"), "team-a");
+    assert_eq!(s(binding, "/roleRef/kind"), "ClusterRole");
+    find(
+        &listed,
+        "ClusterRoleBinding",
+        &format!("{f}-restart-targets"),
+    )?;
     let (_, no_restart) = render(
         &release,
         &ns,
-        &json!({"rbac": {"rolloutRestartTargets": false}}),
+        &json!({"rbac": {"rolloutRestartTargets": {"enabled": false}}}),
     )?;
-    let rules = find(&no_restart, "ClusterRole", &f)?["rules"].to_string();
-    assert!(
-        !rules.contains("deployments") && rules.contains("secrets"),
-        "{rules}"
-    );
+    assert!(find(&no_restart, "ClusterRole", &format!("{f}-restart-targets")).is_err());
 
     // Approvers: `approve` + get/list/watch/patch, aggregated into "admin" (not "edit") by default.
     let approve = find(&docs, "ClusterRole", &format!("{f}-approve"))?;
@@ -688,6 +753,21 @@ async fn chart_scoped_to_namespaces_has_no_cluster_wide_secret_access() -> Resul
             "",
             &format!("{f}-approvals"),
         ),
+        id("ClusterRole", "", &format!("{f}-restart-targets")),
+        id("ClusterRole", "", &format!("{f}-edit")),
+        id("ClusterRole", "", &format!("{f}-metrics-auth")),
+        id("ClusterRoleBinding", "", &format!("{f}-metrics-auth")),
+        id("ClusterRole", "", &format!("{f}-metrics-reader")),
+        id(
+            "ValidatingAdmissionPolicy",
+            "",
+            &format!("{f}-operator-writes"),
+        ),
+        id(
+            "ValidatingAdmissionPolicyBinding",
+            "",
+            &format!("{f}-operator-writes"),
+        ),
     ]
     .into();
     assert_eq!(ids(&docs), expected);
@@ -716,9 +796,24 @@ async fn chart_scoped_to_namespaces_has_no_cluster_wide_secret_access() -> Resul
             s(d, "/metadata/name")
         );
     }
-    assert!(
-        !docs.iter().any(|d| s(d, "/kind") == "ClusterRoleBinding"),
-        "no ClusterRoleBinding in namespace-scoped mode"
+    // The one ClusterRoleBinding: reviewing /metrics readers' tokens (TokenReview,
+    // SubjectAccessReview), nothing else.
+    let crbs: Vec<&str> = docs
+        .iter()
+        .filter(|d| s(d, "/kind") == "ClusterRoleBinding")
+        .map(|d| s(d, "/metadata/name"))
+        .collect();
+    assert_eq!(
+        crbs,
+        [format!("{f}-metrics-auth")],
+        "ClusterRoleBindings in namespace-scoped mode"
+    );
+    assert_eq!(
+        find(&docs, "ClusterRole", &format!("{f}-metrics-auth"))?["rules"],
+        json!([
+            {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
+            {"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"], "verbs": ["create"]},
+        ])
     );
 
     // On the server: no ClusterRole of this release grants Secrets, and the ServiceAccount may
@@ -780,6 +875,99 @@ async fn chart_scoped_to_namespaces_has_no_cluster_wide_secret_access() -> Resul
     Ok(())
 }
 
+/// `metrics.networkPolicy`: off by default; on, one NetworkPolicy selecting the operator's pods,
+/// Ingress only, admitting the configured scraper (namespace and pod selectors together: that
+/// scraper, not any pod of its namespace nor that pod name anywhere) on the metrics port only.
+/// The API server accepts it. (No CNI here enforces it: what it admits is checked as written.)
+#[tokio::test]
+async fn network_policy_admits_only_the_scraper_on_the_metrics_port() -> Result<()> {
+    let cp = control_plane().await;
+    let ns = cp.new_namespace("install-netpol").await?;
+    let release = release_name();
+    let f = fullname(&release);
+    let (_, default) = render(&release, &ns, &json!({}))?;
+    assert!(
+        !default.iter().any(|d| s(d, "/kind") == "NetworkPolicy"),
+        "a NetworkPolicy by default"
+    );
+    let values = json!({"metrics": {"networkPolicy": {"enabled": true, "scraper": {
+        "namespaceSelector": {"matchLabels": {"team": "observability"}},
+        "podSelector": {"matchLabels": {"app": "vmagent"}},
+    }}}});
+    let (yaml, docs) = render(&release, &ns, &values)?;
+    let np = find(&docs, "NetworkPolicy", &f)?;
+    let deploy = find(&docs, "Deployment", &f)?;
+    assert_eq!(
+        np["spec"]["podSelector"]["matchLabels"],
+        deploy["spec"]["selector"]["matchLabels"]
+    );
+    assert_eq!(np["spec"]["policyTypes"], json!(["Ingress"]));
+    assert_eq!(
+        np["spec"]["ingress"],
+        json!([{
+            "from": [{
+                "namespaceSelector": {"matchLabels": {"team": "observability"}},
+                "podSelector": {"matchLabels": {"app": "vmagent"}},
+            }],
+            "ports": [{"port": "metrics", "protocol": "TCP"}],
+        }])
+    );
+    let port = &deploy["spec"]["template"]["spec"]["containers"][0]["ports"][0];
+    assert_eq!(port["name"], "metrics");
+    // The probes use that same port (the kubelet's node is always admitted).
+    let c = &deploy["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(c["livenessProbe"]["httpGet"]["port"], "metrics");
+    assert_eq!(c["readinessProbe"]["httpGet"]["port"], "metrics");
+    let np_yaml: String = yaml
+        .split("\n---")
+        .filter(|d| d.contains("kind: NetworkPolicy"))
+        .collect();
+    cp.apply_yaml(&np_yaml)
+        .await
+        .context("applying the NetworkPolicy")?;
+    Ok(())
+}
+
+/// The ServiceMonitor sends Prometheus' own ServiceAccount token when `/metrics` needs one
+/// (`metrics.auth`, the default), and the Deployment turns the guard on; with `metrics.auth=false`
+/// neither (and no review rights, no reader role).
+#[test]
+fn service_monitor_sends_a_bearer_token_when_metrics_need_one() -> Result<()> {
+    let f = fullname("r");
+    for auth in [true, false] {
+        let values = json!({"metrics": {"auth": auth, "serviceMonitor": {"enabled": true}}});
+        let (_, docs) = render("r", "ns", &values)?;
+        let sm = find(&docs, "ServiceMonitor", &f)?;
+        let endpoint = &sm["spec"]["endpoints"][0];
+        assert_eq!(
+            endpoint.get("bearerTokenFile").and_then(Value::as_str),
+            auth.then_some("/var/run/secrets/kubernetes.io/serviceaccount/token"),
+            "metrics.auth={auth}: {endpoint}"
+        );
+        let args =
+            find(&docs, "Deployment", &f)?["spec"]["template"]["spec"]["containers"][0]["args"]
+                .clone();
+        assert!(
+            args.as_array()
+                .is_some_and(|a| a.contains(&json!(format!("--metrics-auth={auth}")))),
+            "{args}"
+        );
+        for role in ["metrics-auth", "metrics-reader"] {
+            assert_eq!(
+                find(&docs, "ClusterRole", &format!("{f}-{role}")).is_ok(),
+                auth,
+                "ClusterRole {role} with metrics.auth={auth}"
+            );
+        }
+    }
+    let (_, docs) = render("r", "ns", &json!({}))?;
+    assert_eq!(
+        find(&docs, "ClusterRole", &format!("{f}-metrics-reader"))?["rules"],
+        json!([{"nonResourceURLs": ["/metrics"], "verbs": ["get"]}])
+    );
+    Ok(())
+}
+
 /// SubjectAccessReview for a ServiceAccount user.
 async fn access_allowed(
     admin: &Client,
@@ -793,6 +981,7 @@ async fn access_allowed(
         "sessiontokens" => "stssession.dev",
         "leases" => "coordination.k8s.io",
         "events" => "events.k8s.io",
+        "deployments" | "statefulsets" | "daemonsets" => "apps",
         _ => "",
     };
     let sar: SubjectAccessReview = serde_json::from_value(json!({
@@ -814,7 +1003,7 @@ async fn chart_without_approval_policy_applies() -> Result<()> {
     let ns = cp.new_namespace("install-nopolicy").await?;
     let release = release_name();
     let f = fullname(&release);
-    let values = json!({"approvalPolicy": {"enabled": false}, "replicas": 1});
+    let values = json!({"approvalPolicy": {"enabled": false}, "operatorPolicy": {"enabled": false}, "replicas": 1});
     let (docs, _cleanup) = install(cp, &release, &ns, &values).await?;
     let expected: BTreeSet<_> = [
         id("ServiceAccount", &ns, &f),
@@ -823,6 +1012,11 @@ async fn chart_without_approval_policy_applies() -> Result<()> {
         id("Role", &ns, &format!("{f}-leader-election")),
         id("RoleBinding", &ns, &format!("{f}-leader-election")),
         id("ClusterRole", "", &format!("{f}-approve")),
+        id("ClusterRole", "", &format!("{f}-restart-targets")),
+        id("ClusterRole", "", &format!("{f}-edit")),
+        id("ClusterRole", "", &format!("{f}-metrics-auth")),
+        id("ClusterRoleBinding", "", &format!("{f}-metrics-auth")),
+        id("ClusterRole", "", &format!("{f}-metrics-reader")),
         id("Service", &ns, &format!("{f}-metrics")),
         id("Deployment", &ns, &f),
         // no PodDisruptionBudget with one replica, no policy
@@ -1158,6 +1352,29 @@ async fn http_get(port: u16, path: &str) -> Result<String> {
     Ok(format!("{status}\n{body}"))
 }
 
+/// [`http_get`] with `Authorization: Bearer TOKEN` if given: "STATUS\nBODY".
+async fn http_get_auth(port: u16, path: &str, token: Option<&str>) -> Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Connection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await?;
+    let mut buf = String::new();
+    stream.read_to_string(&mut buf).await?;
+    let status = buf.split(' ').nth(1).unwrap_or("").to_string();
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok(format!("{status}\n{body}"))
+}
+
 fn sessiontokens(client: &Client, ns: &str) -> Api<DynamicObject> {
     let ar = kube::api::ApiResource {
         group: "stssession.dev".into(),
@@ -1213,10 +1430,15 @@ async fn workload(cp: &ControlPlane, prefix: &str, sts: &StsDouble) -> Result<St
 }
 
 async fn wait_issued(cp: &ControlPlane, ns: &str, op: &Operator) -> Result<()> {
+    wait_ready(cp, ns, "app", op).await
+}
+
+/// Waits for `Ready=True/Issued` on SessionToken `name`.
+async fn wait_ready(cp: &ControlPlane, ns: &str, name: &str, op: &Operator) -> Result<()> {
     let api = sessiontokens(&cp.admin_client().await?, ns);
     let deadline = tokio::time::Instant::now() + T;
     loop {
-        let st = api.get("app").await?;
+        let st = api.get(name).await?;
         let ready = condition(&st, "Ready");
         if ready == ("True".into(), "Issued".into()) {
             return Ok(());
@@ -1228,7 +1450,7 @@ async fn wait_issued(cp: &ControlPlane, ns: &str, op: &Operator) -> Result<()> {
         );
         ensure!(
             tokio::time::Instant::now() < deadline,
-            "{ns}/app not Ready=True/Issued after {T:?} (Ready={ready:?}); operator log:\n{}",
+            "{ns}/{name} not Ready=True/Issued after {T:?} (Ready={ready:?}); operator log:\n{}",
             op.process.log_tail(40)
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -1317,42 +1539,220 @@ fn forbidden_requests(
         .collect())
 }
 
+/// The real operator under the chart's ServiceAccount, RBAC and both admission policies (the
+/// approvals' and the one fencing its own writes), with restart targets bound in the workload
+/// namespace as its admins would: a non-MFA session issued and rotated (a renewal request), a
+/// Deployment restarted for each session, a role assumed and refreshed, and an MFA approval by an
+/// approver, and the audit log shows not one request of the operator refused.
 #[tokio::test]
 async fn operator_works_with_the_charts_cluster_wide_rbac() -> Result<()> {
     let cp = control_plane().await;
     let _lock = EVERY_NAMESPACE.write().await;
     let since = jiff::Timestamp::now();
-    let sts = StsDouble::start(StsDoubleConfig::default())?;
+    let sts = StsDouble::start(StsDoubleConfig {
+        returned_role_lifetime: Some(Duration::from_secs(6)),
+        ..Default::default()
+    })?;
+    let role = sts.add_role(testkit::sts_double::RoleSpec::named("deployer"));
+    let user = sts.default_user();
     let release_ns = cp.new_namespace("install-rbac").await?;
+    let ns = workload(cp, "rbac-workload", &sts).await?;
     let release = release_name();
+    let f = fullname(&release);
     let values = json!({
         "stsEndpoint": sts.endpoint(),
         "allowedStsEndpoints": ["http://127.0.0.1:*"],
         "logFormat": "text",
-        "approvalPolicy": {"enabled": false},
+        "approvalPolicy": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}},
+        "extraArgs": ["--sts-timeout=3s"],
     });
     let (docs, _cleanup) = install(cp, &release, &release_ns, &values).await?;
-    let ns = workload(cp, "rbac-workload", &sts).await?;
+    let admin = cp.admin_client().await?;
+    // The namespace's admins let the operator restart their workloads; alice approves there.
+    cp.apply_yaml(&format!(
+        r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: sts-session-operator-restarts, namespace: {ns}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: {f}-restart-targets}}
+subjects: [{{kind: ServiceAccount, name: {f}, namespace: {release_ns}}}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: alice-approves, namespace: {ns}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: {f}-approve}}
+subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: alice}}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: legacy, namespace: {ns}}}
+spec:
+  selector: {{matchLabels: {{app: legacy}}}}
+  template:
+    metadata: {{labels: {{app: legacy}}}}
+    spec: {{containers: [{{name: legacy, image: "registry.example/legacy:1"}}]}}
+"#
+    ))
+    .await?;
+    // Restarts are opt-in per namespace: the operator may patch workloads here, not elsewhere.
+    let sa_user = format!("system:serviceaccount:{release_ns}:{f}");
+    for kind in ["deployments", "statefulsets", "daemonsets"] {
+        let deadline = tokio::time::Instant::now() + T;
+        while !access_allowed(&admin, &sa_user, &release_ns, "patch", kind, Some(&ns)).await? {
+            ensure!(
+                tokio::time::Instant::now() < deadline,
+                "the opt-in binding never took effect"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        for elsewhere in [release_ns.as_str(), "default", "kube-system"] {
+            ensure!(
+                !access_allowed(
+                    &admin,
+                    &sa_user,
+                    &release_ns,
+                    "patch",
+                    kind,
+                    Some(elsewhere)
+                )
+                .await?,
+                "the operator may patch {kind} in {elsewhere}, which did not opt in"
+            );
+        }
+    }
     let op = start_operator(cp, &docs, &release_ns, &release).await?;
-    wait_issued(cp, &ns, &op).await?;
+    wait_ready(cp, &ns, "app", &op).await?;
     assert_secret_and_event(cp, &ns).await?;
-    let metrics = http_get(op.metrics_port, "/metrics").await?;
+    // /metrics needs a reader's token (admin's client certificate is no token: a test user).
+    let metrics = http_get_auth(op.metrics_port, "/metrics", None).await?;
     ensure!(
-        metrics.starts_with("200") && metrics.contains("sts_session_ready_status"),
-        "/metrics:\n{metrics}"
+        metrics.starts_with("401"),
+        "/metrics without a token:\n{metrics}"
     );
     assert_lease_held(cp, &release_ns, &release).await?;
-    let sa_user = format!("system:serviceaccount:{release_ns}:{}", fullname(&release));
+
+    // A rollout restart: "app" gets a restart target; a renewal request rotates its session,
+    // and the Deployment is restarted for the new one.
+    let api = sessiontokens(&admin, &ns);
+    let key = |st: &DynamicObject| {
+        s(
+            &serde_json::to_value(st).unwrap_or_default(),
+            "/status/accessKeyId",
+        )
+        .to_string()
+    };
+    let first = key(&api.get("app").await?);
+    api.patch(
+        "app",
+        &PatchParams::default(),
+        &Patch::Merge(
+            &json!({"spec": {"rolloutRestartTargets": [{"kind": "Deployment", "name": "legacy"}]}}),
+        ),
+    )
+    .await?;
+    api.patch(
+        "app",
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"metadata": {"annotations": {"stssession.dev/renew-requested-at": jiff::Timestamp::now().to_string()}}})),
+    )
+    .await?;
+    let deployments = workloads(&admin, &ns, "deployments", "Deployment");
+    let deadline = tokio::time::Instant::now() + T;
+    let second = loop {
+        let now = key(&api.get("app").await?);
+        let restarted_for = serde_json::to_value(deployments.get("legacy").await?)?
+            .pointer("/spec/template/metadata/annotations/sessiontoken.stssession.dev~1app")
+            .and_then(Value::as_str)
+            .map(String::from);
+        if now != first && restarted_for.as_deref() == Some(now.as_str()) {
+            break now;
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "no rotation with a restart (first session {first}, now {now}, the Deployment restarted for {restarted_for:?}); operator log:\n{}",
+            op.process.log_tail(40)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    eprintln!("rotated {first} -> {second}, Deployment restarted for it");
+
+    // A role, assumed and refreshed (the double returns 6 s role credentials).
+    api.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({
+            "apiVersion": "stssession.dev/v1alpha1", "kind": "SessionToken",
+            "metadata": {"name": "role"},
+            "spec": {"durationSeconds": 3600, "sourceCredentials": {"secretRef": {"name": "iam-keys"}},
+                     "assumeRole": {"roleArn": role.arn}},
+        }))?,
+    )
+    .await?;
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        let assumed = sts
+            .calls()
+            .iter()
+            .filter(|c| c.action == "AssumeRole" && c.issued_access_key_id.is_some())
+            .count();
+        if assumed >= 2 {
+            break;
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the role was not refreshed ({assumed} AssumeRole); operator log:\n{}",
+            op.process.log_tail(40)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    wait_ready(cp, &ns, "role", &op).await?;
+
+    // An MFA approval, by alice (the approver role; the approval policy in force).
+    let mut mfa = session_token("mfa", true, json!({}))?;
+    mfa.data["spec"]["mfa"]["serialNumber"] = json!(user.serial_number());
+    api.create(&PostParams::default(), &mfa).await?;
+    let into_window = jiff::Timestamp::now().as_millisecond().rem_euclid(30_000);
+    if into_window > 27_000 {
+        tokio::time::sleep(Duration::from_millis((30_000 - into_window + 200) as u64)).await;
+    }
+    let alice = cp.client_as("alice").await?;
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        // RBAC and the policy reach the API server's caches asynchronously.
+        match annotate(&alice, &ns, "mfa", &user.totp_code_now(), "alice").await {
+            Ok(()) => break,
+            Err(kube::Error::Api(e)) if e.code == 403 && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => bail!("alice approving: {e}"),
+        }
+    }
+    wait_ready(cp, &ns, "mfa", &op).await?;
+    let mfa = serde_json::to_value(api.get("mfa").await?)?;
+    ensure!(
+        s(&mfa, "/status/lastApproval/approvedBy") == "alice",
+        "status.lastApproval: {:?}",
+        mfa.pointer("/status/lastApproval")
+    );
+    ensure!(
+        sts.calls().iter().any(|c| c.code_accepted == Some(true)),
+        "no MFA code reached STS"
+    );
+
     let refused = forbidden_requests(cp, &sa_user, since)?;
     ensure!(
         refused.is_empty(),
-        "requests the chart's RBAC refused: {refused:#?}\noperator log:\n{}",
+        "requests the chart's RBAC or admission policies refused: {refused:#?}\noperator log:\n{}",
         op.process.log_tail(40)
     );
+    let requests = cp.audit_events_where(since, |e| e.username() == sa_user)?;
     ensure!(
-        !cp.audit_events_where(since, |e| e.username() == sa_user)?
-            .is_empty(),
+        !requests.is_empty(),
         "no requests by {sa_user} in the audit log"
+    );
+    eprintln!(
+        "the operator made {} requests, {} writes, none refused",
+        requests.len(),
+        requests.iter().filter(|e| e.is_write()).count()
     );
     Ok(())
 }
@@ -1414,6 +1814,152 @@ async fn operator_with_namespace_scoped_chart_rbac_ignores_other_namespaces() ->
     Ok(())
 }
 
+/// `/metrics` as the chart serves it (kubebuilder's secure metrics): 401 without a token or with
+/// one the API server does not know, 403 for users without `get` on the non-resource URL
+/// `/metrics` (a test user, a ServiceAccount), 200 for a ServiceAccount bound to the chart's
+/// `metrics-reader` ClusterRole; `/healthz` and `/readyz` open. The answers are kept: more
+/// scrapes with the same token cost no more TokenReviews (audit log).
+#[tokio::test]
+async fn metrics_are_served_only_to_authorized_readers() -> Result<()> {
+    let cp = control_plane().await;
+    let _lock = EVERY_NAMESPACE.read().await;
+    let sts = StsDouble::start(StsDoubleConfig::default())?;
+    let release_ns = cp.new_namespace("install-metrics").await?;
+    let ns = workload(cp, "metrics-workload", &sts).await?;
+    let release = release_name();
+    let f = fullname(&release);
+    let values = json!({
+        "watchNamespaces": [ns],
+        "stsEndpoint": sts.endpoint(),
+        "allowedStsEndpoints": ["http://127.0.0.1:*"],
+        "logFormat": "text",
+        "approvalPolicy": {"enabled": false},
+    });
+    let (docs, _cleanup) = install(cp, &release, &release_ns, &values).await?;
+    let binding = json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": format!("{release}-scraper")},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": format!("{f}-metrics-reader")},
+        "subjects": [{"kind": "ServiceAccount", "name": "scraper", "namespace": release_ns}],
+    });
+    let _binding_cleanup = Cleanup {
+        kubeconfig: cp.admin_kubeconfig().to_path_buf(),
+        objects: vec![binding.clone()],
+    };
+    cp.apply_yaml(&format!(
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: scraper, namespace: {release_ns}}}\n---\n\
+         apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: stranger, namespace: {release_ns}}}\n---\n{}",
+        serde_json::to_string(&binding)?
+    ))
+    .await?;
+    // RBAC reaches the authorizer's cache asynchronously: wait until it says yes for the scraper
+    // (a refusal would be kept by the operator for 30 s).
+    let admin = cp.admin_client().await?;
+    let scraper_user = format!("system:serviceaccount:{release_ns}:scraper");
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        let sar: SubjectAccessReview = serde_json::from_value(json!({"spec": {
+            "user": scraper_user,
+            "groups": ["system:serviceaccounts", format!("system:serviceaccounts:{release_ns}"), "system:authenticated"],
+            "nonResourceAttributes": {"path": "/metrics", "verb": "get"},
+        }}))?;
+        let answer = Api::<SubjectAccessReview>::all(admin.clone())
+            .create(&PostParams::default(), &sar)
+            .await?;
+        if answer.status.is_some_and(|s| s.allowed) {
+            break;
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the scraper's binding never took effect"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let op = start_operator(cp, &docs, &release_ns, &release).await?;
+    wait_issued(cp, &ns, &op).await?;
+    let port = op.metrics_port;
+
+    for path in ["/healthz", "/readyz"] {
+        let r = http_get_auth(port, path, None).await?;
+        ensure!(r.starts_with("200"), "{path} without a token:\n{r}");
+    }
+    let status = |r: &str| r.split('\n').next().unwrap_or_default().to_string();
+    let r = http_get_auth(port, "/metrics", None).await?;
+    ensure!(
+        status(&r) == "401" && !r.contains("sts_session"),
+        "no token:\n{r}"
+    );
+    let r = http_get_auth(port, "/metrics", Some("not-a-token-the-api-server-knows")).await?;
+    ensure!(status(&r) == "401", "an unknown token:\n{r}");
+    let mallory = testkit::control_plane::token_for("mallory");
+    let r = http_get_auth(port, "/metrics", Some(&mallory)).await?;
+    ensure!(
+        status(&r) == "403" && !r.contains("sts_session"),
+        "mallory:\n{r}"
+    );
+    let stranger = service_account_token(cp, &release_ns, "stranger").await?;
+    let r = http_get_auth(port, "/metrics", Some(&stranger)).await?;
+    ensure!(
+        status(&r) == "403",
+        "a ServiceAccount without the role:\n{r}"
+    );
+    let since = jiff::Timestamp::now();
+    let scraper = service_account_token(cp, &release_ns, "scraper").await?;
+    let r = http_get_auth(port, "/metrics", Some(&scraper)).await?;
+    ensure!(
+        status(&r) == "200" && r.contains("sts_session_ready_status"),
+        "the metrics reader:\n{r}"
+    );
+
+    // Kept: five more scrapes within 30 s, no more reviews.
+    let sa_user = format!("system:serviceaccount:{release_ns}:{f}");
+    let reviews = || -> Result<usize> {
+        Ok(cp
+            .audit_events_where(since, |e| {
+                e.username() == sa_user && e.resource() == "tokenreviews" && e.verb == "create"
+            })?
+            .len())
+    };
+    cp.wait_for_audit_event(since, T, |e| {
+        e.username() == sa_user && e.resource() == "tokenreviews"
+    })
+    .await?;
+    let first = reviews()?;
+    for _ in 0..5 {
+        let r = http_get_auth(port, "/metrics", Some(&scraper)).await?;
+        ensure!(status(&r) == "200", "a repeated scrape:\n{r}");
+    }
+    // Refusals are kept too.
+    for _ in 0..3 {
+        let r = http_get_auth(port, "/metrics", Some(&stranger)).await?;
+        ensure!(status(&r) == "403", "a repeated refusal:\n{r}");
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = reviews()?;
+    eprintln!(
+        "TokenReviews: {first} for the first scrape, {after} after 5 more scrapes and 3 more refusals"
+    );
+    ensure!(
+        first == 1 && after == first,
+        "answers not kept: {first} TokenReviews for the first scrape, {after} after 8 more requests"
+    );
+    let refused = forbidden_requests(cp, &sa_user, since)?;
+    ensure!(refused.is_empty(), "requests refused: {refused:#?}");
+    // The tokens it reviewed are nowhere in its log.
+    let log = op.process.read_log();
+    for (whose, token) in [
+        ("scraper", &scraper),
+        ("stranger", &stranger),
+        ("mallory", &mallory),
+    ] {
+        ensure!(
+            !log.contains(token.as_str()),
+            "the {whose}'s token is in the operator's log"
+        );
+    }
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------------------
 // Guarded approvals.
 
@@ -1464,7 +2010,8 @@ async fn approval_policy_admits_only_approvers_naming_themselves() -> Result<()>
     let (_docs, _cleanup) = install(cp, &release, &release_ns, &values).await?;
     let admin = cp.admin_client().await?;
 
-    // alice: the chart's approver ClusterRole, in this namespace. bob: get/list/patch, no approve.
+    // alice: the chart's approver ClusterRole, in this namespace. bob: an editor (get/list/patch/
+    // update), no approve.
     cp.apply_yaml(&format!(
         r#"
 apiVersion: rbac.authorization.k8s.io/v1
@@ -1479,7 +2026,7 @@ metadata: {{name: sessiontoken-editor, namespace: {ns}}}
 rules:
   - apiGroups: [stssession.dev]
     resources: [sessiontokens]
-    verbs: [get, list, patch]
+    verbs: [get, list, patch, update]
 ---
 apiVersion: rbac.authorization.k8s.io/v1
 kind: RoleBinding
@@ -1566,12 +2113,66 @@ subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: bob}}]
             .contains_key(CODE)
     );
 
-    // 3. bob may patch SessionTokens (a label is fine) but not approve.
+    // 1b. Approving is all alice may do: her `patch` does not reach the spec, labels or other
+    // annotations (that needs `update`), not even alongside an approval.
+    for (what, patch) in [
+        (
+            "the role",
+            json!({"spec": {"assumeRole": {"roleArn": "arn:aws:iam::123456789012:role/admin"}}}),
+        ),
+        (
+            "the source Secret",
+            json!({"spec": {"sourceCredentials": {"secretRef": {"name": "other-keys"}}}}),
+        ),
+        (
+            "the restart targets",
+            json!({"spec": {"rolloutRestartTargets": [{"kind": "Deployment", "name": "anything"}]}}),
+        ),
+        (
+            "a label",
+            json!({"metadata": {"labels": {"touched-by": "alice"}}}),
+        ),
+        (
+            "another annotation",
+            json!({"metadata": {"annotations": {"note": "x"}}}),
+        ),
+        (
+            "the role, with an approval",
+            json!({"metadata": {"annotations": {CODE: "246810", APPROVED_BY: "alice"}}, "spec": {"durationSeconds": 900}}),
+        ),
+    ] {
+        let e = refused(
+            sessiontokens(&alice, &ns)
+                .patch("alice-ok", &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .map(|_| ()),
+            &format!("alice (approver) changing {what}"),
+        )?;
+        assert_eq!(e.code, 403, "{e:?}");
+        assert!(
+            e.message.contains(&format!(r#"user "alice" may not change SessionToken {ns}/alice-ok beyond the stssession.dev/token-code and stssession.dev/approved-by annotations: that needs the verb "update""#)),
+            "{what}: {}",
+            e.message
+        );
+    }
+    let st = serde_json::to_value(sts_api.get("alice-ok").await?)?;
+    assert_eq!(st["spec"]["durationSeconds"], 3600);
+    assert!(st.pointer("/spec/assumeRole").is_none(), "{st}");
+
+    // 3. bob (an editor) may change SessionTokens (a label, the spec) but not approve.
     let label = json!({"metadata": {"labels": {"touched-by": "bob"}}});
     sessiontokens(&bob, &ns)
         .patch("bob", &PatchParams::default(), &Patch::Merge(&label))
         .await
         .context("bob labelling")?;
+    sessiontokens(&bob, &ns)
+        .patch(
+            "bob",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"durationSeconds": 7200}})),
+        )
+        .await
+        .context("bob (editor) changing the spec")?;
     let e = refused(
         annotate(&bob, &ns, "bob", "345678", "bob").await,
         "bob approving",
@@ -1938,6 +2539,860 @@ subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: alice}}]
             .await?
             .contains_key(CLAIMED_AT)
     );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The operator's own writes, fenced (operatorPolicy).
+
+fn workloads(client: &Client, ns: &str, plural: &str, kind: &str) -> Api<DynamicObject> {
+    let ar = kube::api::ApiResource {
+        group: "apps".into(),
+        version: "v1".into(),
+        api_version: "apps/v1".into(),
+        kind: kind.into(),
+        plural: plural.into(),
+    };
+    Api::namespaced_with(client.clone(), ns, &ar)
+}
+
+/// The operator's real ServiceAccount token, with all the RBAC the chart gives it (restart
+/// targets bound in the test's namespace), against the chart's `operatorPolicy`: every write the
+/// operator makes passes (built with the operator's own functions: the claim patches, the
+/// restart patch, its Secrets' labels), and what a stolen token would do is refused by the
+/// policy (not by RBAC: the messages name it): a Deployment's image, replicas or labels, an
+/// unlabelled Secret, a foreign Secret taken over or deleted, a SessionToken's spec or labels,
+/// a token code set.
+#[tokio::test]
+async fn operator_policy_fences_the_operators_own_writes() -> Result<()> {
+    use sts_session_operator::approval::{CLAIMED_AT_ANNOTATION, Claim};
+    use sts_session_operator::crd::{
+        APPROVED_BY_ANNOTATION, OWNER_UID_LABEL, RENEW_ANNOTATION, TOKEN_CODE_ANNOTATION,
+    };
+    let cp = control_plane().await;
+    let release_ns = cp.new_namespace("install-fence").await?;
+    let ns = cp.new_namespace("fence").await?;
+    let release = release_name();
+    let f = fullname(&release);
+    let policy = format!("{f}-operator-writes");
+    // The approval policy is scoped away from everything (it is not what this test is about).
+    let values = json!({
+        "approvalPolicy": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "nowhere"}}},
+        "rbac": {"rolloutRestartTargets": {"namespaces": [ns]}},
+    });
+    let (_docs, _cleanup) = install(cp, &release, &release_ns, &values).await?;
+    let admin = cp.admin_client().await?;
+    let token = service_account_token(cp, &release_ns, &f).await?;
+    let op = cp.client_with_token(&token).await?;
+    let pp = PatchParams {
+        field_manager: Some("sts-session-operator".into()),
+        ..Default::default()
+    };
+    let fenced = |e: &kube::core::Status, what: &str| -> Result<()> {
+        ensure!(
+            e.code == 403 && e.message.contains(&policy),
+            "{what}: refused, but not by {policy}: {e:?}"
+        );
+        Ok(())
+    };
+    let secrets_op: Api<Secret> = Api::namespaced(op.clone(), &ns);
+    let secrets_admin: Api<Secret> = Api::namespaced(admin.clone(), &ns);
+    let secret = |name: &str, ours: bool| -> Result<Secret> {
+        let labels = if ours {
+            json!({"app.kubernetes.io/managed-by": "sts-session-operator", OWNER_UID_LABEL: "0b4c-uid"})
+        } else {
+            json!({"team": "a"})
+        };
+        Ok(serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": labels},
+            "stringData": {"k": "v"},
+        }))?)
+    };
+
+    // Wait until the policy (and the RBAC) are in force: the operator creating an unlabelled
+    // Secret is refused by the policy.
+    let deadline = tokio::time::Instant::now() + T;
+    let mut n = 0;
+    let first = loop {
+        n += 1;
+        match secrets_op
+            .create(
+                &PostParams::default(),
+                &secret(&format!("probe-{n}"), false)?,
+            )
+            .await
+        {
+            Err(kube::Error::Api(e)) if e.message.contains("ValidatingAdmissionPolicy") => break e,
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 403 => {} // RBAC not there yet
+            Err(e) => bail!("unexpected error while waiting for the policy: {e}"),
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the operator policy never refused an unlabelled Secret"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    eprintln!("refusal: {}", first.message);
+    fenced(&first, "an unlabelled Secret")?;
+    ensure!(
+        first
+            .message
+            .contains("may create only Opaque Secrets labelled as its own"),
+        "{}",
+        first.message
+    );
+
+    // -- Secrets ---------------------------------------------------------------------------
+    // Its own: created, updated (server-side apply, as it writes them), deleted.
+    secrets_op
+        .create(&PostParams::default(), &secret("ours", true)?)
+        .await
+        .context("the operator creating a Secret of its own")?;
+    let mut update = secret("ours", true)?;
+    update.string_data = Some(BTreeMap::from([("k".to_string(), "v2".to_string())]));
+    secrets_op
+        .patch(
+            "ours",
+            &PatchParams::apply("sts-session-operator").force(),
+            &Patch::Apply(&update),
+        )
+        .await
+        .context("the operator updating a Secret of its own")?;
+    // Not even labelled, a Secret the token controller would fill with a ServiceAccount's token.
+    let mut sa_token = secret("sa-token", true)?;
+    sa_token.type_ = Some("kubernetes.io/service-account-token".into());
+    sa_token.metadata.annotations = Some(BTreeMap::from([(
+        "kubernetes.io/service-account.name".to_string(),
+        "default".to_string(),
+    )]));
+    sa_token.string_data = None;
+    let e = refused(
+        secrets_op
+            .create(&PostParams::default(), &sa_token)
+            .await
+            .map(|_| ()),
+        "the operator creating a labelled service-account-token Secret",
+    )?;
+    fenced(&e, "a service-account-token Secret")?;
+    // A foreign Secret: not taken over (labels added), not changed, not deleted.
+    secrets_admin
+        .create(&PostParams::default(), &secret("foreign", false)?)
+        .await?;
+    let take_over = json!({"metadata": {"labels": {"app.kubernetes.io/managed-by": "sts-session-operator", OWNER_UID_LABEL: "0b4c-uid"}}, "stringData": {"k": "stolen"}});
+    let e = refused(
+        secrets_op
+            .patch("foreign", &pp, &Patch::Merge(&take_over))
+            .await
+            .map(|_| ()),
+        "the operator taking over a foreign Secret",
+    )?;
+    fenced(&e, "taking over a foreign Secret")?;
+    let e = refused(
+        secrets_op
+            .delete("foreign", &Default::default())
+            .await
+            .map(|_| ()),
+        "the operator deleting a foreign Secret",
+    )?;
+    fenced(&e, "deleting a foreign Secret")?;
+    ensure!(secrets_admin.get_opt("foreign").await?.is_some());
+    // Its own Secret may not be made foreign either (the label removed).
+    let unlabel = json!({"metadata": {"labels": {"app.kubernetes.io/managed-by": null}}});
+    let e = refused(
+        secrets_op
+            .patch("ours", &pp, &Patch::Merge(&unlabel))
+            .await
+            .map(|_| ()),
+        "the operator unlabelling its Secret",
+    )?;
+    fenced(&e, "unlabelling its own Secret")?;
+    secrets_op
+        .delete("ours", &Default::default())
+        .await
+        .context("the operator deleting a Secret of its own")?;
+
+    // -- Workloads ---------------------------------------------------------------------------
+    cp.apply_yaml(&format!(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: web, namespace: {ns}}}
+spec:
+  selector: {{matchLabels: {{app: web}}}}
+  template:
+    metadata: {{labels: {{app: web}}, annotations: {{keep: "me"}}}}
+    spec: {{containers: [{{name: web, image: "registry.example/web:1"}}]}}
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {{name: db, namespace: {ns}}}
+spec:
+  serviceName: db
+  selector: {{matchLabels: {{app: db}}}}
+  template:
+    metadata: {{labels: {{app: db}}}}
+    spec: {{containers: [{{name: db, image: "registry.example/db:1"}}]}}
+---
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {{name: agent, namespace: {ns}}}
+spec:
+  selector: {{matchLabels: {{app: agent}}}}
+  template:
+    metadata: {{labels: {{app: agent}}}}
+    spec: {{containers: [{{name: agent, image: "registry.example/agent:1"}}]}}
+"#
+    ))
+    .await?;
+    let now = jiff::Timestamp::now();
+    for (plural, kind, name, long_name) in [
+        ("deployments", "Deployment", "web", "app"),
+        ("statefulsets", "StatefulSet", "db", &*"a".repeat(200)),
+        ("daemonsets", "DaemonSet", "agent", "app"),
+    ] {
+        let api = workloads(&op, &ns, plural, kind);
+        // The restart, exactly as the operator makes it (two of them: a second SessionToken's
+        // annotation, and a long SessionToken name's hashed key).
+        for st_name in ["app", long_name] {
+            let restart = sts_session_operator::plan::restart_patch(st_name, "ASIAFENCETEST", now);
+            api.patch(name, &pp, &Patch::Merge(&restart))
+                .await
+                .with_context(|| format!("the operator restarting {kind} {name}"))?;
+        }
+        // Anything else: refused.
+        let image = json!({"spec": {"template": {"spec": {"containers": [{"name": name, "image": "evil.example/x:1"}]}}}});
+        let e = refused(
+            api.patch(name, &pp, &Patch::Strategic(&image))
+                .await
+                .map(|_| ()),
+            &format!("the operator changing {kind} {name}'s image"),
+        )?;
+        fenced(&e, "an image")?;
+        ensure!(e.message.contains("may only restart"), "{}", e.message);
+        let sneak = json!({"spec": {"template": {"metadata": {"annotations": {"stssession.dev/restartedAt": "2026-01-01T00:00:00Z", "other": "x"}}}}});
+        let e = refused(
+            api.patch(name, &pp, &Patch::Merge(&sneak))
+                .await
+                .map(|_| ()),
+            &format!("the operator adding another template annotation to {kind} {name}"),
+        )?;
+        fenced(&e, "another template annotation")?;
+        let label = json!({"metadata": {"labels": {"owned": "by-operator"}}});
+        let e = refused(
+            api.patch(name, &pp, &Patch::Merge(&label))
+                .await
+                .map(|_| ()),
+            &format!("the operator labelling {kind} {name}"),
+        )?;
+        fenced(&e, "a workload label")?;
+    }
+    let deployments = workloads(&op, &ns, "deployments", "Deployment");
+    for (what, patch) in [
+        ("replicas", json!({"spec": {"replicas": 5}})),
+        (
+            "the service account",
+            json!({"spec": {"template": {"spec": {"serviceAccountName": "default"}}}}),
+        ),
+        (
+            "a template annotation removed",
+            json!({"spec": {"template": {"metadata": {"annotations": {"keep": null}}}}}),
+        ),
+    ] {
+        let e = refused(
+            deployments
+                .patch("web", &pp, &Patch::Merge(&patch))
+                .await
+                .map(|_| ()),
+            &format!("the operator changing the Deployment's {what}"),
+        )?;
+        fenced(&e, what)?;
+    }
+    let web = workloads(&admin, &ns, "deployments", "Deployment")
+        .get("web")
+        .await?;
+    let web = serde_json::to_value(&web)?;
+    assert_eq!(
+        web.pointer("/spec/template/spec/containers/0/image"),
+        Some(&json!("registry.example/web:1"))
+    );
+    assert_eq!(
+        web.pointer("/spec/template/metadata/annotations/sessiontoken.stssession.dev~1app"),
+        Some(&json!("ASIAFENCETEST"))
+    );
+    // Other users are not fenced.
+    let image = json!({"spec": {"template": {"spec": {"containers": [{"name": "web", "image": "registry.example/web:2"}]}}}});
+    workloads(&admin, &ns, "deployments", "Deployment")
+        .patch("web", &PatchParams::default(), &Patch::Strategic(&image))
+        .await
+        .context("admin changing the image")?;
+
+    // -- SessionTokens -----------------------------------------------------------------------
+    let admin_sts = sessiontokens(&admin, &ns);
+    admin_sts
+        .create(
+            &PostParams::default(),
+            &session_token(
+                "st",
+                true,
+                json!({TOKEN_CODE_ANNOTATION: "123456", APPROVED_BY_ANNOTATION: "admin", "keep": "me"}),
+            )?,
+        )
+        .await?;
+    let op_sts = sessiontokens(&op, &ns);
+    for (what, patch) in [
+        ("spec", json!({"spec": {"durationSeconds": 7200}})),
+        (
+            "spec (the source Secret)",
+            json!({"spec": {"sourceCredentials": {"secretRef": {"name": "foreign"}}}}),
+        ),
+        ("labels", json!({"metadata": {"labels": {"x": "y"}}})),
+        (
+            "another annotation",
+            json!({"metadata": {"annotations": {"keep": null}}}),
+        ),
+        (
+            "a token code",
+            json!({"metadata": {"annotations": {TOKEN_CODE_ANNOTATION: "654321"}}}),
+        ),
+    ] {
+        let e = refused(
+            op_sts
+                .patch("st", &pp, &Patch::Merge(&patch))
+                .await
+                .map(|_| ()),
+            &format!("the operator changing a SessionToken's {what}"),
+        )?;
+        fenced(&e, what)?;
+        ensure!(e.message.contains("may only claim"), "{}", e.message);
+    }
+    // The claim, as the operator builds it.
+    let rv = admin_sts
+        .get("st")
+        .await?
+        .resource_version()
+        .unwrap_or_default();
+    let claim = Claim::new(
+        TOKEN_CODE_ANNOTATION,
+        &rv,
+        &[APPROVED_BY_ANNOTATION],
+        Some((CLAIMED_AT_ANNOTATION, jiff::Timestamp::now().to_string())),
+    );
+    let patch: json_patch::Patch = serde_json::from_value(claim.patch.clone())?;
+    op_sts
+        .patch("st", &pp, &Patch::<()>::Json(patch))
+        .await
+        .context("the operator's claim")?;
+    let a = annotations(&admin, &ns, "st").await?;
+    ensure!(
+        !a.contains_key(TOKEN_CODE_ANNOTATION)
+            && a.contains_key(CLAIMED_AT_ANNOTATION)
+            && a.contains_key("keep"),
+        "{a:?}"
+    );
+    // A renewal request claimed.
+    admin_sts
+        .patch(
+            "st",
+            &PatchParams::default(),
+            &Patch::Merge(
+                &json!({"metadata": {"annotations": {RENEW_ANNOTATION: "2026-01-01T00:00:00Z"}}}),
+            ),
+        )
+        .await?;
+    let rv = admin_sts
+        .get("st")
+        .await?
+        .resource_version()
+        .unwrap_or_default();
+    let claim = Claim::new(RENEW_ANNOTATION, &rv, &[], None);
+    let patch: json_patch::Patch = serde_json::from_value(claim.patch.clone())?;
+    op_sts
+        .patch("st", &pp, &Patch::<()>::Json(patch))
+        .await
+        .context("the operator claiming a renewal request")?;
+    // Status: not fenced.
+    op_sts
+        .patch_status(
+            "st",
+            &PatchParams::apply("sts-session-operator").force(),
+            &Patch::Apply(&json!({
+                "apiVersion": "stssession.dev/v1alpha1", "kind": "SessionToken",
+                "status": {"observedGeneration": 1},
+            })),
+        )
+        .await
+        .context("the operator writing status")?;
+    // Nor may it create or delete one.
+    let e = refused(
+        op_sts.delete("st", &Default::default()).await.map(|_| ()),
+        "the operator deleting a SessionToken",
+    )?;
+    ensure!(e.code == 403, "{e:?}"); // RBAC: it has no delete
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The table of docs/rbac-and-approvals.md ("Who may do what"), cell by cell.
+
+/// One identity of the table: a client with its real ServiceAccount token, and its user name.
+struct Who {
+    column: &'static str,
+    client: Client,
+    user: String,
+    groups: Vec<String>,
+}
+
+/// The table's rows: (the first cell, word for word, what the test does for it).
+const TABLE_ROWS: &[(&str, &str)] = &[
+    ("read SessionTokens", "read"),
+    (
+        "approve: set `stssession.dev/token-code` and `stssession.dev/approved-by` naming oneself",
+        "approve",
+    ),
+    (
+        "withdraw a pending approval (remove both annotations)",
+        "withdraw",
+    ),
+    (
+        "change a SessionToken's spec (role, source Secret, restart targets, ...)",
+        "spec",
+    ),
+    (
+        "change a SessionToken's labels or other annotations",
+        "labels",
+    ),
+    ("create or delete SessionTokens", "create-delete"),
+    (
+        "mark a claim: set `stssession.dev/token-code-claimed-at`",
+        "mark",
+    ),
+    ("write a SessionToken's status", "status"),
+    ("update a Secret labelled as the operator's", "our-secret"),
+    (
+        "update any other Secret (e.g. the IAM keys)",
+        "other-secret",
+    ),
+    (
+        "restart a workload (the two restart annotations of its pod template)",
+        "restart",
+    ),
+    ("change a workload's pod template (e.g. its image)", "image"),
+    (
+        "let the operator restart this namespace's workloads (bind `<release>-restart-targets`)",
+        "opt-in",
+    ),
+    (
+        "read `/metrics` (needs `<release>-metrics-reader`)",
+        "metrics",
+    ),
+];
+const TABLE_COLUMNS: [&str; 4] = ["operator", "approver", "editor", "namespace admin"];
+
+/// The table in docs/rbac-and-approvals.md: (row text, [yes/no per column]).
+fn rbac_table() -> Result<Vec<(String, [bool; 4])>> {
+    let doc = std::fs::read_to_string(root().join("docs/rbac-and-approvals.md"))?;
+    let start = doc
+        .find("<!-- rbac-table")
+        .context("docs/rbac-and-approvals.md has no <!-- rbac-table marker")?;
+    let cells = |line: &str| -> Vec<String> {
+        line.trim()
+            .trim_matches('|')
+            .split('|')
+            .map(|c| c.trim().to_string())
+            .collect()
+    };
+    let mut lines = doc[start..]
+        .lines()
+        .skip(1)
+        .take_while(|l| l.trim_start().starts_with('|'));
+    let header = cells(lines.next().context("no table after the marker")?);
+    ensure!(
+        header.len() == 5 && header[1..] == TABLE_COLUMNS,
+        "the table's columns: {header:?}"
+    );
+    let mut rows = Vec::new();
+    for line in lines.skip(1) {
+        let c = cells(line);
+        ensure!(c.len() == 5, "a row without 5 cells: {line}");
+        let mut yes = [false; 4];
+        for (i, cell) in c[1..].iter().enumerate() {
+            yes[i] = match cell.as_str() {
+                "yes" => true,
+                "no" => false,
+                other => bail!("cell {other:?} of row {:?}: yes or no", c[0]),
+            };
+        }
+        rows.push((c[0].clone(), yes));
+    }
+    Ok(rows)
+}
+
+/// Admitted (true) or refused with 403 (false); anything else is an error.
+fn admitted<T>(r: Result<T, kube::Error>, what: &str) -> Result<bool> {
+    match r {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(e)) if e.code == 403 => Ok(false),
+        Err(e) => bail!("{what}: {e}"),
+    }
+}
+
+#[tokio::test]
+async fn the_rbac_table_in_the_docs_is_what_the_api_server_enforces() -> Result<()> {
+    use k8s_openapi::api::rbac::v1::RoleBinding;
+    use kube::api::DeleteParams;
+    let table = rbac_table()?;
+    let known: BTreeSet<&str> = TABLE_ROWS.iter().map(|(row, _)| *row).collect();
+    let shown: BTreeSet<&str> = table.iter().map(|(row, _)| row.as_str()).collect();
+    ensure!(
+        known == shown,
+        "the table's rows differ from the ones this test checks: only in the docs {:?}, only here {:?}",
+        shown.difference(&known).collect::<Vec<_>>(),
+        known.difference(&shown).collect::<Vec<_>>()
+    );
+
+    let cp = control_plane().await;
+    // The chart's edit and approve ClusterRoles aggregate into the built-in admin and edit.
+    let _lock = EVERY_NAMESPACE.write().await;
+    let release_ns = cp.new_namespace("install-table").await?;
+    let ns = cp.new_namespace("table").await?;
+    let release = release_name();
+    let f = fullname(&release);
+    let values = json!({"approvalPolicy": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}}});
+    let (_docs, _cleanup) = install(cp, &release, &release_ns, &values).await?;
+    let admin = cp.admin_client().await?;
+    cp.apply_yaml(&format!(
+        r#"
+apiVersion: v1
+kind: ServiceAccount
+metadata: {{name: approver, namespace: {ns}}}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {{name: editor, namespace: {ns}}}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {{name: nsadmin, namespace: {ns}}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: approver, namespace: {ns}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: {f}-approve}}
+subjects: [{{kind: ServiceAccount, name: approver, namespace: {ns}}}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: editor, namespace: {ns}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: edit}}
+subjects: [{{kind: ServiceAccount, name: editor, namespace: {ns}}}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: nsadmin, namespace: {ns}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: admin}}
+subjects: [{{kind: ServiceAccount, name: nsadmin, namespace: {ns}}}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: sts-session-operator-restarts, namespace: {ns}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: {f}-restart-targets}}
+subjects: [{{kind: ServiceAccount, name: {f}, namespace: {release_ns}}}]
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: iam-keys, namespace: {ns}}}
+stringData: {{AWS_ACCESS_KEY_ID: AKIAEXAMPLE, AWS_SECRET_ACCESS_KEY: not-a-secret}}
+---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: app
+  namespace: {ns}
+  labels: {{app.kubernetes.io/managed-by: sts-session-operator, stssession.dev/session-token-uid: 0b4c-uid}}
+stringData: {{AWS_ACCESS_KEY_ID: ASIAEXAMPLE}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: web, namespace: {ns}}}
+spec:
+  selector: {{matchLabels: {{app: web}}}}
+  template:
+    metadata: {{labels: {{app: web}}}}
+    spec: {{containers: [{{name: web, image: "registry.example/web:1"}}]}}
+"#
+    ))
+    .await?;
+    let sts_admin = sessiontokens(&admin, &ns);
+    sts_admin
+        .create(
+            &PostParams::default(),
+            &session_token("app", true, json!({"note": "kept"}))?,
+        )
+        .await?;
+    sts_admin
+        .create(
+            &PostParams::default(),
+            &session_token(
+                "pending",
+                true,
+                json!({CODE: "112233", APPROVED_BY: "admin"}),
+            )?,
+        )
+        .await?;
+
+    let sa = |ns: &str, name: &str| {
+        (
+            format!("system:serviceaccount:{ns}:{name}"),
+            vec![
+                "system:serviceaccounts".to_string(),
+                format!("system:serviceaccounts:{ns}"),
+                "system:authenticated".to_string(),
+            ],
+        )
+    };
+    let mut who = Vec::new();
+    for (column, sa_ns, name) in [
+        ("operator", release_ns.as_str(), f.as_str()),
+        ("approver", ns.as_str(), "approver"),
+        ("editor", ns.as_str(), "editor"),
+        ("namespace admin", ns.as_str(), "nsadmin"),
+    ] {
+        let token = service_account_token(cp, sa_ns, name).await?;
+        let (user, groups) = sa(sa_ns, name);
+        who.push(Who {
+            column,
+            client: cp.client_with_token(&token).await?,
+            user,
+            groups,
+        });
+    }
+    let can = |w: &Who, verb: &str, group: &str, resource: &str| {
+        let admin = admin.clone();
+        let sar = json!({"spec": {"user": w.user, "groups": w.groups,
+            "resourceAttributes": {"verb": verb, "group": group, "resource": resource, "namespace": ns}}});
+        async move {
+            let sar: SubjectAccessReview = serde_json::from_value(sar)?;
+            let answer = Api::<SubjectAccessReview>::all(admin)
+                .create(&PostParams::default(), &sar)
+                .await?;
+            anyhow::Ok(answer.status.is_some_and(|s| s.allowed))
+        }
+    };
+    // Aggregation and RBAC caches, then the policies, take effect asynchronously.
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        let ready = can(&who[2], "update", "stssession.dev", "sessiontokens").await?
+            && can(&who[3], "update", "stssession.dev", "sessiontokens").await?
+            && can(&who[3], "approve", "stssession.dev", "sessiontokens").await?
+            && can(&who[1], "approve", "stssession.dev", "sessiontokens").await?
+            && can(&who[0], "patch", "apps", "deployments").await?;
+        if ready {
+            break;
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the roles never aggregated into admin/edit"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let dry = PatchParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        // Both policies in force: the approver's label and the operator's unlabelled Secret.
+        let label = sessiontokens(&who[1].client, &ns)
+            .patch(
+                "app",
+                &dry,
+                &Patch::Merge(&json!({"metadata": {"labels": {"x": "y"}}})),
+            )
+            .await;
+        let secret = Api::<Secret>::namespaced(who[0].client.clone(), &ns)
+            .patch(
+                "iam-keys",
+                &dry,
+                &Patch::Merge(&json!({"data": {"x": "eA=="}})),
+            )
+            .await;
+        let by_policy = |r: Result<(), kube::Error>| matches!(r, Err(kube::Error::Api(e)) if e.message.contains("ValidatingAdmissionPolicy"));
+        if by_policy(label.map(|_| ())) && by_policy(secret.map(|_| ())) {
+            break;
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the admission policies never took effect"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let dry_post = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let dry_delete = DeleteParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let mut mismatches = Vec::new();
+    let mut cells = 0;
+    for (row, expected) in &table {
+        let action = TABLE_ROWS
+            .iter()
+            .find(|(r, _)| r == row)
+            .map(|(_, a)| *a)
+            .unwrap_or_default();
+        for (i, w) in who.iter().enumerate() {
+            let sts = sessiontokens(&w.client, &ns);
+            let secrets: Api<Secret> = Api::namespaced(w.client.clone(), &ns);
+            let deployments = workloads(&w.client, &ns, "deployments", "Deployment");
+            let what = format!("{row} as the {}", w.column);
+            let json_patch =
+                |ops: Value| -> Result<json_patch::Patch> { Ok(serde_json::from_value(ops)?) };
+            let got = match action {
+                "read" => admitted(sts.get("app").await, &what)?,
+                "approve" => admitted(
+                    sts.patch("app", &dry, &Patch::Merge(&json!({"metadata": {"annotations": {CODE: "135790", APPROVED_BY: w.user}}})))
+                        .await,
+                    &what,
+                )?,
+                "withdraw" => admitted(
+                    sts.patch(
+                        "pending",
+                        &dry,
+                        &Patch::<()>::Json(json_patch(json!([
+                            {"op": "remove", "path": "/metadata/annotations/stssession.dev~1token-code"},
+                            {"op": "remove", "path": "/metadata/annotations/stssession.dev~1approved-by"},
+                        ]))?),
+                    )
+                    .await,
+                    &what,
+                )?,
+                "spec" => admitted(
+                    sts.patch("app", &dry, &Patch::Merge(&json!({"spec": {"durationSeconds": 7200}})))
+                        .await,
+                    &what,
+                )?,
+                "labels" => {
+                    let labels = admitted(
+                        sts.patch("app", &dry, &Patch::Merge(&json!({"metadata": {"labels": {"x": "y"}}})))
+                            .await,
+                        &what,
+                    )?;
+                    let annotations = admitted(
+                        sts.patch("app", &dry, &Patch::Merge(&json!({"metadata": {"annotations": {"note": "x"}}})))
+                            .await,
+                        &what,
+                    )?;
+                    ensure!(labels == annotations, "{what}: labels {labels}, annotations {annotations}");
+                    labels
+                }
+                "create-delete" => {
+                    let created = admitted(
+                        sts.create(&dry_post, &session_token("another", false, json!({}))?).await,
+                        &what,
+                    )?;
+                    let deleted = admitted(sts.delete("app", &dry_delete).await, &what)?;
+                    ensure!(created == deleted, "{what}: create {created}, delete {deleted}");
+                    created
+                }
+                "mark" => admitted(
+                    sts.patch(
+                        "app",
+                        &dry,
+                        &Patch::<()>::Json(json_patch(json!([
+                            {"op": "add", "path": "/metadata/annotations/stssession.dev~1token-code-claimed-at", "value": "2026-01-01T00:00:00Z"},
+                        ]))?),
+                    )
+                    .await,
+                    &what,
+                )?,
+                "status" => admitted(
+                    sts.patch_status("app", &dry, &Patch::Merge(&json!({"status": {"observedGeneration": 1}})))
+                        .await,
+                    &what,
+                )?,
+                "our-secret" => admitted(
+                    secrets.patch("app", &dry, &Patch::Merge(&json!({"data": {"AWS_ACCESS_KEY_ID": "QVNJQU5FVw=="}})))
+                        .await,
+                    &what,
+                )?,
+                "other-secret" => admitted(
+                    secrets.patch("iam-keys", &dry, &Patch::Merge(&json!({"data": {"AWS_ACCESS_KEY_ID": "QUtJQU5FVw=="}})))
+                        .await,
+                    &what,
+                )?,
+                "restart" => admitted(
+                    deployments
+                        .patch(
+                            "web",
+                            &dry,
+                            &Patch::Merge(&sts_session_operator::plan::restart_patch(
+                                "app",
+                                "ASIATABLE",
+                                jiff::Timestamp::now(),
+                            )),
+                        )
+                        .await,
+                    &what,
+                )?,
+                "image" => admitted(
+                    deployments
+                        .patch(
+                            "web",
+                            &dry,
+                            &Patch::Strategic(&json!({"spec": {"template": {"spec": {"containers": [{"name": "web", "image": "evil.example/x:1"}]}}}})),
+                        )
+                        .await,
+                    &what,
+                )?,
+                "opt-in" => {
+                    let rb: RoleBinding = serde_json::from_value(json!({
+                        "metadata": {"name": "opt-in"},
+                        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": format!("{f}-restart-targets")},
+                        "subjects": [{"kind": "ServiceAccount", "name": f, "namespace": release_ns}],
+                    }))?;
+                    admitted(
+                        Api::<RoleBinding>::namespaced(w.client.clone(), &ns)
+                            .create(&dry_post, &rb)
+                            .await,
+                        &what,
+                    )?
+                }
+                "metrics" => {
+                    let sar: SubjectAccessReview = serde_json::from_value(json!({"spec": {
+                        "user": w.user, "groups": w.groups,
+                        "nonResourceAttributes": {"path": "/metrics", "verb": "get"},
+                    }}))?;
+                    Api::<SubjectAccessReview>::all(admin.clone())
+                        .create(&PostParams::default(), &sar)
+                        .await?
+                        .status
+                        .is_some_and(|s| s.allowed)
+                }
+                other => bail!("no check for {other:?}"),
+            };
+            cells += 1;
+            let want = expected[i];
+            if got != want {
+                mismatches.push(format!(
+                    "{what}: the docs say {}, the API server {}",
+                    if want { "yes" } else { "no" },
+                    if got { "admits it" } else { "refuses it" }
+                ));
+            }
+        }
+    }
+    eprintln!("{cells} cells of the RBAC table checked");
+    ensure!(
+        mismatches.is_empty(),
+        "docs/rbac-and-approvals.md's table is wrong in {} of {cells} cells:\n{}",
+        mismatches.len(),
+        mismatches.join("\n")
+    );
+    ensure!(cells == TABLE_ROWS.len() * 4, "{cells} cells checked");
     Ok(())
 }
 

@@ -19,8 +19,15 @@ use tools::*;
 
 #[test]
 fn helm_lint_strict_passes_for_the_supported_value_sets() -> Result<()> {
-    let sets: [(&str, &[&str]); 4] = [
+    let sets: [(&str, &[&str]); 5] = [
         ("default values", &[]),
+        (
+            "locked down",
+            &[
+                "--set",
+                "metrics.networkPolicy.enabled=true,metrics.networkPolicy.scraper.namespaceSelector.matchLabels.team=monitoring,rbac.rolloutRestartTargets.namespaces={team-a},replicas=1,leaderElection.enabled=false,strategy.type=Recreate",
+            ],
+        ),
         (
             "namespace-scoped",
             &["--set", "watchNamespaces={team-a,team-b}"],

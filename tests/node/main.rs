@@ -305,6 +305,22 @@ async fn scenario(cp: &ControlPlane, admin: &Client, node: &Node, images: &Image
             .arg("--kubeconfig")
             .arg(kubeconfig),
     )?;
+    // The namespace's admins let the operator restart their workloads (opt-in per namespace,
+    // docs/rbac-and-approvals.md), as the docs say.
+    run_ok(
+        Command::new(kubectl()?)
+            .args([
+                "create",
+                "rolebinding",
+                "sts-session-operator-restarts",
+                "-n",
+                ns,
+            ])
+            .arg(format!("--clusterrole={fullname}-restart-targets"))
+            .arg(format!("--serviceaccount={release_ns}:{fullname}"))
+            .arg("--kubeconfig")
+            .arg(kubeconfig),
+    )?;
     eventually(T, "the default ServiceAccount", || async {
         Ok(
             Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(admin.clone(), ns)

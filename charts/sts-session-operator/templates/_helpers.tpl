@@ -72,17 +72,22 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
-{{- if .Values.rbac.rolloutRestartTargets }}
+{{- end }}
+
+{{/* Restarting workloads after a rotation (spec.rolloutRestartTargets): opt-in per namespace. */}}
+{{- define "sts-session-operator.restartRules" -}}
 - apiGroups: ["apps"]
   resources: ["deployments", "statefulsets", "daemonsets"]
   verbs: ["get", "patch"]  # spec.rolloutRestartTargets: restarting workloads after a rotation
-{{- end }}
 {{- end }}
 
 {{/* Refuses combinations that would break at run time. */}}
 {{- define "sts-session-operator.validate" -}}
 {{- if and (gt (int .Values.replicas) 1) (not .Values.leaderElection.enabled) }}
 {{- fail "replicas > 1 needs leaderElection.enabled=true: without a Lease every replica would reconcile, and two replicas could race for the same MFA code" }}
+{{- end }}
+{{- if and (not .Values.leaderElection.enabled) (ne (toString (dig "type" "RollingUpdate" .Values.strategy)) "Recreate") }}
+{{- fail "leaderElection.enabled=false needs strategy.type=Recreate: with a RollingUpdate the new pod starts before the old one stops, and without a Lease both would reconcile (and could race for the same MFA code) during every rollout" }}
 {{- end }}
 {{- if and .Values.approvalPolicy.enabled (has "Deny" .Values.approvalPolicy.validationActions) (has "Warn" .Values.approvalPolicy.validationActions) }}
 {{- fail "approvalPolicy.validationActions: use Deny or Warn, not both (Kubernetes refuses the combination)" }}
@@ -115,4 +120,10 @@ the prometheus-operator's PrometheusRule. */}}
 {{/* The `job` label of the operator's scrape target (a ServiceMonitor's: the Service's name). */}}
 {{- define "sts-session-operator.job" -}}
 {{- default (printf "%s-metrics" (include "sts-session-operator.fullname" .)) .Values.alerts.job }}
+{{- end }}
+
+{{/* CEL: the field at this path (below object/oldObject) is the same before and after an
+update: both absent, or both present and equal. */}}
+{{- define "sts-session-operator.same" -}}
+(has(object.{{ . }}) == has(oldObject.{{ . }}) && (!has(object.{{ . }}) || object.{{ . }} == oldObject.{{ . }}))
 {{- end }}

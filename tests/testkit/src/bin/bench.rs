@@ -207,6 +207,8 @@ impl Operator {
             format!("--sts-endpoint={}", world.sts.endpoint()),
             "--allowed-sts-endpoints=http://127.0.0.1:*".into(),
             format!("--metrics-address=127.0.0.1:{port}"),
+            // Local run: /metrics open (the chart turns its TokenReview guard on).
+            "--metrics-auth=false".into(),
             format!("--lease-namespace={ns}"),
         ];
         args.extend(opts.operator_args.iter().cloned());
