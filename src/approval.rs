@@ -334,6 +334,8 @@ pub struct CodeContext<'a> {
     pub has_mfa: bool,
     /// A problem that stops minting: (reason, message).
     pub blocker: Option<(&'static str, &'a str)>,
+    /// The blocker leaves a usable code in place, unclaimed, until the spec is mended.
+    pub blocker_keeps_code: bool,
     pub status: &'a SessionTokenStatus,
     pub now: Timestamp,
     pub max_age: Duration,
@@ -346,6 +348,9 @@ pub fn assess(facts: &ApprovalFacts, cx: &CodeContext<'_>) -> CodeDecision {
         return CodeDecision::default();
     };
     let state = code_state(Some(raw), cx.has_mfa, facts.code_set_at, cx.now, cx.max_age);
+    if state == CodeState::Usable && cx.blocker.is_some() && cx.blocker_keeps_code {
+        return CodeDecision::default();
+    }
     let used = state == CodeState::Usable && cx.blocker.is_none();
     let claimed_at = round_to_second(cx.now);
     if used && claim_resolved(cx.status, claimed_at) {
@@ -491,6 +496,30 @@ mod tests {
             interrupted(&status, &facts, t(0), Duration::MAX),
             Interrupted::No
         );
+    }
+
+    #[test]
+    fn a_blocker_that_keeps_the_code_leaves_it_unclaimed() {
+        let status = SessionTokenStatus::default();
+        let facts = ApprovalFacts {
+            code: Some("123456".into()),
+            code_set_at: Some(t(0)),
+            resource_version: "7".into(),
+            ..ApprovalFacts::default()
+        };
+        let cx = |keeps: bool| CodeContext {
+            has_mfa: true,
+            blocker: Some(("EndpointRegionMismatch", "spec.endpoint is in region x")),
+            blocker_keeps_code: keeps,
+            status: &status,
+            now: t(1),
+            max_age: Duration::from_secs(90),
+        };
+        let kept = assess(&facts, &cx(true));
+        assert!(kept.claim.is_none() && kept.use_code.is_none() && kept.issuing.is_none());
+        // Other blockers remove it unused.
+        let dropped = assess(&facts, &cx(false));
+        assert!(dropped.claim.is_some_and(|c| !c.marks_use()) && dropped.use_code.is_none());
     }
 
     #[test]

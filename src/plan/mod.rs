@@ -48,6 +48,17 @@ pub struct Blocker {
     pub message: String,
 }
 
+/// The reason of a `spec.endpoint` in another region than the requests are signed for.
+pub const ENDPOINT_REGION_MISMATCH: &str = "EndpointRegionMismatch";
+
+impl Blocker {
+    /// Whether a code set meanwhile stays on the object, unclaimed, for when the spec is
+    /// mended (a mistake in the spec found before any call), rather than being removed unused.
+    pub fn keeps_code(&self) -> bool {
+        self.reason == ENDPOINT_REGION_MISMATCH
+    }
+}
+
 /// A Secret the reconcile may write, as observed, and whose it is.
 #[derive(Clone, Debug)]
 pub struct SecretSeen {
@@ -314,6 +325,7 @@ pub fn decide(f: &Facts) -> Plan {
         &CodeContext {
             has_mfa: f.has_mfa(),
             blocker: f.blocker_pair(),
+            blocker_keeps_code: f.blocker.as_ref().is_some_and(Blocker::keeps_code),
             status: &f.status,
             now: f.now,
             max_age: f.timing.token_code_max_age,

@@ -898,6 +898,42 @@ mod tests {
     }
 
     #[test]
+    fn endpoint_regions() {
+        for (endpoint, region) in [
+            ("https://sts.eu-west-1.amazonaws.com", Some("eu-west-1")),
+            (
+                "https://STS.EU-WEST-1.amazonaws.com:443/",
+                Some("eu-west-1"),
+            ),
+            ("https://sts-fips.us-east-2.api.aws", Some("us-east-2")),
+            (
+                "https://sts.cn-north-1.amazonaws.com.cn",
+                Some("cn-north-1"),
+            ),
+            (
+                "https://vpce-0abc-xyz.sts.us-gov-west-1.vpce.amazonaws.com",
+                Some("us-gov-west-1"),
+            ),
+            ("https://sts.amazonaws.com", None),
+            ("http://127.0.0.1:8080", None),
+            ("https://sts.internal.example.com", None),
+            ("not a url", None),
+        ] {
+            assert_eq!(endpoint_region(endpoint).as_deref(), region, "{endpoint}");
+        }
+        assert!(
+            endpoint_region_mismatch("https://sts.eu-west-1.amazonaws.com", "eu-west-1").is_none()
+        );
+        assert!(endpoint_region_mismatch("https://sts.amazonaws.com", "eu-west-1").is_none());
+        let why =
+            endpoint_region_mismatch("https://sts.eu-west-1.amazonaws.com", "us-east-1").unwrap();
+        assert!(
+            why.contains("eu-west-1") && why.contains("us-east-1"),
+            "{why}"
+        );
+    }
+
+    #[test]
     fn region_labels() {
         for ok in [
             "us-east-1",

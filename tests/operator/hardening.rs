@@ -5,7 +5,9 @@
 use super::common::*;
 use super::{T, World, source_spec};
 use anyhow::Result;
+use kube::api::{Patch, PatchParams};
 use serde_json::json;
+use std::time::Duration;
 use testkit::sts_double::CodePolicy;
 
 /// A SessionToken named with the 253 characters the API server admits still gets its Events:
@@ -39,5 +41,67 @@ async fn events_are_published_for_a_253_character_name() -> Result<()> {
         let event_name = e.metadata.name.clone().unwrap_or_default();
         assert!(event_name.len() <= 253, "{event_name}");
     }
+    Ok(())
+}
+
+/// A `spec.endpoint` in another region than `spec.region` is reported before any code is
+/// claimed (`Ready=False/EndpointRegionMismatch`): a code set meanwhile stays on the object,
+/// unclaimed and unspent, and is used once the spec is mended. No request leaves.
+#[tokio::test]
+async fn an_endpoint_in_another_region_is_reported_and_the_code_left_in_place() -> Result<()> {
+    let cp = control_plane().await;
+    let ns = Ns::new(cp, "epregion").await?;
+    let sts = super::double(None, CodePolicy::Totp);
+    let user = sts.default_user();
+    ns.create_source_secret("iam-keys", &user.access_key_id, &user.secret_access_key)
+        .await?;
+    let mut opts = super::opts(sts.endpoint());
+    opts.extra_args = vec![
+        "--allowed-sts-endpoints=http://127.0.0.1:*,http://sts.{region}.localhost:*".into(),
+        "--token-code-max-age=60s".into(),
+    ];
+    let _op = Operator::start(cp, &ns.name, &opts).await?;
+    let serial = user.serial_number().expect("an MFA device");
+    ns.create_session(
+        "app",
+        source_spec(json!({
+            "mfa": {"serialNumber": serial},
+            "region": "us-east-1",
+            "endpoint": "http://sts.eu-west-1.localhost:9",
+        })),
+    )
+    .await?;
+    let st = wait_condition(&ns, "app", "Ready", "False", "EndpointRegionMismatch", T).await?;
+    let message = condition(&st, "Ready").unwrap().message;
+    assert!(
+        message.contains("eu-west-1") && message.contains("us-east-1"),
+        "{message}"
+    );
+    ns.approve("app", &user.totp_code_now(), "alice").await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let st = ns.session("app").await?;
+    let annotations = st.metadata.annotations.clone().unwrap_or_default();
+    assert!(
+        annotations.contains_key("stssession.dev/token-code"),
+        "the code was claimed: {annotations:?}"
+    );
+    assert!(!annotations.contains_key("stssession.dev/token-code-claimed-at"));
+    assert_eq!(cond(&st, "Issuing"), (String::new(), String::new()));
+    assert_eq!(
+        cond(&st, "Ready"),
+        ("False".into(), "EndpointRegionMismatch".into())
+    );
+    assert_eq!(sts.call_count(), 0);
+    // Mended (the endpoint goes): the code waiting on the object is used.
+    ns.sessions()
+        .patch(
+            "app",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"endpoint": null}})),
+        )
+        .await?;
+    wait_condition(&ns, "app", "Ready", "True", "Issued", T).await?;
+    let calls = sts.calls();
+    assert_eq!(calls.len(), 1, "{calls:?}");
     Ok(())
 }
