@@ -70,6 +70,52 @@ impl fmt::Debug for TokenCode {
     }
 }
 
+/// How long a code claimed for use is remembered as spent: a TOTP code belongs to a 30 s step
+/// and AWS accepts it one step either side, so it is good for at most 90 s; then a margin.
+pub const SPENT_CODE_MEMORY: Duration = Duration::from_secs(150);
+
+/// A salted SHA-256 digest of a token code, never the code itself: the salt is random, made once
+/// per process and kept only in its memory, so the digest of a six-digit code cannot be
+/// reversed by trying the million codes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct CodeDigest([u8; 32]);
+
+impl CodeDigest {
+    pub fn of(code: &str) -> Self {
+        use sha2::{Digest, Sha256};
+        static SALT: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
+        let salt = SALT.get_or_init(rand::random);
+        let mut h = Sha256::new();
+        h.update(salt);
+        h.update(code.as_bytes());
+        CodeDigest(h.finalize().into())
+    }
+}
+
+impl fmt::Debug for CodeDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("CodeDigest(<salted>)")
+    }
+}
+
+/// The last code of a SessionToken claimed for use (what this process remembers of it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SpentCode {
+    pub digest: CodeDigest,
+    pub claimed_at: Timestamp,
+}
+
+impl SpentCode {
+    /// Whether it still matters at `now` (the code could still be valid).
+    pub fn current(&self, now: Timestamp) -> bool {
+        let until = SignedDuration::try_from(SPENT_CODE_MEMORY)
+            .ok()
+            .and_then(|d| self.claimed_at.checked_add(d).ok())
+            .unwrap_or(Timestamp::MAX);
+        now < until
+    }
+}
+
 /// Why a token code was refused. Never contains the code itself.
 #[derive(thiserror::Error, Debug, Clone, Copy, PartialEq, Eq)]
 #[error("the MFA token code must be exactly six ASCII digits, but {problem}")]
@@ -90,6 +136,9 @@ pub enum CodeState {
     Expired { age: Duration },
     /// A code on a SessionToken without `mfa`. Claimed and dropped with a warning.
     NotNeeded,
+    /// The code this SessionToken last used, set again within its validity (a re-applied
+    /// manifest, a GitOps sync): claimed and dropped, no STS call.
+    Reused { claimed_at: Timestamp },
 }
 
 /// Classifies the code annotation. `set_at` is when the annotation was last written (from
@@ -327,6 +376,8 @@ pub struct CodeDecision {
     pub events: Vec<Event>,
     /// Do nothing now: come back after this long (a claim must wait for the next second).
     pub wait: Option<Duration>,
+    /// The code claimed for use, to remember as spent.
+    pub spent: Option<SpentCode>,
 }
 
 /// What [`assess`] needs besides the annotations.
@@ -336,6 +387,8 @@ pub struct CodeContext<'a> {
     pub blocker: Option<(&'static str, &'a str)>,
     /// The blocker leaves a usable code in place, unclaimed, until the spec is mended.
     pub blocker_keeps_code: bool,
+    /// The last code claimed for use, as remembered.
+    pub spent: Option<SpentCode>,
     pub status: &'a SessionTokenStatus,
     pub now: Timestamp,
     pub max_age: Duration,
@@ -347,9 +400,18 @@ pub fn assess(facts: &ApprovalFacts, cx: &CodeContext<'_>) -> CodeDecision {
     let Some(raw) = facts.code.as_deref() else {
         return CodeDecision::default();
     };
-    let state = code_state(Some(raw), cx.has_mfa, facts.code_set_at, cx.now, cx.max_age);
+    let mut state = code_state(Some(raw), cx.has_mfa, facts.code_set_at, cx.now, cx.max_age);
     if state == CodeState::Usable && cx.blocker.is_some() && cx.blocker_keeps_code {
         return CodeDecision::default();
+    }
+    let digest = (state == CodeState::Usable).then(|| CodeDigest::of(raw));
+    if let Some(spent) = cx
+        .spent
+        .filter(|s| Some(s.digest) == digest && s.current(cx.now))
+    {
+        state = CodeState::Reused {
+            claimed_at: spent.claimed_at,
+        };
     }
     let used = state == CodeState::Usable && cx.blocker.is_none();
     let claimed_at = round_to_second(cx.now);
@@ -407,6 +469,13 @@ pub fn assess(facts: &ApprovalFacts, cx: &CodeContext<'_>) -> CodeDecision {
             ),
             &mut decision,
         ),
+        CodeState::Reused { claimed_at } => dropped(
+            "TokenCodeReused",
+            format!(
+                "the token code is the one used at {claimed_at}, and a code is good for one session; it was removed unused (no STS call). Approve again with the next code from the device"
+            ),
+            &mut decision,
+        ),
         CodeState::Usable => match cx.blocker {
             Some((reason, message)) => dropped(
                 reason,
@@ -415,6 +484,10 @@ pub fn assess(facts: &ApprovalFacts, cx: &CodeContext<'_>) -> CodeDecision {
             ),
             None => {
                 decision.use_code = TokenCode::parse(raw).ok();
+                decision.spent = digest.map(|digest| SpentCode {
+                    digest,
+                    claimed_at,
+                });
                 decision.approval = Some(Approval {
                     approved_by: facts.approved_by.clone(),
                     time: claimed_at,
@@ -511,6 +584,7 @@ mod tests {
             has_mfa: true,
             blocker: Some(("EndpointRegionMismatch", "spec.endpoint is in region x")),
             blocker_keeps_code: keeps,
+            spent: None,
             status: &status,
             now: t(1),
             max_age: Duration::from_secs(90),

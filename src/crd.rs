@@ -420,6 +420,12 @@ pub struct SessionTokenStatus {
     /// The last approval that minted a session.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_approval: Option<Approval>,
+    /// With `mfa`: a digest of what the current session was approved for (the role and its
+    /// external id, the source Secret, the region and the endpoint). A spec changed since in
+    /// any of them does not get the session: it needs a new approval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub approved_for: Option<String>,
     /// Sessions minted so far.
     #[serde(default)]
     pub rotations: i64,

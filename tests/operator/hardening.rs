@@ -105,3 +105,58 @@ async fn an_endpoint_in_another_region_is_reported_and_the_code_left_in_place() 
     assert_eq!(calls.len(), 1, "{calls:?}");
     Ok(())
 }
+
+/// A code set again after it was used (a re-applied manifest, a GitOps sync) is removed
+/// without an STS call: `Issuing=False/TokenCodeReused`. The STS double, like AWS, would
+/// refuse it anyway; the operator does not even send it.
+#[tokio::test]
+async fn a_spent_code_set_again_is_removed_without_an_sts_call() -> Result<()> {
+    let World {
+        ns,
+        sts,
+        user,
+        op: _op,
+        ..
+    } = World::start("reused", None, CodePolicy::Totp).await?;
+    let serial = user.serial_number().expect("an MFA device");
+    ns.create_session("app", source_spec(json!({"mfa": {"serialNumber": serial}})))
+        .await?;
+    wait_condition(&ns, "app", "Ready", "False", "AwaitingTokenCode", T).await?;
+    avoid_totp_window_edge().await;
+    let code = user.totp_code_now();
+    ns.approve("app", &code, "alice").await?;
+    let st = wait_condition(&ns, "app", "Ready", "True", "Issued", T).await?;
+    let key = st.status.as_ref().and_then(|s| s.access_key_id.clone());
+    assert_eq!(sts.call_count(), 1);
+
+    // The same code again, as a re-applied manifest would set it.
+    ns.approve("app", &code, "alice").await?;
+    let st = wait_condition(&ns, "app", "Issuing", "False", "TokenCodeReused", T).await?;
+    let annotations = st.metadata.annotations.clone().unwrap_or_default();
+    assert!(
+        !annotations.contains_key("stssession.dev/token-code"),
+        "{annotations:?}"
+    );
+    assert_eq!(sts.call_count(), 1, "the spent code was sent to STS");
+    // The session is untouched.
+    assert_eq!(cond(&st, "Ready"), ("True".into(), "Issued".into()));
+    assert_eq!(
+        st.status.as_ref().and_then(|s| s.access_key_id.clone()),
+        key
+    );
+    assert!(
+        ns.event_reasons()
+            .await?
+            .iter()
+            .any(|r| r == "TokenCodeReused")
+    );
+    Ok(())
+}
+
+/// If the current TOTP window ends within 3 s, waits for the next one.
+async fn avoid_totp_window_edge() {
+    let into_window = jiff::Timestamp::now().as_millisecond().rem_euclid(30_000);
+    if into_window > 27_000 {
+        tokio::time::sleep(Duration::from_millis((30_000 - into_window + 200) as u64)).await;
+    }
+}
