@@ -160,3 +160,102 @@ async fn avoid_totp_window_edge() {
         tokio::time::sleep(Duration::from_millis((30_000 - into_window + 200) as u64)).await;
     }
 }
+
+/// The spec of the largest SessionToken the CRD admits in what a tenant can grow: 32 labels and
+/// 32 annotations on the Secret at their longest, 32 restart targets, 50 session tags.
+pub fn largest_spec(i: usize) -> serde_json::Value {
+    let key = |p: &str, j: usize| format!("{}{p}{j:02}/{}", "k".repeat(250), "n".repeat(59));
+    let labels: serde_json::Map<String, serde_json::Value> = (0..32)
+        .map(|j| (key("l", j), json!("v".repeat(63))))
+        .collect();
+    let annotations: serde_json::Map<String, serde_json::Value> = (0..32)
+        .map(|j| (key("a", j), json!("x".repeat(1024))))
+        .collect();
+    let targets: Vec<_> = (0..32)
+        .map(|j| json!({"kind": "Deployment", "name": format!("{}{j:02}", "d".repeat(251))}))
+        .collect();
+    let tags: Vec<_> = (0..50)
+        .map(|j| json!({"key": format!("{}{j:02}", "t".repeat(126)), "value": "v".repeat(256)}))
+        .collect();
+    source_spec(json!({
+        "secret": {"name": format!("out-{i}"), "labels": labels, "annotations": annotations},
+        "rolloutRestartTargets": targets,
+        "assumeRole": {"roleArn": "arn:aws:iam::123456789012:role/deployer", "tags": tags},
+    }))
+}
+
+/// The CRD caps what a tenant can make the operator hold: labels and annotations of the
+/// Secret (number, key and value length), and `renewBefore` is at least a minute.
+#[tokio::test]
+async fn the_crd_caps_what_a_tenant_can_grow() -> Result<()> {
+    let cp = control_plane().await;
+    let ns = Ns::new(cp, "caps").await?;
+    // The largest admitted.
+    let largest = largest_spec(0);
+    assert!(serde_json::to_string(&largest)?.len() > 50_000);
+    ns.create_session("largest", largest).await?;
+    let refused = |name: &'static str, spec: serde_json::Value, why: &'static str| {
+        let ns = &ns;
+        async move {
+            match ns.create_session(name, spec).await {
+                Ok(_) => anyhow::bail!("{name} admitted: {why}"),
+                Err(e) => anyhow::ensure!(
+                    e.to_string().contains(why),
+                    "{name} refused for another reason: {e}"
+                ),
+            }
+            Ok(())
+        }
+    };
+    let many: serde_json::Map<String, serde_json::Value> =
+        (0..33).map(|j| (format!("k{j}"), json!("v"))).collect();
+    refused(
+        "labels",
+        source_spec(json!({"secret": {"labels": many.clone()}})),
+        "must have at most 32",
+    )
+    .await?;
+    refused(
+        "annotations",
+        source_spec(json!({"secret": {"annotations": many}})),
+        "must have at most 32",
+    )
+    .await?;
+    refused(
+        "label-value",
+        source_spec(json!({"secret": {"labels": {"a": "v".repeat(64)}}})),
+        "may not be more than 63",
+    )
+    .await?;
+    refused(
+        "annotation-value",
+        source_spec(json!({"secret": {"annotations": {"a": "v".repeat(1025)}}})),
+        "may not be more than 1024",
+    )
+    .await?;
+    refused(
+        "label-key",
+        source_spec(json!({"secret": {"labels": {"k".repeat(318): "v"}}})),
+        "label keys are at most 317",
+    )
+    .await?;
+    for short in ["0s", "59s", "500ms", "0.5m"] {
+        refused(
+            "renew",
+            source_spec(json!({"renewal": {"renewBefore": short}})),
+            "at least one minute",
+        )
+        .await?;
+    }
+    ns.create_session(
+        "renew-1m",
+        source_spec(json!({"renewal": {"renewBefore": "1m"}})),
+    )
+    .await?;
+    ns.create_session(
+        "renew-90s",
+        source_spec(json!({"renewal": {"renewBefore": "1m30s"}})),
+    )
+    .await?;
+    Ok(())
+}
