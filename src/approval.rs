@@ -190,6 +190,69 @@ pub fn annotation_set_at(st: &SessionToken, key: &str) -> Option<Timestamp> {
         .max()
 }
 
+/// Annotations of a SessionToken the operator reads; the cache keeps no other.
+pub const READ_ANNOTATIONS: [&str; 4] = [
+    TOKEN_CODE_ANNOTATION,
+    APPROVED_BY_ANNOTATION,
+    CLAIMED_AT_ANNOTATION,
+    RENEW_ANNOTATION,
+];
+/// The longest annotation value the cache keeps (a longer one is cut: a code that long is not
+/// six digits either way).
+pub const MAX_CACHED_VALUE: usize = 1024;
+
+/// Trims a watched SessionToken to what the operator reads before it goes into the cache, so
+/// that what a tenant adds to the metadata (which the CRD cannot cap) costs the operator no
+/// memory: the annotations [`READ_ANNOTATIONS`] and `extra` only, each at most
+/// [`MAX_CACHED_VALUE`] bytes; client-side `kubectl apply`'s copy of the object only as a marker
+/// that it holds a token code (for [`ApprovalFacts::code_in_last_applied`]); of `managedFields`
+/// only the time the code annotation was last set ([`annotation_set_at`]), as one entry; no
+/// labels, finalizers or owner references.
+pub fn trim_for_cache(st: &mut SessionToken, extra: &[&str]) {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry, Time};
+    let code_set_at = annotation_set_at(st, TOKEN_CODE_ANNOTATION);
+    let meta = &mut st.metadata;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        let code_in_copy = annotations
+            .get(LAST_APPLIED_ANNOTATION)
+            .is_some_and(|copy| copy.contains(TOKEN_CODE_ANNOTATION));
+        annotations
+            .retain(|k, _| READ_ANNOTATIONS.contains(&k.as_str()) || extra.contains(&k.as_str()));
+        for value in annotations.values_mut() {
+            if value.len() > MAX_CACHED_VALUE {
+                let mut end = MAX_CACHED_VALUE;
+                while !value.is_char_boundary(end) {
+                    end = end.saturating_sub(1);
+                }
+                *value = value.get(..end).unwrap_or_default().to_owned();
+            }
+        }
+        if code_in_copy {
+            annotations.insert(
+                LAST_APPLIED_ANNOTATION.to_owned(),
+                TOKEN_CODE_ANNOTATION.to_owned(),
+            );
+        }
+        if annotations.is_empty() {
+            meta.annotations = None;
+        }
+    }
+    meta.managed_fields = code_set_at.map(|time| {
+        let mut fields = serde_json::Map::new();
+        fields.insert(format!("f:{TOKEN_CODE_ANNOTATION}"), serde_json::json!({}));
+        vec![ManagedFieldsEntry {
+            fields_v1: Some(FieldsV1(serde_json::json!({
+                "f:metadata": {"f:annotations": fields}
+            }))),
+            time: Some(Time(time)),
+            ..ManagedFieldsEntry::default()
+        }]
+    });
+    meta.labels = None;
+    meta.finalizers = None;
+    meta.owner_references = None;
+}
+
 /// A time that should lie in the past, believed only up to [`MAX_SKEW`] ahead of `now`.
 pub fn past_time(t: Timestamp, now: Timestamp) -> Option<Timestamp> {
     let limit = now.checked_add(MAX_SKEW).unwrap_or(Timestamp::MAX);
@@ -569,6 +632,51 @@ mod tests {
             interrupted(&status, &facts, t(0), Duration::MAX),
             Interrupted::No
         );
+    }
+
+    #[test]
+    fn the_cache_keeps_only_what_the_operator_reads() {
+        let mut st: SessionToken = serde_json::from_value(serde_json::json!({
+            "apiVersion": "stssession.dev/v1alpha1", "kind": "SessionToken",
+            "metadata": {"name": "a", "namespace": "n",
+                "labels": {"big": "x".repeat(63)},
+                "finalizers": ["example.com/f"],
+                "annotations": {
+                    TOKEN_CODE_ANNOTATION: "123456",
+                    APPROVED_BY_ANNOTATION: "a".repeat(5000),
+                    "stssession.dev/other": "x",
+                    "example.com/big": "x".repeat(100_000),
+                    LAST_APPLIED_ANNOTATION: format!("{{\"{TOKEN_CODE_ANNOTATION}\": \"1\", \"pad\": \"{}\"}}", "x".repeat(10_000)),
+                },
+                "managedFields": [
+                    {"manager": "kubectl", "operation": "Update", "time": "2026-11-23T00:00:05Z",
+                     "fieldsType": "FieldsV1",
+                     "fieldsV1": {"f:metadata": {"f:annotations": {
+                        format!("f:{TOKEN_CODE_ANNOTATION}"): {}, "f:example.com/big": {}}},
+                        "f:spec": {"f:region": {}}}},
+                    {"manager": "older", "operation": "Update", "time": "2026-11-23T00:00:01Z",
+                     "fieldsType": "FieldsV1",
+                     "fieldsV1": {"f:metadata": {"f:annotations": {
+                        format!("f:{TOKEN_CODE_ANNOTATION}"): {}}}}},
+                    {"manager": "editor", "operation": "Update", "time": "2026-11-23T00:00:09Z",
+                     "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {"f:region": {}}}},
+                ]},
+            "spec": {"sourceCredentials": {"secretRef": {"name": "k"}}}
+        }))
+        .unwrap();
+        let before = ApprovalFacts::of(&st, t(0));
+        trim_for_cache(&mut st, &[]);
+        let after = ApprovalFacts::of(&st, t(0));
+        assert_eq!(after.code, before.code);
+        assert_eq!(after.code_set_at, before.code_set_at);
+        assert!(after.code_set_at.is_some());
+        assert!(after.code_in_last_applied && before.code_in_last_applied);
+        assert_eq!(after.approved_by.as_deref().map(str::len), Some(1024));
+        let annotations = st.metadata.annotations.clone().unwrap();
+        assert_eq!(annotations.len(), 3, "{:?}", annotations.keys());
+        assert!(st.metadata.labels.is_none() && st.metadata.finalizers.is_none());
+        assert_eq!(st.metadata.managed_fields.as_ref().map(Vec::len), Some(1));
+        assert!(serde_json::to_string(&st).unwrap().len() < 3000);
     }
 
     #[test]

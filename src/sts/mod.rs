@@ -1816,9 +1816,7 @@ mod tests {
     /// answers each connection's first request without `Connection: close`, and drops the
     /// connection, unanswered, when a second request arrives on it. Returns the endpoint and,
     /// per request, (connection number, whether it said `Connection: close`, its body).
-    async fn closes_idle_connections(
-        reply: String,
-    ) -> (String, Arc<Mutex<Vec<(usize, bool, String)>>>) {
+    async fn closes_idle_connections(reply: String) -> (String, Seen) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
@@ -1916,7 +1914,10 @@ mod tests {
         assert!(conns[2] != conns[0] && conns[2] != conns[1], "{conns:?}");
     }
 
-    fn seen_of(seen: &Arc<Mutex<Vec<(usize, bool, String)>>>) -> Vec<(usize, bool, String)> {
+    /// Per request: (connection number, `Connection: close`?, body).
+    type Seen = Arc<Mutex<Vec<(usize, bool, String)>>>;
+
+    fn seen_of(seen: &Seen) -> Vec<(usize, bool, String)> {
         seen.lock().unwrap().clone()
     }
 
