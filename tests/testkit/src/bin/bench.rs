@@ -956,7 +956,7 @@ async fn large(world: &World, opts: &Opts, n: usize) -> Result<Large> {
         .try_for_each(|_| async { Ok(()) })
         .await
         .context("creating SessionTokens")?;
-    let tracker = Tracker::start(world.sessions(&ns));
+    let mut tracker = Tracker::start(world.sessions(&ns));
     let started = Instant::now();
     let op = Operator::start(world, &ns, opts).await?;
     tracker
