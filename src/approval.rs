@@ -70,6 +70,52 @@ impl fmt::Debug for TokenCode {
     }
 }
 
+/// How long a code claimed for use is remembered as spent: a TOTP code belongs to a 30 s step
+/// and AWS accepts it one step either side, so it is good for at most 90 s; then a margin.
+pub const SPENT_CODE_MEMORY: Duration = Duration::from_secs(150);
+
+/// A salted SHA-256 digest of a token code, never the code itself: the salt is random, made once
+/// per process and kept only in its memory, so the digest of a six-digit code cannot be
+/// reversed by trying the million codes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct CodeDigest([u8; 32]);
+
+impl CodeDigest {
+    pub fn of(code: &str) -> Self {
+        use sha2::{Digest, Sha256};
+        static SALT: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
+        let salt = SALT.get_or_init(rand::random);
+        let mut h = Sha256::new();
+        h.update(salt);
+        h.update(code.as_bytes());
+        CodeDigest(h.finalize().into())
+    }
+}
+
+impl fmt::Debug for CodeDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("CodeDigest(<salted>)")
+    }
+}
+
+/// The last code of a SessionToken claimed for use (what this process remembers of it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SpentCode {
+    pub digest: CodeDigest,
+    pub claimed_at: Timestamp,
+}
+
+impl SpentCode {
+    /// Whether it still matters at `now` (the code could still be valid).
+    pub fn current(&self, now: Timestamp) -> bool {
+        let until = SignedDuration::try_from(SPENT_CODE_MEMORY)
+            .ok()
+            .and_then(|d| self.claimed_at.checked_add(d).ok())
+            .unwrap_or(Timestamp::MAX);
+        now < until
+    }
+}
+
 /// Why a token code was refused. Never contains the code itself.
 #[derive(thiserror::Error, Debug, Clone, Copy, PartialEq, Eq)]
 #[error("the MFA token code must be exactly six ASCII digits, but {problem}")]
@@ -90,6 +136,9 @@ pub enum CodeState {
     Expired { age: Duration },
     /// A code on a SessionToken without `mfa`. Claimed and dropped with a warning.
     NotNeeded,
+    /// The code this SessionToken last used, set again within its validity (a re-applied
+    /// manifest, a GitOps sync): claimed and dropped, no STS call.
+    Reused { claimed_at: Timestamp },
 }
 
 /// Classifies the code annotation. `set_at` is when the annotation was last written (from
@@ -139,6 +188,69 @@ pub fn annotation_set_at(st: &SessionToken, key: &str) -> Option<Timestamp> {
         })
         .filter_map(|mf| mf.time.as_ref().map(|t| t.0))
         .max()
+}
+
+/// Annotations of a SessionToken the operator reads; the cache keeps no other.
+pub const READ_ANNOTATIONS: [&str; 4] = [
+    TOKEN_CODE_ANNOTATION,
+    APPROVED_BY_ANNOTATION,
+    CLAIMED_AT_ANNOTATION,
+    RENEW_ANNOTATION,
+];
+/// The longest annotation value the cache keeps (a longer one is cut: a code that long is not
+/// six digits either way).
+pub const MAX_CACHED_VALUE: usize = 1024;
+
+/// Trims a watched SessionToken to what the operator reads before it goes into the cache, so
+/// that what a tenant adds to the metadata (which the CRD cannot cap) costs the operator no
+/// memory: the annotations [`READ_ANNOTATIONS`] and `extra` only, each at most
+/// [`MAX_CACHED_VALUE`] bytes; client-side `kubectl apply`'s copy of the object only as a marker
+/// that it holds a token code (for [`ApprovalFacts::code_in_last_applied`]); of `managedFields`
+/// only the time the code annotation was last set ([`annotation_set_at`]), as one entry; no
+/// labels, finalizers or owner references.
+pub fn trim_for_cache(st: &mut SessionToken, extra: &[&str]) {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry, Time};
+    let code_set_at = annotation_set_at(st, TOKEN_CODE_ANNOTATION);
+    let meta = &mut st.metadata;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        let code_in_copy = annotations
+            .get(LAST_APPLIED_ANNOTATION)
+            .is_some_and(|copy| copy.contains(TOKEN_CODE_ANNOTATION));
+        annotations
+            .retain(|k, _| READ_ANNOTATIONS.contains(&k.as_str()) || extra.contains(&k.as_str()));
+        for value in annotations.values_mut() {
+            if value.len() > MAX_CACHED_VALUE {
+                let mut end = MAX_CACHED_VALUE;
+                while !value.is_char_boundary(end) {
+                    end = end.saturating_sub(1);
+                }
+                *value = value.get(..end).unwrap_or_default().to_owned();
+            }
+        }
+        if code_in_copy {
+            annotations.insert(
+                LAST_APPLIED_ANNOTATION.to_owned(),
+                TOKEN_CODE_ANNOTATION.to_owned(),
+            );
+        }
+        if annotations.is_empty() {
+            meta.annotations = None;
+        }
+    }
+    meta.managed_fields = code_set_at.map(|time| {
+        let mut fields = serde_json::Map::new();
+        fields.insert(format!("f:{TOKEN_CODE_ANNOTATION}"), serde_json::json!({}));
+        vec![ManagedFieldsEntry {
+            fields_v1: Some(FieldsV1(serde_json::json!({
+                "f:metadata": {"f:annotations": fields}
+            }))),
+            time: Some(Time(time)),
+            ..ManagedFieldsEntry::default()
+        }]
+    });
+    meta.labels = None;
+    meta.finalizers = None;
+    meta.owner_references = None;
 }
 
 /// A time that should lie in the past, believed only up to [`MAX_SKEW`] ahead of `now`.
@@ -327,6 +439,8 @@ pub struct CodeDecision {
     pub events: Vec<Event>,
     /// Do nothing now: come back after this long (a claim must wait for the next second).
     pub wait: Option<Duration>,
+    /// The code claimed for use, to remember as spent.
+    pub spent: Option<SpentCode>,
 }
 
 /// What [`assess`] needs besides the annotations.
@@ -334,6 +448,10 @@ pub struct CodeContext<'a> {
     pub has_mfa: bool,
     /// A problem that stops minting: (reason, message).
     pub blocker: Option<(&'static str, &'a str)>,
+    /// The blocker leaves a usable code in place, unclaimed, until the spec is mended.
+    pub blocker_keeps_code: bool,
+    /// The last code claimed for use, as remembered.
+    pub spent: Option<SpentCode>,
     pub status: &'a SessionTokenStatus,
     pub now: Timestamp,
     pub max_age: Duration,
@@ -345,7 +463,19 @@ pub fn assess(facts: &ApprovalFacts, cx: &CodeContext<'_>) -> CodeDecision {
     let Some(raw) = facts.code.as_deref() else {
         return CodeDecision::default();
     };
-    let state = code_state(Some(raw), cx.has_mfa, facts.code_set_at, cx.now, cx.max_age);
+    let mut state = code_state(Some(raw), cx.has_mfa, facts.code_set_at, cx.now, cx.max_age);
+    if state == CodeState::Usable && cx.blocker.is_some() && cx.blocker_keeps_code {
+        return CodeDecision::default();
+    }
+    let digest = (state == CodeState::Usable).then(|| CodeDigest::of(raw));
+    if let Some(spent) = cx
+        .spent
+        .filter(|s| Some(s.digest) == digest && s.current(cx.now))
+    {
+        state = CodeState::Reused {
+            claimed_at: spent.claimed_at,
+        };
+    }
     let used = state == CodeState::Usable && cx.blocker.is_none();
     let claimed_at = round_to_second(cx.now);
     if used && claim_resolved(cx.status, claimed_at) {
@@ -402,6 +532,13 @@ pub fn assess(facts: &ApprovalFacts, cx: &CodeContext<'_>) -> CodeDecision {
             ),
             &mut decision,
         ),
+        CodeState::Reused { claimed_at } => dropped(
+            "TokenCodeReused",
+            format!(
+                "the token code is the one used at {claimed_at}, and a code is good for one session; it was removed unused (no STS call). Approve again with the next code from the device"
+            ),
+            &mut decision,
+        ),
         CodeState::Usable => match cx.blocker {
             Some((reason, message)) => dropped(
                 reason,
@@ -410,6 +547,10 @@ pub fn assess(facts: &ApprovalFacts, cx: &CodeContext<'_>) -> CodeDecision {
             ),
             None => {
                 decision.use_code = TokenCode::parse(raw).ok();
+                decision.spent = digest.map(|digest| SpentCode {
+                    digest,
+                    claimed_at,
+                });
                 decision.approval = Some(Approval {
                     approved_by: facts.approved_by.clone(),
                     time: claimed_at,
@@ -491,6 +632,76 @@ mod tests {
             interrupted(&status, &facts, t(0), Duration::MAX),
             Interrupted::No
         );
+    }
+
+    #[test]
+    fn the_cache_keeps_only_what_the_operator_reads() {
+        let mut st: SessionToken = serde_json::from_value(serde_json::json!({
+            "apiVersion": "stssession.dev/v1alpha1", "kind": "SessionToken",
+            "metadata": {"name": "a", "namespace": "n",
+                "labels": {"big": "x".repeat(63)},
+                "finalizers": ["example.com/f"],
+                "annotations": {
+                    TOKEN_CODE_ANNOTATION: "123456",
+                    APPROVED_BY_ANNOTATION: "a".repeat(5000),
+                    "stssession.dev/other": "x",
+                    "example.com/big": "x".repeat(100_000),
+                    LAST_APPLIED_ANNOTATION: format!("{{\"{TOKEN_CODE_ANNOTATION}\": \"1\", \"pad\": \"{}\"}}", "x".repeat(10_000)),
+                },
+                "managedFields": [
+                    {"manager": "kubectl", "operation": "Update", "time": "2026-11-23T00:00:05Z",
+                     "fieldsType": "FieldsV1",
+                     "fieldsV1": {"f:metadata": {"f:annotations": {
+                        format!("f:{TOKEN_CODE_ANNOTATION}"): {}, "f:example.com/big": {}}},
+                        "f:spec": {"f:region": {}}}},
+                    {"manager": "older", "operation": "Update", "time": "2026-11-23T00:00:01Z",
+                     "fieldsType": "FieldsV1",
+                     "fieldsV1": {"f:metadata": {"f:annotations": {
+                        format!("f:{TOKEN_CODE_ANNOTATION}"): {}}}}},
+                    {"manager": "editor", "operation": "Update", "time": "2026-11-23T00:00:09Z",
+                     "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {"f:region": {}}}},
+                ]},
+            "spec": {"sourceCredentials": {"secretRef": {"name": "k"}}}
+        }))
+        .unwrap();
+        let before = ApprovalFacts::of(&st, t(0));
+        trim_for_cache(&mut st, &[]);
+        let after = ApprovalFacts::of(&st, t(0));
+        assert_eq!(after.code, before.code);
+        assert_eq!(after.code_set_at, before.code_set_at);
+        assert!(after.code_set_at.is_some());
+        assert!(after.code_in_last_applied && before.code_in_last_applied);
+        assert_eq!(after.approved_by.as_deref().map(str::len), Some(1024));
+        let annotations = st.metadata.annotations.clone().unwrap();
+        assert_eq!(annotations.len(), 3, "{:?}", annotations.keys());
+        assert!(st.metadata.labels.is_none() && st.metadata.finalizers.is_none());
+        assert_eq!(st.metadata.managed_fields.as_ref().map(Vec::len), Some(1));
+        assert!(serde_json::to_string(&st).unwrap().len() < 3000);
+    }
+
+    #[test]
+    fn a_blocker_that_keeps_the_code_leaves_it_unclaimed() {
+        let status = SessionTokenStatus::default();
+        let facts = ApprovalFacts {
+            code: Some("123456".into()),
+            code_set_at: Some(t(0)),
+            resource_version: "7".into(),
+            ..ApprovalFacts::default()
+        };
+        let cx = |keeps: bool| CodeContext {
+            has_mfa: true,
+            blocker: Some(("EndpointRegionMismatch", "spec.endpoint is in region x")),
+            blocker_keeps_code: keeps,
+            spent: None,
+            status: &status,
+            now: t(1),
+            max_age: Duration::from_secs(90),
+        };
+        let kept = assess(&facts, &cx(true));
+        assert!(kept.claim.is_none() && kept.use_code.is_none() && kept.issuing.is_none());
+        // Other blockers remove it unused.
+        let dropped = assess(&facts, &cx(false));
+        assert!(dropped.claim.is_some_and(|c| !c.marks_use()) && dropped.use_code.is_none());
     }
 
     #[test]

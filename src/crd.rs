@@ -39,6 +39,8 @@ pub const RESTARTED_AT_ANNOTATION: &str = "stssession.dev/restartedAt";
 pub const RESTARTED_FOR_PREFIX: &str = "sessiontoken.stssession.dev/";
 
 pub const DEFAULT_DURATION_SECONDS: i32 = 43_200;
+/// At most this many labels, and this many annotations, in `spec.secret`.
+pub const MAX_SECRET_METADATA: u32 = 32;
 pub const DEFAULT_RENEW_BEFORE_PERCENTAGE: i32 = 33;
 
 fn default_duration_seconds() -> i32 {
@@ -337,11 +339,17 @@ pub struct OutputSecretSpec {
         regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
     )]
     pub name: Option<String>,
-    /// Labels set on the Secret (and kept there).
+    /// Labels set on the Secret (and kept there): at most 32, keys of at most 317 characters
+    /// (a 253-character prefix, `/`, a 63-character name), values of at most 63.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = MAX_SECRET_METADATA, "additionalProperties" = {"type": "string", "maxLength": 63}))]
+    #[x_kube(validation = Rule::new("self.all(k, k.size() <= 317)").message("label keys are at most 317 characters"))]
     pub labels: BTreeMap<String, String>,
-    /// Annotations set on the Secret (and kept there).
+    /// Annotations set on the Secret (and kept there): at most 32, keys of at most 317
+    /// characters, values of at most 1024.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = MAX_SECRET_METADATA, "additionalProperties" = {"type": "string", "maxLength": 1024}))]
+    #[x_kube(validation = Rule::new("self.all(k, k.size() <= 317)").message("annotation keys are at most 317 characters"))]
     pub annotations: BTreeMap<String, String>,
     /// Keep the Secret when the SessionToken is deleted (no owner reference). Default false:
     /// the Secret is garbage-collected with its SessionToken.
@@ -378,10 +386,12 @@ pub struct RenewalSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 99))]
     pub renew_before_percentage: Option<i32>,
-    /// Renew this long before expiry, as a duration such as `2h`, `90m` or `1h30m`. If it is
-    /// not shorter than the session's lifetime, a third of the lifetime is used instead.
+    /// Renew this long before expiry, as a duration such as `2h`, `90m` or `1h30m`: at least
+    /// one minute. If it is not shorter than the session's lifetime, a third of the lifetime is
+    /// used instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    #[schemars(length(max = 32), regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1m')").message("renewBefore must be at least one minute (1m)"))]
     pub renew_before: Option<String>,
 }
 
@@ -420,6 +430,12 @@ pub struct SessionTokenStatus {
     /// The last approval that minted a session.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_approval: Option<Approval>,
+    /// With `mfa`: a digest of what the current session was approved for (the role and its
+    /// external id, the source Secret, the region and the endpoint). A spec changed since in
+    /// any of them does not get the session: it needs a new approval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub approved_for: Option<String>,
     /// Sessions minted so far.
     #[serde(default)]
     pub rotations: i64,

@@ -83,6 +83,43 @@ struct Cache {
     swept: Timestamp,
 }
 
+/// Longest object name the API server admits (a DNS subdomain).
+const MAX_NAME: usize = 253;
+
+/// The name of a new Event about `regarding`: `<regarding>.<time in hex>`, as kube's `Recorder`
+/// names them. A name too long for that (SessionToken names go up to 253 characters) is cut,
+/// and a hash of the whole name keeps two long names that share a beginning apart:
+/// `<head>-<hash>.<time>`, at most 253 characters and still a DNS subdomain.
+pub fn event_name(regarding: &str, nanos: i128) -> String {
+    let suffix = format!("{nanos:x}");
+    let full = format!("{regarding}.{suffix}");
+    if full.len() <= MAX_NAME {
+        return full;
+    }
+    use std::hash::{BuildHasher, BuildHasherDefault};
+    let hash = BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
+        .hash_one(regarding);
+    let hash = format!("{:08x}", hash & 0xffff_ffff);
+    // head + "-" + hash + "." + suffix <= MAX_NAME
+    let room = MAX_NAME
+        .saturating_sub(suffix.len())
+        .saturating_sub(hash.len())
+        .saturating_sub(2);
+    let mut end = room.min(regarding.len());
+    while !regarding.is_char_boundary(end) {
+        end = end.saturating_sub(1);
+    }
+    // A label of a DNS subdomain ends with a letter or digit.
+    let head = regarding
+        .get(..end)
+        .unwrap_or_default()
+        .trim_end_matches(|c: char| !c.is_ascii_alphanumeric());
+    match head {
+        "" => format!("{hash}.{suffix}"),
+        head => format!("{head}-{hash}.{suffix}"),
+    }
+}
+
 pub struct Publisher {
     client: Client,
     controller: String,
@@ -171,10 +208,9 @@ impl Publisher {
                 Err(e) => return Err(e),
             }
         }
-        let name = format!(
-            "{}.{:x}",
+        let name = event_name(
             regarding.name.as_deref().unwrap_or(&self.controller),
-            now.as_nanosecond()
+            now.as_nanosecond(),
         );
         let event = K8sEvent {
             action: Some(action.into()),
@@ -213,5 +249,43 @@ impl Publisher {
     /// Entries held (for tests and metrics).
     pub fn cached(&self) -> usize {
         self.lock().sent.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn is_dns_subdomain(name: &str) -> bool {
+        name.len() <= 253
+            && name.split('.').all(|l| {
+                !l.is_empty()
+                    && l.bytes()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+                    && l.bytes().next().is_some_and(|c| c.is_ascii_alphanumeric())
+                    && l.bytes().last().is_some_and(|c| c.is_ascii_alphanumeric())
+            })
+    }
+
+    #[test]
+    fn event_names_fit_for_the_longest_object_names() {
+        let nanos = i128::from(i64::MAX) * 1000;
+        assert_eq!(event_name("app", 255), "app.ff");
+        let long = format!("{}.{}", "a".repeat(62), "b-c".repeat(60));
+        for name in [
+            "x".repeat(253),
+            long.clone(),
+            format!("{}.{}", "a".repeat(63), "b".repeat(189)),
+            format!("{}-{}", "a".repeat(230), "b".repeat(22)),
+        ] {
+            let e = event_name(&name, nanos);
+            assert!(e.len() <= 253, "{} chars", e.len());
+            // The API server's check of a name (IsDNS1123Subdomain).
+            assert!(is_dns_subdomain(&e), "{e}");
+        }
+        // Two long names with the same beginning stay apart.
+        let a = format!("{}a", "x".repeat(252));
+        let b = format!("{}b", "x".repeat(252));
+        assert_ne!(event_name(&a, 1), event_name(&b, 1));
     }
 }

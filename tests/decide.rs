@@ -7,6 +7,8 @@
 //!   status recording it);
 //! - never a write to a Secret the SessionToken does not own (nor a create over an existing one);
 //! - at most one STS call;
+//! - no code sent again that this SessionToken spent within its validity;
+//! - no AssumeRole with an MFA session for a spec it was not approved for (`approvedFor`);
 //! - a next wake-up that is not in the past and within a week;
 //! - no token code in status, Events or Secrets.
 
@@ -24,7 +26,9 @@ use proptest::test_runner::{Config, TestRunner};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
-use sts_session_operator::approval::{CLAIMED_AT_ANNOTATION, TOKEN_CODE_ANNOTATION};
+use sts_session_operator::approval::{
+    CLAIMED_AT_ANNOTATION, CodeDigest, SpentCode, TOKEN_CODE_ANNOTATION,
+};
 use sts_session_operator::crd::{
     APPROVED_BY_ANNOTATION, Approval, AssumeRoleSpec, Condition, Failure, MfaSpec,
     OutputSecretSpec, RENEW_ANNOTATION, RenewalSpec, RoleStatus, RolloutRestartTarget,
@@ -172,10 +176,15 @@ fn role_status() -> impl Strategy<Value = RoleStatus> {
         any::<i32>(),
         any::<i64>(),
         any::<bool>(),
+        prop::option::of(prop::sample::select(vec![
+            "arn:aws:iam::123456789012:role/deployer",
+            "arn:aws:iam::123456789012:role/other",
+        ])),
     )
         .prop_map(
-            |(expiration, renewal_time, last_failure, failed_attempts, assumptions, keyed)| {
+            |(expiration, renewal_time, last_failure, failed_attempts, assumptions, keyed, arn)| {
                 RoleStatus {
+                    role_arn: arn.map(str::to_string),
                     access_key_id: keyed.then(|| "ASIAROLE000000000000".into()),
                     session_access_key_id: keyed.then(|| "ASIASESSION000000000".into()),
                     expiration,
@@ -225,6 +234,7 @@ fn status() -> impl Strategy<Value = Option<SessionTokenStatus>> {
                         access_key_id: keyed.then(|| "ASIASESSION000000000".into()),
                         secret_name: keyed.then(|| "old-out".into()),
                         session_hash: None,
+                        approved_for: None,
                         last_approval: approved.map(|time| Approval {
                             approved_by: Some("alice".into()),
                             time,
@@ -318,17 +328,34 @@ fn session_token() -> impl Strategy<Value = SessionToken> {
         status(),
         prop::option::of(any::<i64>()),
         prop::sample::select(vec!["app".to_string(), "a".repeat(253)]),
+        // status.approvedFor: none, another spec's, or this one's.
+        0..3u8,
     )
-        .prop_map(|(spec, annotations, managed, status, generation, name)| {
-            let mut st = SessionToken::new(&name, spec);
-            st.metadata.namespace = Some("team-a".into());
-            st.metadata.uid = Some(UID.into());
-            st.metadata.generation = generation;
-            st.metadata.annotations = Some(annotations);
-            st.metadata.managed_fields = managed;
-            st.status = status;
-            st
-        })
+        .prop_map(
+            |(spec, annotations, managed, status, generation, name, approved_for)| {
+                let scope = plan::approval_scope(
+                    &spec,
+                    spec.region.as_deref().unwrap_or("us-east-1"),
+                    spec.endpoint.as_deref(),
+                );
+                let status = status.map(|mut s| {
+                    s.approved_for = match approved_for {
+                        0 => None,
+                        1 => Some("0".repeat(64)),
+                        _ => Some(scope),
+                    };
+                    s
+                });
+                let mut st = SessionToken::new(&name, spec);
+                st.metadata.namespace = Some("team-a".into());
+                st.metadata.uid = Some(UID.into());
+                st.metadata.generation = generation;
+                st.metadata.annotations = Some(annotations);
+                st.metadata.managed_fields = managed;
+                st.status = status;
+                st
+            },
+        )
 }
 
 fn credentials() -> impl Strategy<Value = Credentials> {
@@ -450,6 +477,7 @@ fn memory() -> impl Strategy<Value = Remembered> {
             expired_sent: expired,
             source_misses: misses,
             renewed_on_request: renewed,
+            spent_code: None,
         })
 }
 
@@ -490,6 +518,8 @@ struct Case {
     memory: Remembered,
     now: Timestamp,
     result: Result<Credentials, StsError>,
+    /// The code last claimed (one of [`CODES`]) and how many seconds before `now`.
+    spent: Option<(usize, i64)>,
 }
 
 fn case() -> impl Strategy<Value = Case> {
@@ -505,9 +535,10 @@ fn case() -> impl Strategy<Value = Case> {
         memory(),
         clock(),
         prop_oneof![credentials().prop_map(Ok), sts_error().prop_map(Err)],
+        prop::option::of((0..CODES.len(), -10i64..400)),
     )
         .prop_map(
-            |(st, (out, old, kept, source), targets, memory, now, result)| Case {
+            |(st, (out, old, kept, source), targets, memory, now, result, spent)| Case {
                 st,
                 out,
                 old,
@@ -517,6 +548,7 @@ fn case() -> impl Strategy<Value = Case> {
                 memory,
                 now,
                 result,
+                spent,
             },
         )
 }
@@ -531,7 +563,16 @@ fn settings() -> Settings {
     }
 }
 
-fn check(c: Case) -> Result<(), TestCaseError> {
+fn check(mut c: Case) -> Result<(), TestCaseError> {
+    c.memory.spent_code = c.spent.and_then(|(i, ago)| {
+        Some(SpentCode {
+            digest: CodeDigest::of(CODES.get(i)?),
+            claimed_at: c
+                .now
+                .checked_sub(jiff::SignedDuration::from_secs(ago))
+                .ok()?,
+        })
+    });
     let f = facts(
         Arc::new(c.st.clone()),
         Reads {
@@ -566,10 +607,19 @@ fn check(c: Case) -> Result<(), TestCaseError> {
                 );
                 let annotated = f.approval.code.as_deref();
                 prop_assert_eq!(Some(code.expose()), annotated);
+                let spent = f
+                    .memory
+                    .spent_code
+                    .filter(|s| s.current(f.now) && s.digest == CodeDigest::of(code.expose()));
+                prop_assert!(spent.is_none(), "a spent code sent again");
             }
             Outcome::Session(c.result.clone())
         }
         Some(Call::AssumeRole { .. }) => {
+            prop_assert!(
+                f.approved_for_spec(&f.status),
+                "the session used for a spec it was not approved for"
+            );
             Outcome::Role(c.result.clone().map(|credentials| AssumedRole {
                 credentials,
                 assumed_role_arn: None,

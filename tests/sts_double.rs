@@ -243,37 +243,49 @@ async fn right_code_returns_session_credentials() {
 }
 
 #[tokio::test]
-async fn two_calls_return_different_credentials_and_code_uses_are_counted() {
+async fn two_calls_return_different_credentials_and_a_code_is_accepted_once() {
     let double = start();
     let user = double.default_user();
     let client = sts_client(&double, user.sdk_credentials());
     avoid_window_edge().await;
     let code = user.totp_code_now();
+    // The next window's code is accepted too (one step either side).
+    let next = user.totp_code_at(Timestamp::now() + Duration::from_secs(30));
     let a = get_session_token(&client, &user, &code, Some(900))
         .await
         .unwrap();
-    let b = get_session_token(&client, &user, &code, Some(900))
+    let b = get_session_token(&client, &user, &next, Some(900))
         .await
         .unwrap();
     let (a, b) = (a.credentials().unwrap(), b.credentials().unwrap());
     assert_ne!(a.access_key_id(), b.access_key_id());
     assert_ne!(a.secret_access_key(), b.secret_access_key());
     assert_ne!(a.session_token(), b.session_token());
+    // Like AWS: a code is good once per device; sent again, it is refused like a wrong one.
+    let err = get_session_token(&client, &user, &code, Some(900))
+        .await
+        .unwrap_err();
     assert_eq!(
-        double.uses_of_code(&code),
-        2,
-        "re-use is allowed but counted"
+        status_and_code(err).2.as_deref(),
+        Some(MSG_INVALID_MFA_CODE)
     );
-    assert_eq!(double.accepted_uses_of_code(&code), 2);
-    assert_eq!(double.calls_by_key(&user.access_key_id).len(), 2);
+    assert_eq!(double.uses_of_code(&code), 2, "uses are counted");
+    assert_eq!(double.accepted_uses_of_code(&code), 1);
+    assert_eq!(double.calls_by_key(&user.access_key_id).len(), 3);
     assert_eq!(double.calls()[0].duration_seconds, Some(900));
     assert_eq!(double.issued_sessions().len(), 2);
+    // Another device's code for the same window is its own.
+    let other = double.add_user(UserKind::IamUser);
+    let other_client = sts_client(&double, other.sdk_credentials());
+    get_session_token(&other_client, &other, &other.totp_code_now(), None)
+        .await
+        .expect("another device");
     double.reset_counters();
     assert_eq!(double.call_count(), 0);
     assert_eq!(double.uses_of_code(&code), 0);
     assert_eq!(
         double.issued_sessions().len(),
-        2,
+        3,
         "sessions survive reset_counters"
     );
 }
@@ -312,7 +324,9 @@ async fn returned_lifetime_override_is_honoured_and_enforced() {
     assert_eq!(status_and_code(err).1.as_deref(), Some("ExpiredToken"));
 
     double.set_returned_lifetime(None);
-    let out = get_session_token(&client, &user, &user.totp_code_now(), Some(3600))
+    // (The current window's code was used: the next one's.)
+    let next = user.totp_code_at(Timestamp::now() + Duration::from_secs(30));
+    let out = get_session_token(&client, &user, &next, Some(3600))
         .await
         .unwrap();
     let remaining = expires_in_secs(out.credentials().unwrap().expiration());

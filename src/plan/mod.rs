@@ -26,7 +26,9 @@ pub use role::*;
 pub use session::*;
 pub use timing::*;
 
-use crate::approval::{self, ApprovalFacts, CLAIMED, Claim, CodeContext, Interrupted, TokenCode};
+use crate::approval::{
+    self, ApprovalFacts, CLAIMED, Claim, CodeContext, Interrupted, SpentCode, TokenCode,
+};
 use crate::crd::{Approval, AssumeRoleSpec, Failure, RoleStatus, SessionToken, SessionTokenStatus};
 use crate::credentials::Credentials;
 use crate::events::Event;
@@ -46,6 +48,17 @@ use std::time::Duration;
 pub struct Blocker {
     pub reason: &'static str,
     pub message: String,
+}
+
+/// The reason of a `spec.endpoint` in another region than the requests are signed for.
+pub const ENDPOINT_REGION_MISMATCH: &str = "EndpointRegionMismatch";
+
+impl Blocker {
+    /// Whether a code set meanwhile stays on the object, unclaimed, for when the spec is
+    /// mended (a mistake in the spec found before any call), rather than being removed unused.
+    pub fn keeps_code(&self) -> bool {
+        self.reason == ENDPOINT_REGION_MISMATCH
+    }
 }
 
 /// A Secret the reconcile may write, as observed, and whose it is.
@@ -109,6 +122,9 @@ pub struct Remembered {
     pub source_misses: u32,
     /// When a renewal request (`kubectl sts renew`) was last honoured.
     pub renewed_on_request: Option<Timestamp>,
+    /// The last code claimed for use (a salted digest), while it could still be valid: the
+    /// same code set again is removed unused.
+    pub spent_code: Option<SpentCode>,
 }
 
 /// Everything one reconcile knows: the SessionToken, its Secrets, the source keys, restart
@@ -288,6 +304,8 @@ pub struct Draft {
     later: Option<Timestamp>,
     /// A renewal request is honoured in this reconcile.
     renewal_requested: bool,
+    /// The code claimed for use in this reconcile.
+    spent: Option<SpentCode>,
 }
 
 /// The first half of a reconcile's decisions.
@@ -314,6 +332,8 @@ pub fn decide(f: &Facts) -> Plan {
         &CodeContext {
             has_mfa: f.has_mfa(),
             blocker: f.blocker_pair(),
+            blocker_keeps_code: f.blocker.as_ref().is_some_and(Blocker::keeps_code),
+            spent: f.memory.spent_code,
             status: &f.status,
             now: f.now,
             max_age: f.timing.token_code_max_age,
@@ -332,6 +352,7 @@ pub fn decide(f: &Facts) -> Plan {
         hash,
         later: None,
         renewal_requested: false,
+        spent: None,
     };
     let mut plan = Plan {
         wait: code.wait,
@@ -352,6 +373,7 @@ pub fn decide(f: &Facts) -> Plan {
         draft.later = Some(at_or_max(f.now, Duration::from_secs(1)));
     } else {
         plan.claims.extend(code.claim);
+        draft.spent = code.spent;
         if let Some(v) = code.issuing {
             set_condition(
                 &mut draft.status.conditions,
@@ -488,7 +510,7 @@ fn claim_record(f: &Facts, status: &mut SessionTokenStatus) -> SessionTokenStatu
 /// The role's credentials to assume now, if no session is minted in this reconcile.
 fn role_call(f: &Facts, draft: &Draft) -> Option<Call> {
     let spec = f.assume_role()?;
-    if f.role_blocker().is_some() {
+    if f.role_blocker().is_some() || !f.approved_for_spec(&draft.status) {
         return None;
     }
     let session = draft.held.clone()?;
@@ -506,6 +528,29 @@ fn role_call(f: &Facts, draft: &Draft) -> Option<Call> {
 }
 
 impl Facts {
+    /// [`approval_scope`] of the spec as it is now.
+    pub fn approval_scope(&self) -> String {
+        approval_scope(&self.st.spec, &self.region, self.endpoint.as_deref())
+    }
+
+    /// With `mfa`: whether the session `status` records was approved for what the spec now
+    /// uses it for (`status.approvedFor`). A session recorded before that field existed counts
+    /// as approved for the role it was last used for.
+    pub fn approved_for_spec(&self, status: &SessionTokenStatus) -> bool {
+        if !self.has_mfa() {
+            return true;
+        }
+        match (&status.approved_for, self.assume_role()) {
+            (Some(digest), _) => *digest == self.approval_scope(),
+            (None, None) => true,
+            (None, Some(spec)) => status
+                .role
+                .as_ref()
+                .and_then(|r| r.role_arn.as_ref())
+                .is_some_and(|arn| *arn == spec.role_arn),
+        }
+    }
+
     /// Problems that stop AssumeRole: those of the source keys do not (the session is at hand).
     fn role_blocker(&self) -> Option<(&'static str, &str)> {
         self.blocker_pair()
@@ -677,6 +722,10 @@ pub fn settle(f: &Facts, draft: Draft, outcome: Outcome) -> Effects {
                     .renewed_on_request
                     .filter(|t| f.now < at_or_max(*t, RENEWAL_REQUEST_INTERVAL)),
             },
+            spent_code: draft
+                .spent
+                .or(f.memory.spent_code)
+                .filter(|s| s.current(f.now)),
             ..f.memory.clone()
         },
         metrics: SessionMetrics::default(),
@@ -800,6 +849,10 @@ fn record_session(
         None => status.secret_name = Some(home.clone()),
     }
     status.session_hash = draft.hash.clone();
+    status.approved_for = match (f.has_mfa(), &approval) {
+        (true, Some(_)) => Some(f.approval_scope()),
+        _ => None,
+    };
     status.rotations = status.rotations.saturating_add(1);
     status.failed_attempts = 0;
     status.last_failure = None;
@@ -898,6 +951,11 @@ fn settle_role(
     };
     let mut role: RoleStatus = fx.status.role.as_deref().cloned().unwrap_or_default();
     let action = role_decision(f, spec, &fx.status, session);
+    let widened = !f.approved_for_spec(&fx.status);
+    if f.has_mfa() && !widened && fx.status.approved_for.is_none() && session.is_some() {
+        // Recorded before status.approvedFor: from now on, changes are measured against this.
+        fx.status.approved_for = Some(f.approval_scope());
+    }
     let mut assumed_now = false;
     match outcome {
         Some(Ok(assumed)) => {
@@ -918,17 +976,22 @@ fn settle_role(
         None => {}
     }
     let valid = (f.role_held(&role) || assumed_now) && role.expiration.is_some_and(|e| e > f.now);
-    let verdict = role_condition(
-        spec,
-        &role,
-        &action,
-        RoleFacts {
-            assumed_now,
-            valid,
-            blocker: f.role_blocker(),
-            approve_hint: f.has_mfa().then(|| f.approve_hint()),
-        },
-    );
+    let verdict = match widened && session.is_some() {
+        true => spec_changed_since_approval(f, &role, fx),
+        false => role_condition(
+            spec,
+            &role,
+            &action,
+            RoleFacts {
+                assumed_now,
+                valid,
+                blocker: f.role_blocker(),
+                approve_hint: f.has_mfa().then(|| f.approve_hint()),
+            },
+        ),
+    };
+    let widened = widened && session.is_some();
+    let valid = valid && !widened;
     set_condition(
         &mut fx.status.conditions,
         ROLE_ASSUMED,
@@ -936,7 +999,10 @@ fn settle_role(
         f.generation,
         f.now,
     );
-    let next = role_wake(f, &role, &action, assumed_now);
+    // A changed spec waits for an approval (a watch event), not for a time.
+    let next = (!widened)
+        .then(|| role_wake(f, &role, &action, assumed_now))
+        .flatten();
     let renewal = role.renewal_time.filter(|_| valid);
     fx.status.role = Some(Box::new(role));
     let (_, reason, message) = verdict;
@@ -947,6 +1013,40 @@ fn settle_role(
         reason,
         message,
     })
+}
+
+/// `RoleAssumed=False/SpecChangedSinceApproval`: the spec changed, since the session was
+/// approved, in what the session is used for; the session is not used for it until a new
+/// approval. A Warning Event when it starts.
+fn spec_changed_since_approval(f: &Facts, role: &RoleStatus, fx: &mut Effects) -> Verdict {
+    let approved = f
+        .status
+        .last_approval
+        .as_ref()
+        .map(|a| match &a.approved_by {
+            Some(by) => format!(" (approved at {} by {})", a.time, truncate(by, 100)),
+            None => format!(" (approved at {})", a.time),
+        })
+        .unwrap_or_default();
+    let held = match role.expiration.filter(|e| *e > f.now) {
+        Some(e) => format!("; the Secret keeps the credentials of the role as approved until {e}"),
+        None => String::new(),
+    };
+    let message = format!(
+        "spec.assumeRole.roleArn, its externalId, spec.sourceCredentials, spec.region or spec.endpoint changed since the session was approved{approved}: the session is not used for the new spec without a new approval; {}{held}",
+        f.approve_hint()
+    );
+    let before = f
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == ROLE_ASSUMED)
+        .map(|c| c.reason.clone());
+    if before.as_deref() != Some(SPEC_CHANGED_SINCE_APPROVAL) {
+        fx.events
+            .push(Event::warning(SPEC_CHANGED_SINCE_APPROVAL, message.clone()));
+    }
+    ("False", SPEC_CHANGED_SINCE_APPROVAL, message)
 }
 
 /// The next instant the role layer needs a reconcile: at once when the role is due and no call
@@ -1165,7 +1265,9 @@ fn settle_conditions(
         role_expiration: fx.status.role.as_ref().and_then(|r| r.expiration),
         role_renewal: role.and_then(|r| r.renewal),
         ready: is_ready,
-        awaiting_token_code: has_mfa && !matches!(state, SessionState::Valid { .. }),
+        awaiting_token_code: has_mfa
+            && (!matches!(state, SessionState::Valid { .. })
+                || role.is_some_and(|r| r.reason == SPEC_CHANGED_SINCE_APPROVAL)),
     };
     next_event
 }

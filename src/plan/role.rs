@@ -3,7 +3,7 @@
 
 use super::conditions::Verdict;
 use super::timing::{Timing, backoff, unit_jitter};
-use crate::crd::{AssumeRoleSpec, RoleStatus, SessionTokenStatus};
+use crate::crd::{AssumeRoleSpec, RoleStatus, SessionTokenSpec, SessionTokenStatus};
 use jiff::{SignedDuration, Timestamp};
 use std::time::Duration;
 
@@ -53,6 +53,39 @@ pub fn role_hash(spec: &AssumeRoleSpec, role_session_name: &str) -> String {
         text.push_str(&format!("|{}={}", tag.key, tag.value));
     }
     format!("{:016x}", (unit_jitter(&text) * (1u64 << 53) as f64) as u64)
+}
+
+/// The reason of `RoleAssumed=False` (and `Ready=False`) when the spec changed, since the
+/// session was approved, in what the session is used for.
+pub const SPEC_CHANGED_SINCE_APPROVAL: &str = "SpecChangedSinceApproval";
+
+/// Digest (SHA-256, hex) of what an approved session may be used for: the role and its
+/// external id, the source Secret and its keys, the region and the endpoint. Recorded in
+/// `status.approvedFor` when a code mints a session; a spec that no longer matches it does not
+/// get the session (no AssumeRole with it) until a new approval.
+pub fn approval_scope(spec: &SessionTokenSpec, region: &str, endpoint: Option<&str>) -> String {
+    use sha2::{Digest, Sha256};
+    let role = spec.assume_role.as_deref();
+    let source = &spec.source_credentials.secret_ref;
+    let mut h = Sha256::new();
+    for field in [
+        "approval-scope/v1",
+        role.map(|r| r.role_arn.as_str()).unwrap_or(""),
+        role.and_then(|r| r.external_id.as_deref()).unwrap_or(""),
+        &source.name,
+        &source.access_key_id_key,
+        &source.secret_access_key_key,
+        region,
+        endpoint.unwrap_or(""),
+    ] {
+        // Length-prefixed: no two lists of fields give the same bytes.
+        h.update(field.len().to_le_bytes());
+        h.update(field.as_bytes());
+    }
+    h.finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>()
 }
 
 /// What to do about the role credentials now.

@@ -297,6 +297,11 @@ fn blocker(
             format!("spec.endpoint is not allowed: {why}"),
         );
     }
+    if let Some(why) =
+        (st.spec.endpoint.as_deref()).and_then(|e| crate::sts::endpoint_region_mismatch(e, region))
+    {
+        return block(plan::ENDPOINT_REGION_MISMATCH, why);
+    }
     if let Err(problem) = keys {
         return block(problem.reason(), problem.to_string());
     }

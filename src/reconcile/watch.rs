@@ -5,7 +5,7 @@
 
 use super::context::Context;
 use super::{error_policy, reconcile};
-use crate::approval::{LAST_APPLIED_ANNOTATION, TOKEN_CODE_ANNOTATION};
+use crate::approval;
 use crate::crd::{FIELD_MANAGER, OWNER_NAME_ANNOTATION, SessionToken};
 use crate::secret::MANAGED_BY_LABEL;
 use futures::{StreamExt, TryStreamExt};
@@ -87,35 +87,10 @@ impl TriggerFilter {
     }
 }
 
-/// The cache keeps SessionTokens without `managedFields` (most of an object's size once its
-/// status is written), except entries that set one of our annotations: `plan::annotation_set_at`
-/// reads from them when a token code was set. Likewise client-side `kubectl apply`'s copy of the
-/// whole object in an annotation is kept only if it holds a token code (step 1 warns about it).
-fn drop_managed_fields(st: &mut SessionToken) {
-    if let Some(copy) = st
-        .metadata
-        .annotations
-        .as_mut()
-        .and_then(|a| a.get_mut(LAST_APPLIED_ANNOTATION))
-        .filter(|copy| !copy.contains(TOKEN_CODE_ANNOTATION))
-    {
-        // Emptied, not cleared: `clear` would keep the copy's buffer.
-        *copy = String::new();
-    }
-    let ours = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry| {
-        m.fields_v1
-            .as_ref()
-            .and_then(|f| f.0.get("f:metadata")?.get("f:annotations")?.as_object())
-            .is_some_and(|a| a.keys().any(|k| k.starts_with("f:stssession.dev/")))
-    };
-    if let Some(entries) = st.metadata.managed_fields.as_mut() {
-        entries.retain(ours);
-        if entries.is_empty() {
-            st.metadata.managed_fields = None;
-        } else {
-            entries.shrink_to_fit();
-        }
-    }
+/// The cache keeps SessionTokens trimmed to what the operator reads
+/// ([`approval::trim_for_cache`]).
+fn trim(st: &mut SessionToken) {
+    approval::trim_for_cache(st, &[super::TEST_PANIC_ANNOTATION]);
 }
 
 /// Retry delays of the watches: 500 ms doubling to 5 s, with jitter, back to the start after
@@ -281,7 +256,7 @@ pub async fn run(
             };
             std::future::ready(Ok(readable(event, &unreadable)))
         })
-        .modify(drop_managed_fields)
+        .modify(trim)
         .reflect(writer)
         .inspect_ok(move |event| {
             if let watcher::Event::Delete(st) = event {

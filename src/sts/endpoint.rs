@@ -253,6 +253,38 @@ pub fn normalize_endpoint(endpoint: &str) -> Result<String, String> {
         .map_err(|why| format!("endpoint is not valid: {why}"))
 }
 
+/// The AWS region an STS endpoint's host names, if it names one: the label after `sts` or
+/// `sts-fips` (`sts.eu-west-1.amazonaws.com`, `sts-fips.us-east-2.api.aws`,
+/// `vpce-0abc.sts.us-east-1.vpce.amazonaws.com`) when it is shaped like a region. `None` for
+/// the global endpoint, IP addresses, other hosts and endpoints that do not parse.
+pub fn endpoint_region(endpoint: &str) -> Option<String> {
+    let Ok(Endpoint {
+        host: Host::Dns(labels),
+        ..
+    }) = parse_endpoint(endpoint)
+    else {
+        return None;
+    };
+    labels.windows(2).find_map(|w| match w {
+        [sts, region] if (sts == "sts" || sts == "sts-fips") && is_region_label(region) => {
+            Some(region.clone())
+        }
+        _ => None,
+    })
+}
+
+/// Why an endpoint cannot be used with `region`: STS refuses a request signed for another
+/// region than its endpoint's (a signature error, after the code was sent). `None` when the
+/// endpoint names no region, or this one.
+pub fn endpoint_region_mismatch(endpoint: &str, region: &str) -> Option<String> {
+    let named = endpoint_region(endpoint)?;
+    (named != region).then(|| {
+        format!(
+            "spec.endpoint is in region {named} but requests would be signed for region {region} (spec.region, default --default-region): STS would refuse them. Set spec.region to {named}, or use the endpoint of {region}"
+        )
+    })
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) enum LabelPattern {
     Literal(String),

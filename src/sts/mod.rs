@@ -19,6 +19,16 @@ use aws_sdk_sts::config::{
     BehaviorVersion, Credentials as SdkCredentials, IdentityCache, Region, SharedHttpClient,
 };
 use aws_sdk_sts::types::Tag;
+use aws_smithy_runtime_api::box_error::BoxError;
+use aws_smithy_runtime_api::client::connector_metadata::ConnectorMetadata;
+use aws_smithy_runtime_api::client::http::{
+    HttpClient, HttpConnector, HttpConnectorFuture, HttpConnectorSettings, SharedHttpConnector,
+};
+use aws_smithy_runtime_api::client::orchestrator::HttpRequest;
+use aws_smithy_runtime_api::client::runtime_components::{
+    RuntimeComponents, RuntimeComponentsBuilder,
+};
+use aws_smithy_types::config_bag::ConfigBag;
 use tokio::sync::Semaphore;
 
 use crate::Sensitive;
@@ -366,6 +376,9 @@ pub struct StsClient {
 struct Inner {
     settings: StsSettings,
     http: SharedHttpClient,
+    /// For calls carrying a token code: a new connection each time, closed after the call
+    /// ([`FreshConnections`]).
+    fresh_http: SharedHttpClient,
     permits: Semaphore,
     retry_initial_backoff: Option<Duration>,
 }
@@ -374,21 +387,39 @@ impl StsClient {
     /// A client with its own HTTPS connection pool (rustls, ring, platform root certificates;
     /// plain http endpoints work too).
     pub fn new(settings: StsSettings) -> Self {
-        let http = aws_smithy_http_client::Builder::new()
-            .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
-                aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
-            ))
-            .build_https();
-        Self::with_http_client(settings, http)
+        let builder = || {
+            aws_smithy_http_client::Builder::new().tls_provider(
+                aws_smithy_http_client::tls::Provider::Rustls(
+                    aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+                ),
+            )
+        };
+        let http = builder().build_https();
+        // Its own pool, which never keeps a connection: every request says `Connection: close`,
+        // and an idle one would be expired at once anyway.
+        let fresh = builder().pool_idle_timeout(Duration::ZERO).build_https();
+        Self::with_http_clients(settings, http, fresh)
     }
 
-    /// A client sending through the given HTTP client (tests, custom TLS or proxy setups).
+    /// A client sending through the given HTTP client (tests, custom TLS or proxy setups);
+    /// calls carrying a token code go through it too, with `Connection: close`.
     pub fn with_http_client(settings: StsSettings, http: SharedHttpClient) -> Self {
+        Self::with_http_clients(settings, http.clone(), http)
+    }
+
+    /// `http` for calls without a code; `fresh` (wrapped in [`FreshConnections`]) for calls
+    /// carrying one.
+    fn with_http_clients(
+        settings: StsSettings,
+        http: SharedHttpClient,
+        fresh: SharedHttpClient,
+    ) -> Self {
         let permits = Semaphore::new(settings.max_in_flight.max(1));
         Self {
             inner: Arc::new(Inner {
                 settings,
                 http,
+                fresh_http: SharedHttpClient::new(FreshConnections(fresh)),
                 permits,
                 retry_initial_backoff: None,
             }),
@@ -434,7 +465,10 @@ impl StsClient {
             Some(settings.non_mfa_attempts)
         };
         let _permit = self.permit().await?;
-        let client = self.sdk_client(req.region, req.endpoint, credentials, attempts)?;
+        // A code goes out on a connection of its own: a pooled keep-alive connection may have
+        // been closed by the server meanwhile, and a request lost on it is a code spent on a
+        // transport error (it is never retried).
+        let client = self.sdk_client(req.region, req.endpoint, credentials, attempts, with_mfa)?;
 
         let mut call = client
             .get_session_token()
@@ -474,7 +508,7 @@ impl StsClient {
         );
         let attempts = Some(self.inner.settings.non_mfa_attempts);
         let _permit = self.permit().await?;
-        let client = self.sdk_client(req.region, req.endpoint, credentials, attempts)?;
+        let client = self.sdk_client(req.region, req.endpoint, credentials, attempts, false)?;
         let mut call = client
             .assume_role()
             .role_arn(req.role_arn)
@@ -515,13 +549,15 @@ impl StsClient {
 
     /// An SDK client for one call: these credentials, this region and endpoint (the
     /// SessionToken's, else `--sts-endpoint`, else AWS's), `attempts` tries (`None`: one, with
-    /// no retry), the shared connection pool and the operation timeout.
+    /// no retry), the shared connection pool (or, `fresh`, a new connection for this call only)
+    /// and the operation timeout.
     fn sdk_client(
         &self,
         region: &str,
         endpoint: Option<&str>,
         credentials: SdkCredentials,
         attempts: Option<u32>,
+        fresh: bool,
     ) -> Result<aws_sdk_sts::Client, StsError> {
         let settings = &self.inner.settings;
         let bad = |message: String| StsError::InvalidRequest { message };
@@ -549,7 +585,10 @@ impl StsClient {
             .region(Region::new(region.to_owned()))
             .credentials_provider(credentials)
             .identity_cache(IdentityCache::no_cache())
-            .http_client(self.inner.http.clone())
+            .http_client(match fresh {
+                true => self.inner.fresh_http.clone(),
+                false => self.inner.http.clone(),
+            })
             .retry_config(retry)
             .timeout_config(
                 TimeoutConfig::builder()
@@ -560,6 +599,53 @@ impl StsClient {
             config = config.endpoint_url(e);
         }
         Ok(aws_sdk_sts::Client::from_conf(config.build()))
+    }
+}
+
+/// An HTTP client whose every request asks for its connection to be closed after the
+/// response (`Connection: close`), so that none is ever kept for another request: each call
+/// through it goes out on a connection opened for it. For calls carrying a token code.
+#[derive(Debug)]
+struct FreshConnections(SharedHttpClient);
+
+#[derive(Debug)]
+struct CloseAfterUse(SharedHttpConnector);
+
+impl HttpClient for FreshConnections {
+    fn http_connector(
+        &self,
+        settings: &HttpConnectorSettings,
+        components: &RuntimeComponents,
+    ) -> SharedHttpConnector {
+        SharedHttpConnector::new(CloseAfterUse(self.0.http_connector(settings, components)))
+    }
+
+    fn validate_base_client_config(
+        &self,
+        runtime_components: &RuntimeComponentsBuilder,
+        cfg: &ConfigBag,
+    ) -> Result<(), BoxError> {
+        self.0.validate_base_client_config(runtime_components, cfg)
+    }
+
+    fn validate_final_config(
+        &self,
+        runtime_components: &RuntimeComponents,
+        cfg: &ConfigBag,
+    ) -> Result<(), BoxError> {
+        self.0.validate_final_config(runtime_components, cfg)
+    }
+
+    fn connector_metadata(&self) -> Option<ConnectorMetadata> {
+        self.0.connector_metadata()
+    }
+}
+
+impl HttpConnector for CloseAfterUse {
+    fn call(&self, mut request: HttpRequest) -> HttpConnectorFuture {
+        // (A constant, valid header: cannot fail.)
+        let _ = request.headers_mut().try_insert("connection", "close");
+        self.0.call(request)
     }
 }
 
@@ -809,6 +895,42 @@ mod tests {
         );
         assert!(normalize_endpoint("http://[::1").is_err());
         assert!(normalize_endpoint("http://[::1]x").is_err());
+    }
+
+    #[test]
+    fn endpoint_regions() {
+        for (endpoint, region) in [
+            ("https://sts.eu-west-1.amazonaws.com", Some("eu-west-1")),
+            (
+                "https://STS.EU-WEST-1.amazonaws.com:443/",
+                Some("eu-west-1"),
+            ),
+            ("https://sts-fips.us-east-2.api.aws", Some("us-east-2")),
+            (
+                "https://sts.cn-north-1.amazonaws.com.cn",
+                Some("cn-north-1"),
+            ),
+            (
+                "https://vpce-0abc-xyz.sts.us-gov-west-1.vpce.amazonaws.com",
+                Some("us-gov-west-1"),
+            ),
+            ("https://sts.amazonaws.com", None),
+            ("http://127.0.0.1:8080", None),
+            ("https://sts.internal.example.com", None),
+            ("not a url", None),
+        ] {
+            assert_eq!(endpoint_region(endpoint).as_deref(), region, "{endpoint}");
+        }
+        assert!(
+            endpoint_region_mismatch("https://sts.eu-west-1.amazonaws.com", "eu-west-1").is_none()
+        );
+        assert!(endpoint_region_mismatch("https://sts.amazonaws.com", "eu-west-1").is_none());
+        let why =
+            endpoint_region_mismatch("https://sts.eu-west-1.amazonaws.com", "us-east-1").unwrap();
+        assert!(
+            why.contains("eu-west-1") && why.contains("us-east-1"),
+            "{why}"
+        );
     }
 
     #[test]
@@ -1688,6 +1810,115 @@ mod tests {
         assert_eq!(seen.len(), 2);
         assert!(seen[0].contains("TokenCode=123456"), "{}", seen[0]);
         assert!(!seen[1].contains("TokenCode"), "{}", seen[1]);
+    }
+
+    /// Like a server that closes idle keep-alive connections (as AWS's load balancers do): it
+    /// answers each connection's first request without `Connection: close`, and drops the
+    /// connection, unanswered, when a second request arrives on it. Returns the endpoint and,
+    /// per request, (connection number, whether it said `Connection: close`, its body).
+    async fn closes_idle_connections(reply: String) -> (String, Seen) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let seen2 = seen.clone();
+        tokio::spawn(async move {
+            for conn in 0.. {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                let (reply, seen) = (reply.clone(), seen2.clone());
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    let mut served = 0;
+                    loop {
+                        let text = String::from_utf8_lossy(&buf).to_string();
+                        let complete = text.split_once("\r\n\r\n").and_then(|(head, body)| {
+                            let len: usize = head
+                                .lines()
+                                .find_map(|l| {
+                                    l.to_ascii_lowercase()
+                                        .strip_prefix("content-length:")
+                                        .map(|v| v.trim().parse().unwrap())
+                                })
+                                .unwrap_or(0);
+                            (body.len() >= len).then(|| {
+                                let close = head.to_ascii_lowercase().contains("connection: close");
+                                (close, body[..len].to_owned(), head.len() + 4 + len)
+                            })
+                        });
+                        let Some((close, body, used)) = complete else {
+                            let n = stream.read(&mut chunk).await.unwrap_or(0);
+                            if n == 0 {
+                                return;
+                            }
+                            buf.extend_from_slice(&chunk[..n]);
+                            continue;
+                        };
+                        buf.drain(..used);
+                        seen.lock().unwrap().push((conn, close, body));
+                        served += 1;
+                        if served > 1 {
+                            return; // closed while idle: the request is lost
+                        }
+                        let resp = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\nContent-Length: {}\r\n\r\n{reply}",
+                            reply.len()
+                        );
+                        stream.write_all(resp.as_bytes()).await.unwrap();
+                    }
+                });
+            }
+        });
+        (endpoint, seen)
+    }
+
+    /// A call carrying a code never goes out on a pooled keep-alive connection: the server may
+    /// have closed it, and the code would be spent on a transport error (never retried).
+    #[tokio::test]
+    async fn a_code_goes_out_on_a_fresh_connection() {
+        let (endpoint, seen_all) = closes_idle_connections(ok_body(&future_expiration())).await;
+        let client = StsClient::new(StsSettings {
+            default_endpoint: Some(endpoint),
+            non_mfa_attempts: 1,
+            ..settings()
+        });
+        let secret = Sensitive::new(SECRET.to_owned());
+        // A call without a code leaves a keep-alive connection in the pool.
+        client
+            .get_session_token(request(&secret, false))
+            .await
+            .unwrap();
+        // The code's call succeeds at the first (and only) try.
+        let creds = client
+            .get_session_token(request(&secret, true))
+            .await
+            .unwrap();
+        assert_eq!(creds.session_token.expose(), SESSION_TOKEN);
+        let seen = seen_of(&seen_all);
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        let (first_conn, first_close, _) = &seen[0];
+        let (code_conn, code_close, code_body) = &seen[1];
+        assert!(code_body.contains("TokenCode=123456"), "{code_body}");
+        assert_ne!(
+            first_conn, code_conn,
+            "the code went out on a pooled connection"
+        );
+        assert!(*code_close && !first_close);
+        // And a second code: a new connection again.
+        client
+            .get_session_token(request(&secret, true))
+            .await
+            .unwrap();
+        let conns: Vec<usize> = seen_of(&seen_all).iter().map(|(c, _, _)| *c).collect();
+        assert_eq!(conns.len(), 3);
+        assert!(conns[2] != conns[0] && conns[2] != conns[1], "{conns:?}");
+    }
+
+    /// Per request: (connection number, `Connection: close`?, body).
+    type Seen = Arc<Mutex<Vec<(usize, bool, String)>>>;
+
+    fn seen_of(seen: &Seen) -> Vec<(usize, bool, String)> {
+        seen.lock().unwrap().clone()
     }
 
     #[tokio::test]

@@ -1039,12 +1039,12 @@ async fn assume_role_can_be_added_to_and_removed_from_a_live_session() -> Result
     .await?;
     ns.approve("app", "161803", "alice").await?;
     let st = wait_condition(ns, "app", "Ready", "True", "Issued", T).await?;
-    let session_key = st.status.unwrap().access_key_id.unwrap();
-    let session = sts.issued_session(&session_key).unwrap();
+    let plain_key = st.status.unwrap().access_key_id.unwrap();
     let plain = creds(ns, "app").await?.unwrap();
-    assert!(plain.is(&session));
+    assert!(plain.is(&sts.issued_session(&plain_key).unwrap()));
 
-    // Added: the role is assumed with the session at hand.
+    // Added: the session was approved without a role, so it is not used for one (issue 13);
+    // a new approval is asked for, and the role is assumed with the session it gives.
     ns.sessions()
         .patch(
             "app",
@@ -1052,8 +1052,30 @@ async fn assume_role_can_be_added_to_and_removed_from_a_live_session() -> Result
             &Patch::Merge(&json!({"spec": {"assumeRole": {"roleArn": role.arn}}})),
         )
         .await?;
+    wait_condition(
+        ns,
+        "app",
+        "RoleAssumed",
+        "False",
+        "SpecChangedSinceApproval",
+        T,
+    )
+    .await?;
+    assert_eq!(calls_of(sts, AR).len(), 0);
+    ns.approve("app", "271828", "alice").await?;
+    let session_key = eventually(T, "a new session", || async {
+        let st = ns.session("app").await?;
+        Ok(st
+            .status
+            .and_then(|s| s.access_key_id)
+            .filter(|k| *k != plain_key))
+    })
+    .await?;
+    let session = sts.issued_session(&session_key).unwrap();
     let out = eventually(T, "role credentials in the output Secret", || async {
-        Ok(creds(ns, "app").await?.filter(|c| c.key != session_key))
+        Ok(creds(ns, "app")
+            .await?
+            .filter(|c| c.key != session_key && c.key != plain_key))
     })
     .await?;
     check_role_creds(sts, &out, &role.arn, &session_key)?;
@@ -1064,8 +1086,8 @@ async fn assume_role_can_be_added_to_and_removed_from_a_live_session() -> Result
         st.status.as_ref().unwrap().session_secret_name.as_deref(),
         Some("app-session")
     );
-    assert_eq!(calls_of(sts, GST).len(), 1);
-    assert_eq!(calls_with_code(sts), 1);
+    assert_eq!(calls_of(sts, GST).len(), 2);
+    assert_eq!(calls_with_code(sts), 2);
 
     // Then idle: role credentials valid for an hour, nothing to do, no call, no write.
     tokio::time::sleep(Duration::from_secs(2)).await; // the last writes' watch events settle
@@ -1123,7 +1145,7 @@ async fn assume_role_can_be_added_to_and_removed_from_a_live_session() -> Result
     .await?;
     assert_eq!(st.status.unwrap().role.unwrap().assumptions, 2);
     assert_eq!(calls_of(sts, AR).len(), 2);
-    assert_eq!(calls_of(sts, GST).len(), 1);
+    assert_eq!(calls_of(sts, GST).len(), 2);
 
     // Removed: the session back in the output Secret, the kept one deleted.
     ns.sessions()
@@ -1164,8 +1186,8 @@ async fn assume_role_can_be_added_to_and_removed_from_a_live_session() -> Result
         Some(&session_key)
     );
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(calls_of(sts, GST).len(), 1, "a new session");
-    assert_eq!(calls_with_code(sts), 1, "a new code");
+    assert_eq!(calls_of(sts, GST).len(), 2, "a new session");
+    assert_eq!(calls_with_code(sts), 2, "a new code");
     assert_eq!(
         calls_of(sts, AR).len(),
         2,
@@ -1202,5 +1224,83 @@ async fn role_credentials_do_not_outlive_a_one_hour_session_with_a_slow_sts() ->
         issued.expiration.duration_since(session.expiration),
         session.expiration
     );
+    Ok(())
+}
+
+/// Issue 13: a spec change after an approval that widens what the kept session is used for
+/// (here another role) does not get the session: no AssumeRole with it,
+/// `RoleAssumed=False`/`Ready=False` `SpecChangedSinceApproval` with a Warning Event, until a
+/// new approval, which then assumes the new role.
+#[tokio::test]
+async fn a_widening_spec_change_needs_a_new_approval() -> Result<()> {
+    let w = RoleWorld::start("widen", None, None, None, CodePolicy::Totp).await?;
+    let (ns, sts, user, role) = (&w.ns, &w.sts, &w.user, &w.role);
+    let other = sts.add_role(RoleSpec::named("other"));
+    ns.create_session("app", role_spec(&role.arn, user.serial_number(), json!({})))
+        .await?;
+    wait_condition(ns, "app", "Ready", "False", "AwaitingTokenCode", T).await?;
+    avoid_totp_window_edge().await;
+    ns.approve("app", &user.totp_code_now(), "alice").await?;
+    let st = wait_condition(ns, "app", "RoleAssumed", "True", "Assumed", T).await?;
+    let approved_for = st.status.as_ref().and_then(|s| s.approved_for.clone());
+    ensure!(approved_for.is_some(), "status.approvedFor not recorded");
+    ensure!(calls_of(sts, AR).len() == 1);
+
+    // Another role, by someone who may only patch: the kept session is not used for it.
+    ns.sessions()
+        .patch(
+            "app",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"assumeRole": {"roleArn": other.arn}}})),
+        )
+        .await?;
+    let st = wait_condition(
+        ns,
+        "app",
+        "RoleAssumed",
+        "False",
+        "SpecChangedSinceApproval",
+        T,
+    )
+    .await?;
+    let message = condition(&st, "RoleAssumed").unwrap().message;
+    ensure!(
+        message.contains("kubectl sts approve app"),
+        "no approval asked for: {message}"
+    );
+    ensure!(
+        cond(&st, "Ready") == ("False".into(), "SpecChangedSinceApproval".into()),
+        "Ready is {:?}",
+        cond(&st, "Ready")
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let assumed: Vec<_> = calls_of(sts, AR);
+    ensure!(
+        assumed.len() == 1
+            && assumed
+                .iter()
+                .all(|c| c.role_arn.as_ref() == Some(&role.arn)),
+        "AssumeRole with the kept session after the change: {:?}",
+        assumed.iter().map(|c| &c.role_arn).collect::<Vec<_>>()
+    );
+    ensure!(
+        ns.event_reasons()
+            .await?
+            .iter()
+            .any(|r| r == "SpecChangedSinceApproval"),
+        "no Warning Event"
+    );
+
+    // A new approval (the next window's code: the current one was spent) assumes the new role.
+    let code = user.totp_code_at(Timestamp::now() + SignedDuration::from_secs(30));
+    ns.approve("app", &code, "bob").await?;
+    let st = wait_condition(ns, "app", "RoleAssumed", "True", "Assumed", T).await?;
+    let status = st.status.clone().unwrap();
+    ensure!(status.approved_for.is_some() && status.approved_for != approved_for);
+    let assumed = calls_of(sts, AR);
+    let last = assumed.last().context("an AssumeRole")?;
+    ensure!(last.role_arn.as_ref() == Some(&other.arn));
+    ensure!(last.access_key_id == status.access_key_id);
+    wait_condition(ns, "app", "Ready", "True", "Issued", T).await?;
     Ok(())
 }

@@ -5,6 +5,7 @@
 mod assume_role;
 mod common;
 mod consumers;
+mod hardening;
 mod monitoring;
 mod plugin;
 

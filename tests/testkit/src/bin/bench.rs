@@ -52,7 +52,8 @@ bench: benchmarks of the release-built operator against a private local control 
   --sts-delay D           STS double response delay elsewhere               [0s]
   --create-concurrency N  the bench's own create requests in flight         [32]
   --ready-timeout D       longest wait for a cold start                     [600s]
-  --only LIST             scenarios: approval,footprint,cold,storm          [all]
+  --large N               SessionTokens of the largest admitted size (0: skip) [200]
+  --only LIST             scenarios: approval,footprint,cold,storm,large    [all]
   --operator PATH         operator binary   [$CARGO_TARGET_DIR/release/sts-session-operator]
   --operator-arg ARG      extra operator flag (repeatable), e.g. --operator-arg=--sts-concurrency=32
   --apiserver-arg ARG     extra kube-apiserver flag (repeatable)
@@ -68,6 +69,7 @@ struct Opts {
     approval_tokens: usize,
     steady: Duration,
     storm: usize,
+    large: usize,
     storm_sts_delay: Duration,
     storm_lead: Duration,
     sts_delay: Duration,
@@ -116,6 +118,7 @@ impl Opts {
             approval_tokens: 100,
             steady: Duration::from_secs(60),
             storm: 1000,
+            large: 200,
             storm_sts_delay: Duration::from_millis(50),
             storm_lead: Duration::from_secs(40),
             sts_delay: Duration::ZERO,
@@ -155,6 +158,7 @@ impl Opts {
                 "--approval-tokens" => o.approval_tokens = value()?.parse::<usize>()?.max(1),
                 "--steady" => o.steady = parse_duration(&value()?)?,
                 "--storm" => o.storm = value()?.parse()?,
+                "--large" => o.large = value()?.parse()?,
                 "--storm-sts-delay" => o.storm_sts_delay = parse_duration(&value()?)?,
                 "--storm-lead" => o.storm_lead = parse_duration(&value()?)?,
                 "--sts-delay" => o.sts_delay = parse_duration(&value()?)?,
@@ -652,7 +656,16 @@ struct Figures {
     footprint_idle: Option<Idle>,
     cold: Vec<Cold>,
     storm: Option<Storm>,
+    large: Option<Large>,
     binary_bytes: u64,
+}
+
+#[derive(serde::Serialize)]
+struct Large {
+    n: usize,
+    object_bytes: usize,
+    all_ready_s: f64,
+    mem: Mem,
 }
 
 #[derive(serde::Serialize)]
@@ -916,6 +929,84 @@ async fn approval(world: &World, opts: &Opts) -> Result<ApprovalFigures> {
         writes_per_approval: (requests.object_writes() + requests.event_writes) as f64 / n_all,
         gets_per_approval: requests.total_gets() as f64 / n_all,
         per_approval: requests.per_token(warmup + opts.approvals),
+    })
+}
+
+/// The largest SessionToken the CRD admits in what a tenant can grow (32 labels and 32
+/// annotations of the Secret at their longest, 32 restart targets, 50 session tags), without
+/// MFA, plus 64 KiB of annotations of its own that the operator never reads.
+fn largest_token(i: usize) -> Value {
+    let key = |p: &str, j: usize| format!("{}{p}{j:02}/{}", "k".repeat(250), "n".repeat(59));
+    let labels: serde_json::Map<String, Value> = (0..32)
+        .map(|j| (key("l", j), json!("v".repeat(63))))
+        .collect();
+    let annotations: serde_json::Map<String, Value> = (0..32)
+        .map(|j| (key("a", j), json!("x".repeat(1024))))
+        .collect();
+    let foreign: serde_json::Map<String, Value> = (0..64)
+        .map(|j| (format!("example.com/a{j:02}"), json!("y".repeat(1024))))
+        .collect();
+    let targets: Vec<_> = (0..32)
+        .map(|j| json!({"kind": "Deployment", "name": format!("{}{j:02}", "d".repeat(251))}))
+        .collect();
+    let tags: Vec<_> = (0..50)
+        .map(|j| json!({"key": format!("{}{j:02}", "t".repeat(126)), "value": "v".repeat(256)}))
+        .collect();
+    json!({
+        "apiVersion": "stssession.dev/v1alpha1", "kind": "SessionToken",
+        "metadata": {"name": format!("st-{i:05}"), "annotations": foreign},
+        "spec": {
+            "sourceCredentials": {"secretRef": {"name": "iam-keys"}},
+            "secret": {"name": format!("out-{i:05}"), "labels": labels, "annotations": annotations},
+            "rolloutRestartTargets": targets,
+            "assumeRole": {"roleArn": "arn:aws:iam::123456789012:role/deployer", "tags": tags},
+        },
+    })
+}
+
+/// N SessionTokens of the largest admitted size, created before the operator starts, → all
+/// Ready; the operator's peak RSS.
+async fn large(world: &World, opts: &Opts, n: usize) -> Result<Large> {
+    let ns = world.namespace(&format!("bench-large-{n}")).await?;
+    world
+        .sts
+        .add_role(testkit::sts_double::RoleSpec::named("deployer"));
+    let object_bytes = serde_json::to_vec(&largest_token(0))?.len();
+    eprintln!("bench: large: creating {n} SessionTokens of {object_bytes} bytes in {ns}");
+    let api = world.sessions(&ns);
+    futures::stream::iter(0..n)
+        .map(|i| {
+            let api = api.clone();
+            async move {
+                let obj: DynamicObject = serde_json::from_value(largest_token(i))?;
+                api.create(&PostParams::default(), &obj).await?;
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(opts.create_concurrency.min(8))
+        .try_for_each(|_| async { Ok(()) })
+        .await
+        .context("creating SessionTokens")?;
+    let mut tracker = Tracker::start(world.sessions(&ns));
+    let started = Instant::now();
+    let op = Operator::start(world, &ns, opts).await?;
+    tracker
+        .wait(
+            "every large SessionToken to be Ready",
+            opts.ready_timeout,
+            Duration::from_millis(50),
+            |m| m.len() == n && m.values().filter(|t| t.ready).count() == n,
+        )
+        .await?;
+    let all_ready_s = started.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let mem = op.memory()?;
+    op.stop().await?;
+    Ok(Large {
+        n,
+        object_bytes,
+        all_ready_s,
+        mem,
     })
 }
 
@@ -1304,6 +1395,16 @@ fn report(f: &Figures, opts: &Opts) -> String {
             c.n, c.mem, c.ready_after_ms
         );
     }
+    if let Some(l) = &f.large {
+        let _ = writeln!(
+            out,
+            "| footprint, {} SessionTokens of the largest admitted size ({} KiB each, with 64 KiB of foreign annotations) | {}; all Ready after {:.1} s | peak far below the chart's 256 MiB |",
+            l.n,
+            l.object_bytes / 1024,
+            l.mem,
+            l.all_ready_s
+        );
+    }
     let _ = writeln!(
         out,
         "| release binary | {:.1} MiB ({} bytes) | |",
@@ -1401,6 +1502,9 @@ async fn main() -> Result<()> {
         }
         if opts.runs("storm") && opts.storm > 0 {
             figures.storm = Some(storm(&world, &opts).await?);
+        }
+        if opts.runs("large") && opts.large > 0 {
+            figures.large = Some(large(&world, &opts, opts.large).await?);
         }
         Ok(())
     }

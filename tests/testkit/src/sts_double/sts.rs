@@ -188,6 +188,9 @@ pub(crate) struct State {
     pub roles: HashMap<String, TestRole>,
     pub code_policy: CodePolicy,
     pub rejected_codes: HashSet<String>,
+    /// Per MFA serial, the TOTP windows whose code was accepted: like AWS, a code is good once
+    /// per device (kept for the windows a code can still be accepted in).
+    pub spent_windows: HashMap<String, Vec<u64>>,
     pub returned_lifetime: Option<Duration>,
     pub returned_role_lifetime: Option<Duration>,
     pub returned_expiration: Option<Timestamp>,
@@ -224,6 +227,7 @@ impl State {
             roles: HashMap::new(),
             code_policy: config.code_policy.clone(),
             rejected_codes: HashSet::new(),
+            spent_windows: HashMap::new(),
             returned_lifetime: config.returned_lifetime,
             returned_role_lifetime: config.returned_role_lifetime,
             returned_expiration: None,
@@ -474,7 +478,7 @@ impl State {
     /// Checks SerialNumber/TokenCode against `device`. `Ok(true)`: MFA verified; `Ok(false)`:
     /// none given.
     fn check_mfa(
-        &self,
+        &mut self,
         device: Option<&MfaDevice>,
         params: &Params,
         call: &mut RecordedCall,
@@ -491,7 +495,7 @@ impl State {
         };
         let accepted = !self.rejected_codes.contains(code)
             && match self.code_policy {
-                CodePolicy::Totp => totp::verify(&device.seed, code, now),
+                CodePolicy::Totp => self.accept_totp_once(device, code, now),
                 CodePolicy::AcceptAny => true,
                 CodePolicy::RejectAll => false,
             };
@@ -501,6 +505,26 @@ impl State {
         } else {
             Err(StsError::access_denied(MSG_INVALID_MFA_CODE))
         }
+    }
+
+    /// A TOTP code of the device's current window or one either side, not accepted before:
+    /// AWS accepts each code once per device, so a replayed code is refused like a wrong one.
+    fn accept_totp_once(&mut self, device: &MfaDevice, code: &str, now: Timestamp) -> bool {
+        let Some(window) = totp::matching_window(&device.seed, code, now) else {
+            return false;
+        };
+        let current = totp::counter_at(now.as_second());
+        let spent = self
+            .spent_windows
+            .entry(device.serial_number.clone())
+            .or_default();
+        // Windows more than one step back can no longer be accepted anyway.
+        spent.retain(|w| w.saturating_add(1) >= current);
+        if spent.contains(&window) {
+            return false;
+        }
+        spent.push(window);
+        true
     }
 
     fn get_session_token(

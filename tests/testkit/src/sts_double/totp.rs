@@ -47,6 +47,14 @@ pub fn verify(seed: &[u8], code: &str, t: jiff::Timestamp) -> bool {
         .any(|c| constant_time_eq(hotp(seed, *c, DIGITS).as_bytes(), code.as_bytes()))
 }
 
+/// The window (counter) whose code `code` is, among the one containing `t` and one either side.
+pub fn matching_window(seed: &[u8], code: &str, t: jiff::Timestamp) -> Option<u64> {
+    let counter = counter_at(t.as_second());
+    [counter.wrapping_sub(1), counter, counter + 1]
+        .into_iter()
+        .find(|c| constant_time_eq(hotp(seed, *c, DIGITS).as_bytes(), code.as_bytes()))
+}
+
 pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
