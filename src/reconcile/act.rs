@@ -38,9 +38,9 @@ pub async fn run(ctx: &Context, f: &Facts, plan: Plan) -> Result<Action, Error> 
     let mut server_status = f.st.status.clone().unwrap_or_default();
     if let Some(record) = &plan.record_claim {
         match write_status(&api, &f.name, record).await {
-            Ok(()) => {
-                ctx.note_status_write(&f.uid, record);
-                server_status = record.clone();
+            Ok(written) => {
+                ctx.note_status_write(&f.uid, &written);
+                server_status = written;
             }
             Err(e) => {
                 warn!(namespace = f.ns, name = f.name, error = %e, "could not record the claim; using the code anyway")
@@ -172,15 +172,17 @@ async fn apply(
     restart_targets(ctx, f, &mut fx).await;
     ctx.metrics.set_session(&f.ns, &f.name, fx.metrics);
     if fx.status != server_status {
-        if let Err(e) = write_status(api, &f.name, &fx.status).await {
-            if let Some(minted) = fx.keep_unsaved.take() {
-                // The Secret holds the new session but status does not know it yet: keep it,
-                // so the next try records it instead of losing it.
-                ctx.with_memory(&f.uid, |m| m.remembered.unsaved = Some(minted));
+        match write_status(api, &f.name, &fx.status).await {
+            Ok(written) => ctx.note_status_write(&f.uid, &written),
+            Err(e) => {
+                if let Some(minted) = fx.keep_unsaved.take() {
+                    // The Secret holds the new session but status does not know it yet: keep
+                    // it, so the next try records it instead of losing it.
+                    ctx.with_memory(&f.uid, |m| m.remembered.unsaved = Some(minted));
+                }
+                return Err(e);
             }
-            return Err(e);
         }
-        ctx.note_status_write(&f.uid, &fx.status);
     }
     publish(ctx, &f.st, fx.events).await;
     let delay = match missed {
@@ -214,8 +216,10 @@ async fn secret_write_failed(
         return;
     }
     let status = plan::secret_write_refused(f, before, &session.redact(&ae.message));
-    if status != *server_status && write_status(api, &f.name, &status).await.is_ok() {
-        ctx.note_status_write(&f.uid, &status);
+    if status != *server_status
+        && let Ok(written) = write_status(api, &f.name, &status).await
+    {
+        ctx.note_status_write(&f.uid, &written);
     }
 }
 
@@ -243,19 +247,48 @@ async fn claim_annotation(
     }
 }
 
+/// Writes status (server-side apply) and returns it as written. Under a CRD older than this
+/// operator (Helm does not upgrade CRDs; the operator may be rolled out first), a status field
+/// the old schema does not declare makes the whole write fail: `approvedFor` is then left out,
+/// rather than lose the session the write records (the decisions treat a session without it as
+/// approved for the role it already holds).
 pub(crate) async fn write_status(
     api: &Api<SessionToken>,
     name: &str,
     status: &SessionTokenStatus,
-) -> Result<(), Error> {
-    let body = serde_json::json!({
-        "apiVersion": SessionToken::api_version(&()),
-        "kind": SessionToken::kind(&()),
-        "status": status,
-    });
+) -> Result<SessionTokenStatus, Error> {
+    let body = |status: &SessionTokenStatus| {
+        serde_json::json!({
+            "apiVersion": SessionToken::api_version(&()),
+            "kind": SessionToken::kind(&()),
+            "status": status,
+        })
+    };
     let pp = PatchParams::apply(FIELD_MANAGER).force();
-    api.patch_status(name, &pp, &Patch::Apply(&body)).await?;
-    Ok(())
+    match api
+        .patch_status(name, &pp, &Patch::Apply(&body(status)))
+        .await
+    {
+        Ok(_) => Ok(status.clone()),
+        Err(kube::Error::Api(e))
+            if status.approved_for.is_some()
+                && e.message
+                    .contains(".status.approvedFor: field not declared in schema") =>
+        {
+            warn!(
+                name,
+                "the SessionToken CRD is older than this operator (no status.approvedFor): apply crds/ to upgrade it"
+            );
+            let older = SessionTokenStatus {
+                approved_for: None,
+                ..status.clone()
+            };
+            api.patch_status(name, &pp, &Patch::Apply(&body(&older)))
+                .await?;
+            Ok(older)
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Writes a Secret: created if absent (never merged into a foreign one), otherwise applied

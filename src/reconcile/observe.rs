@@ -41,9 +41,9 @@ pub async fn observe(st: Arc<SessionToken>, ctx: &Context) -> Result<Facts, Erro
     if !plan::is_object_name(&names.out) {
         return Err(Error::InvalidName(names.out));
     }
-    // A Secret the owned-Secret watch has listed as absent is not read (src/reconcile/owned.rs):
-    // a namesake it cannot see refuses the create that follows. Not while a token code waits:
-    // a code is never spent on a session that could then find its Secret taken.
+    // A Secret the Secret watch has listed as absent is not read (src/reconcile/owned.rs); one
+    // created meanwhile refuses the create that follows. Not while a token code waits: a code
+    // is never spent on a session that could then find its Secret taken.
     let trust_watch = !st
         .annotations()
         .contains_key(approval::TOKEN_CODE_ANNOTATION);

@@ -1,12 +1,13 @@
-//! Which Secrets carrying the operator's label exist, as the owned-Secret metadata watch shows
-//! them: a reconcile need not GET a Secret the watch has listed as absent (a cold start's
-//! output Secrets: one request fewer per SessionToken).
+//! Which Secrets exist, as the Secret metadata watch shows them (every Secret of the watched
+//! scope, labelled or not; only an 8-byte hash of each name is kept): a reconcile need not GET
+//! a Secret the watch has listed as absent (a cold start's output Secrets: one request fewer
+//! per SessionToken), and someone else's namesake is known before any STS call.
 //!
-//! Only absence is trusted, and only where it is safe: a Secret the watch cannot see (one
-//! without the label, someone else's) is written with a create, which the API server refuses
-//! when a namesake exists (409); that name is then marked [`OwnedSecrets::unsure`] and read
-//! on every reconcile until a read shows it absent or ours. Until a watch has listed its scope
-//! once, nothing is known absent there. Per entry: one 8-byte hash of namespace and name.
+//! Only absence is trusted, and only where it is safe: a Secret created so recently that the
+//! watch has not shown it yet refuses the create that follows (409), and that name is then
+//! marked [`OwnedSecrets::unsure`] and read on every reconcile until a read shows it absent or
+//! ours (likewise after any refused create). Until a watch has listed its scope once, nothing
+//! is known absent there.
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;

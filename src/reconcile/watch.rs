@@ -1,13 +1,13 @@
 //! The watches that feed the reconciler: SessionTokens (cached, without what the operator never
-//! reads) and the metadata of the Secrets it labelled, each object read on its own
+//! reads) and the metadata of Secrets (which exist; the one a SessionToken writes triggers it),
+//! each object read on its own
 //! ([`Tolerant`]): one that cannot be read is skipped, logged by name and counted, and never
 //! stops the list or watch of the others.
 
 use super::context::Context;
 use super::{error_policy, reconcile};
 use crate::approval;
-use crate::crd::{FIELD_MANAGER, OWNER_NAME_ANNOTATION, SessionToken};
-use crate::secret::MANAGED_BY_LABEL;
+use crate::crd::{OWNER_NAME_ANNOTATION, SessionToken};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
@@ -279,16 +279,18 @@ pub async fn run(
             st.metadata.resource_version = None;
             st
         });
-    // Only Secrets the operator labelled, and only their metadata: memory stays flat however
-    // many Secrets the cluster holds. Which of them exist is kept (`Context::owned`): a
-    // reconcile does not read a Secret known to be absent.
+    // The metadata of the scope's Secrets, never kept: which names exist (`Context::owned`, 8
+    // bytes a Secret), and a trigger for the SessionToken a Secret names.
     ctx.owned.start(namespace.as_deref());
     let (index, scope) = (ctx.clone(), namespace.clone());
     let owned = watcher(
         secrets,
-        watcher::Config::default()
-            .labels(&format!("{MANAGED_BY_LABEL}={FIELD_MANAGER}"))
-            .any_semantic(),
+        // All Secrets of the scope, not only the labelled ones: which names are taken is what
+        // lets a reconcile skip reading an output Secret that does not exist, and a namesake
+        // of someone else's must be known before an STS call, not after. Lists are paged
+        // (500 at a time, read from etcd: no whole list held at once), and nothing of an
+        // object is kept but an 8-byte hash of its name.
+        watcher::Config::default(),
     )
     .backoff(WatchBackoff::default())
     .try_filter_map(move |event| {
@@ -305,6 +307,9 @@ pub async fn run(
     })
     .inspect_ok(move |event| index.owned.record(scope.as_deref(), event))
     .touched_objects()
+    // Only a Secret that names its SessionToken (its owner reference or, retained, the
+    // operator's annotation) triggers it; a namesake of someone else's triggers nothing.
+    .try_filter(|s| std::future::ready(owner_of(s.clone()).is_some()))
     // Our own writes come back on this watch: the reconcile that made them needs no other.
     .try_filter(move |s| std::future::ready(!own.is_own_secret_write(s)));
     // Far-off requeues of this controller's objects come back to it through a channel.

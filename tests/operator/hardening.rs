@@ -26,6 +26,10 @@ async fn events_are_published_for_a_253_character_name() -> Result<()> {
     spec["secret"] = json!({"name": "out"});
     ns.create_session(&name, spec).await?;
     wait_condition(&ns, &name, "Ready", "True", "Issued", T).await?;
+    // A first session without an approval gets no Event: the Secret deleted, the second one does.
+    ns.secrets()
+        .delete("out", &kube::api::DeleteParams::default())
+        .await?;
     let events = eventually(T, "an Issued Event about the long name", || async {
         let events = ns.events().await?;
         Ok(events

@@ -499,12 +499,16 @@ async fn an_old_code_is_dropped_without_an_sts_call() -> anyhow::Result<()> {
             .contains_key("stssession.dev/token-code")
     );
     assert_eq!(sts.call_count(), 0);
-    assert!(
-        ns.event_reasons()
+    // (Events follow the status write: not necessarily there the instant the condition is.)
+    eventually(T, "a TokenCodeExpired Event", || async {
+        Ok(ns
+            .event_reasons()
             .await?
             .iter()
             .any(|r| r == "TokenCodeExpired")
-    );
+            .then_some(()))
+    })
+    .await?;
     Ok(())
 }
 
