@@ -191,6 +191,34 @@ fn ids(docs: &[Value]) -> BTreeSet<(String, String, String)> {
         .collect()
 }
 
+/// What every install renders besides the operator's own RBAC: the leader-election Role, the
+/// approver, editor, restart-target and metrics roles, the Service, Deployment, PDB and the two
+/// admission policies with their bindings.
+fn chart_objects_everywhere(ns: &str, f: &str) -> Vec<(String, String, String)> {
+    let named = |suffix: &str| format!("{f}-{suffix}");
+    vec![
+        id("Role", ns, &named("leader-election")),
+        id("RoleBinding", ns, &named("leader-election")),
+        id("ClusterRole", "", &named("approve")),
+        id("Service", ns, &named("metrics")),
+        id("Deployment", ns, f),
+        id("PodDisruptionBudget", ns, f),
+        id("ValidatingAdmissionPolicy", "", &named("approvals")),
+        id("ValidatingAdmissionPolicyBinding", "", &named("approvals")),
+        id("ClusterRole", "", &named("restart-targets")),
+        id("ClusterRole", "", &named("edit")),
+        id("ClusterRole", "", &named("metrics-auth")),
+        id("ClusterRoleBinding", "", &named("metrics-auth")),
+        id("ClusterRole", "", &named("metrics-reader")),
+        id("ValidatingAdmissionPolicy", "", &named("operator-writes")),
+        id(
+            "ValidatingAdmissionPolicyBinding",
+            "",
+            &named("operator-writes"),
+        ),
+    ]
+}
+
 fn id(kind: &str, ns: &str, name: &str) -> (String, String, String) {
     (kind.to_string(), ns.to_string(), name.to_string())
 }
@@ -491,35 +519,10 @@ async fn chart_with_default_values_applies_to_the_api_server() -> Result<()> {
         id("ServiceAccount", &ns, &f),
         id("ClusterRole", "", &f),
         id("ClusterRoleBinding", "", &f),
-        id("Role", &ns, &format!("{f}-leader-election")),
-        id("RoleBinding", &ns, &format!("{f}-leader-election")),
-        id("ClusterRole", "", &format!("{f}-approve")),
-        id("Service", &ns, &format!("{f}-metrics")),
-        id("Deployment", &ns, &f),
-        id("PodDisruptionBudget", &ns, &f),
-        id("ValidatingAdmissionPolicy", "", &format!("{f}-approvals")),
-        id(
-            "ValidatingAdmissionPolicyBinding",
-            "",
-            &format!("{f}-approvals"),
-        ),
-        id("ClusterRole", "", &format!("{f}-restart-targets")),
-        id("ClusterRole", "", &format!("{f}-edit")),
-        id("ClusterRole", "", &format!("{f}-metrics-auth")),
-        id("ClusterRoleBinding", "", &format!("{f}-metrics-auth")),
-        id("ClusterRole", "", &format!("{f}-metrics-reader")),
-        id(
-            "ValidatingAdmissionPolicy",
-            "",
-            &format!("{f}-operator-writes"),
-        ),
-        id(
-            "ValidatingAdmissionPolicyBinding",
-            "",
-            &format!("{f}-operator-writes"),
-        ),
     ]
-    .into();
+    .into_iter()
+    .chain(chart_objects_everywhere(&ns, &f))
+    .collect();
     assert_eq!(ids(&docs), expected);
 
     // The Deployment as the brief asks.
@@ -741,35 +744,10 @@ async fn chart_scoped_to_namespaces_has_no_cluster_wide_secret_access() -> Resul
         id("RoleBinding", &team_a, &f),
         id("Role", &team_b, &f),
         id("RoleBinding", &team_b, &f),
-        id("Role", &ns, &format!("{f}-leader-election")),
-        id("RoleBinding", &ns, &format!("{f}-leader-election")),
-        id("ClusterRole", "", &format!("{f}-approve")),
-        id("Service", &ns, &format!("{f}-metrics")),
-        id("Deployment", &ns, &f),
-        id("PodDisruptionBudget", &ns, &f),
-        id("ValidatingAdmissionPolicy", "", &format!("{f}-approvals")),
-        id(
-            "ValidatingAdmissionPolicyBinding",
-            "",
-            &format!("{f}-approvals"),
-        ),
-        id("ClusterRole", "", &format!("{f}-restart-targets")),
-        id("ClusterRole", "", &format!("{f}-edit")),
-        id("ClusterRole", "", &format!("{f}-metrics-auth")),
-        id("ClusterRoleBinding", "", &format!("{f}-metrics-auth")),
-        id("ClusterRole", "", &format!("{f}-metrics-reader")),
-        id(
-            "ValidatingAdmissionPolicy",
-            "",
-            &format!("{f}-operator-writes"),
-        ),
-        id(
-            "ValidatingAdmissionPolicyBinding",
-            "",
-            &format!("{f}-operator-writes"),
-        ),
     ]
-    .into();
+    .into_iter()
+    .chain(chart_objects_everywhere(&ns, &f))
+    .collect();
     assert_eq!(ids(&docs), expected);
     let args =
         find(&docs, "Deployment", &f)?["spec"]["template"]["spec"]["containers"][0]["args"].clone();
