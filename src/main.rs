@@ -207,12 +207,10 @@ async fn run(args: Args) -> Result<()> {
     if let Some(auth) = &auth {
         auth.set_client(ctx.client.clone());
     }
-    let version = ctx
-        .client
+    ctx.client
         .apiserver_version()
         .await
         .context("reaching the Kubernetes API")?;
-    ctx.use_server_version(&version);
     // Ready means able to work, not leading: followers must be ready too, or a rolling update
     // (new pod ready before the old leader goes) could never finish.
     let _ = ready_tx.send(true);

@@ -69,11 +69,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub settings: Settings,
     pub(crate) events: crate::events::Publisher,
-    /// Which Secrets exist, as the Secret watches show them.
+    /// Which labelled Secrets exist, as the owned-Secret watches show them.
     pub(crate) owned: super::owned::OwnedSecrets,
-    /// Whether the API server streams a watch's initial list (`sendInitialEvents`, on by
-    /// default since Kubernetes 1.32; taken from 1.34 on, see [`Context::use_server_version`]).
-    streaming_lists: std::sync::atomic::AtomicBool,
     /// Boxed: the table keeps the room of every entry it ever held at once (all of them during
     /// a cold start); a box keeps that room to a pointer.
     memory: Mutex<HashMap<String, Box<Memory>>>,
@@ -112,32 +109,10 @@ impl Context {
             metrics,
             settings,
             owned: super::owned::OwnedSecrets::default(),
-            streaming_lists: std::sync::atomic::AtomicBool::new(false),
             memory: Mutex::default(),
             status_written: Mutex::default(),
             requeues: RwLock::default(),
         }
-    }
-
-    /// Notes the API server's version: from Kubernetes 1.34 on, the SessionToken watch takes
-    /// its initial list as a stream of objects (one at a time) rather than as one response
-    /// holding every object's text at once (the peak of a cold start's memory: 104.7 → 39.0
-    /// MiB for 200 SessionTokens of the largest admitted size). Older servers (the chart
-    /// admits 1.30) get the list.
-    pub fn use_server_version(&self, info: &k8s_openapi::apimachinery::pkg::version::Info) {
-        let minor: u32 = info
-            .minor
-            .trim_end_matches(|c: char| !c.is_ascii_digit())
-            .parse()
-            .unwrap_or(0);
-        let streaming = info.major == "1" && minor >= 34;
-        self.streaming_lists
-            .store(streaming, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    pub(crate) fn streaming_lists(&self) -> bool {
-        self.streaming_lists
-            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// What the controller should do after a reconcile of `namespace/name` that needs another

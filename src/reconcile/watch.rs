@@ -247,11 +247,7 @@ pub async fn run(
     let forget_ctx = ctx.clone();
     let own = ctx.clone();
     let (m1, m2) = (ctx.metrics.clone(), ctx.metrics.clone());
-    let config = match ctx.streaming_lists() {
-        true => watcher::Config::default().streaming_lists(),
-        false => watcher::Config::default().any_semantic(),
-    };
-    let main_stream = watcher(sessions, config)
+    let main_stream = watcher(sessions, watcher::Config::default().any_semantic())
         .backoff(WatchBackoff::default())
         .try_filter_map(move |event| {
             let unreadable = |meta: &_| {
