@@ -1312,25 +1312,10 @@ async fn start_operator(
 
 /// Minimal HTTP GET over loopback: "STATUS\nBODY".
 async fn http_get(port: u16, path: &str) -> Result<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    stream
-        .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-                .as_bytes(),
-        )
-        .await?;
-    let mut buf = String::new();
-    stream.read_to_string(&mut buf).await?;
-    let status = buf.split(' ').nth(1).unwrap_or("").to_string();
-    let body = buf
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok(format!("{status}\n{body}"))
+    http_get_auth(port, path, None).await
 }
 
-/// [`http_get`] with `Authorization: Bearer TOKEN` if given: "STATUS\nBODY".
+/// An HTTP GET over loopback, with `Authorization: Bearer TOKEN` if given: "STATUS\nBODY".
 async fn http_get_auth(port: u16, path: &str, token: Option<&str>) -> Result<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;

@@ -328,22 +328,18 @@ async fn write_secret(ctx: &Context, f: &Facts, w: &SecretWrite) -> Result<bool,
                 }
             }
             Err(e) => {
-                if matches!(w.mode, WriteMode::Create) {
-                    // Refused for whatever reason (an invalid label is refused before a
-                    // namesake is looked for): what is there is read from now on.
-                    ctx.owned.unsure(&f.ns, &w.name);
-                }
+                // Refused, for whatever reason (a create with an invalid label is refused
+                // before a namesake is looked for; a 409 means one exists or the Secret
+                // changed): what is there is read from now on.
+                ctx.owned.unsure(&f.ns, &w.name);
                 Err(e)
             }
         };
         match result {
             Ok(()) => return Ok(missed),
-            // 409: the Secret changed since it was read, or a namesake exists that the
-            // owned-Secret watch cannot see (a create): the next reconcile reads it.
-            Err(kube::Error::Api(e)) if e.code == 409 => {
-                ctx.owned.unsure(&f.ns, &w.name);
-                return Err(kube::Error::Api(e));
-            }
+            // 409: the Secret changed since it was read, or a namesake exists that the watch
+            // has not shown yet (a create): the next reconcile reads it.
+            Err(kube::Error::Api(e)) if e.code == 409 => return Err(kube::Error::Api(e)),
             Err(e) if attempt < 3 => {
                 warn!(namespace = f.ns, name = f.name, secret = w.name, error = %e, attempt, "writing a Secret failed; retrying");
                 tokio::time::sleep(Duration::from_millis(200u64.saturating_mul(attempt))).await;
