@@ -211,6 +211,7 @@ fn stand_in(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -
             renewal: None,
             rollout_restart_targets: Vec::new(),
             assume_role: None,
+            allowed_roles: Vec::new(),
         },
     );
     st.metadata = meta.clone();
