@@ -2,7 +2,8 @@
 //! and checking the output Secret that holds the session.
 
 use crate::crd::{
-    DEFAULT_MOUNT_PATH, FIELD_MANAGER, OWNER_NAME_ANNOTATION, OWNER_UID_LABEL, OutputFormat,
+    ASSUMED_ROLE_ANNOTATION, ASSUMED_ROLE_UID_LABEL, AssumedRole, DEFAULT_MOUNT_PATH,
+    FIELD_MANAGER, OWNER_NAME_ANNOTATION, OWNER_UID_LABEL, OutputFormat, OutputSecretSpec,
     SECRET_ROLE_LABEL, SESSION_SECRET_ROLE, SessionToken, SourceSecretRef,
 };
 use crate::credentials::Credentials;
@@ -11,7 +12,6 @@ use jiff::Timestamp;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-use kube::Resource;
 use std::collections::BTreeMap;
 
 pub const KEY_ACCESS_KEY_ID: &str = "AWS_ACCESS_KEY_ID";
@@ -77,6 +77,13 @@ impl Layout {
         Layout {
             formats: st.output_formats(),
             mount_path: st.output_mount_path(),
+        }
+    }
+
+    pub fn of_role(ar: &AssumedRole) -> Layout {
+        Layout {
+            formats: ar.output_formats(),
+            mount_path: ar.output_mount_path(),
         }
     }
 
@@ -362,10 +369,67 @@ pub enum Ownership {
 }
 
 pub fn ownership(secret: Option<&Secret>, st: &SessionToken) -> Ownership {
+    ownership_by(secret, &SecretOwner::session(st))
+}
+
+/// Who the operator writes an output Secret for: a SessionToken or an AssumedRole. Each kind
+/// marks its Secrets with its own UID label and name annotation, and owns them (unless
+/// `retainOnDelete`) with a controller reference of its own kind.
+pub struct SecretOwner<'a> {
+    pub kind: &'static str,
+    pub api_version: &'static str,
+    pub name: &'a str,
+    pub namespace: Option<&'a str>,
+    pub uid: &'a str,
+    pub uid_label: &'static str,
+    pub name_annotation: &'static str,
+    pub spec: Option<&'a OutputSecretSpec>,
+}
+
+impl<'a> SecretOwner<'a> {
+    pub fn session(st: &'a SessionToken) -> Self {
+        Self {
+            kind: "SessionToken",
+            api_version: "stssession.dev/v1alpha1",
+            name: st.metadata.name.as_deref().unwrap_or_default(),
+            namespace: st.metadata.namespace.as_deref(),
+            uid: st.metadata.uid.as_deref().unwrap_or_default(),
+            uid_label: OWNER_UID_LABEL,
+            name_annotation: OWNER_NAME_ANNOTATION,
+            spec: st.spec.secret.as_ref(),
+        }
+    }
+
+    pub fn role(ar: &'a AssumedRole) -> Self {
+        Self {
+            kind: "AssumedRole",
+            api_version: "stssession.dev/v1alpha1",
+            name: ar.metadata.name.as_deref().unwrap_or_default(),
+            namespace: ar.metadata.namespace.as_deref(),
+            uid: ar.metadata.uid.as_deref().unwrap_or_default(),
+            uid_label: ASSUMED_ROLE_UID_LABEL,
+            name_annotation: ASSUMED_ROLE_ANNOTATION,
+            spec: ar.spec.secret.as_ref(),
+        }
+    }
+
+    fn owner_reference(&self) -> OwnerReference {
+        OwnerReference {
+            api_version: self.api_version.into(),
+            kind: self.kind.into(),
+            name: self.name.into(),
+            uid: self.uid.into(),
+            controller: Some(true),
+            block_owner_deletion: Some(true),
+        }
+    }
+}
+
+/// How the Secret `secret` relates to `owner`.
+pub fn ownership_by(secret: Option<&Secret>, owner: &SecretOwner<'_>) -> Ownership {
     let Some(secret) = secret else {
         return Ownership::Absent;
     };
-    let uid = st.metadata.uid.as_deref().unwrap_or_default();
     let controller = secret
         .metadata
         .owner_references
@@ -376,21 +440,23 @@ pub fn ownership(secret: Option<&Secret>, st: &SessionToken) -> Ownership {
         .metadata
         .labels
         .as_ref()
-        .and_then(|l| l.get(OWNER_UID_LABEL))
+        .and_then(|l| l.get(owner.uid_label))
         .map(String::as_str)
-        == Some(uid);
+        == Some(owner.uid);
     match controller {
-        Some(owner) if owner.uid == uid => Ownership::Ours,
+        Some(o) if o.uid == owner.uid => Ownership::Ours,
         None if labelled => Ownership::Ours,
-        Some(owner) => Ownership::Foreign(format!(
-            "Secret {:?} is controlled by {} {:?}, not by this SessionToken",
+        Some(o) => Ownership::Foreign(format!(
+            "Secret {:?} is controlled by {} {:?}, not by this {}",
             secret.metadata.name.as_deref().unwrap_or_default(),
-            owner.kind,
-            owner.name
+            o.kind,
+            o.name,
+            owner.kind
         )),
         None => Ownership::Foreign(format!(
-            "Secret {:?} exists and is not managed by this SessionToken",
-            secret.metadata.name.as_deref().unwrap_or_default()
+            "Secret {:?} exists and is not managed by this {}",
+            secret.metadata.name.as_deref().unwrap_or_default(),
+            owner.kind
         )),
     }
 }
@@ -398,22 +464,36 @@ pub fn ownership(secret: Option<&Secret>, st: &SessionToken) -> Ownership {
 /// The output Secret as it should be: data, the owner label/annotation, the user's labels and
 /// annotations, and a controller owner reference unless `retainOnDelete`.
 pub fn desired_secret(st: &SessionToken, name: &str, session: &Credentials) -> Secret {
-    let spec = st.spec.secret.clone().unwrap_or_default();
+    desired_output(&SecretOwner::session(st), name, session, &Layout::of(st))
+}
+
+/// An AssumedRole's output Secret as it should be (as [`desired_secret`]).
+pub fn desired_role_secret(ar: &AssumedRole, name: &str, creds: &Credentials) -> Secret {
+    desired_output(&SecretOwner::role(ar), name, creds, &Layout::of_role(ar))
+}
+
+fn desired_output(
+    owner: &SecretOwner<'_>,
+    name: &str,
+    session: &Credentials,
+    layout: &Layout,
+) -> Secret {
+    let spec = owner.spec.cloned().unwrap_or_default();
     operator_secret(
-        st,
+        owner,
         name,
         (spec.labels, spec.annotations),
         session,
-        &Layout::of(st),
+        layout,
         !spec.retain_on_delete,
     )
 }
 
-/// A Secret the operator writes for `st`: `extra` labels and annotations, then its own (the
+/// A Secret the operator writes for `owner`: `extra` labels and annotations, then its own (the
 /// owner's UID and name, managed-by for the watch's selector, the expiration), the session in
 /// `layout`, and a controller owner reference if `owned`.
 fn operator_secret(
-    st: &SessionToken,
+    owner: &SecretOwner<'_>,
     name: &str,
     extra: (BTreeMap<String, String>, BTreeMap<String, String>),
     session: &Credentials,
@@ -421,23 +501,17 @@ fn operator_secret(
     owned: bool,
 ) -> Secret {
     let (mut labels, mut annotations) = extra;
-    labels.insert(
-        OWNER_UID_LABEL.into(),
-        st.metadata.uid.clone().unwrap_or_default(),
-    );
+    labels.insert(owner.uid_label.into(), owner.uid.into());
     labels.insert(MANAGED_BY_LABEL.into(), FIELD_MANAGER.into());
-    annotations.insert(
-        OWNER_NAME_ANNOTATION.into(),
-        st.metadata.name.clone().unwrap_or_default(),
-    );
+    annotations.insert(owner.name_annotation.into(), owner.name.into());
     annotations.insert(EXPIRATION_ANNOTATION.into(), session.expiration.to_string());
     Secret {
         metadata: ObjectMeta {
             name: Some(name.into()),
-            namespace: st.metadata.namespace.clone(),
+            namespace: owner.namespace.map(str::to_owned),
             labels: Some(labels),
             annotations: Some(annotations),
-            owner_references: owned.then(|| vec![owner_reference(st)]),
+            owner_references: owned.then(|| vec![owner.owner_reference()]),
             ..Default::default()
         },
         type_: Some("Opaque".into()),
@@ -468,7 +542,7 @@ pub fn desired_session_secret(st: &SessionToken, name: &str, session: &Credentia
         "the STS session the operator assumes spec.assumeRole with; not for workloads (they use the output Secret)".into(),
     )]);
     operator_secret(
-        st,
+        &SecretOwner::session(st),
         name,
         (labels, annotations),
         session,
@@ -480,17 +554,6 @@ pub fn desired_session_secret(st: &SessionToken, name: &str, session: &Credentia
 /// The session a Secret kept for `spec.assumeRole` holds, if complete.
 pub fn kept_session(secret: &Secret) -> Option<Credentials> {
     read_session(secret, &session_layout())
-}
-
-fn owner_reference(st: &SessionToken) -> OwnerReference {
-    OwnerReference {
-        api_version: SessionToken::api_version(&()).into(),
-        kind: SessionToken::kind(&()).into(),
-        name: st.metadata.name.clone().unwrap_or_default(),
-        uid: st.metadata.uid.clone().unwrap_or_default(),
-        controller: Some(true),
-        block_owner_deletion: Some(true),
-    }
 }
 
 /// Whether the existing Secret already is what `desired` says (for the parts we manage), so

@@ -8,6 +8,12 @@ use super::{
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
+/// Label on an AssumedRole's output Secret: the AssumedRole's UID (as
+/// `stssession.dev/session-token-uid` on a SessionToken's).
+pub const ASSUMED_ROLE_UID_LABEL: &str = "stssession.dev/assumed-role-uid";
+/// Prefix of the pod-template annotation naming the role credentials a restart target was
+/// restarted for: `assumedrole.stssession.dev/<AssumedRole name>: <access key id>`.
+pub const RESTARTED_FOR_ROLE_PREFIX: &str = "assumedrole.stssession.dev/";
 /// Annotation on an AssumedRole's output Secret: the AssumedRole's name, for people and for the
 /// Secret watch (a Secret kept with `retainOnDelete` has no owner reference to name it).
 pub const ASSUMED_ROLE_ANNOTATION: &str = "stssession.dev/assumed-role";

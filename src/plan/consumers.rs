@@ -148,12 +148,18 @@ fn human(d: Duration) -> String {
 /// Annotation names are at most 63 characters: longer SessionToken names are cut and
 /// suffixed with a hash, so each SessionToken keeps its own key.
 pub fn restarted_for_key(st_name: &str) -> String {
-    if st_name.len() <= 63 {
-        return format!("{RESTARTED_FOR_PREFIX}{st_name}");
+    restarted_for_key_of(RESTARTED_FOR_PREFIX, st_name)
+}
+
+/// [`restarted_for_key`] under `prefix`: `sessiontoken.stssession.dev/` for a SessionToken,
+/// `assumedrole.stssession.dev/` for an AssumedRole.
+pub fn restarted_for_key_of(prefix: &str, name: &str) -> String {
+    if name.len() <= 63 {
+        return format!("{prefix}{name}");
     }
-    let hash = (unit_jitter(st_name) * f64::from(u32::MAX)) as u32;
-    let head = st_name[..54].trim_end_matches(['.', '-']);
-    format!("{RESTARTED_FOR_PREFIX}{head}-{hash:08x}")
+    let hash = (unit_jitter(name) * f64::from(u32::MAX)) as u32;
+    let head = name.get(..54).unwrap_or(name).trim_end_matches(['.', '-']);
+    format!("{prefix}{head}-{hash:08x}")
 }
 
 /// What to do with one target, from the workload as read.
@@ -187,9 +193,14 @@ pub fn target_action(
 
 /// The merge patch that restarts a workload for a session.
 pub fn restart_patch(st_name: &str, access_key_id: &str, now: Timestamp) -> serde_json::Value {
+    restart_patch_for(&restarted_for_key(st_name), access_key_id, now)
+}
+
+/// The merge patch that restarts a workload, recording `access_key_id` under `key`.
+pub fn restart_patch_for(key: &str, access_key_id: &str, now: Timestamp) -> serde_json::Value {
     serde_json::json!({"spec": {"template": {"metadata": {"annotations": {
         RESTARTED_AT_ANNOTATION: round_to_second(now).to_string(),
-        restarted_for_key(st_name): access_key_id,
+        key: access_key_id,
     }}}}})
 }
 
@@ -251,9 +262,10 @@ pub struct Restart {
 }
 
 /// The restarts due for the credentials the output Secret holds (`access_key_id`, issued at
-/// `issued_at`), and the problems met reading the targets.
+/// `issued_at`), recorded under the pod-template annotation `key` ([`restarted_for_key_of`]),
+/// and the problems met reading the targets.
 pub fn restarts_due(
-    st_name: &str,
+    key: &str,
     targets: &[TargetSeen],
     access_key_id: &str,
     issued_at: Option<Timestamp>,
@@ -267,7 +279,7 @@ pub fn restarts_due(
             Ok(w) if target_action(w, access_key_id, issued_at) == TargetAction::Restart => {
                 restarts.push(Restart {
                     target: seen.target.clone(),
-                    patch: restart_patch(st_name, access_key_id, now),
+                    patch: restart_patch_for(key, access_key_id, now),
                 })
             }
             Ok(_) => {}

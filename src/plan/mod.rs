@@ -563,6 +563,19 @@ impl Facts {
             .unwrap_or_else(|| default_role_session_name(&self.ns, &self.name))
     }
 
+    /// The role layer's view of this SessionToken (`spec.assumeRole`).
+    fn role_subject<'a>(&'a self, spec: &'a AssumeRoleSpec) -> RoleSubject<'a> {
+        RoleSubject {
+            spec,
+            role_session_name: self.role_session_name(spec),
+            renewal: self.st.spec.renewal.as_ref(),
+            out_name: &self.out.name,
+            uid: &self.uid,
+            timing: &self.timing,
+            now: self.now,
+        }
+    }
+
     /// The output Secret holds the role credentials `role` records.
     fn role_held(&self, role: &RoleStatus) -> bool {
         self.out
@@ -582,19 +595,11 @@ fn role_decision(
     session: Option<&Credentials>,
 ) -> RoleAction {
     let role = status.role.as_deref().cloned().unwrap_or_default();
-    let hash = role_hash(spec, &f.role_session_name(spec));
-    role_action(
-        RoleInputs {
-            session: session.map(|s| (s.expiration, s.access_key_id.as_str())),
-            role: &role,
-            role_held: f.role_held(&role),
-            hash: &hash,
-            duration_seconds: spec.duration_seconds,
-            spec_changed: status.observed_generation != f.generation,
-        },
-        &f.timing,
-        &f.uid,
-        f.now,
+    f.role_subject(spec).action(
+        &role,
+        f.role_held(&role),
+        session.map(|s| (s.expiration, s.access_key_id.as_str())),
+        status.observed_generation != f.generation,
     )
 }
 
@@ -1001,7 +1006,7 @@ fn settle_role(
     );
     // A changed spec waits for an approval (a watch event), not for a time.
     let next = (!widened)
-        .then(|| role_wake(f, &role, &action, assumed_now))
+        .then(|| role_wake(f, spec, &role, &action, assumed_now))
         .flatten();
     let renewal = role.renewal_time.filter(|_| valid);
     fx.status.role = Some(Box::new(role));
@@ -1033,7 +1038,7 @@ fn spec_changed_since_approval(f: &Facts, role: &RoleStatus, fx: &mut Effects) -
         None => String::new(),
     };
     let message = format!(
-        "spec.assumeRole.roleArn, its externalId, spec.sourceCredentials, spec.region or spec.endpoint changed since the session was approved{approved}: the session is not used for the new spec without a new approval; {}{held}",
+        "spec.assumeRole.roleArn, its externalId, spec.sourceCredentials, spec.region, spec.endpoint or spec.allowedRoles changed since the session was approved{approved}: the session is not used for the new spec without a new approval; {}{held}",
         f.approve_hint()
     );
     let before = f
@@ -1049,37 +1054,15 @@ fn spec_changed_since_approval(f: &Facts, role: &RoleStatus, fx: &mut Effects) -
     ("False", SPEC_CHANGED_SINCE_APPROVAL, message)
 }
 
-/// The next instant the role layer needs a reconcile: at once when the role is due and no call
-/// was made (a session was minted in this reconcile), at the retry after a failure, at the
-/// renewal, at the expiry.
 fn role_wake(
     f: &Facts,
+    spec: &AssumeRoleSpec,
     role: &RoleStatus,
     action: &RoleAction,
     assumed_now: bool,
 ) -> Option<Timestamp> {
-    let now_due = matches!(action, RoleAction::Assume { .. }) && !assumed_now;
-    let retry = match action {
-        RoleAction::Backoff { retry_at, .. } => Some(*retry_at),
-        _ if !assumed_now && role.failed_attempts > 0 => role
-            .last_failure
-            .as_ref()
-            .map(|e| role_retry_time(e.time, role.failed_attempts, &f.timing, &f.uid)),
-        _ => None,
-    };
-    let later = retry
-        .into_iter()
-        .chain(role.renewal_time)
-        .chain(role.expiration)
-        .filter(|t| *t > f.now)
-        .min();
-    match (
-        now_due && f.role_blocker().is_none() && role.failed_attempts == 0,
-        later,
-    ) {
-        (true, _) => Some(f.now),
-        (false, later) => later,
-    }
+    f.role_subject(spec)
+        .wake(role, action, assumed_now, f.role_blocker().is_none())
 }
 
 fn role_assumed(
@@ -1091,39 +1074,12 @@ fn role_assumed(
     action: &RoleAction,
     fx: &mut Effects,
 ) -> RoleStatus {
-    let creds = &assumed.credentials;
-    let assumed_at = round_to_second(f.now);
     fx.status.secret_name = Some(f.out.name.clone());
-    let why = match action {
-        RoleAction::Assume { why, .. } | RoleAction::Backoff { why, .. } => why,
-        _ => "due",
-    };
-    fx.events.push(Event::normal(
-        "RoleAssumed",
-        format!(
-            "role {} assumed ({why}) with session {}: credentials {} written to Secret {}, expire {}",
-            spec.role_arn, session.access_key_id, creds.access_key_id, f.out.name, creds.expiration
-        ),
-    ));
-    RoleStatus {
-        role_arn: Some(spec.role_arn.clone()),
-        assumed_role_arn: assumed.assumed_role_arn.clone(),
-        access_key_id: Some(creds.access_key_id.clone()),
-        assumed_at: Some(assumed_at),
-        expiration: Some(creds.expiration),
-        renewal_time: Some(renewal_time(
-            assumed_at,
-            creds.expiration,
-            f.st.spec.renewal.as_ref(),
-            &f.timing,
-            &f.jitter_seed(creds.expiration),
-        )),
-        session_access_key_id: Some(session.access_key_id.clone()),
-        hash: Some(role_hash(spec, &f.role_session_name(spec))),
-        assumptions: before.assumptions.saturating_add(1),
-        last_failure: None,
-        failed_attempts: 0,
-    }
+    let (role, event) =
+        f.role_subject(spec)
+            .assumed(before, &session.access_key_id, assumed, action);
+    fx.events.push(event);
+    role
 }
 
 fn role_failed(
@@ -1136,24 +1092,8 @@ fn role_failed(
     if e.was_sent() {
         fx.call_metric = Some((CallKind::AssumeRole, e.metric_outcome()));
     }
-    let reason = assume_role_reason(e);
-    let message = match reason {
-        "RoleAccessDenied" => format!(
-            "STS refused AssumeRole of {}: {e}. The role's trust policy must allow this IAM user (and, if it requires aws:MultiFactorAuthPresent, the session must be approved with an MFA code: spec.mfa). The session is kept; retrying with backoff",
-            spec.role_arn
-        ),
-        _ => format!(
-            "AssumeRole of {} failed: {e}. The session is kept; retrying with backoff",
-            spec.role_arn
-        ),
-    };
-    role.failed_attempts = role.failed_attempts.saturating_add(1).max(1);
-    role.last_failure = Some(Failure {
-        time: round_to_second(f.now),
-        reason: reason.to_string(),
-        message: message.clone(),
-    });
-    fx.events.push(Event::warning(reason, message));
+    let event = f.role_subject(spec).failed(role, e);
+    fx.events.push(event);
 }
 
 /// Sets a condition of the consumers, with a Warning Event when it turns (or stays) False with
@@ -1195,8 +1135,13 @@ fn settle_consumers(f: &Facts, output_holds_credentials: bool, fx: &mut Effects)
     ) else {
         return;
     };
-    let (restarts, problems) =
-        restarts_due(&f.name, &f.targets, &access_key_id, out.issued_at, f.now);
+    let (restarts, problems) = restarts_due(
+        &restarted_for_key(&f.name),
+        &f.targets,
+        &access_key_id,
+        out.issued_at,
+        f.now,
+    );
     fx.restarts = restarts;
     fx.target_problems = problems;
     fx.restart_for = Some(access_key_id);

@@ -60,7 +60,7 @@ pub fn role_hash(spec: &AssumeRoleSpec, role_session_name: &str) -> String {
 pub const SPEC_CHANGED_SINCE_APPROVAL: &str = "SpecChangedSinceApproval";
 
 /// Digest (SHA-256, hex) of what an approved session may be used for: the role and its
-/// external id, the source Secret and its keys, the region and the endpoint. Recorded in
+/// external id, the source Secret and its keys, the region, the endpoint and the allowed roles. Recorded in
 /// `status.approvedFor` when a code mints a session; a spec that no longer matches it does not
 /// get the session (no AssumeRole with it) until a new approval.
 pub fn approval_scope(spec: &SessionTokenSpec, region: &str, endpoint: Option<&str>) -> String {
@@ -81,6 +81,16 @@ pub fn approval_scope(spec: &SessionTokenSpec, region: &str, endpoint: Option<&s
         // Length-prefixed: no two lists of fields give the same bytes.
         h.update(field.len().to_le_bytes());
         h.update(field.as_bytes());
+    }
+    // spec.allowedRoles (what AssumedRoles may use the session for), only when set: digests
+    // recorded before the field existed stay valid.
+    if !spec.allowed_roles.is_empty() {
+        let mut allowed: Vec<&str> = spec.allowed_roles.iter().map(String::as_str).collect();
+        allowed.sort_unstable();
+        for field in std::iter::once("allowed-roles").chain(allowed) {
+            h.update(field.len().to_le_bytes());
+            h.update(field.as_bytes());
+        }
     }
     h.finalize()
         .iter()
@@ -356,5 +366,228 @@ pub fn role_ready_condition(
         ("False", role.reason, role.message.clone())
     } else {
         (s_status, s_reason, s_message)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// One code path for role credentials: a SessionToken's spec.assumeRole and an AssumedRole
+// ---------------------------------------------------------------------------------------------
+
+/// Whatever holds role credentials, as the role layer sees it: a SessionToken with
+/// `spec.assumeRole` or an AssumedRole. Both decide, record, retry and wake through these
+/// methods, with the same [`role_action`] and [`role_condition`].
+#[derive(Clone, Debug)]
+pub struct RoleSubject<'a> {
+    pub spec: &'a AssumeRoleSpec,
+    /// `spec.roleSessionName`, else `<namespace>.<name>` of the object.
+    pub role_session_name: String,
+    pub renewal: Option<&'a crate::crd::RenewalSpec>,
+    /// The Secret the role credentials are written to.
+    pub out_name: &'a str,
+    /// The object's UID: seeds its jitter.
+    pub uid: &'a str,
+    pub timing: &'a Timing,
+    pub now: Timestamp,
+}
+
+impl RoleSubject<'_> {
+    /// [`role_hash`] of the spec now.
+    pub fn hash(&self) -> String {
+        role_hash(self.spec, &self.role_session_name)
+    }
+
+    /// What to do about the role credentials (`role`, held in the Secret if `role_held`) with
+    /// `session` (expiration, access key id) at hand.
+    pub fn action(
+        &self,
+        role: &RoleStatus,
+        role_held: bool,
+        session: Option<(Timestamp, &str)>,
+        spec_changed: bool,
+    ) -> RoleAction {
+        role_action(
+            RoleInputs {
+                session,
+                role,
+                role_held,
+                hash: &self.hash(),
+                duration_seconds: self.spec.duration_seconds,
+                spec_changed,
+            },
+            self.timing,
+            self.uid,
+            self.now,
+        )
+    }
+
+    /// The role status after AssumeRole returned `assumed`, and its Event.
+    pub fn assumed(
+        &self,
+        before: &RoleStatus,
+        session_key: &str,
+        assumed: &crate::sts::AssumedRole,
+        action: &RoleAction,
+    ) -> (RoleStatus, crate::events::Event) {
+        let creds = &assumed.credentials;
+        let assumed_at = super::round_to_second(self.now);
+        let why = match action {
+            RoleAction::Assume { why, .. } | RoleAction::Backoff { why, .. } => why,
+            _ => "due",
+        };
+        let event = crate::events::Event::normal(
+            "RoleAssumed",
+            format!(
+                "role {} assumed ({why}) with session {session_key}: credentials {} written to Secret {}, expire {}",
+                self.spec.role_arn, creds.access_key_id, self.out_name, creds.expiration
+            ),
+        );
+        let status = RoleStatus {
+            role_arn: Some(self.spec.role_arn.clone()),
+            assumed_role_arn: assumed.assumed_role_arn.clone(),
+            access_key_id: Some(creds.access_key_id.clone()),
+            assumed_at: Some(assumed_at),
+            expiration: Some(creds.expiration),
+            renewal_time: Some(super::renewal_time(
+                assumed_at,
+                creds.expiration,
+                self.renewal,
+                self.timing,
+                &format!("{}/{}", self.uid, creds.expiration),
+            )),
+            session_access_key_id: Some(session_key.to_string()),
+            hash: Some(self.hash()),
+            assumptions: before.assumptions.saturating_add(1),
+            last_failure: None,
+            failed_attempts: 0,
+        };
+        (status, event)
+    }
+
+    /// Records a failed AssumeRole in `role`; returns its Warning Event.
+    pub fn failed(&self, role: &mut RoleStatus, e: &crate::sts::StsError) -> crate::events::Event {
+        let reason = assume_role_reason(e);
+        let message = match reason {
+            "RoleAccessDenied" => format!(
+                "STS refused AssumeRole of {}: {e}. The role's trust policy must allow this IAM user (and, if it requires aws:MultiFactorAuthPresent, the session must be approved with an MFA code: spec.mfa). The session is kept; retrying with backoff",
+                self.spec.role_arn
+            ),
+            _ => format!(
+                "AssumeRole of {} failed: {e}. The session is kept; retrying with backoff",
+                self.spec.role_arn
+            ),
+        };
+        role.failed_attempts = role.failed_attempts.saturating_add(1).max(1);
+        role.last_failure = Some(crate::crd::Failure {
+            time: super::round_to_second(self.now),
+            reason: reason.to_string(),
+            message: message.clone(),
+        });
+        crate::events::Event::warning(reason, message)
+    }
+
+    /// The next instant the role layer needs a reconcile: at once when the role is due and no
+    /// call was made (`may_call_now`: nothing blocks it), at the retry after a failure, at the
+    /// renewal, at the expiry.
+    pub fn wake(
+        &self,
+        role: &RoleStatus,
+        action: &RoleAction,
+        assumed_now: bool,
+        may_call_now: bool,
+    ) -> Option<Timestamp> {
+        let now_due = matches!(action, RoleAction::Assume { .. }) && !assumed_now;
+        let retry = match action {
+            RoleAction::Backoff { retry_at, .. } => Some(*retry_at),
+            _ if !assumed_now && role.failed_attempts > 0 => role
+                .last_failure
+                .as_ref()
+                .map(|e| role_retry_time(e.time, role.failed_attempts, self.timing, self.uid)),
+            _ => None,
+        };
+        let later = retry
+            .into_iter()
+            .chain(role.renewal_time)
+            .chain(role.expiration)
+            .filter(|t| *t > self.now)
+            .min();
+        match now_due && may_call_now && role.failed_attempts == 0 {
+            true => Some(self.now),
+            false => later,
+        }
+    }
+}
+
+/// Whether `role_arn` is among `allowed` (`spec.allowedRoles`: `*` stands for any run of
+/// characters); an empty list allows any role.
+pub fn role_allowed(allowed: &[String], role_arn: &str) -> bool {
+    allowed.is_empty() || allowed.iter().any(|p| glob_match(p, role_arn))
+}
+
+/// `*`-glob matching, iterative (no recursion, linear in practice): patterns are at most 2,048
+/// bytes, ARNs too.
+fn glob_match(pattern: &str, text: &str) -> bool {
+    let (p, t) = (pattern.as_bytes(), text.as_bytes());
+    let (mut pi, mut ti) = (0usize, 0usize);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        match (p.get(pi), t.get(ti)) {
+            (Some(b'*'), _) => {
+                star = Some((pi, ti));
+                pi = pi.saturating_add(1);
+            }
+            (Some(a), Some(b)) if a == b => {
+                pi = pi.saturating_add(1);
+                ti = ti.saturating_add(1);
+            }
+            _ => match star {
+                Some((sp, st)) => {
+                    pi = sp.saturating_add(1);
+                    ti = st.saturating_add(1);
+                    star = Some((sp, ti));
+                }
+                None => return false,
+            },
+        }
+    }
+    p.get(pi..)
+        .is_some_and(|rest| rest.iter().all(|c| *c == b'*'))
+}
+
+/// The reason of `Ready=False` for a role outside the session's `spec.allowedRoles`.
+pub const ROLE_NOT_ALLOWED: &str = "RoleNotAllowed";
+
+#[cfg(test)]
+mod glob_tests {
+    use super::*;
+
+    #[test]
+    fn allowed_roles_match_with_stars() {
+        let arn = "arn:aws:iam::123456789012:role/app-deploy";
+        assert!(role_allowed(&[], arn));
+        for yes in [
+            arn,
+            "arn:aws:iam::123456789012:role/app-*",
+            "arn:aws:iam::*:role/*",
+            "*",
+            "arn:aws:iam::123456789012:role/*deploy",
+            "arn:aws:iam::123456789012:role/app-**",
+        ] {
+            assert!(role_allowed(&[yes.into()], arn), "{yes}");
+        }
+        for no in [
+            "arn:aws:iam::123456789012:role/app",
+            "arn:aws:iam::123456789012:role/app-deploy-x",
+            "arn:aws:iam::999999999999:role/*",
+            "arn:aws:iam::123456789012:role/*x",
+        ] {
+            assert!(!role_allowed(&[no.into()], arn), "{no}");
+        }
+        assert!(role_allowed(
+            &["nope".into(), "arn:aws:iam::*:role/app-*".into()],
+            arn
+        ));
+        // Many stars against a long text: no blow-up.
+        let long = format!("{}b", "a".repeat(2000));
+        assert!(!glob_match(&"*a".repeat(1000), &long));
     }
 }

@@ -123,41 +123,47 @@ impl Names {
 /// The restart targets as they are: which session each was restarted for, or why it cannot
 /// be read. (Not watched: read at each reconcile of a SessionToken that has them.)
 async fn read_targets(ctx: &Context, ns: &str, st: &SessionToken) -> Vec<TargetSeen> {
-    let st_name = st.name_any();
-    let st_name = st_name.as_str();
-    let reads = st
-        .spec
-        .rollout_restart_targets
-        .iter()
-        .map(|target| async move {
-            let api: Api<DynamicObject> =
-                Api::namespaced_with(ctx.client.clone(), ns, &workload_resource(target.kind));
-            let what = plan::target_name(target);
-            let state = match api.get(&target.name).await {
-                Ok(w) => Ok(workload(&w, st_name)),
-                Err(e) => Err(TargetProblem::of(
-                    &what,
-                    "get",
-                    status_code(&e),
-                    &short_error(&e),
-                )),
-            };
-            TargetSeen {
-                target: target.clone(),
-                state,
-            }
-        });
+    let key = restarted_for_key(&st.name_any());
+    read_targets_of(ctx, ns, &st.spec.rollout_restart_targets, &key).await
+}
+
+/// The restart targets `targets` as they are; `key`: the pod-template annotation naming the
+/// credentials each was restarted for.
+pub(crate) async fn read_targets_of(
+    ctx: &Context,
+    ns: &str,
+    targets: &[crate::crd::RolloutRestartTarget],
+    key: &str,
+) -> Vec<TargetSeen> {
+    let reads = targets.iter().map(|target| async move {
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(ctx.client.clone(), ns, &workload_resource(target.kind));
+        let what = plan::target_name(target);
+        let state = match api.get(&target.name).await {
+            Ok(w) => Ok(workload(&w, key)),
+            Err(e) => Err(TargetProblem::of(
+                &what,
+                "get",
+                status_code(&e),
+                &short_error(&e),
+            )),
+        };
+        TargetSeen {
+            target: target.clone(),
+            state,
+        }
+    });
     futures::future::join_all(reads).await
 }
 
-/// A workload as the restart decisions see it: which session of `st_name` its pod template
-/// was last restarted for, and when it was created.
-fn workload(w: &DynamicObject, st_name: &str) -> Workload {
+/// A workload as the restart decisions see it: which credentials its pod template was last
+/// restarted for (annotation `key`), and when it was created.
+fn workload(w: &DynamicObject, key: &str) -> Workload {
     Workload {
         restarted_for: w
             .data
             .pointer("/spec/template/metadata/annotations")
-            .and_then(|a| a.get(restarted_for_key(st_name)))
+            .and_then(|a| a.get(key))
             .and_then(|v| v.as_str())
             .map(str::to_owned),
         created: w.metadata.creation_timestamp.as_ref().map(|t| t.0),
@@ -301,6 +307,17 @@ fn blocker(
         (st.spec.endpoint.as_deref()).and_then(|e| crate::sts::endpoint_region_mismatch(e, region))
     {
         return block(plan::ENDPOINT_REGION_MISMATCH, why);
+    }
+    if let Some(role) = &st.spec.assume_role
+        && !plan::role_allowed(&st.spec.allowed_roles, &role.role_arn)
+    {
+        return block(
+            plan::ROLE_NOT_ALLOWED,
+            format!(
+                "spec.assumeRole.roleArn {} is not among spec.allowedRoles: the session is not used for it",
+                role.role_arn
+            ),
+        );
     }
     if let Err(problem) = keys {
         return block(problem.reason(), problem.to_string());
