@@ -28,6 +28,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub mod auth;
+mod roles;
 pub use auth::MetricsAuth;
 
 /// Content type of `/metrics`.
@@ -219,6 +220,7 @@ impl Collector for ProcessSeries {
 pub struct Metrics {
     registry: Registry,
     sessions: Arc<SessionSeries>,
+    roles: Arc<roles::RoleSeries>,
     sts_calls: Family<OutcomeLabels, Counter>,
     assume_role_calls: Family<OutcomeLabels, Counter>,
     reconcile_duration: Histogram,
@@ -255,6 +257,8 @@ impl Metrics {
         let unreadable_objects = Family::<KindLabels, Counter>::default();
 
         registry.register_collector(Box::new(sessions.clone()));
+        let roles = Arc::new(roles::RoleSeries::default());
+        registry.register_collector(Box::new(roles.clone()));
         registry.register_collector(Box::new(ProcessSeries));
         let leader = Gauge::default();
         registry.register(
@@ -294,13 +298,14 @@ impl Metrics {
             unreadable_objects.clone(),
         );
         // Present from the start, at 0, so that alerts on them have a series to look at.
-        for kind in ["SessionToken", "Secret"] {
+        for kind in ["SessionToken", "AssumedRole", "Secret"] {
             let _ = unreadable_objects.get_or_create(&KindLabels { kind: kind.into() });
         }
 
         Self {
             registry,
             sessions,
+            roles,
             sts_calls,
             assume_role_calls,
             reconcile_duration,
@@ -327,6 +332,21 @@ impl Metrics {
         self.unreadable_objects
             .get_or_create(&KindLabels { kind: kind.into() })
             .inc();
+    }
+
+    /// Records the state of one `AssumedRole` (replacing what was recorded before).
+    pub fn set_assumed_role(
+        &self,
+        namespace: &str,
+        name: &str,
+        m: &crate::plan::AssumedRoleMetrics,
+    ) {
+        self.roles.set(namespace, name, m);
+    }
+
+    /// Forgets a deleted `AssumedRole`.
+    pub fn remove_assumed_role(&self, namespace: &str, name: &str) {
+        self.roles.remove(namespace, name);
     }
 
     /// Records the state of one `SessionToken` (replacing what was recorded before).

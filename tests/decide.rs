@@ -278,44 +278,52 @@ fn spec() -> impl Strategy<Value = SessionTokenSpec> {
             "not a url",
         ])),
         prop::option::of(prop::sample::select(vec!["us-east-1", "-us-east-1", ""])),
+        prop::sample::select(vec![
+            vec![],
+            vec!["arn:aws:iam::*:role/*"],
+            vec!["arn:aws:iam::999999999999:role/other-*"],
+        ]),
     )
         .prop_map(
-            |(duration, mfa, out, renewal, role, targets, endpoint, region)| SessionTokenSpec {
-                duration_seconds: duration,
-                mfa: mfa.then(|| MfaSpec {
-                    serial_number: "arn:aws:iam::123456789012:mfa/alice".into(),
-                }),
-                source_credentials: SourceCredentials {
-                    secret_ref: SourceSecretRef {
-                        name: "keys".into(),
-                        access_key_id_key: "AWS_ACCESS_KEY_ID".into(),
-                        secret_access_key_key: "AWS_SECRET_ACCESS_KEY".into(),
+            |(duration, mfa, out, renewal, role, targets, endpoint, region, allowed)| {
+                SessionTokenSpec {
+                    allowed_roles: allowed.into_iter().map(str::to_string).collect(),
+                    duration_seconds: duration,
+                    mfa: mfa.then(|| MfaSpec {
+                        serial_number: "arn:aws:iam::123456789012:mfa/alice".into(),
+                    }),
+                    source_credentials: SourceCredentials {
+                        secret_ref: SourceSecretRef {
+                            name: "keys".into(),
+                            access_key_id_key: "AWS_ACCESS_KEY_ID".into(),
+                            secret_access_key_key: "AWS_SECRET_ACCESS_KEY".into(),
+                        },
                     },
-                },
-                region: region.map(str::to_string),
-                endpoint: endpoint.map(str::to_string),
-                secret: out.map(|n| OutputSecretSpec {
-                    name: Some(n.into()),
-                    ..Default::default()
-                }),
-                renewal,
-                rollout_restart_targets: targets
-                    .iter()
-                    .enumerate()
-                    .map(|(i, _)| RolloutRestartTarget {
-                        kind: WorkloadKind::Deployment,
-                        name: format!("w{i}"),
-                    })
-                    .collect(),
-                assume_role: role.map(|d| {
-                    Box::new(AssumeRoleSpec {
-                        role_arn: "arn:aws:iam::123456789012:role/deployer".into(),
-                        role_session_name: None,
-                        duration_seconds: d,
-                        external_id: None,
-                        tags: vec![],
-                    })
-                }),
+                    region: region.map(str::to_string),
+                    endpoint: endpoint.map(str::to_string),
+                    secret: out.map(|n| OutputSecretSpec {
+                        name: Some(n.into()),
+                        ..Default::default()
+                    }),
+                    renewal,
+                    rollout_restart_targets: targets
+                        .iter()
+                        .enumerate()
+                        .map(|(i, _)| RolloutRestartTarget {
+                            kind: WorkloadKind::Deployment,
+                            name: format!("w{i}"),
+                        })
+                        .collect(),
+                    assume_role: role.map(|d| {
+                        Box::new(AssumeRoleSpec {
+                            role_arn: "arn:aws:iam::123456789012:role/deployer".into(),
+                            role_session_name: None,
+                            duration_seconds: d,
+                            external_id: None,
+                            tags: vec![],
+                        })
+                    }),
+                }
             },
         )
 }

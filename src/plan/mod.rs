@@ -11,6 +11,7 @@
 //! panic on what a tenant wrote: every time derived from an object is computed with checked
 //! arithmetic (src/plan/timing.rs), every count saturates.
 
+mod assumed;
 mod conditions;
 mod consumers;
 mod role;
@@ -20,6 +21,7 @@ mod tests;
 mod timing;
 
 pub use crate::approval::{CodeState, annotation_set_at, code_state};
+pub use assumed::*;
 pub use conditions::*;
 pub use consumers::*;
 pub use role::*;

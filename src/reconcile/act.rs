@@ -147,7 +147,7 @@ async fn apply(
     ctx.with_memory(&f.uid, |m| m.remembered = fx.memory.clone());
     let mut missed = false;
     for w in &fx.writes {
-        match write_secret(ctx, f, w).await {
+        match write_secret(ctx, f.who(), w).await {
             Ok(m) => missed |= m,
             // A create met a namesake the owned-Secret watch cannot see: the name is read from
             // now on (`OwnedSecrets::unsure`), and at once, not after an error's backoff.
@@ -295,12 +295,16 @@ pub(crate) async fn write_status(
 /// with a resourceVersion precondition after the ownership check, so a Secret that changed
 /// hands meanwhile is not taken over. Transient failures are retried twice. Returns whether
 /// the watch showed a change of this object's Secrets meanwhile that was not this write.
-async fn write_secret(ctx: &Context, f: &Facts, w: &SecretWrite) -> Result<bool, kube::Error> {
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &f.ns);
+pub(crate) async fn write_secret(
+    ctx: &Context,
+    f: Who<'_>,
+    w: &SecretWrite,
+) -> Result<bool, kube::Error> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), f.ns);
     let mut attempt: u64 = 0;
     loop {
         attempt = attempt.saturating_add(1);
-        ctx.secret_write_started(&f.uid);
+        ctx.secret_write_started(f.uid);
         let result = match &w.mode {
             WriteMode::Create => {
                 let pp = PostParams {
@@ -316,10 +320,10 @@ async fn write_secret(ctx: &Context, f: &Facts, w: &SecretWrite) -> Result<bool,
                 secrets.patch(&w.name, &pp, &Patch::Apply(&body)).await
             }
         };
-        let missed = ctx.secret_write_done(&f.uid, result.as_ref().ok());
+        let missed = ctx.secret_write_done(f.uid, result.as_ref().ok());
         let result = match result {
             Ok(written) => {
-                ctx.owned.wrote(&f.ns, &w.name);
+                ctx.owned.wrote(f.ns, &w.name);
                 match &w.mode {
                     WriteMode::Create => Ok(()),
                     WriteMode::Apply { .. } => {
@@ -331,7 +335,7 @@ async fn write_secret(ctx: &Context, f: &Facts, w: &SecretWrite) -> Result<bool,
                 // Refused, for whatever reason (a create with an invalid label is refused
                 // before a namesake is looked for; a 409 means one exists or the Secret
                 // changed): what is there is read from now on.
-                ctx.owned.unsure(&f.ns, &w.name);
+                ctx.owned.unsure(f.ns, &w.name);
                 Err(e)
             }
         };
@@ -420,10 +424,26 @@ async fn restart_targets(ctx: &Context, f: &Facts, fx: &mut Effects) {
         return;
     };
     let mut problems = std::mem::take(&mut fx.target_problems);
-    for restart in std::mem::take(&mut fx.restarts) {
+    let restarts = std::mem::take(&mut fx.restarts);
+    let events = patch_targets(ctx, f.who(), restarts, &access_key_id, &mut problems).await;
+    fx.events.extend(events);
+    plan::restarts_done(f, fx, &access_key_id, &problems);
+}
+
+/// Restarts workloads (their merge patches) for the credentials `access_key_id`; returns an
+/// Event per restart and adds a problem per refusal.
+pub(crate) async fn patch_targets(
+    ctx: &Context,
+    who: Who<'_>,
+    restarts: Vec<plan::Restart>,
+    access_key_id: &str,
+    problems: &mut Vec<plan::TargetProblem>,
+) -> Vec<Event> {
+    let mut events = Vec::new();
+    for restart in restarts {
         let api: Api<DynamicObject> = Api::namespaced_with(
             ctx.client.clone(),
-            &f.ns,
+            who.ns,
             &workload_resource(restart.target.kind),
         );
         let what = plan::target_name(&restart.target);
@@ -437,15 +457,15 @@ async fn restart_targets(ctx: &Context, f: &Facts, fx: &mut Effects) {
         {
             Ok(_) => {
                 info!(
-                    namespace = f.ns,
-                    name = f.name,
+                    namespace = who.ns,
+                    name = who.name,
                     target = what,
                     session = access_key_id,
                     "restarted a rollout target"
                 );
-                fx.events.push(Event::normal(
+                events.push(Event::normal(
                     "RolloutRestartTriggered",
-                    format!("restarted {what} for session {access_key_id}"),
+                    format!("restarted {what} for credentials {access_key_id}"),
                 ));
             }
             Err(e) => problems.push(plan::TargetProblem::of(
@@ -456,20 +476,46 @@ async fn restart_targets(ctx: &Context, f: &Facts, fx: &mut Effects) {
             )),
         }
     }
-    plan::restarts_done(f, fx, &access_key_id, &problems);
+    events
 }
 
 /// Publishes Events about `st`; a failure is logged, never fatal.
 pub(crate) async fn publish(ctx: &Context, st: &SessionToken, events: Vec<Event>) {
-    let regarding = st.object_ref(&());
+    publish_about(ctx, &st.object_ref(&()), events).await
+}
+
+/// Publishes Events about the object `regarding`; a failure is logged, never fatal.
+pub(crate) async fn publish_about(
+    ctx: &Context,
+    regarding: &k8s_openapi::api::core::v1::ObjectReference,
+    events: Vec<Event>,
+) {
     for e in events {
         let note = plan::truncate(&e.note, 1000);
         if let Err(err) = ctx
             .events
-            .publish(&regarding, e.type_, e.reason, "Reconcile", note)
+            .publish(regarding, e.type_, e.reason, "Reconcile", note)
             .await
         {
             warn!(error = %err, reason = e.reason, "could not publish event");
+        }
+    }
+}
+
+/// The object a write is made for: its namespace, name and UID.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Who<'a> {
+    pub ns: &'a str,
+    pub name: &'a str,
+    pub uid: &'a str,
+}
+
+impl Facts {
+    pub(crate) fn who(&self) -> Who<'_> {
+        Who {
+            ns: &self.ns,
+            name: &self.name,
+            uid: &self.uid,
         }
     }
 }

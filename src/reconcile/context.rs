@@ -1,7 +1,7 @@
 //! What every reconcile shares: the clients, the settings, and this process's small memory of
 //! each object (kept only while there is something to remember).
 
-use crate::crd::{FIELD_MANAGER, OWNER_UID_LABEL, SessionTokenStatus};
+use crate::crd::{FIELD_MANAGER, OWNER_UID_LABEL};
 use crate::metrics::Metrics;
 use crate::plan::{MAX_WAIT, Remembered, Timing};
 use crate::requeue::Requeues;
@@ -83,6 +83,11 @@ pub struct Context {
     /// per controller, by the namespace it watches (`None`: all), since each one hands its
     /// objects back to its own controller.
     pub(crate) requeues: RwLock<Vec<(Option<String>, Arc<Requeues>)>>,
+    /// Sessions AssumedRoles draw on, by SessionToken UID, as last read from their Secrets:
+    /// a hundred AssumedRoles refreshed for one new session read its Secret once. An entry is
+    /// used only while the SessionToken's status names the same access key id and expiration,
+    /// and is dropped once expired.
+    sessions: Mutex<HashMap<String, crate::credentials::Credentials>>,
 }
 
 fn hash_of(value: impl Hash) -> u64 {
@@ -92,7 +97,7 @@ fn hash_of(value: impl Hash) -> u64 {
 }
 
 /// A digest of a status, to recognise our own write in the cache without keeping a copy.
-fn status_digest(status: &SessionTokenStatus) -> u64 {
+fn status_digest<T: serde::Serialize>(status: &T) -> u64 {
     hash_of(serde_json::to_vec(status).unwrap_or_default())
 }
 
@@ -112,6 +117,7 @@ impl Context {
             memory: Mutex::default(),
             status_written: Mutex::default(),
             requeues: RwLock::default(),
+            sessions: Mutex::default(),
         }
     }
 
@@ -148,7 +154,7 @@ impl Context {
             .map(|(_, table)| table.clone())
     }
 
-    pub(crate) fn note_status_write(&self, uid: &str, status: &SessionTokenStatus) {
+    pub(crate) fn note_status_write<T: serde::Serialize>(&self, uid: &str, status: &T) {
         self.status_written
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -158,7 +164,11 @@ impl Context {
     /// Whether the cached object lags behind this process's last status write to it; once it
     /// does not, that write is forgotten. (Only here, not on watch events: a reconcile may
     /// start with a snapshot older than what the watch shows meanwhile.)
-    pub(crate) fn status_cache_lags(&self, uid: &str, cached: Option<&SessionTokenStatus>) -> bool {
+    pub(crate) fn status_cache_lags<T: serde::Serialize>(
+        &self,
+        uid: &str,
+        cached: Option<&T>,
+    ) -> bool {
         let mut map = self
             .status_written
             .lock()
@@ -199,8 +209,11 @@ impl Context {
     /// its response (the watch can be faster): then its resourceVersion is kept for
     /// [`Context::secret_write_done`] to tell.
     pub(crate) fn is_own_secret_write(&self, secret: &PartialObjectMeta<Secret>) -> bool {
+        let labels = secret.labels();
         let (Some(uid), Some(rv)) = (
-            secret.labels().get(OWNER_UID_LABEL),
+            labels
+                .get(OWNER_UID_LABEL)
+                .or_else(|| labels.get(crate::crd::ASSUMED_ROLE_UID_LABEL)),
             secret.metadata.resource_version.as_ref(),
         ) else {
             return false;
@@ -251,7 +264,37 @@ impl Context {
         })
     }
 
+    /// The session of the SessionToken `uid` last read, if it is the one `(access key id,
+    /// expiration)` names.
+    pub(crate) fn cached_session(
+        &self,
+        uid: &str,
+        key: (&str, jiff::Timestamp),
+    ) -> Option<crate::credentials::Credentials> {
+        let map = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(uid)
+            .filter(|c| c.access_key_id == key.0 && c.expiration == key.1)
+            .cloned()
+    }
+
+    /// Keeps the session of the SessionToken `uid` for [`Context::cached_session`]; drops
+    /// expired ones.
+    pub(crate) fn cache_session(
+        &self,
+        uid: &str,
+        session: &crate::credentials::Credentials,
+        now: jiff::Timestamp,
+    ) {
+        let mut map = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        map.retain(|_, c| c.expiration > now);
+        map.insert(uid.to_string(), session.clone());
+    }
+
     pub(crate) fn forget(&self, uid: &str) {
+        self.sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(uid);
         self.memory
             .lock()
             .unwrap_or_else(|p| p.into_inner())

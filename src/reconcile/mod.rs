@@ -4,6 +4,7 @@
 //! be writes nothing. The watches that feed it are in src/reconcile/watch.rs.
 
 pub mod act;
+pub mod assumed;
 mod context;
 pub mod observe;
 mod owned;

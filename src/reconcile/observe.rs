@@ -291,22 +291,8 @@ fn blocker(
             );
         }
     }
-    if let Some(Err(why)) = st
-        .spec
-        .endpoint
-        .as_ref()
-        .map(|e| settings.endpoint_policy.check(e))
-    {
-        // The raw value may carry `user:password@`: only the policy's parsed account of it is shown.
-        return block(
-            "EndpointNotAllowed",
-            format!("spec.endpoint is not allowed: {why}"),
-        );
-    }
-    if let Some(why) =
-        (st.spec.endpoint.as_deref()).and_then(|e| crate::sts::endpoint_region_mismatch(e, region))
-    {
-        return block(plan::ENDPOINT_REGION_MISMATCH, why);
+    if let Some((reason, message)) = endpoint_blocker(st, settings, region) {
+        return block(reason, message);
     }
     if let Some(role) = &st.spec.assume_role
         && !plan::role_allowed(&st.spec.allowed_roles, &role.role_arn)
@@ -322,6 +308,34 @@ fn blocker(
     if let Err(problem) = keys {
         return block(problem.reason(), problem.to_string());
     }
+    None
+}
+
+/// What stops any STS call with `st`'s session settings: an endpoint not allowed, one in
+/// another region than `region`, a region STS calls cannot use. (Also for AssumedRoles, which
+/// call STS where their SessionToken does.)
+pub(crate) fn endpoint_blocker(
+    st: &SessionToken,
+    settings: &Settings,
+    region: &str,
+) -> Option<(&'static str, String)> {
+    if let Some(Err(why)) = st
+        .spec
+        .endpoint
+        .as_ref()
+        .map(|e| settings.endpoint_policy.check(e))
+    {
+        // The raw value may carry `user:password@`: only the policy's parsed account of it is shown.
+        return Some((
+            "EndpointNotAllowed",
+            format!("spec.endpoint is not allowed: {why}"),
+        ));
+    }
+    if let Some(why) =
+        (st.spec.endpoint.as_deref()).and_then(|e| crate::sts::endpoint_region_mismatch(e, region))
+    {
+        return Some((plan::ENDPOINT_REGION_MISMATCH, why));
+    }
     // The schema admits some regions STS calls cannot use (`-us-east-1`, 64 characters): say
     // so at once, rather than fail each call (and spend a code on one that is never sent).
     if let Err(why) = crate::sts::validate_region(region) {
@@ -330,7 +344,7 @@ fn blocker(
         } else {
             "--default-region"
         };
-        return block("InvalidSpec", format!("{from}: {why}"));
+        return Some(("InvalidSpec", format!("{from}: {why}")));
     }
     None
 }
@@ -352,8 +366,7 @@ const CONDITION_TYPES: [&str; 5] = [
 /// nature; the wake-up derived from them is bounded where it is used.)
 pub fn bounded_status(status: Option<&SessionTokenStatus>, now: Timestamp) -> SessionTokenStatus {
     let mut s = status.cloned().unwrap_or_default();
-    let past = |t: Option<Timestamp>| t.and_then(|t| approval::past_time(t, now));
-    s.issued_at = past(s.issued_at);
+    s.issued_at = s.issued_at.and_then(|t| approval::past_time(t, now));
     s.last_approval = s
         .last_approval
         .filter(|a| approval::past_time(a.time, now).is_some());
@@ -365,27 +378,42 @@ pub fn bounded_status(status: Option<&SessionTokenStatus>, now: Timestamp) -> Se
         None => 0,
     };
     s.rotations = s.rotations.max(0);
-    let mut conditions: Vec<Condition> = Vec::new();
-    for mut c in std::mem::take(&mut s.conditions) {
-        if CONDITION_TYPES.contains(&&*c.type_) && !conditions.iter().any(|k| k.type_ == c.type_) {
+    s.conditions = bounded_conditions(std::mem::take(&mut s.conditions), &CONDITION_TYPES, now);
+    if let Some(role) = s.role.as_mut() {
+        bound_role(role, now);
+    }
+    s
+}
+
+/// Conditions as the decisions may trust them: one of each of `types`, none other, with a
+/// transition time not in the future.
+pub(crate) fn bounded_conditions(
+    conditions: Vec<Condition>,
+    types: &[&str],
+    now: Timestamp,
+) -> Vec<Condition> {
+    let mut kept: Vec<Condition> = Vec::new();
+    for mut c in conditions {
+        if types.contains(&&*c.type_) && !kept.iter().any(|k| k.type_ == c.type_) {
             if approval::past_time(c.last_transition_time, now).is_none() {
                 c.last_transition_time = plan::round_to_second(now);
             }
-            conditions.push(c);
+            kept.push(c);
         }
     }
-    s.conditions = conditions;
-    if let Some(role) = s.role.as_mut() {
-        role.assumed_at = past(role.assumed_at);
-        role.last_failure = role
-            .last_failure
-            .take()
-            .filter(|e| approval::past_time(e.time, now).is_some());
-        role.failed_attempts = match role.last_failure {
-            Some(_) => role.failed_attempts.clamp(0, MAX_ATTEMPTS),
-            None => 0,
-        };
-        role.assumptions = role.assumptions.max(0);
-    }
-    s
+    kept
+}
+
+/// Role credentials' status as the decisions may trust it (see [`bounded_status`]).
+pub(crate) fn bound_role(role: &mut crate::crd::RoleStatus, now: Timestamp) {
+    role.assumed_at = role.assumed_at.and_then(|t| approval::past_time(t, now));
+    role.last_failure = role
+        .last_failure
+        .take()
+        .filter(|e| approval::past_time(e.time, now).is_some());
+    role.failed_attempts = match role.last_failure {
+        Some(_) => role.failed_attempts.clamp(0, MAX_ATTEMPTS),
+        None => 0,
+    };
+    role.assumptions = role.assumptions.max(0);
 }

@@ -7,7 +7,7 @@
 use super::context::Context;
 use super::{error_policy, reconcile};
 use crate::approval;
-use crate::crd::{OWNER_NAME_ANNOTATION, SessionToken};
+use crate::crd::{ASSUMED_ROLE_ANNOTATION, AssumedRole, OWNER_NAME_ANNOTATION, SessionToken};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
@@ -237,6 +237,10 @@ pub async fn run(
         None => (Api::all(client.clone()), Api::all(client.clone())),
     };
     let (reader, writer) = reflector::store();
+    // Triggers of AssumedRoles: their SessionToken's session changed; their Secret changed.
+    let (session_tx, session_rx) = futures::channel::mpsc::unbounded();
+    let (role_secret_tx, role_secret_rx) = futures::channel::mpsc::unbounded();
+    let mut session_changes = SessionChanges::default();
     let requeues = Arc::new(crate::requeue::Requeues::default());
     ctx.requeues
         .write()
@@ -260,6 +264,9 @@ pub async fn run(
         .modify(trim)
         .reflect(writer)
         .inspect_ok(move |event| {
+            if let Some(changed) = session_changes.changed(event) {
+                let _ = session_tx.unbounded_send(changed);
+            }
             if let watcher::Event::Delete(st) = event {
                 let namespace = st.namespace().unwrap_or_default();
                 metrics.remove_session(&namespace, &st.name_any());
@@ -308,6 +315,17 @@ pub async fn run(
     })
     .inspect_ok(move |event| index.owned.record(scope.as_deref(), event))
     .touched_objects()
+    // A Secret of an AssumedRole triggers that AssumedRole (unless it is our own write).
+    .inspect_ok({
+        let ctx = ctx.clone();
+        move |s| {
+            if let Some(role) = role_owner_of(s)
+                && !ctx.is_own_secret_write(s)
+            {
+                let _ = role_secret_tx.unbounded_send(role);
+            }
+        }
+    })
     // Only a Secret that names its SessionToken (its owner reference or, retained, the
     // operator's annotation) triggers it; a namesake of someone else's triggers nothing.
     .try_filter(|s| std::future::ready(owner_of(s.clone()).is_some()))
@@ -320,7 +338,15 @@ pub async fn run(
             .run(|object| due_tx.unbounded_send(object).map_err(|_| ()))
             .await
     });
-    Controller::for_stream(main_stream, reader)
+    let shutdown = futures::FutureExt::shared(shutdown);
+    let roles = run_assumed_roles(
+        ctx.clone(),
+        namespace.clone(),
+        concurrency,
+        (session_rx, role_secret_rx),
+        shutdown.clone(),
+    );
+    let sessions = Controller::for_stream(main_stream, reader)
         .watches_stream(owned, owner_of)
         .reconcile_on(due_rx)
         // The controller backs off on the watches' errors a second time: same policy.
@@ -328,16 +354,8 @@ pub async fn run(
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            match result {
-                Ok((obj, _)) => debug!(object = %obj, "reconciled"),
-                Err(kube::runtime::controller::Error::ObjectNotFound(obj)) => {
-                    debug!(object = %obj, "gone")
-                }
-                Err(e) => debug!(error = %e, "controller event"),
-            }
-        })
-        .await;
+        .for_each(log_result);
+    futures::join!(sessions, roles);
     requeue_task.abort();
     registry.owned.stop(namespace.as_deref());
     // (A later run, after leadership comes back, starts with a table of its own.)
@@ -346,6 +364,209 @@ pub async fn run(
         .write()
         .unwrap_or_else(|p| p.into_inner())
         .retain(|(_, table)| !Arc::ptr_eq(table, &this_table));
+}
+
+async fn log_result<K, E>(
+    result: Result<
+        (ObjectRef<K>, kube::runtime::controller::Action),
+        kube::runtime::controller::Error<E, watcher::Error>,
+    >,
+) where
+    K: Resource,
+    K::DynamicType: std::fmt::Debug + Eq + Hash + Clone,
+    E: std::error::Error + 'static,
+{
+    match result {
+        Ok((obj, _)) => debug!(object = %obj, "reconciled"),
+        Err(kube::runtime::controller::Error::ObjectNotFound(obj)) => {
+            debug!(object = %obj, "gone")
+        }
+        Err(e) => debug!(error = %e, "controller event"),
+    }
+}
+
+/// Which SessionTokens' sessions changed, as AssumedRoles see them: the session (its key and
+/// expiration, its Secret), what it is approved for and may be used for, where STS is called,
+/// the object itself (recreated, deleted). One hash per SessionToken, 16 bytes.
+#[derive(Default)]
+struct SessionChanges {
+    seen: HashMap<u64, u64>,
+}
+
+impl SessionChanges {
+    /// The SessionToken of `event`, if AssumedRoles drawing on it should look again. The first
+    /// list records without triggering: every AssumedRole is reconciled on its own first list.
+    fn changed(&mut self, event: &watcher::Event<SessionToken>) -> Option<ObjectRef<SessionToken>> {
+        let (st, initial) = match event {
+            watcher::Event::Apply(st) => (st, false),
+            watcher::Event::InitApply(st) => (st, true),
+            watcher::Event::Delete(st) => {
+                let key = Self::key(st);
+                self.seen.remove(&key);
+                return Some(ObjectRef::from_obj(st));
+            }
+            watcher::Event::Init | watcher::Event::InitDone => return None,
+        };
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        let status = st.status.as_ref();
+        st.metadata.uid.hash(&mut h);
+        st.metadata.deletion_timestamp.is_some().hash(&mut h);
+        status
+            .map(|s| {
+                (
+                    &s.access_key_id,
+                    &s.secret_name,
+                    &s.session_secret_name,
+                    &s.approved_for,
+                )
+            })
+            .hash(&mut h);
+        status
+            .and_then(|s| s.expiration)
+            .map(|t| t.as_nanosecond())
+            .hash(&mut h);
+        (
+            &st.spec.allowed_roles,
+            &st.spec.region,
+            &st.spec.endpoint,
+            st.spec.mfa.is_some(),
+        )
+            .hash(&mut h);
+        let value = h.finish();
+        let previous = self.seen.insert(Self::key(st), value);
+        match (previous, initial) {
+            (Some(p), _) if p == value => None,
+            (None, true) => None,
+            _ => Some(ObjectRef::from_obj(st)),
+        }
+    }
+
+    fn key(st: &SessionToken) -> u64 {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (&st.metadata.namespace, &st.metadata.name).hash(&mut h);
+        h.finish()
+    }
+}
+
+/// The AssumedRole a Secret belongs to: its controller owner reference or, kept with
+/// `retainOnDelete`, the operator's annotation.
+fn role_owner_of(secret: &PartialObjectMeta<Secret>) -> Option<ObjectRef<AssumedRole>> {
+    let namespace = secret.namespace()?;
+    let by_reference = secret
+        .owner_references()
+        .iter()
+        .find(|o| o.controller == Some(true) && o.kind == AssumedRole::kind(&()))
+        .map(|o| o.name.as_str());
+    let name = by_reference.or_else(|| {
+        secret
+            .annotations()
+            .get(ASSUMED_ROLE_ANNOTATION)
+            .map(String::as_str)
+    })?;
+    crate::plan::is_object_name(name).then(|| ObjectRef::new(name).within(&namespace))
+}
+
+/// An AssumedRole standing for one that cannot be read: its metadata, an empty spec (the
+/// reconcile then finds no such SessionToken and says so, never calling STS).
+fn role_stand_in(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> AssumedRole {
+    let spec = crate::crd::AssumedRoleSpec {
+        session_token_ref: crate::crd::SessionTokenRef {
+            name: String::new(),
+        },
+        role: crate::crd::AssumeRoleSpec {
+            role_arn: String::new(),
+            role_session_name: None,
+            duration_seconds: crate::crd::DEFAULT_ROLE_DURATION_SECONDS,
+            external_id: None,
+            tags: Vec::new(),
+        },
+        secret: None,
+        renewal: None,
+        rollout_restart_targets: Vec::new(),
+    };
+    let mut ar = AssumedRole::new(meta.name.as_deref().unwrap_or_default(), spec);
+    ar.metadata = meta.clone();
+    ar
+}
+
+type RoleTriggers = (
+    futures::channel::mpsc::UnboundedReceiver<ObjectRef<SessionToken>>,
+    futures::channel::mpsc::UnboundedReceiver<ObjectRef<AssumedRole>>,
+);
+
+/// The AssumedRole controller of one scope: its own watch (cached without managed fields and
+/// annotations), started also when the session of the SessionToken it draws on changes and
+/// when its Secret changes.
+async fn run_assumed_roles(
+    ctx: Arc<Context>,
+    namespace: Option<String>,
+    concurrency: u16,
+    (sessions, secrets): RoleTriggers,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let api: Api<Tolerant<AssumedRole>> = match &namespace {
+        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
+        None => Api::all(ctx.client.clone()),
+    };
+    let (reader, writer) = reflector::store();
+    let (metrics, forget) = (ctx.metrics.clone(), ctx.clone());
+    let stream = watcher(api, watcher::Config::default().any_semantic())
+        .backoff(WatchBackoff::default())
+        .try_filter_map(move |event| {
+            let unreadable = |meta: &_| {
+                report_unreadable(&metrics, "AssumedRole", meta);
+                Some(role_stand_in(meta))
+            };
+            std::future::ready(Ok(readable(event, &unreadable)))
+        })
+        .modify(|ar: &mut AssumedRole| {
+            ar.metadata.managed_fields = None;
+            ar.metadata.annotations = None;
+        })
+        .reflect(writer)
+        .inspect_ok(move |event| {
+            if let watcher::Event::Delete(ar) = event {
+                let ns = ar.namespace().unwrap_or_default();
+                forget.metrics.remove_assumed_role(&ns, &ar.name_any());
+                forget.forget(ar.metadata.uid.as_deref().unwrap_or_default());
+            }
+        })
+        .applied_objects()
+        .predicate_filter(
+            |ar: &AssumedRole| {
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                let meta = &ar.metadata;
+                (
+                    meta.generation,
+                    &meta.uid,
+                    meta.deletion_timestamp.is_some(),
+                )
+                    .hash(&mut h);
+                Some(h.finish())
+            },
+            Default::default(),
+        );
+    let store = reader.clone();
+    let drawing_on = sessions.flat_map(move |st: ObjectRef<SessionToken>| {
+        let refs: Vec<ObjectRef<AssumedRole>> = store
+            .state()
+            .iter()
+            .filter(|ar| {
+                ar.spec.session_token_ref.name == st.name && ar.metadata.namespace == st.namespace
+            })
+            .map(|ar| ObjectRef::from_obj(&**ar))
+            .collect();
+        futures::stream::iter(refs)
+    });
+    Controller::for_stream(stream, reader)
+        .reconcile_on(drawing_on)
+        .reconcile_on(secrets)
+        .trigger_backoff(WatchBackoff::default())
+        .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
+        .graceful_shutdown_on(shutdown)
+        .run(super::assumed::reconcile, super::assumed::error_policy, ctx)
+        .for_each(log_result)
+        .await;
 }
 
 #[cfg(test)]

@@ -1,0 +1,389 @@
+//! AssumedRoles: observe → decide (src/plan/assumed.rs) → act, like SessionTokens, behind the
+//! same backstop. An AssumedRole never mints a session and never writes its SessionToken: it
+//! reads the session the SessionToken keeps (its Secret, as its status records it) and assumes
+//! its role with it. Its watches are set up with the SessionToken's (src/reconcile/watch.rs).
+
+use super::Error;
+use super::act::{self, Who};
+use super::context::Context;
+use super::observe::{bound_role, bounded_conditions, endpoint_blocker, read_targets_of};
+use crate::crd::{
+    AssumedRole, AssumedRoleStatus, FIELD_MANAGER, RESTARTED_FOR_ROLE_PREFIX, SessionToken,
+};
+use crate::credentials::Credentials;
+use crate::plan::{
+    self, AssumedEffects, AssumedFacts, AssumedPlan, INTERNAL_ERROR, READY, ROLE_ASSUMED,
+    SecretSeen, SessionFound, SessionSource, WriteMode,
+};
+use crate::secret::{self, Ownership, SecretOwner};
+use crate::sts::AssumeRoleRequest;
+use futures::FutureExt;
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::{Resource, ResourceExt};
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tracing::{error, info, warn};
+
+/// One reconcile of an AssumedRole, with its metrics; a panic inside it is caught here.
+pub async fn reconcile(ar: Arc<AssumedRole>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = match AssertUnwindSafe(phases(ar.clone(), &ctx))
+        .catch_unwind()
+        .await
+    {
+        Ok(result) => result,
+        Err(_) => {
+            backstop(&ar, &ctx).await;
+            Err(Error::Panicked)
+        }
+    };
+    if result.is_ok() {
+        ctx.with_memory(ar.metadata.uid.as_deref().unwrap_or_default(), |m| {
+            m.errors = 0
+        });
+    }
+    ctx.metrics.reconcile_finished(
+        started.elapsed(),
+        result.as_ref().err().map(Error::metric_reason),
+    );
+    result
+}
+
+async fn phases(ar: Arc<AssumedRole>, ctx: &Context) -> Result<Action, Error> {
+    let Some(ar) = current(ar, ctx).await? else {
+        return Ok(Action::await_change());
+    };
+    let facts = observe(ar, ctx).await?;
+    let plan = plan::decide_assumed(&facts);
+    run(ctx, &facts, plan).await
+}
+
+/// The cached object, unless the cache lags behind this process's last status write to it
+/// (acting on it could assume the role twice): then the API server's.
+async fn current(ar: Arc<AssumedRole>, ctx: &Context) -> Result<Option<Arc<AssumedRole>>, Error> {
+    let uid = ar.metadata.uid.clone().unwrap_or_default();
+    if !ctx.status_cache_lags(&uid, ar.status.as_ref()) {
+        return Ok(Some(ar));
+    }
+    let api: Api<AssumedRole> =
+        Api::namespaced(ctx.client.clone(), &ar.namespace().unwrap_or_default());
+    Ok(api
+        .get_opt(&ar.name_any())
+        .await?
+        .filter(|fresh| fresh.metadata.uid == ar.metadata.uid)
+        .map(Arc::new))
+}
+
+/// After a panic: counted, logged by name, shown as `Ready=False/InternalError`.
+async fn backstop(ar: &AssumedRole, ctx: &Context) {
+    ctx.metrics.reconcile_panicked();
+    let (namespace, name) = (ar.namespace().unwrap_or_default(), ar.name_any());
+    error!(
+        namespace,
+        name, "a reconcile panicked; the object is retried with backoff"
+    );
+    let message = "the operator met an internal error reconciling this AssumedRole (a bug; its log says when); retried with backoff".to_string();
+    let mut status = ar.status.clone().unwrap_or_default();
+    plan::set_condition(
+        &mut status.conditions,
+        READY,
+        ("False", INTERNAL_ERROR, message.clone()),
+        ar.metadata.generation,
+        Timestamp::now(),
+    );
+    let api: Api<AssumedRole> = Api::namespaced(ctx.client.clone(), &namespace);
+    let guarded = AssertUnwindSafe(async {
+        if let Err(e) = write_status(&api, &name, &status).await {
+            warn!(namespace, name, error = %e, "could not record the internal error in status");
+        }
+        let events = vec![crate::events::Event::warning(INTERNAL_ERROR, message)];
+        act::publish_about(ctx, &ar.object_ref(&()), events).await;
+    });
+    let _ = guarded.catch_unwind().await;
+}
+
+/// Per-object exponential backoff for reconcile errors.
+pub fn error_policy(ar: Arc<AssumedRole>, error: &Error, ctx: Arc<Context>) -> Action {
+    let uid = ar.metadata.uid.clone().unwrap_or_default();
+    let attempt = ctx.with_memory(&uid, |m| {
+        m.errors = m.errors.saturating_add(1);
+        m.errors
+    });
+    let delay = plan::backoff(
+        attempt,
+        &ctx.settings.timing,
+        &format!("{uid}/{}", Timestamp::now().as_millisecond()),
+    );
+    warn!(namespace = ar.namespace().unwrap_or_default(), name = ar.name_any(), %error, attempt, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Observe
+
+/// Reads the SessionToken, its session, the output Secret and the restart targets.
+async fn observe(ar: Arc<AssumedRole>, ctx: &Context) -> Result<AssumedFacts, Error> {
+    let ns = ar.namespace().ok_or(Error::MissingField("namespace"))?;
+    let uid = ar.metadata.uid.clone().ok_or(Error::MissingField("uid"))?;
+    let out_name = ar.output_secret_name();
+    if !plan::is_object_name(&out_name) {
+        return Err(Error::InvalidName(out_name));
+    }
+    let now = Timestamp::now();
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let key = plan::restarted_for_key_of(RESTARTED_FOR_ROLE_PREFIX, &ar.name_any());
+    let (out, source, targets) = tokio::try_join!(
+        async {
+            match ctx.owned.absent(&ns, &out_name) {
+                true => Ok(None),
+                false => secrets.get_opt(&out_name).await,
+            }
+        },
+        session_source(ctx, &ns, &ar, now),
+        async { Ok(read_targets_of(ctx, &ns, &ar.spec.rollout_restart_targets, &key).await) },
+    )?;
+    let ownership = secret::ownership_by(out.as_ref(), &SecretOwner::role(&ar));
+    match ownership {
+        Ownership::Foreign(_) => ctx.owned.unsure(&ns, &out_name),
+        Ownership::Ours | Ownership::Absent => ctx.owned.sure(&ns, &out_name),
+    }
+    let mut status = ar.status.clone().unwrap_or_default();
+    status.conditions = bounded_conditions(status.conditions, &[READY, ROLE_ASSUMED], now);
+    bound_role(&mut status.role, now);
+    Ok(AssumedFacts {
+        name: ar.name_any(),
+        generation: ar.metadata.generation,
+        ns,
+        uid,
+        now,
+        timing: ctx.settings.timing.clone(),
+        status,
+        out: SecretSeen {
+            name: out_name,
+            existing: out,
+            ownership,
+        },
+        source,
+        targets,
+        ar,
+    })
+}
+
+/// The SessionToken `ar` refers to, and the session it holds now.
+async fn session_source(
+    ctx: &Context,
+    ns: &str,
+    ar: &AssumedRole,
+    now: Timestamp,
+) -> Result<SessionSource, kube::Error> {
+    let api: Api<SessionToken> = Api::namespaced(ctx.client.clone(), ns);
+    let Some(st) = api.get_opt(&ar.spec.session_token_ref.name).await? else {
+        return Ok(SessionSource::Missing);
+    };
+    let settings = &ctx.settings;
+    let region = st
+        .spec
+        .region
+        .clone()
+        .unwrap_or_else(|| settings.default_region.clone());
+    let endpoint = st.spec.endpoint.clone();
+    let status = st.status.clone().unwrap_or_default();
+    let has_mfa = st.spec.mfa.is_some();
+    let approved_for_spec = !has_mfa
+        || status.approved_for.as_ref().is_none_or(|digest| {
+            *digest == plan::approval_scope(&st.spec, &region, endpoint.as_deref())
+        });
+    Ok(SessionSource::Present(Box::new(SessionFound {
+        session: held_session(ctx, ns, &st, now).await?,
+        role_allowed: plan::role_allowed(&st.spec.allowed_roles, &ar.spec.role.role_arn),
+        approved_for_spec,
+        has_mfa,
+        blocker: endpoint_blocker(&st, settings, &region),
+        region,
+        endpoint,
+    })))
+}
+
+/// The SessionToken's valid session: from the Secret its status names (the one keeping the
+/// session with `spec.assumeRole`, else the output Secret), if that Secret is the
+/// SessionToken's own and holds the session status records. Read once per session.
+async fn held_session(
+    ctx: &Context,
+    ns: &str,
+    st: &SessionToken,
+    now: Timestamp,
+) -> Result<Option<Credentials>, kube::Error> {
+    let Some(status) = st.status.as_ref() else {
+        return Ok(None);
+    };
+    let (Some(key_id), Some(expiration)) = (status.access_key_id.as_deref(), status.expiration)
+    else {
+        return Ok(None);
+    };
+    if expiration <= now {
+        return Ok(None);
+    }
+    let st_uid = st.metadata.uid.as_deref().unwrap_or_default();
+    if let Some(cached) = ctx.cached_session(st_uid, (key_id, expiration)) {
+        return Ok(Some(cached));
+    }
+    let (home, kept) = match (&status.session_secret_name, &status.secret_name) {
+        (Some(kept), _) => (kept, true),
+        (None, Some(out)) => (out, false),
+        (None, None) => return Ok(None),
+    };
+    if !plan::is_object_name(home) {
+        return Ok(None);
+    }
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let Some(found) = secrets.get_opt(home).await? else {
+        return Ok(None);
+    };
+    if secret::ownership(Some(&found), st) != Ownership::Ours {
+        return Ok(None);
+    }
+    let session = match kept {
+        true => secret::kept_session(&found),
+        false => secret::held_session(&found, st),
+    }
+    .filter(|s| s.access_key_id == key_id && s.expiration == expiration);
+    if let Some(s) = &session {
+        ctx.cache_session(st_uid, s, now);
+    }
+    Ok(session)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Act
+
+/// Carries out `plan`: the AssumeRole call, then what `settle` decided.
+async fn run(ctx: &Context, f: &AssumedFacts, plan: AssumedPlan) -> Result<Action, Error> {
+    let outcome = match (&plan.call, &f.source) {
+        (Some(call), SessionSource::Present(found)) => Some(assume(ctx, f, found, call).await),
+        _ => None,
+    };
+    let mut fx = plan::settle_assumed(f, plan, outcome);
+    if let Some((_, outcome)) = fx.call_metric {
+        ctx.metrics.assume_role_call(outcome);
+    }
+    let who = Who {
+        ns: &f.ns,
+        name: &f.name,
+        uid: &f.uid,
+    };
+    let mut missed = false;
+    if let Some(w) = &fx.write {
+        match act::write_secret(ctx, who, w).await {
+            Ok(m) => missed = m,
+            Err(kube::Error::Api(e)) if e.code == 409 && matches!(w.mode, WriteMode::Create) => {
+                return Ok(Action::requeue(Duration::from_millis(500)));
+            }
+            Err(e) => return Err(Error::SecretWrite(e)),
+        }
+    }
+    restart(ctx, f, who, &mut fx).await;
+    ctx.metrics.set_assumed_role(&f.ns, &f.name, &fx.metrics);
+    if Some(&fx.status) != f.ar.status.as_ref() {
+        let api: Api<AssumedRole> = Api::namespaced(ctx.client.clone(), &f.ns);
+        write_status(&api, &f.name, &fx.status).await?;
+        ctx.note_status_write(&f.uid, &fx.status);
+    }
+    act::publish_about(ctx, &f.ar.object_ref(&()), fx.events).await;
+    let delay = match missed {
+        true => Some(Duration::ZERO),
+        false => plan::requeue_after(f.now, &[fx.wake]),
+    };
+    Ok(delay
+        .map(|d| d.min(plan::MAX_WAIT))
+        .map_or_else(Action::await_change, Action::requeue))
+}
+
+/// AssumeRole with the SessionToken's session, where that SessionToken calls STS.
+async fn assume(
+    ctx: &Context,
+    f: &AssumedFacts,
+    found: &SessionFound,
+    call: &plan::AssumedCall,
+) -> Result<crate::sts::AssumedRole, crate::sts::StsError> {
+    let spec = &f.ar.spec.role;
+    info!(
+        namespace = f.ns,
+        name = f.name,
+        role = spec.role_arn,
+        why = call.why,
+        "assuming the role"
+    );
+    let tags: Vec<(String, String)> = spec
+        .tags
+        .iter()
+        .map(|t| (t.key.clone(), t.value.clone()))
+        .collect();
+    let role_session_name = spec
+        .role_session_name
+        .clone()
+        .unwrap_or_else(|| plan::default_role_session_name(&f.ns, &f.name));
+    let result = ctx
+        .sts
+        .assume_role(AssumeRoleRequest {
+            region: &found.region,
+            endpoint: found.endpoint.as_deref(),
+            access_key_id: &call.session.access_key_id,
+            secret_access_key: &call.session.secret_access_key,
+            session_token: &call.session.session_token,
+            role_arn: &spec.role_arn,
+            role_session_name: &role_session_name,
+            duration_seconds: call.duration_seconds,
+            external_id: spec.external_id.as_deref(),
+            tags: &tags,
+        })
+        .await;
+    if let Err(e) = &result {
+        warn!(namespace = f.ns, name = f.name, reason = e.reason(), error = %e, "AssumeRole failed");
+    }
+    result
+}
+
+/// The restarts for new role credentials; a target that cannot be restarted is a Warning
+/// Event (the credentials are written regardless).
+async fn restart(ctx: &Context, f: &AssumedFacts, who: Who<'_>, fx: &mut AssumedEffects) {
+    let Some(key_id) = fx.status.role.access_key_id.clone() else {
+        return;
+    };
+    let mut problems = std::mem::take(&mut fx.target_problems);
+    let restarts = std::mem::take(&mut fx.restarts);
+    if restarts.is_empty() && problems.is_empty() {
+        return;
+    }
+    let events = act::patch_targets(ctx, who, restarts, &key_id, &mut problems).await;
+    fx.events.extend(events);
+    for p in problems {
+        warn!(
+            namespace = f.ns,
+            name = f.name,
+            problem = p.what,
+            "a restart target"
+        );
+        fx.events
+            .push(crate::events::Event::warning(p.reason, p.what.clone()));
+    }
+}
+
+/// Writes an AssumedRole's status (server-side apply).
+async fn write_status(
+    api: &Api<AssumedRole>,
+    name: &str,
+    status: &AssumedRoleStatus,
+) -> Result<(), Error> {
+    let body = serde_json::json!({
+        "apiVersion": AssumedRole::api_version(&()),
+        "kind": AssumedRole::kind(&()),
+        "status": status,
+    });
+    let pp = PatchParams::apply(FIELD_MANAGER).force();
+    api.patch_status(name, &pp, &Patch::Apply(&body)).await?;
+    Ok(())
+}
