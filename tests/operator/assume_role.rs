@@ -23,18 +23,18 @@ use testkit::sts_double::{
     TestUser,
 };
 
-const GST: &str = "GetSessionToken";
-const AR: &str = "AssumeRole";
+pub(super) const GST: &str = "GetSessionToken";
+pub(super) const AR: &str = "AssumeRole";
 
 /// A namespace with the double's user's keys in `iam-keys`, a role `deployer` registered in
 /// the double, and an operator (no leader election, so a restarted one starts at once).
-struct RoleWorld {
+pub(super) struct RoleWorld {
     cp: &'static ControlPlane,
-    ns: Ns,
-    sts: StsDouble,
-    user: TestUser,
-    role: TestRole,
-    op: Operator,
+    pub(super) ns: Ns,
+    pub(super) sts: StsDouble,
+    pub(super) user: TestUser,
+    pub(super) role: TestRole,
+    pub(super) op: Operator,
     min_remaining: Option<Duration>,
 }
 
@@ -42,7 +42,7 @@ impl RoleWorld {
     /// `session`/`role`: lifetimes the double returns for GetSessionToken / AssumeRole (None:
     /// as asked). `min_remaining`: the operator's `--role-min-session-remaining` (None: its
     /// default, 15 minutes).
-    async fn start(
+    pub(super) async fn start(
         prefix: &str,
         session: Option<Duration>,
         role: Option<Duration>,
@@ -83,7 +83,7 @@ impl RoleWorld {
     }
 }
 
-fn role_opts(sts: &StsDouble, min_remaining: Option<Duration>) -> OperatorOptions {
+pub(super) fn role_opts(sts: &StsDouble, min_remaining: Option<Duration>) -> OperatorOptions {
     OperatorOptions {
         sts_endpoint: sts.endpoint(),
         // The role is assumed only while the session has the minimum plus a margin of
@@ -117,11 +117,11 @@ fn role_spec(
 
 /// The four variables of a credentials Secret.
 #[derive(Clone, Debug, PartialEq)]
-struct Creds {
-    key: String,
+pub(super) struct Creds {
+    pub(super) key: String,
     secret: String,
     token: String,
-    expiration: Timestamp,
+    pub(super) expiration: Timestamp,
 }
 
 impl Creds {
@@ -148,14 +148,14 @@ impl Creds {
     }
 }
 
-async fn creds(ns: &Ns, secret: &str) -> Result<Option<Creds>> {
+pub(super) async fn creds(ns: &Ns, secret: &str) -> Result<Option<Creds>> {
     ns.secret_data(secret)
         .await?
         .map(|d| Creds::of(&d))
         .transpose()
 }
 
-fn calls_of(sts: &StsDouble, action: &str) -> Vec<RecordedCall> {
+pub(super) fn calls_of(sts: &StsDouble, action: &str) -> Vec<RecordedCall> {
     sts.calls()
         .into_iter()
         .filter(|c| c.action == action)
@@ -163,7 +163,7 @@ fn calls_of(sts: &StsDouble, action: &str) -> Vec<RecordedCall> {
 }
 
 /// Calls that carried a token code.
-fn calls_with_code(sts: &StsDouble) -> usize {
+pub(super) fn calls_with_code(sts: &StsDouble) -> usize {
     sts.calls()
         .iter()
         .filter(|c| c.token_code_used.is_some())
@@ -226,7 +226,7 @@ fn check_kept_secret(secret: &Secret, st: &SessionToken, session: &IssuedSession
 
 /// The output Secret holds role credentials the double issued by AssumeRole of `role_arn`,
 /// signed with the session `session_key`, expiring no later than that session.
-fn check_role_creds(
+pub(super) fn check_role_creds(
     sts: &StsDouble,
     out: &Creds,
     role_arn: &str,
@@ -267,7 +267,12 @@ fn check_role_creds(
 
 /// Every session secret and token the double issued, and the user's secret key, must appear in
 /// none of the operator's log, the events, the statuses and the metrics.
-async fn canary_sweep(ns: &Ns, sts: &StsDouble, user: &TestUser, op: &Operator) -> Result<usize> {
+pub(super) async fn canary_sweep(
+    ns: &Ns,
+    sts: &StsDouble,
+    user: &TestUser,
+    op: &Operator,
+) -> Result<usize> {
     let mut canaries = vec![("long-term secret key", user.secret_access_key.clone())];
     for s in sts.issued_sessions() {
         let kind = if s.action == AR { "role" } else { "session" };
@@ -312,7 +317,7 @@ async fn canary_sweep(ns: &Ns, sts: &StsDouble, user: &TestUser, op: &Operator) 
 }
 
 /// If the current TOTP window ends within 3 s, waits for the next one.
-async fn avoid_totp_window_edge() {
+pub(super) async fn avoid_totp_window_edge() {
     let into_window = Timestamp::now().as_millisecond().rem_euclid(30_000);
     if into_window > 27_000 {
         tokio::time::sleep(Duration::from_millis((30_000 - into_window + 200) as u64)).await;
@@ -320,7 +325,7 @@ async fn avoid_totp_window_edge() {
 }
 
 /// A metric's value for this namespace (first matching line), if present.
-fn metric(metrics: &str, name: &str, ns: &str, extra: &str) -> Option<f64> {
+pub(super) fn metric(metrics: &str, name: &str, ns: &str, extra: &str) -> Option<f64> {
     metrics
         .lines()
         .filter(|l| l.starts_with(name) && l.contains(&format!("namespace=\"{ns}\"")))
@@ -329,7 +334,7 @@ fn metric(metrics: &str, name: &str, ns: &str, extra: &str) -> Option<f64> {
 }
 
 /// The operator's AssumeRole counter for an outcome (the counter has no namespace label).
-fn assume_role_counter(metrics: &str, outcome: &str) -> f64 {
+pub(super) fn assume_role_counter(metrics: &str, outcome: &str) -> f64 {
     metrics
         .lines()
         .filter(|l| {

@@ -3,6 +3,7 @@
 //! as the `sts-operator` identity, so its API writes can be counted in the audit log.
 
 mod assume_role;
+mod assumed_roles;
 mod common;
 mod consumers;
 mod hardening;

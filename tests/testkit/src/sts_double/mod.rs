@@ -221,6 +221,10 @@ pub struct RoleSpec {
     /// The trust policy requires MFA (`aws:MultiFactorAuthPresent`): the caller's session must
     /// come from GetSessionToken with MFA, or AssumeRole must carry a valid SerialNumber/TokenCode.
     pub require_mfa: bool,
+    /// The account the role is in, if not the double's own: a role in another account whose
+    /// trust policy trusts the double's account (a cross-account AssumeRole). The assumed-role
+    /// ARN then names that account, as AWS's does.
+    pub account_id: Option<String>,
 }
 
 impl RoleSpec {
@@ -230,6 +234,7 @@ impl RoleSpec {
             external_id: None,
             max_session_duration: Duration::from_secs(3600),
             require_mfa: false,
+            account_id: None,
         }
     }
 }
@@ -239,6 +244,8 @@ impl RoleSpec {
 pub struct TestRole {
     /// `arn:aws:iam::ACCOUNT:role/NAME`
     pub arn: String,
+    /// ACCOUNT of the ARN.
+    pub account_id: String,
     /// `AROA...`
     pub role_id: String,
     pub name: String,

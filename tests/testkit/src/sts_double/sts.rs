@@ -283,8 +283,10 @@ impl State {
     }
 
     pub(crate) fn add_role(&mut self, spec: RoleSpec) -> TestRole {
+        let account_id = spec.account_id.unwrap_or_else(|| self.account_id.clone());
         let role = TestRole {
-            arn: format!("arn:aws:iam::{}:role/{}", self.account_id, spec.name),
+            arn: format!("arn:aws:iam::{account_id}:role/{}", spec.name),
+            account_id,
             role_id: ids::unique_id("AROA"),
             name: spec.name,
             external_id: spec.external_id,
@@ -681,7 +683,7 @@ impl State {
                 (
                     format!(
                         "arn:aws:sts::{}:assumed-role/{short_name}/{session_name}",
-                        self.account_id
+                        role.account_id
                     ),
                     format!("{}:{session_name}", role.role_id),
                 )
