@@ -44,15 +44,20 @@ fn ar_cond(ar: &AssumedRole, type_: &str) -> (String, String) {
 
 async fn wait_role(ns: &Ns, name: &str, status: &str, reason: &str) -> Result<AssumedRole> {
     let api = roles(ns);
-    eventually(
+    let last = std::sync::Mutex::new(String::new());
+    let found = eventually(
         T,
         &format!("AssumedRole {name} Ready={status}/{reason}"),
         || async {
             let ar = api.get(name).await?;
+            if let Some(c) = ar.condition("Ready") {
+                *last.lock().unwrap() = format!("{}/{}: {}", c.status, c.reason, c.message);
+            }
             Ok((ar_cond(&ar, "Ready") == (status.into(), reason.into())).then_some(ar))
         },
     )
-    .await
+    .await;
+    found.with_context(|| format!("Ready was {}", last.lock().unwrap()))
 }
 
 /// Done when 1: one code; five Secrets of role credentials, each set from exactly one
@@ -280,7 +285,7 @@ async fn denials_and_a_deleted_session() -> Result<()> {
         "ar-deny",
         Some(Duration::from_secs(900)),
         Some(Duration::from_secs(12)),
-        None,
+        Some(Duration::from_secs(7)),
         CodePolicy::Totp,
     )
     .await?;
