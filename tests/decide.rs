@@ -702,3 +702,229 @@ fn decisions_are_total_and_keep_their_invariants() {
     runner.run(&case(), check).unwrap_or_else(|e| panic!("{e}"));
     summary::record("decide_property", &[("fuzz_cases", u64::from(cases))]);
 }
+
+// ---------------------------------------------------------------------------------------------
+// AssumedRoles: the same over arbitrary AssumedRoles, output Secrets, SessionTokens (missing,
+// without a session, not allowing the role, not approved for their spec, blocked), clocks and
+// AssumeRole outcomes, through `reconcile::assumed::facts`, `plan::decide_assumed` and
+// `plan::settle_assumed`. Never a panic, and:
+// - no AssumeRole without a session at hand, nor when anything blocks it (no SessionToken, a
+//   role outside its allowedRoles, a session not approved for its SessionToken's spec, its
+//   endpoint, someone else's Secret at the output name);
+// - never role credentials asked to outlive the session;
+// - never a write to a Secret the AssumedRole does not own (nor a create over an existing one);
+// - a next wake-up that is not in the past, a requeue within the longest wait;
+// - no secret of the session in status or Events.
+
+use sts_session_operator::crd::{AssumedRoleSpec, AssumedRoleStatus, SessionTokenRef};
+use sts_session_operator::plan::{SessionFound, SessionSource};
+
+#[derive(Debug)]
+struct RoleCase {
+    ar: sts_session_operator::crd::AssumedRole,
+    out: Option<Secret>,
+    source: SessionSource,
+    now: Timestamp,
+    result: Result<Credentials, StsError>,
+}
+
+fn session_source() -> impl Strategy<Value = SessionSource> {
+    (
+        0u8..6,
+        prop::option::of(credentials()),
+        any::<bool>(),
+        prop::option::of(prop::sample::select(vec![
+            "http://127.0.0.1:4566",
+            "https://evil.example.com",
+        ])),
+    )
+        .prop_map(|(kind, session, has_mfa, endpoint)| {
+            if kind == 0 {
+                return SessionSource::Missing;
+            }
+            SessionSource::Present(Box::new(SessionFound {
+                session,
+                role_allowed: kind != 1,
+                approved_for_spec: kind != 2,
+                has_mfa,
+                blocker: (kind == 3).then(|| ("EndpointNotAllowed", "no".to_string())),
+                region: "us-east-1".into(),
+                endpoint: endpoint.map(str::to_string),
+            }))
+        })
+}
+
+fn assumed_role() -> impl Strategy<Value = sts_session_operator::crd::AssumedRole> {
+    (
+        role_status(),
+        prop::collection::vec(condition(), 0..4),
+        prop::option::of(any::<i64>()),
+        prop::option::of(any::<i64>()),
+        900i32..=3600,
+        prop::option::of(timestamp()),
+    )
+        .prop_map(
+            |(role, conditions, generation, observed, duration, session_expiration)| {
+                let spec = AssumedRoleSpec {
+                    session_token_ref: SessionTokenRef { name: "mfa".into() },
+                    role: AssumeRoleSpec {
+                        duration_seconds: duration,
+                        ..serde_json::from_value(serde_json::json!({
+                            "roleArn": "arn:aws:iam::123456789012:role/deployer"
+                        }))
+                        .unwrap()
+                    },
+                    secret: None,
+                    renewal: None,
+                    rollout_restart_targets: vec![],
+                };
+                let mut ar = sts_session_operator::crd::AssumedRole::new("app", spec);
+                ar.metadata.namespace = Some("team-a".into());
+                ar.metadata.uid = Some(UID.into());
+                ar.metadata.generation = generation;
+                ar.status = Some(AssumedRoleStatus {
+                    observed_generation: observed,
+                    conditions,
+                    secret_name: Some("app".into()),
+                    session_expiration,
+                    role,
+                });
+                ar
+            },
+        )
+}
+
+fn role_case() -> impl Strategy<Value = RoleCase> {
+    (
+        assumed_role(),
+        secret_state("app"),
+        session_source(),
+        clock(),
+        prop_oneof![credentials().prop_map(Ok), sts_error().prop_map(Err)],
+    )
+        .prop_map(|(ar, out, source, now, result)| RoleCase {
+            ar,
+            // The generator's Secrets are owned by a SessionToken: relabel half of them as
+            // this AssumedRole's (its UID label, no owner reference).
+            out: out.map(|mut s| {
+                if s.metadata
+                    .owner_references
+                    .as_ref()
+                    .is_some_and(|o| o.is_empty())
+                {
+                    s.metadata.labels = Some(BTreeMap::from([(
+                        "stssession.dev/assumed-role-uid".into(),
+                        UID.into(),
+                    )]));
+                }
+                s
+            }),
+            source,
+            now,
+            result,
+        })
+}
+
+/// Cases that reached a call, and a write: the generators must reach both (checked at the end).
+static ROLE_CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static ROLE_WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn check_role(c: RoleCase) -> Result<(), TestCaseError> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let f = sts_session_operator::reconcile::assumed::facts(
+        Arc::new(c.ar),
+        c.out,
+        c.source,
+        vec![],
+        &plan::Timing::default(),
+        c.now,
+    );
+    let plan = plan::decide_assumed(&f);
+    let outcome = match &plan.call {
+        None => None,
+        Some(call) => {
+            ROLE_CALLS.fetch_add(1, Relaxed);
+            prop_assert!(plan.blocker.is_none(), "a call despite {:?}", plan.blocker);
+            let SessionSource::Present(found) = &f.source else {
+                return Err(TestCaseError::fail("a call without a SessionToken"));
+            };
+            prop_assert!(found.role_allowed && found.blocker.is_none());
+            prop_assert!(!found.has_mfa || found.approved_for_spec);
+            prop_assert!(!matches!(f.out.ownership, Ownership::Foreign(_)));
+            let session = found.session.as_ref();
+            prop_assert_eq!(
+                Some(&call.session.access_key_id),
+                session.map(|s| &s.access_key_id)
+            );
+            let ends = f
+                .now
+                .checked_add(jiff::SignedDuration::from_secs(
+                    call.duration_seconds.into(),
+                ))
+                .unwrap();
+            prop_assert!(
+                ends <= call.session.expiration,
+                "role credentials outliving the session"
+            );
+            Some(c.result.clone().map(|credentials| AssumedRole {
+                credentials,
+                assumed_role_arn: None,
+            }))
+        }
+    };
+    let fx = plan::settle_assumed(&f, plan, outcome);
+    if let Some(w) = &fx.write {
+        ROLE_WRITES.fetch_add(1, Relaxed);
+        prop_assert_eq!(&w.name, &f.out.name);
+        prop_assert!(
+            !matches!(f.out.ownership, Ownership::Foreign(_)),
+            "a write to a foreign Secret"
+        );
+        if w.mode == WriteMode::Create {
+            prop_assert!(f.out.ownership == Ownership::Absent || f.out.existing.is_none());
+        }
+    }
+    if let Some(wake) = fx.wake {
+        prop_assert!(wake >= f.now, "a wake-up in the past");
+    }
+    let delay = plan::requeue_after(f.now, &[fx.wake]);
+    prop_assert!(delay.is_none_or(|d| d <= plan::MAX_WAIT));
+    let said = format!(
+        "{} {:?}",
+        serde_json::to_string(&fx.status).unwrap_or_default(),
+        fx.events
+    );
+    prop_assert!(!said.contains("canary"), "a secret in status or Events");
+    Ok(())
+}
+
+#[test]
+fn assumed_role_decisions_are_total_and_keep_their_invariants() {
+    let cases: u32 = if std::env::var_os("STS_TEST_LONG").is_some() {
+        100_000
+    } else {
+        10_000
+    };
+    let mut runner = TestRunner::new(Config {
+        cases,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    runner
+        .run(&role_case(), check_role)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let load = |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::Relaxed);
+    let (calls, writes) = (load(&ROLE_CALLS), load(&ROLE_WRITES));
+    assert!(
+        calls > u64::from(cases) / 50 && writes > u64::from(cases) / 50,
+        "the generators rarely reach a call ({calls}) or a write ({writes})"
+    );
+    summary::record(
+        "decide_assumed_property",
+        &[
+            ("fuzz_cases", u64::from(cases)),
+            ("cases_with_a_call", calls),
+            ("cases_with_a_write", writes),
+        ],
+    );
+}

@@ -128,7 +128,9 @@ pub fn error_policy(ar: Arc<AssumedRole>, error: &Error, ctx: Arc<Context>) -> A
 /// Reads the SessionToken, its session, the output Secret and the restart targets.
 async fn observe(ar: Arc<AssumedRole>, ctx: &Context) -> Result<AssumedFacts, Error> {
     let ns = ar.namespace().ok_or(Error::MissingField("namespace"))?;
-    let uid = ar.metadata.uid.clone().ok_or(Error::MissingField("uid"))?;
+    if ar.metadata.uid.is_none() {
+        return Err(Error::MissingField("uid"));
+    }
     let out_name = ar.output_secret_name();
     if !plan::is_object_name(&out_name) {
         return Err(Error::InvalidName(out_name));
@@ -146,31 +148,46 @@ async fn observe(ar: Arc<AssumedRole>, ctx: &Context) -> Result<AssumedFacts, Er
         session_source(ctx, &ns, &ar, now),
         async { Ok(read_targets_of(ctx, &ns, &ar.spec.rollout_restart_targets, &key).await) },
     )?;
-    let ownership = secret::ownership_by(out.as_ref(), &SecretOwner::role(&ar));
-    match ownership {
-        Ownership::Foreign(_) => ctx.owned.unsure(&ns, &out_name),
-        Ownership::Ours | Ownership::Absent => ctx.owned.sure(&ns, &out_name),
+    let f = facts(ar, out, source, targets, &ctx.settings.timing, now);
+    match f.out.ownership {
+        Ownership::Foreign(_) => ctx.owned.unsure(&f.ns, &f.out.name),
+        Ownership::Ours | Ownership::Absent => ctx.owned.sure(&f.ns, &f.out.name),
     }
+    Ok(f)
+}
+
+/// The pure half of `observe`: the AssumedRole and what was read, as [`AssumedFacts`], with
+/// status bounded (times that should be past and are not dropped, counts clamped, only the
+/// operator's conditions, once each).
+pub fn facts(
+    ar: Arc<AssumedRole>,
+    out: Option<Secret>,
+    source: SessionSource,
+    targets: Vec<plan::TargetSeen>,
+    timing: &plan::Timing,
+    now: Timestamp,
+) -> AssumedFacts {
+    let ownership = secret::ownership_by(out.as_ref(), &SecretOwner::role(&ar));
     let mut status = ar.status.clone().unwrap_or_default();
     status.conditions = bounded_conditions(status.conditions, &[READY, ROLE_ASSUMED], now);
     bound_role(&mut status.role, now);
-    Ok(AssumedFacts {
+    AssumedFacts {
         name: ar.name_any(),
         generation: ar.metadata.generation,
-        ns,
-        uid,
+        ns: ar.namespace().unwrap_or_default(),
+        uid: ar.metadata.uid.clone().unwrap_or_default(),
         now,
-        timing: ctx.settings.timing.clone(),
+        timing: timing.clone(),
         status,
         out: SecretSeen {
-            name: out_name,
+            name: ar.output_secret_name(),
             existing: out,
             ownership,
         },
         source,
         targets,
         ar,
-    })
+    }
 }
 
 /// The SessionToken `ar` refers to, and the session it holds now.
