@@ -192,8 +192,8 @@ fn ids(docs: &[Value]) -> BTreeSet<(String, String, String)> {
 }
 
 /// What every install renders besides the operator's own RBAC: the leader-election Role, the
-/// approver, editor, restart-target and metrics roles, the Service, Deployment, PDB and the two
-/// admission policies with their bindings.
+/// approver, editor, use, restart-target and metrics roles, the Service, Deployment, PDB and the
+/// three admission policies with their bindings.
 fn chart_objects_everywhere(ns: &str, f: &str) -> Vec<(String, String, String)> {
     let named = |suffix: &str| format!("{f}-{suffix}");
     vec![
@@ -207,6 +207,13 @@ fn chart_objects_everywhere(ns: &str, f: &str) -> Vec<(String, String, String)> 
         id("ValidatingAdmissionPolicyBinding", "", &named("approvals")),
         id("ClusterRole", "", &named("restart-targets")),
         id("ClusterRole", "", &named("edit")),
+        id("ClusterRole", "", &named("use")),
+        id("ValidatingAdmissionPolicy", "", &named("assumed-roles")),
+        id(
+            "ValidatingAdmissionPolicyBinding",
+            "",
+            &named("assumed-roles"),
+        ),
         id("ClusterRole", "", &named("metrics-auth")),
         id("ClusterRoleBinding", "", &named("metrics-auth")),
         id("ClusterRole", "", &named("metrics-reader")),
@@ -663,12 +670,17 @@ async fn chart_with_default_values_applies_to_the_api_server() -> Result<()> {
     )?;
     assert!(find(&no_restart, "ClusterRole", &format!("{f}-restart-targets")).is_err());
 
-    // Approvers: `approve` + get/list/watch/patch, aggregated into "admin" (not "edit") by default.
+    // Approvers: `approve` + get/list/watch/patch, and reading AssumedRoles (which draw on the
+    // session they approve), aggregated into "admin" (not "edit") by default.
     let approve = find(&docs, "ClusterRole", &format!("{f}-approve"))?;
     assert_eq!(
         approve["rules"],
-        json!([{"apiGroups": ["stssession.dev"], "resources": ["sessiontokens"], "verbs": ["approve", "get", "list", "watch", "patch"]}])
+        json!([
+            {"apiGroups": ["stssession.dev"], "resources": ["sessiontokens"], "verbs": ["approve", "get", "list", "watch", "patch"]},
+            {"apiGroups": ["stssession.dev"], "resources": ["assumedroles"], "verbs": ["get", "list", "watch"]},
+        ])
     );
+    assert_use_and_edit_roles(&docs, &f)?;
     assert_eq!(
         approve["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-admin"],
         "true"
@@ -992,6 +1004,7 @@ async fn chart_without_approval_policy_applies() -> Result<()> {
         id("ClusterRole", "", &format!("{f}-approve")),
         id("ClusterRole", "", &format!("{f}-restart-targets")),
         id("ClusterRole", "", &format!("{f}-edit")),
+        id("ClusterRole", "", &format!("{f}-use")),
         id("ClusterRole", "", &format!("{f}-metrics-auth")),
         id("ClusterRoleBinding", "", &format!("{f}-metrics-auth")),
         id("ClusterRole", "", &format!("{f}-metrics-reader")),
@@ -1112,18 +1125,27 @@ async fn kubectl_apply_k_deploy_installs_everything() -> Result<()> {
     ] {
         ensure!(kinds.contains(k), "deploy/ has no {k}: {kinds:?}");
     }
-    let crd = docs
+    let crds: BTreeSet<&str> = docs
         .iter()
-        .find(|d| s(d, "/kind") == "CustomResourceDefinition")
-        .unwrap();
-    assert_eq!(s(crd, "/metadata/name"), "sessiontokens.stssession.dev");
-    // Applying a stale CRD would change it under the tests that share this API server.
-    let source = std::fs::read(root().join("crds/stssession.dev_sessiontokens.yaml"))?;
-    let copy = std::fs::read(deploy.join("crd-stssession.dev_sessiontokens.yaml"))?;
-    ensure!(
-        source == copy,
-        "deploy/'s CRD differs from crds/: not applying it; run bash hack/generate-deploy.sh"
+        .filter(|d| s(d, "/kind") == "CustomResourceDefinition")
+        .map(|d| s(d, "/metadata/name"))
+        .collect();
+    assert_eq!(
+        crds,
+        BTreeSet::from([
+            "assumedroles.stssession.dev",
+            "sessiontokens.stssession.dev"
+        ])
     );
+    // Applying a stale CRD would change it under the tests that share this API server.
+    for plural in ["sessiontokens", "assumedroles"] {
+        let source = std::fs::read(root().join(format!("crds/stssession.dev_{plural}.yaml")))?;
+        let copy = std::fs::read(deploy.join(format!("crd-stssession.dev_{plural}.yaml")))?;
+        ensure!(
+            source == copy,
+            "deploy/'s {plural} CRD differs from crds/: not applying it; run bash hack/generate-deploy.sh"
+        );
+    }
 
     // Delete afterwards what this test created, except the CRD (the other tests' SessionTokens
     // live in it) and whatever existed before.
@@ -1338,15 +1360,40 @@ async fn http_get_auth(port: u16, path: &str, token: Option<&str>) -> Result<Str
     Ok(format!("{status}\n{body}"))
 }
 
-fn sessiontokens(client: &Client, ns: &str) -> Api<DynamicObject> {
-    let ar = kube::api::ApiResource {
+/// A kind of the stssession.dev/v1alpha1 group.
+fn stssession_resource(kind: &str, plural: &str) -> kube::api::ApiResource {
+    kube::api::ApiResource {
         group: "stssession.dev".into(),
         version: "v1alpha1".into(),
         api_version: "stssession.dev/v1alpha1".into(),
-        kind: "SessionToken".into(),
-        plural: "sessiontokens".into(),
-    };
-    Api::namespaced_with(client.clone(), ns, &ar)
+        kind: kind.into(),
+        plural: plural.into(),
+    }
+}
+
+fn sessiontokens(client: &Client, ns: &str) -> Api<DynamicObject> {
+    Api::namespaced_with(
+        client.clone(),
+        ns,
+        &stssession_resource("SessionToken", "sessiontokens"),
+    )
+}
+
+fn assumedroles(client: &Client, ns: &str) -> Api<DynamicObject> {
+    Api::namespaced_with(
+        client.clone(),
+        ns,
+        &stssession_resource("AssumedRole", "assumedroles"),
+    )
+}
+
+const ROLE_ARN: &str = "arn:aws:iam::123456789012:role/deployer";
+
+/// An AssumedRole drawing on SessionToken `session_token` (of its own namespace).
+fn assumed_role(name: &str, session_token: &str) -> DynamicObject {
+    DynamicObject::new(name, &stssession_resource("AssumedRole", "assumedroles")).data(json!({
+        "spec": {"sessionTokenRef": {"name": session_token}, "roleArn": ROLE_ARN},
+    }))
 }
 
 fn session_token(name: &str, mfa: bool, annotations: Value) -> Result<DynamicObject> {
@@ -2533,6 +2580,9 @@ async fn operator_policy_fences_the_operators_own_writes() -> Result<()> {
         APPROVED_BY_ANNOTATION, OWNER_UID_LABEL, RENEW_ANNOTATION, TOKEN_CODE_ANNOTATION,
     };
     let cp = control_plane().await;
+    // deploy/'s and default-valued releases' approval policies cover every namespace, and would
+    // refuse what this operator identity (of another release) may do.
+    let _lock = EVERY_NAMESPACE.read().await;
     let release_ns = cp.new_namespace("install-fence").await?;
     let ns = cp.new_namespace("fence").await?;
     let release = release_name();
@@ -2896,6 +2946,518 @@ spec:
 }
 
 // ---------------------------------------------------------------------------------------------
+// AssumedRoles: `use` is a permission, and the operator only reads them.
+
+/// `<release>-use` grants `use` (and `get`) on SessionTokens and aggregates into admin, not edit;
+/// `<release>-edit` manages AssumedRoles too.
+fn assert_use_and_edit_roles(docs: &[Value], f: &str) -> Result<()> {
+    let use_role = find(docs, "ClusterRole", &format!("{f}-use"))?;
+    ensure!(
+        use_role["rules"]
+            == json!([{"apiGroups": ["stssession.dev"], "resources": ["sessiontokens"], "verbs": ["use", "get"]}]),
+        "{use_role}"
+    );
+    let labels = &use_role["metadata"]["labels"];
+    ensure!(
+        labels["rbac.authorization.k8s.io/aggregate-to-admin"] == "true"
+            && labels
+                .get("rbac.authorization.k8s.io/aggregate-to-edit")
+                .is_none(),
+        "the use role aggregates into admin only: {labels}"
+    );
+    let edit = find(docs, "ClusterRole", &format!("{f}-edit"))?;
+    ensure!(
+        edit["rules"][0]["resources"] == json!(["sessiontokens", "assumedroles"])
+            && !edit.to_string().contains("\"use\""),
+        "{edit}"
+    );
+    Ok(())
+}
+
+/// Repeats `attempt` (given 1, 2, ...) until the API server refuses it through a
+/// ValidatingAdmissionPolicy, and returns that refusal: policies and RBAC reach its caches
+/// asynchronously (until then an attempt may be admitted, or refused by RBAC).
+async fn first_policy_refusal<F, Fut>(what: &str, mut attempt: F) -> Result<kube::core::Status>
+where
+    F: FnMut(u32) -> Fut,
+    Fut: std::future::Future<Output = Result<(), kube::Error>>,
+{
+    let deadline = tokio::time::Instant::now() + T;
+    for n in 1.. {
+        match attempt(n).await {
+            Err(kube::Error::Api(e)) if e.message.contains("ValidatingAdmissionPolicy") => {
+                eprintln!("refusal: {}", e.message);
+                return Ok(*e);
+            }
+            Ok(()) => {}
+            Err(kube::Error::Api(e)) if e.code == 403 => {} // RBAC not there yet
+            Err(e) => bail!("unexpected error while waiting for the policy ({what}): {e}"),
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "no policy ever refused {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    bail!("{what}: out of attempts")
+}
+
+/// A client of ServiceAccount `ns/name` (created here), with its real token, and its user name.
+async fn service_account_client(
+    cp: &ControlPlane,
+    ns: &str,
+    name: &str,
+) -> Result<(Client, String)> {
+    let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": name}}))?;
+    Api::<ServiceAccount>::namespaced(cp.admin_client().await?, ns)
+        .create(&PostParams::default(), &sa)
+        .await?;
+    let token = service_account_token(cp, ns, name).await?;
+    Ok((
+        cp.client_with_token(&token).await?,
+        format!("system:serviceaccount:{ns}:{name}"),
+    ))
+}
+
+/// A merge patch of an AssumedRole, the outcome only.
+async fn patch_assumed_role(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    patch: Value,
+) -> Result<(), kube::Error> {
+    assumedroles(client, ns)
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map(|_| ())
+}
+
+/// Creating an AssumedRole, or changing its spec, needs the verb `use` on the SessionToken it
+/// draws on (the chart's `<release>-assumed-roles` policy asks the authorizer), with real
+/// ServiceAccount identities that all may manage AssumedRoles (`<release>-edit`): `erin` without
+/// `use`, `uma` with `<release>-use` bound in the namespace, `ada` with `use` on SessionToken `a`
+/// only. Labels and annotations alone need no `use`; the SessionToken's namespace cannot even be
+/// written down.
+#[tokio::test]
+async fn assumed_roles_need_use_on_their_session_token() -> Result<()> {
+    let cp = control_plane().await;
+    let _lock = EVERY_NAMESPACE.read().await;
+    let release_ns = cp.new_namespace("install-use").await?;
+    let ns = cp.new_namespace("use").await?;
+    let release = release_name();
+    let f = fullname(&release);
+    let values = json!({"approvalPolicy": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}}});
+    let (_docs, _cleanup) = install(cp, &release, &release_ns, &values).await?;
+    let admin = cp.admin_client().await?;
+    let (erin, erin_name) = service_account_client(cp, &ns, "erin").await?;
+    let (uma, _) = service_account_client(cp, &ns, "uma").await?;
+    let (ada, _) = service_account_client(cp, &ns, "ada").await?;
+    // The `use` grants first, the edit binding last: once it is in force, so are they.
+    cp.apply_yaml(&format!(
+        r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: uma-uses, namespace: {ns}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: {f}-use}}
+subjects: [{{kind: ServiceAccount, name: uma, namespace: {ns}}}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{name: use-a, namespace: {ns}}}
+rules: [{{apiGroups: [stssession.dev], resources: [sessiontokens], resourceNames: [a], verbs: [use]}}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: ada-uses-a, namespace: {ns}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: use-a}}
+subjects: [{{kind: ServiceAccount, name: ada, namespace: {ns}}}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: editors, namespace: {ns}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: {f}-edit}}
+subjects:
+  - {{kind: ServiceAccount, name: erin, namespace: {ns}}}
+  - {{kind: ServiceAccount, name: uma, namespace: {ns}}}
+  - {{kind: ServiceAccount, name: ada, namespace: {ns}}}
+"#
+    ))
+    .await?;
+    for name in ["a", "b"] {
+        sessiontokens(&admin, &ns)
+            .create(
+                &PostParams::default(),
+                &session_token(name, true, json!({}))?,
+            )
+            .await?;
+    }
+
+    // erin (no `use`) creating an AssumedRole on `a`: refused, saying why.
+    let e = first_policy_refusal("erin creating an AssumedRole", |n| {
+        let api = assumedroles(&erin, &ns);
+        async move {
+            api.create(
+                &PostParams::default(),
+                &assumed_role(&format!("erin-{n}"), "a"),
+            )
+            .await
+            .map(|_| ())
+        }
+    })
+    .await?;
+    ensure!(
+        e.code == 403 && e.message.contains(&format!("{f}-assumed-roles")),
+        "{e:?}"
+    );
+    ensure!(
+        e.message.contains(&format!(r#"user "{erin_name}" may not use SessionToken {ns}/a for AssumedRole {ns}/erin-"#))
+            && e.message.contains(&format!(r#"creating an AssumedRole needs the verb "use" on that SessionToken (sessiontokens.stssession.dev; ClusterRole {f}-use)"#)),
+        "{}",
+        e.message
+    );
+
+    // uma (`<release>-use` in the namespace) and ada (`use` on `a`) may.
+    for (client, name, on) in [
+        (&uma, "by-uma", "a"),
+        (&uma, "uma-on-b", "b"),
+        (&ada, "by-ada", "a"),
+    ] {
+        assumedroles(client, &ns)
+            .create(&PostParams::default(), &assumed_role(name, on))
+            .await
+            .with_context(|| format!("{name}: creating an AssumedRole on {on} with `use`"))?;
+    }
+    // ada may change the role of hers (still on `a`), but not draw on `b`: neither a new
+    // AssumedRole nor hers re-pointed.
+    patch_assumed_role(
+        &ada,
+        &ns,
+        "by-ada",
+        json!({"spec": {"roleArn": "arn:aws:iam::123456789012:role/reader"}}),
+    )
+    .await
+    .context("ada changing the role of an AssumedRole on a")?;
+    let e = refused(
+        assumedroles(&ada, &ns)
+            .create(&PostParams::default(), &assumed_role("ada-on-b", "b"))
+            .await
+            .map(|_| ()),
+        "ada creating an AssumedRole on b",
+    )?;
+    ensure!(
+        e.message.contains(&format!(
+            "SessionToken {ns}/b for AssumedRole {ns}/ada-on-b"
+        )),
+        "{}",
+        e.message
+    );
+    let e = refused(
+        patch_assumed_role(
+            &ada,
+            &ns,
+            "by-ada",
+            json!({"spec": {"sessionTokenRef": {"name": "b"}}}),
+        )
+        .await,
+        "ada re-pointing her AssumedRole at b",
+    )?;
+    ensure!(
+        e.message.contains(&format!("SessionToken {ns}/b for AssumedRole {ns}/by-ada: changing the spec of an AssumedRole needs the verb \"use\"")),
+        "{}",
+        e.message
+    );
+    let by_ada = serde_json::to_value(assumedroles(&admin, &ns).get("by-ada").await?)?;
+    ensure!(
+        by_ada["spec"]["sessionTokenRef"] == json!({"name": "a"}),
+        "{by_ada}"
+    );
+
+    // erin may label and annotate uma's AssumedRole, but not change its spec.
+    patch_assumed_role(
+        &erin,
+        &ns,
+        "by-uma",
+        json!({"metadata": {"labels": {"team": "a"}, "annotations": {"note": "x"}}}),
+    )
+    .await
+    .context("erin (no `use`) labelling an AssumedRole")?;
+    for (what, spec) in [
+        (
+            "its role",
+            json!({"roleArn": "arn:aws:iam::123456789012:role/admin"}),
+        ),
+        (
+            "its SessionToken",
+            json!({"sessionTokenRef": {"name": "b"}}),
+        ),
+    ] {
+        let e = refused(
+            patch_assumed_role(&erin, &ns, "by-uma", json!({"spec": spec})).await,
+            &format!("erin changing {what}"),
+        )?;
+        ensure!(
+            e.code == 403 && e.message.contains("changing the spec of an AssumedRole"),
+            "{what}: {}",
+            e.message
+        );
+    }
+    field_validation_keeps_the_session_token_in_the_namespace(&admin, &ns).await
+}
+
+/// `spec.sessionTokenRef.namespace` does not exist: refused with field validation Strict, and
+/// dropped (the API server stores none) by default.
+async fn field_validation_keeps_the_session_token_in_the_namespace(
+    admin: &Client,
+    ns: &str,
+) -> Result<()> {
+    let body = |name: &str| -> Result<Vec<u8>> {
+        Ok(serde_json::to_vec(&json!({
+            "apiVersion": "stssession.dev/v1alpha1", "kind": "AssumedRole",
+            "metadata": {"name": name},
+            "spec": {"sessionTokenRef": {"name": "a", "namespace": "kube-system"}, "roleArn": ROLE_ARN},
+        }))?)
+    };
+    let url = format!("/apis/stssession.dev/v1alpha1/namespaces/{ns}/assumedroles");
+    let request = hyper::Request::post(format!("{url}?fieldValidation=Strict"))
+        .header("content-type", "application/json")
+        .body(body("strict")?)?;
+    match admin.request::<Value>(request).await {
+        Err(kube::Error::Api(e)) => ensure!(
+            e.message
+                .contains(r#"unknown field "spec.sessionTokenRef.namespace""#),
+            "{e:?}"
+        ),
+        other => bail!("a sessionTokenRef.namespace with fieldValidation=Strict: {other:?}"),
+    }
+    let request = hyper::Request::post(url)
+        .header("content-type", "application/json")
+        .body(body("lenient")?)?;
+    let stored: Value = admin
+        .request(request)
+        .await
+        .context("the default field validation")?;
+    ensure!(
+        stored["spec"]["sessionTokenRef"] == json!({"name": "a"}),
+        "stored: {stored}"
+    );
+    Ok(())
+}
+
+/// The operator's ServiceAccount against `operatorPolicy`, for AssumedRoles: it writes Secrets
+/// labelled with an AssumedRole's uid (not with neither uid label), restarts workloads with the
+/// `assumedrole.stssession.dev/` annotation, writes AssumedRoles' status, and cannot create,
+/// change or delete an AssumedRole: not with the chart's RBAC, and not even with a mistaken
+/// binding granting it all verbs on them (the policy refuses).
+#[tokio::test]
+async fn operator_policy_fences_assumed_roles_and_their_secrets() -> Result<()> {
+    let cp = control_plane().await;
+    // As in operator_policy_fences_the_operators_own_writes.
+    let _lock = EVERY_NAMESPACE.read().await;
+    let release_ns = cp.new_namespace("install-fence-ar").await?;
+    let ns = cp.new_namespace("fence-ar").await?;
+    let release = release_name();
+    let f = fullname(&release);
+    let policy = format!("{f}-operator-writes");
+    let values = json!({
+        "approvalPolicy": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "nowhere"}}},
+        "rbac": {"rolloutRestartTargets": {"namespaces": [ns]}},
+    });
+    let (_docs, _cleanup) = install(cp, &release, &release_ns, &values).await?;
+    let admin = cp.admin_client().await?;
+    let op = cp
+        .client_with_token(&service_account_token(cp, &release_ns, &f).await?)
+        .await?;
+    let fenced = |e: &kube::core::Status, what: &str| -> Result<()> {
+        ensure!(
+            e.code == 403 && e.message.contains(&policy),
+            "{what}: refused, but not by {policy}: {e:?}"
+        );
+        Ok(())
+    };
+    // -- Secrets: managed-by plus the AssumedRole's uid label is its own; managed-by alone is not.
+    let secrets: Api<Secret> = Api::namespaced(op.clone(), &ns);
+    let secret = |name: &str, uid_label: Option<&str>| -> Secret {
+        let mut labels = BTreeMap::from([(
+            "app.kubernetes.io/managed-by".to_string(),
+            "sts-session-operator".to_string(),
+        )]);
+        if let Some(key) = uid_label {
+            labels.insert(key.to_string(), "5e1f-uid".to_string());
+        }
+        let mut secret = Secret::default();
+        secret.metadata.name = Some(name.to_string());
+        secret.metadata.labels = Some(labels);
+        secret.metadata.annotations = Some(BTreeMap::from([(
+            "stssession.dev/assumed-role".to_string(),
+            "deployer".to_string(),
+        )]));
+        secret.string_data = Some(BTreeMap::from([("k".to_string(), "v".to_string())]));
+        secret
+    };
+    let e = first_policy_refusal("the operator creating a Secret without a uid label", |n| {
+        let (secrets, s) = (secrets.clone(), secret(&format!("probe-{n}"), None));
+        async move { secrets.create(&PostParams::default(), &s).await.map(|_| ()) }
+    })
+    .await?;
+    fenced(&e, "a Secret with neither uid label")?;
+    let ours = secret("role-creds", Some("stssession.dev/assumed-role-uid"));
+    secrets
+        .create(&PostParams::default(), &ours)
+        .await
+        .context("the operator creating an AssumedRole's Secret")?;
+    secrets
+        .patch(
+            "role-creds",
+            &PatchParams::apply("sts-session-operator").force(),
+            &Patch::Apply(&ours),
+        )
+        .await
+        .context("the operator updating an AssumedRole's Secret")?;
+    secrets
+        .delete("role-creds", &Default::default())
+        .await
+        .context("the operator deleting an AssumedRole's Secret")?;
+
+    // -- Restarts for an AssumedRole: its annotation is admitted, another one is not.
+    cp.apply_yaml(&format!(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: web, namespace: {ns}}}
+spec:
+  selector: {{matchLabels: {{app: web}}}}
+  template:
+    metadata: {{labels: {{app: web}}}}
+    spec: {{containers: [{{name: web, image: "registry.example/web:1"}}]}}
+"#
+    ))
+    .await?;
+    let deployments = workloads(&op, &ns, "deployments", "Deployment");
+    let restart = |key: &str| json!({"spec": {"template": {"metadata": {"annotations": {"stssession.dev/restartedAt": "2026-01-01T00:00:00Z", key: "ASIAFENCEROLE"}}}}});
+    deployments
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(&restart("assumedrole.stssession.dev/deployer")),
+        )
+        .await
+        .context("the operator restarting a Deployment for an AssumedRole")?;
+    let e = refused(
+        deployments
+            .patch(
+                "web",
+                &PatchParams::default(),
+                &Patch::Merge(&restart("otherrole.stssession.dev/deployer")),
+            )
+            .await
+            .map(|_| ()),
+        "the operator setting another template annotation",
+    )?;
+    fenced(&e, "another template annotation")?;
+
+    operator_writes_no_assumed_role(cp, &admin, &op, &ns, &release_ns, &f, &fenced).await
+}
+
+/// The AssumedRole half of `operator_policy_fences_assumed_roles_and_their_secrets`.
+async fn operator_writes_no_assumed_role(
+    cp: &ControlPlane,
+    admin: &Client,
+    op: &Client,
+    ns: &str,
+    release_ns: &str,
+    f: &str,
+    fenced: &dyn Fn(&kube::core::Status, &str) -> Result<()>,
+) -> Result<()> {
+    assumedroles(admin, ns)
+        .create(&PostParams::default(), &assumed_role("deployer", "app"))
+        .await?;
+    let ars = assumedroles(op, ns);
+    let writes = |n: u32| {
+        let ars = ars.clone();
+        async move {
+            let create = ars
+                .create(
+                    &PostParams::default(),
+                    &assumed_role(&format!("by-operator-{n}"), "app"),
+                )
+                .await
+                .map(|_| ());
+            let update = ars
+                .patch(
+                    "deployer",
+                    &PatchParams::default(),
+                    &Patch::Merge(
+                        &json!({"spec": {"roleArn": "arn:aws:iam::123456789012:role/admin"}}),
+                    ),
+                )
+                .await
+                .map(|_| ());
+            let delete = ars
+                .delete("deployer", &Default::default())
+                .await
+                .map(|_| ());
+            [("create", create), ("update", update), ("delete", delete)]
+        }
+    };
+    // With the chart's RBAC: refused (RBAC: it may only read them).
+    for (verb, result) in writes(0).await {
+        let e = refused(result, &format!("the operator: {verb} an AssumedRole"))?;
+        ensure!(e.code == 403, "{verb}: {e:?}");
+    }
+    // Its status: admitted.
+    ars.patch_status(
+        "deployer",
+        &PatchParams::apply("sts-session-operator").force(),
+        &Patch::Apply(&json!({
+            "apiVersion": "stssession.dev/v1alpha1", "kind": "AssumedRole",
+            "status": {"observedGeneration": 1},
+        })),
+    )
+    .await
+    .context("the operator writing an AssumedRole's status")?;
+    // A mistaken binding granting it everything on AssumedRoles: the policy still refuses.
+    cp.apply_yaml(&format!(
+        r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{name: too-much, namespace: {ns}}}
+rules: [{{apiGroups: [stssession.dev], resources: [assumedroles], verbs: ["*"]}}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: too-much, namespace: {ns}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: too-much}}
+subjects: [{{kind: ServiceAccount, name: {f}, namespace: {release_ns}}}]
+"#
+    ))
+    .await?;
+    first_policy_refusal("the operator deleting an AssumedRole", |_| {
+        let ars = ars.clone();
+        async move {
+            ars.delete("deployer", &Default::default())
+                .await
+                .map(|_| ())
+        }
+    })
+    .await?;
+    for (verb, result) in writes(1).await {
+        let e = refused(
+            result,
+            &format!("the operator (all verbs bound): {verb} an AssumedRole"),
+        )?;
+        fenced(&e, verb)?;
+        ensure!(
+            e.message
+                .contains(&format!("may not {verb} AssumedRole {ns}/")),
+            "{}",
+            e.message
+        );
+    }
+    ensure!(assumedroles(admin, ns).get_opt("deployer").await?.is_some());
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
 // The table of docs/rbac-and-approvals.md ("Who may do what"), cell by cell.
 
 /// One identity of the table: a client with its real ServiceAccount token, and its user name.
@@ -2949,6 +3511,25 @@ const TABLE_ROWS: &[(&str, &str)] = &[
         "read `/metrics` (needs `<release>-metrics-reader`)",
         "metrics",
     ),
+    ("read AssumedRoles", "ar-read"),
+    (
+        "create an AssumedRole drawing on a SessionToken (needs `use` on it)",
+        "ar-create",
+    ),
+    (
+        "create an AssumedRole drawing on a SessionToken one was granted `use` on",
+        "ar-create-granted",
+    ),
+    (
+        "change an AssumedRole's spec (role, Secret, the SessionToken it draws on, ...)",
+        "ar-spec",
+    ),
+    (
+        "change only an AssumedRole's labels or annotations",
+        "ar-labels",
+    ),
+    ("delete AssumedRoles", "ar-delete"),
+    ("write an AssumedRole's status", "ar-status"),
 ];
 const TABLE_COLUMNS: [&str; 4] = ["operator", "approver", "editor", "namespace admin"];
 
@@ -2998,6 +3579,133 @@ fn admitted<T>(r: Result<T, kube::Error>, what: &str) -> Result<bool> {
         Err(kube::Error::Api(e)) if e.code == 403 => Ok(false),
         Err(e) => bail!("{what}: {e}"),
     }
+}
+
+/// For the AssumedRole rows: SessionToken `shared`, on which every identity of the table was
+/// granted `use` (a Role naming it), and AssumedRole `ar-app`, drawing on `app` (created by the
+/// table test), on which only namespace admins have `use` (the chart's `<release>-use`).
+async fn assumed_role_table_setup(
+    cp: &ControlPlane,
+    ns: &str,
+    release_ns: &str,
+    f: &str,
+) -> Result<()> {
+    cp.apply_yaml(&format!(
+        r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{name: use-shared, namespace: {ns}}}
+rules: [{{apiGroups: [stssession.dev], resources: [sessiontokens], resourceNames: [shared], verbs: [use]}}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: use-shared, namespace: {ns}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: use-shared}}
+subjects:
+  - {{kind: ServiceAccount, name: {f}, namespace: {release_ns}}}
+  - {{kind: ServiceAccount, name: approver, namespace: {ns}}}
+  - {{kind: ServiceAccount, name: editor, namespace: {ns}}}
+  - {{kind: ServiceAccount, name: nsadmin, namespace: {ns}}}
+"#
+    ))
+    .await?;
+    let admin = cp.admin_client().await?;
+    sessiontokens(&admin, ns)
+        .create(
+            &PostParams::default(),
+            &session_token("shared", false, json!({}))?,
+        )
+        .await?;
+    assumedroles(&admin, ns)
+        .create(&PostParams::default(), &assumed_role("ar-app", "app"))
+        .await?;
+    Ok(())
+}
+
+/// One cell of an AssumedRole row (dry runs), or None for another row.
+async fn assumed_role_cell(
+    action: &str,
+    client: &Client,
+    ns: &str,
+    what: &str,
+) -> Result<Option<bool>> {
+    let api = assumedroles(client, ns);
+    let dry = PatchParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let dry_post = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let patch = |body: Value| {
+        let (api, dry) = (api.clone(), dry.clone());
+        async move {
+            api.patch("ar-app", &dry, &Patch::Merge(&body))
+                .await
+                .map(|_| ())
+        }
+    };
+    let got = match action {
+        "ar-read" => admitted(api.get("ar-app").await, what)?,
+        "ar-create" => admitted(
+            api.create(&dry_post, &assumed_role("another", "app")).await,
+            what,
+        )?,
+        "ar-create-granted" => admitted(
+            api.create(&dry_post, &assumed_role("another", "shared"))
+                .await,
+            what,
+        )?,
+        "ar-spec" => {
+            let role = admitted(
+                patch(json!({"spec": {"roleArn": "arn:aws:iam::123456789012:role/admin"}})).await,
+                what,
+            )?;
+            let repoint = admitted(
+                patch(json!({"spec": {"sessionTokenRef": {"name": "pending"}}})).await,
+                what,
+            )?;
+            ensure!(
+                role == repoint,
+                "{what}: role {role}, re-pointing {repoint}"
+            );
+            role
+        }
+        "ar-labels" => {
+            let labels = admitted(
+                patch(json!({"metadata": {"labels": {"x": "y"}}})).await,
+                what,
+            )?;
+            let annotations = admitted(
+                patch(json!({"metadata": {"annotations": {"note": "x"}}})).await,
+                what,
+            )?;
+            ensure!(
+                labels == annotations,
+                "{what}: labels {labels}, annotations {annotations}"
+            );
+            labels
+        }
+        "ar-delete" => {
+            let dry_delete = kube::api::DeleteParams {
+                dry_run: true,
+                ..Default::default()
+            };
+            admitted(api.delete("ar-app", &dry_delete).await, what)?
+        }
+        "ar-status" => admitted(
+            api.patch_status(
+                "ar-app",
+                &dry,
+                &Patch::Merge(&json!({"status": {"observedGeneration": 1}})),
+            )
+            .await,
+            what,
+        )?,
+        _ => return Ok(None),
+    };
+    Ok(Some(got))
 }
 
 #[tokio::test]
@@ -3086,6 +3794,7 @@ spec:
 "#
     ))
     .await?;
+    assumed_role_table_setup(cp, &ns, &release_ns, &f).await?;
     let sts_admin = sessiontokens(&admin, &ns);
     sts_admin
         .create(
@@ -3147,6 +3856,8 @@ spec:
     loop {
         let ready = can(&who[2], "update", "stssession.dev", "sessiontokens").await?
             && can(&who[3], "update", "stssession.dev", "sessiontokens").await?
+            && can(&who[2], "create", "stssession.dev", "assumedroles").await?
+            && can(&who[3], "use", "stssession.dev", "sessiontokens").await?
             && can(&who[3], "approve", "stssession.dev", "sessiontokens").await?
             && can(&who[1], "approve", "stssession.dev", "sessiontokens").await?
             && can(&who[0], "patch", "apps", "deployments").await?;
@@ -3163,9 +3874,13 @@ spec:
         dry_run: true,
         ..Default::default()
     };
+    let dry_post = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
     let deadline = tokio::time::Instant::now() + T;
     loop {
-        // Both policies in force: the approver's label and the operator's unlabelled Secret.
+        // The policies in force: the approver's label and the operator's unlabelled Secret ...
         let label = sessiontokens(&who[1].client, &ns)
             .patch(
                 "app",
@@ -3180,8 +3895,15 @@ spec:
                 &Patch::Merge(&json!({"data": {"x": "eA=="}})),
             )
             .await;
+        // ... and the AssumedRole one: the editor (no `use`) creating an AssumedRole.
+        let drawing = assumedroles(&who[2].client, &ns)
+            .create(&dry_post, &assumed_role("probe", "app"))
+            .await;
         let by_policy = |r: Result<(), kube::Error>| matches!(r, Err(kube::Error::Api(e)) if e.message.contains("ValidatingAdmissionPolicy"));
-        if by_policy(label.map(|_| ())) && by_policy(secret.map(|_| ())) {
+        if by_policy(label.map(|_| ()))
+            && by_policy(secret.map(|_| ()))
+            && by_policy(drawing.map(|_| ()))
+        {
             break;
         }
         ensure!(
@@ -3191,10 +3913,6 @@ spec:
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
-    let dry_post = PostParams {
-        dry_run: true,
-        ..Default::default()
-    };
     let dry_delete = DeleteParams {
         dry_run: true,
         ..Default::default()
@@ -3335,7 +4053,9 @@ spec:
                         .status
                         .is_some_and(|s| s.allowed)
                 }
-                other => bail!("no check for {other:?}"),
+                other => assumed_role_cell(other, &w.client, &ns, &what)
+                    .await?
+                    .with_context(|| format!("no check for {other:?}"))?,
             };
             cells += 1;
             let want = expected[i];
