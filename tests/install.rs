@@ -355,6 +355,21 @@ async fn install(
     Ok((docs, cleanup))
 }
 
+/// A fresh release in namespace `install-<prefix>` whose approval policies (approvals and
+/// AssumedRoles) cover only a new test namespace `<prefix>` (they are cluster-scoped; other tests
+/// share the API server): (release namespace, test namespace, full name, cleanup).
+async fn install_guarding(
+    cp: &ControlPlane,
+    prefix: &str,
+) -> Result<(String, String, String, Cleanup)> {
+    let release_ns = cp.new_namespace(&format!("install-{prefix}")).await?;
+    let ns = cp.new_namespace(prefix).await?;
+    let release = release_name();
+    let values = json!({"approvalPolicy": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}}});
+    let (_docs, cleanup) = install(cp, &release, &release_ns, &values).await?;
+    Ok((release_ns, ns, fullname(&release), cleanup))
+}
+
 // ---------------------------------------------------------------------------------------------
 // The chart's files.
 
@@ -2010,14 +2025,7 @@ async fn annotations(client: &Client, ns: &str, name: &str) -> Result<BTreeMap<S
 async fn approval_policy_admits_only_approvers_naming_themselves() -> Result<()> {
     let cp = control_plane().await;
     let _lock = EVERY_NAMESPACE.read().await;
-    let release_ns = cp.new_namespace("install-approvals").await?;
-    let ns = cp.new_namespace("approvals").await?;
-    let release = release_name();
-    let f = fullname(&release);
-    // The policy covers the test's namespace only (it is cluster-scoped; other tests share the
-    // API server).
-    let values = json!({"approvalPolicy": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}}});
-    let (_docs, _cleanup) = install(cp, &release, &release_ns, &values).await?;
+    let (release_ns, ns, f, _cleanup) = install_guarding(cp, "approvals").await?;
     let admin = cp.admin_client().await?;
 
     // alice: the chart's approver ClusterRole, in this namespace. bob: an editor (get/list/patch/
@@ -2070,23 +2078,12 @@ subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: bob}}]
 
     // Policies and RBAC reach the API server's caches asynchronously: wait until the policy
     // refuses alice naming bob (each try with a new code, since an unchanged code is no approval).
-    let deadline = tokio::time::Instant::now() + T;
-    let mut code = 100_000;
-    let first = loop {
-        code += 1;
-        match annotate(&alice, &ns, "probe", &code.to_string(), "bob").await {
-            Err(kube::Error::Api(e)) if e.message.contains("ValidatingAdmissionPolicy") => break e,
-            Ok(()) => {}
-            Err(kube::Error::Api(e)) if e.code == 403 => {} // RBAC not there yet
-            Err(e) => bail!("unexpected error while waiting for the policy: {e}"),
-        }
-        ensure!(
-            tokio::time::Instant::now() < deadline,
-            "the approval policy never refused alice naming bob"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    eprintln!("refusal: {}", first.message);
+    first_policy_refusal("alice naming bob", |n| {
+        let alice = alice.clone();
+        let ns = ns.clone();
+        async move { annotate(&alice, &ns, "probe", &(100_000 + n).to_string(), "bob").await }
+    })
+    .await?;
 
     // 1. alice, naming herself: admitted.
     annotate(&alice, &ns, "alice-ok", "123456", "alice")
@@ -2374,13 +2371,8 @@ async fn approval_policy_lets_only_the_operator_mark_a_claim() -> Result<()> {
     const CLAIMED_AT: &str = "stssession.dev/token-code-claimed-at";
     let cp = control_plane().await;
     let _lock = EVERY_NAMESPACE.read().await;
-    let release_ns = cp.new_namespace("install-claims").await?;
-    let ns = cp.new_namespace("claims").await?;
-    let release = release_name();
-    let f = fullname(&release);
+    let (release_ns, ns, f, _cleanup) = install_guarding(cp, "claims").await?;
     let operator_user = format!("system:serviceaccount:{release_ns}:{f}");
-    let values = json!({"approvalPolicy": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}}});
-    let (_docs, _cleanup) = install(cp, &release, &release_ns, &values).await?;
     let admin = cp.admin_client().await?;
 
     // alice may do anything to SessionTokens here, approve included.
@@ -2423,24 +2415,14 @@ subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: alice}}]
     };
 
     // Wait until the policy is in force (each try a new value: an unchanged one is no mark).
-    let deadline = tokio::time::Instant::now() + T;
-    let mut second = 0;
-    let first = loop {
-        second += 1;
-        let value = format!("2026-01-01T00:00:{:02}Z", second % 60);
-        match set(&alice, "probe", json!(value)).await {
-            Err(kube::Error::Api(e)) if e.message.contains("ValidatingAdmissionPolicy") => break e,
-            Ok(()) => {}
-            Err(kube::Error::Api(e)) if e.code == 403 => {} // RBAC not there yet
-            Err(e) => bail!("unexpected error while waiting for the policy: {e}"),
-        }
-        ensure!(
-            tokio::time::Instant::now() < deadline,
-            "the approval policy never refused alice setting {CLAIMED_AT}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    eprintln!("refusal: {}", first.message);
+    first_policy_refusal(&format!("alice setting {CLAIMED_AT}"), |n| {
+        set(
+            &alice,
+            "probe",
+            json!(format!("2026-01-01T00:00:{:02}Z", n % 60)),
+        )
+    })
+    .await?;
 
     // 1. alice may not add it, whatever the value, saying why.
     for value in ["9999-12-30T21:59:59Z", "x", ""] {
@@ -2566,6 +2548,99 @@ fn workloads(client: &Client, ns: &str, plural: &str, kind: &str) -> Api<Dynamic
     Api::namespaced_with(client.clone(), ns, &ar)
 }
 
+/// A status write as the operator makes it (server-side apply of the status subresource).
+async fn write_status(api: &Api<DynamicObject>, name: &str, kind: &str) -> Result<()> {
+    api.patch_status(
+        name,
+        &PatchParams::apply("sts-session-operator").force(),
+        &Patch::Apply(&json!({
+            "apiVersion": "stssession.dev/v1alpha1", "kind": kind,
+            "status": {"observedGeneration": 1},
+        })),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Deployment `web` in `ns`, a restart target.
+fn web_deployment(ns: &str) -> String {
+    format!(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: web, namespace: {ns}}}
+spec:
+  selector: {{matchLabels: {{app: web}}}}
+  template:
+    metadata: {{labels: {{app: web}}}}
+    spec: {{containers: [{{name: web, image: "registry.example/web:1"}}]}}
+"#
+    )
+}
+
+/// An Opaque Secret `name` with these labels and one key.
+fn labelled_secret(name: &str, labels: &[(&str, &str)]) -> Secret {
+    let mut secret = Secret::default();
+    secret.metadata.name = Some(name.to_string());
+    secret.metadata.labels = Some(
+        labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    );
+    secret.string_data = Some(BTreeMap::from([("k".to_string(), "v".to_string())]));
+    secret
+}
+
+/// A release whose `operatorPolicy` is under test: a client with the operator's real
+/// ServiceAccount token and all the RBAC the chart gives it (restart targets bound in the
+/// workload namespace `ns`); the approval policies scoped away from everything (they are not
+/// what these tests are about). Tests using it hold `EVERY_NAMESPACE` for reading: deploy/'s and
+/// default-valued releases' approval policies cover every namespace and would refuse what this
+/// operator identity (of another release) may do.
+struct Fence {
+    release_ns: String,
+    ns: String,
+    /// The release's full name (the ServiceAccount's name).
+    f: String,
+    admin: Client,
+    op: Client,
+    _cleanup: Cleanup,
+}
+
+impl Fence {
+    async fn install(cp: &ControlPlane, prefix: &str) -> Result<Fence> {
+        let release_ns = cp.new_namespace(&format!("install-{prefix}")).await?;
+        let ns = cp.new_namespace(prefix).await?;
+        let release = release_name();
+        let f = fullname(&release);
+        let values = json!({
+            "approvalPolicy": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "nowhere"}}},
+            "rbac": {"rolloutRestartTargets": {"namespaces": [ns]}},
+        });
+        let (_docs, cleanup) = install(cp, &release, &release_ns, &values).await?;
+        let token = service_account_token(cp, &release_ns, &f).await?;
+        Ok(Fence {
+            admin: cp.admin_client().await?,
+            op: cp.client_with_token(&token).await?,
+            release_ns,
+            ns,
+            f,
+            _cleanup: cleanup,
+        })
+    }
+
+    /// `e` is a refusal by the release's operator-writes policy (not by RBAC or another one).
+    fn fenced(&self, e: &kube::core::Status, what: &str) -> Result<()> {
+        let policy = format!("{}-operator-writes", self.f);
+        ensure!(
+            e.code == 403 && e.message.contains(&policy),
+            "{what}: refused, but not by {policy}: {e:?}"
+        );
+        Ok(())
+    }
+}
+
 /// The operator's real ServiceAccount token, with all the RBAC the chart gives it (restart
 /// targets bound in the test's namespace), against the chart's `operatorPolicy`: every write the
 /// operator makes passes (built with the operator's own functions: the claim patches, the
@@ -2580,73 +2655,45 @@ async fn operator_policy_fences_the_operators_own_writes() -> Result<()> {
         APPROVED_BY_ANNOTATION, OWNER_UID_LABEL, RENEW_ANNOTATION, TOKEN_CODE_ANNOTATION,
     };
     let cp = control_plane().await;
-    // deploy/'s and default-valued releases' approval policies cover every namespace, and would
-    // refuse what this operator identity (of another release) may do.
-    let _lock = EVERY_NAMESPACE.read().await;
-    let release_ns = cp.new_namespace("install-fence").await?;
-    let ns = cp.new_namespace("fence").await?;
-    let release = release_name();
-    let f = fullname(&release);
-    let policy = format!("{f}-operator-writes");
-    // The approval policy is scoped away from everything (it is not what this test is about).
-    let values = json!({
-        "approvalPolicy": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "nowhere"}}},
-        "rbac": {"rolloutRestartTargets": {"namespaces": [ns]}},
-    });
-    let (_docs, _cleanup) = install(cp, &release, &release_ns, &values).await?;
-    let admin = cp.admin_client().await?;
-    let token = service_account_token(cp, &release_ns, &f).await?;
-    let op = cp.client_with_token(&token).await?;
+    let _lock = EVERY_NAMESPACE.read().await; // (Fence)
+    let fence = Fence::install(cp, "fence").await?;
+    let (ns, admin, op) = (&fence.ns, &fence.admin, &fence.op);
     let pp = PatchParams {
         field_manager: Some("sts-session-operator".into()),
         ..Default::default()
     };
-    let fenced = |e: &kube::core::Status, what: &str| -> Result<()> {
-        ensure!(
-            e.code == 403 && e.message.contains(&policy),
-            "{what}: refused, but not by {policy}: {e:?}"
-        );
-        Ok(())
-    };
-    let secrets_op: Api<Secret> = Api::namespaced(op.clone(), &ns);
-    let secrets_admin: Api<Secret> = Api::namespaced(admin.clone(), &ns);
+    let fenced = |e: &kube::core::Status, what: &str| fence.fenced(e, what);
+    let secrets_op: Api<Secret> = Api::namespaced(op.clone(), ns);
+    let secrets_admin: Api<Secret> = Api::namespaced(admin.clone(), ns);
     let secret = |name: &str, ours: bool| -> Result<Secret> {
-        let labels = if ours {
-            json!({"app.kubernetes.io/managed-by": "sts-session-operator", OWNER_UID_LABEL: "0b4c-uid"})
+        Ok(if ours {
+            labelled_secret(
+                name,
+                &[
+                    ("app.kubernetes.io/managed-by", "sts-session-operator"),
+                    (OWNER_UID_LABEL, "0b4c-uid"),
+                ],
+            )
         } else {
-            json!({"team": "a"})
-        };
-        Ok(serde_json::from_value(json!({
-            "metadata": {"name": name, "labels": labels},
-            "stringData": {"k": "v"},
-        }))?)
+            labelled_secret(name, &[("team", "a")])
+        })
     };
 
     // Wait until the policy (and the RBAC) are in force: the operator creating an unlabelled
     // Secret is refused by the policy.
-    let deadline = tokio::time::Instant::now() + T;
-    let mut n = 0;
-    let first = loop {
-        n += 1;
-        match secrets_op
-            .create(
-                &PostParams::default(),
-                &secret(&format!("probe-{n}"), false)?,
-            )
-            .await
-        {
-            Err(kube::Error::Api(e)) if e.message.contains("ValidatingAdmissionPolicy") => break e,
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 403 => {} // RBAC not there yet
-            Err(e) => bail!("unexpected error while waiting for the policy: {e}"),
-        }
-        ensure!(
-            tokio::time::Instant::now() < deadline,
-            "the operator policy never refused an unlabelled Secret"
+    let first = first_policy_refusal("the operator creating an unlabelled Secret", |n| {
+        let (secrets, probe) = (
+            secrets_op.clone(),
+            labelled_secret(&format!("probe-{n}"), &[("team", "a")]),
         );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    eprintln!("refusal: {}", first.message);
+        async move {
+            secrets
+                .create(&PostParams::default(), &probe)
+                .await
+                .map(|_| ())
+        }
+    })
+    .await?;
     fenced(&first, "an unlabelled Secret")?;
     ensure!(
         first
@@ -2764,7 +2811,7 @@ spec:
         ("statefulsets", "StatefulSet", "db", &*"a".repeat(200)),
         ("daemonsets", "DaemonSet", "agent", "app"),
     ] {
-        let api = workloads(&op, &ns, plural, kind);
+        let api = workloads(op, ns, plural, kind);
         // The restart, exactly as the operator makes it (two of them: a second SessionToken's
         // annotation, and a long SessionToken name's hashed key).
         for st_name in ["app", long_name] {
@@ -2800,7 +2847,7 @@ spec:
         )?;
         fenced(&e, "a workload label")?;
     }
-    let deployments = workloads(&op, &ns, "deployments", "Deployment");
+    let deployments = workloads(op, ns, "deployments", "Deployment");
     for (what, patch) in [
         ("replicas", json!({"spec": {"replicas": 5}})),
         (
@@ -2821,7 +2868,7 @@ spec:
         )?;
         fenced(&e, what)?;
     }
-    let web = workloads(&admin, &ns, "deployments", "Deployment")
+    let web = workloads(admin, ns, "deployments", "Deployment")
         .get("web")
         .await?;
     let web = serde_json::to_value(&web)?;
@@ -2835,13 +2882,13 @@ spec:
     );
     // Other users are not fenced.
     let image = json!({"spec": {"template": {"spec": {"containers": [{"name": "web", "image": "registry.example/web:2"}]}}}});
-    workloads(&admin, &ns, "deployments", "Deployment")
+    workloads(admin, ns, "deployments", "Deployment")
         .patch("web", &PatchParams::default(), &Patch::Strategic(&image))
         .await
         .context("admin changing the image")?;
 
     // -- SessionTokens -----------------------------------------------------------------------
-    let admin_sts = sessiontokens(&admin, &ns);
+    let admin_sts = sessiontokens(admin, ns);
     admin_sts
         .create(
             &PostParams::default(),
@@ -2852,7 +2899,7 @@ spec:
             )?,
         )
         .await?;
-    let op_sts = sessiontokens(&op, &ns);
+    let op_sts = sessiontokens(op, ns);
     for (what, patch) in [
         ("spec", json!({"spec": {"durationSeconds": 7200}})),
         (
@@ -2896,7 +2943,7 @@ spec:
         .patch("st", &pp, &Patch::<()>::Json(patch))
         .await
         .context("the operator's claim")?;
-    let a = annotations(&admin, &ns, "st").await?;
+    let a = annotations(admin, ns, "st").await?;
     ensure!(
         !a.contains_key(TOKEN_CODE_ANNOTATION)
             && a.contains_key(CLAIMED_AT_ANNOTATION)
@@ -2925,15 +2972,7 @@ spec:
         .await
         .context("the operator claiming a renewal request")?;
     // Status: not fenced.
-    op_sts
-        .patch_status(
-            "st",
-            &PatchParams::apply("sts-session-operator").force(),
-            &Patch::Apply(&json!({
-                "apiVersion": "stssession.dev/v1alpha1", "kind": "SessionToken",
-                "status": {"observedGeneration": 1},
-            })),
-        )
+    write_status(&op_sts, "st", "SessionToken")
         .await
         .context("the operator writing status")?;
     // Nor may it create or delete one.
@@ -3032,26 +3071,13 @@ async fn patch_assumed_role(
         .map(|_| ())
 }
 
-/// Creating an AssumedRole, or changing its spec, needs the verb `use` on the SessionToken it
-/// draws on (the chart's `<release>-assumed-roles` policy asks the authorizer), with real
-/// ServiceAccount identities that all may manage AssumedRoles (`<release>-edit`): `erin` without
-/// `use`, `uma` with `<release>-use` bound in the namespace, `ada` with `use` on SessionToken `a`
-/// only. Labels and annotations alone need no `use`; the SessionToken's namespace cannot even be
-/// written down.
-#[tokio::test]
-async fn assumed_roles_need_use_on_their_session_token() -> Result<()> {
-    let cp = control_plane().await;
-    let _lock = EVERY_NAMESPACE.read().await;
-    let release_ns = cp.new_namespace("install-use").await?;
-    let ns = cp.new_namespace("use").await?;
-    let release = release_name();
-    let f = fullname(&release);
-    let values = json!({"approvalPolicy": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}}});
-    let (_docs, _cleanup) = install(cp, &release, &release_ns, &values).await?;
-    let admin = cp.admin_client().await?;
-    let (erin, erin_name) = service_account_client(cp, &ns, "erin").await?;
-    let (uma, _) = service_account_client(cp, &ns, "uma").await?;
-    let (ada, _) = service_account_client(cp, &ns, "ada").await?;
+/// For `assumed_roles_need_use_on_their_session_token`: ServiceAccounts `erin`, `uma` and `ada`
+/// of `ns`, all bound to `<release>-edit`; `uma` also to `<release>-use`, `ada` to a Role granting
+/// `use` on SessionToken `a` only. (client, user name) of each.
+async fn use_identities(cp: &ControlPlane, ns: &str, f: &str) -> Result<[(Client, String); 3]> {
+    let erin = service_account_client(cp, ns, "erin").await?;
+    let uma = service_account_client(cp, ns, "uma").await?;
+    let ada = service_account_client(cp, ns, "ada").await?;
     // The `use` grants first, the edit binding last: once it is in force, so are they.
     cp.apply_yaml(&format!(
         r#"
@@ -3083,6 +3109,22 @@ subjects:
 "#
     ))
     .await?;
+    Ok([erin, uma, ada])
+}
+
+/// Creating an AssumedRole, or changing its spec, needs the verb `use` on the SessionToken it
+/// draws on (the chart's `<release>-assumed-roles` policy asks the authorizer), with real
+/// ServiceAccount identities that all may manage AssumedRoles (`<release>-edit`): `erin` without
+/// `use`, `uma` with `<release>-use` bound in the namespace, `ada` with `use` on SessionToken `a`
+/// only. Labels and annotations alone need no `use`; the SessionToken's namespace cannot even be
+/// written down.
+#[tokio::test]
+async fn assumed_roles_need_use_on_their_session_token() -> Result<()> {
+    let cp = control_plane().await;
+    let _lock = EVERY_NAMESPACE.read().await;
+    let (_release_ns, ns, f, _cleanup) = install_guarding(cp, "use").await?;
+    let admin = cp.admin_client().await?;
+    let [(erin, erin_name), (uma, _), (ada, _)] = use_identities(cp, &ns, &f).await?;
     for name in ["a", "b"] {
         sessiontokens(&admin, &ns)
             .create(
@@ -3251,56 +3293,34 @@ async fn field_validation_keeps_the_session_token_in_the_namespace(
 #[tokio::test]
 async fn operator_policy_fences_assumed_roles_and_their_secrets() -> Result<()> {
     let cp = control_plane().await;
-    // As in operator_policy_fences_the_operators_own_writes.
-    let _lock = EVERY_NAMESPACE.read().await;
-    let release_ns = cp.new_namespace("install-fence-ar").await?;
-    let ns = cp.new_namespace("fence-ar").await?;
-    let release = release_name();
-    let f = fullname(&release);
-    let policy = format!("{f}-operator-writes");
-    let values = json!({
-        "approvalPolicy": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "nowhere"}}},
-        "rbac": {"rolloutRestartTargets": {"namespaces": [ns]}},
-    });
-    let (_docs, _cleanup) = install(cp, &release, &release_ns, &values).await?;
-    let admin = cp.admin_client().await?;
-    let op = cp
-        .client_with_token(&service_account_token(cp, &release_ns, &f).await?)
-        .await?;
-    let fenced = |e: &kube::core::Status, what: &str| -> Result<()> {
-        ensure!(
-            e.code == 403 && e.message.contains(&policy),
-            "{what}: refused, but not by {policy}: {e:?}"
-        );
-        Ok(())
-    };
+    let _lock = EVERY_NAMESPACE.read().await; // (Fence)
+    let fence = Fence::install(cp, "fence-ar").await?;
+    let (ns, op) = (&fence.ns, &fence.op);
+    let fenced = |e: &kube::core::Status, what: &str| fence.fenced(e, what);
     // -- Secrets: managed-by plus the AssumedRole's uid label is its own; managed-by alone is not.
-    let secrets: Api<Secret> = Api::namespaced(op.clone(), &ns);
-    let secret = |name: &str, uid_label: Option<&str>| -> Secret {
-        let mut labels = BTreeMap::from([(
-            "app.kubernetes.io/managed-by".to_string(),
-            "sts-session-operator".to_string(),
-        )]);
-        if let Some(key) = uid_label {
-            labels.insert(key.to_string(), "5e1f-uid".to_string());
-        }
-        let mut secret = Secret::default();
-        secret.metadata.name = Some(name.to_string());
-        secret.metadata.labels = Some(labels);
+    let secrets: Api<Secret> = Api::namespaced(op.clone(), ns);
+    const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "sts-session-operator");
+    let secret = |name: &str, labels: &[(&str, &str)]| -> Secret {
+        let mut secret = labelled_secret(name, labels);
         secret.metadata.annotations = Some(BTreeMap::from([(
             "stssession.dev/assumed-role".to_string(),
             "deployer".to_string(),
         )]));
-        secret.string_data = Some(BTreeMap::from([("k".to_string(), "v".to_string())]));
         secret
     };
     let e = first_policy_refusal("the operator creating a Secret without a uid label", |n| {
-        let (secrets, s) = (secrets.clone(), secret(&format!("probe-{n}"), None));
+        let (secrets, s) = (
+            secrets.clone(),
+            secret(&format!("probe-{n}"), &[MANAGED_BY]),
+        );
         async move { secrets.create(&PostParams::default(), &s).await.map(|_| ()) }
     })
     .await?;
     fenced(&e, "a Secret with neither uid label")?;
-    let ours = secret("role-creds", Some("stssession.dev/assumed-role-uid"));
+    let ours = secret(
+        "role-creds",
+        &[MANAGED_BY, ("stssession.dev/assumed-role-uid", "5e1f-uid")],
+    );
     secrets
         .create(&PostParams::default(), &ours)
         .await
@@ -3319,20 +3339,8 @@ async fn operator_policy_fences_assumed_roles_and_their_secrets() -> Result<()> 
         .context("the operator deleting an AssumedRole's Secret")?;
 
     // -- Restarts for an AssumedRole: its annotation is admitted, another one is not.
-    cp.apply_yaml(&format!(
-        r#"
-apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: web, namespace: {ns}}}
-spec:
-  selector: {{matchLabels: {{app: web}}}}
-  template:
-    metadata: {{labels: {{app: web}}}}
-    spec: {{containers: [{{name: web, image: "registry.example/web:1"}}]}}
-"#
-    ))
-    .await?;
-    let deployments = workloads(&op, &ns, "deployments", "Deployment");
+    cp.apply_yaml(&web_deployment(ns)).await?;
+    let deployments = workloads(op, ns, "deployments", "Deployment");
     let restart = |key: &str| json!({"spec": {"template": {"metadata": {"annotations": {"stssession.dev/restartedAt": "2026-01-01T00:00:00Z", key: "ASIAFENCEROLE"}}}}});
     deployments
         .patch(
@@ -3354,20 +3362,20 @@ spec:
         "the operator setting another template annotation",
     )?;
     fenced(&e, "another template annotation")?;
-
-    operator_writes_no_assumed_role(cp, &admin, &op, &ns, &release_ns, &f, &fenced).await
+    operator_writes_no_assumed_role(cp, &fence).await
 }
 
 /// The AssumedRole half of `operator_policy_fences_assumed_roles_and_their_secrets`.
-async fn operator_writes_no_assumed_role(
-    cp: &ControlPlane,
-    admin: &Client,
-    op: &Client,
-    ns: &str,
-    release_ns: &str,
-    f: &str,
-    fenced: &dyn Fn(&kube::core::Status, &str) -> Result<()>,
-) -> Result<()> {
+async fn operator_writes_no_assumed_role(cp: &ControlPlane, fence: &Fence) -> Result<()> {
+    let Fence {
+        release_ns,
+        ns,
+        f,
+        admin,
+        op,
+        ..
+    } = fence;
+    let fenced = |e: &kube::core::Status, what: &str| fence.fenced(e, what);
     assumedroles(admin, ns)
         .create(&PostParams::default(), &assumed_role("deployer", "app"))
         .await?;
@@ -3405,16 +3413,9 @@ async fn operator_writes_no_assumed_role(
         ensure!(e.code == 403, "{verb}: {e:?}");
     }
     // Its status: admitted.
-    ars.patch_status(
-        "deployer",
-        &PatchParams::apply("sts-session-operator").force(),
-        &Patch::Apply(&json!({
-            "apiVersion": "stssession.dev/v1alpha1", "kind": "AssumedRole",
-            "status": {"observedGeneration": 1},
-        })),
-    )
-    .await
-    .context("the operator writing an AssumedRole's status")?;
+    write_status(&ars, "deployer", "AssumedRole")
+        .await
+        .context("the operator writing an AssumedRole's status")?;
     // A mistaken binding granting it everything on AssumedRoles: the policy still refuses.
     cp.apply_yaml(&format!(
         r#"
@@ -3725,12 +3726,7 @@ async fn the_rbac_table_in_the_docs_is_what_the_api_server_enforces() -> Result<
     let cp = control_plane().await;
     // The chart's edit and approve ClusterRoles aggregate into the built-in admin and edit.
     let _lock = EVERY_NAMESPACE.write().await;
-    let release_ns = cp.new_namespace("install-table").await?;
-    let ns = cp.new_namespace("table").await?;
-    let release = release_name();
-    let f = fullname(&release);
-    let values = json!({"approvalPolicy": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}}});
-    let (_docs, _cleanup) = install(cp, &release, &release_ns, &values).await?;
+    let (release_ns, ns, f, _cleanup) = install_guarding(cp, "table").await?;
     let admin = cp.admin_client().await?;
     cp.apply_yaml(&format!(
         r#"
@@ -3783,15 +3779,8 @@ metadata:
   labels: {{app.kubernetes.io/managed-by: sts-session-operator, stssession.dev/session-token-uid: 0b4c-uid}}
 stringData: {{AWS_ACCESS_KEY_ID: ASIAEXAMPLE}}
 ---
-apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: web, namespace: {ns}}}
-spec:
-  selector: {{matchLabels: {{app: web}}}}
-  template:
-    metadata: {{labels: {{app: web}}}}
-    spec: {{containers: [{{name: web, image: "registry.example/web:1"}}]}}
-"#
+{web}"#,
+        web = web_deployment(&ns)
     ))
     .await?;
     assumed_role_table_setup(cp, &ns, &release_ns, &f).await?;
