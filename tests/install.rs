@@ -192,8 +192,8 @@ fn ids(docs: &[Value]) -> BTreeSet<(String, String, String)> {
 }
 
 /// What every install renders besides the operator's own RBAC: the leader-election Role, the
-/// approver, editor, restart-target and metrics roles, the Service, Deployment, PDB and the two
-/// admission policies with their bindings.
+/// approver, editor, use, restart-target and metrics roles, the Service, Deployment, PDB and the
+/// three admission policies with their bindings.
 fn chart_objects_everywhere(ns: &str, f: &str) -> Vec<(String, String, String)> {
     let named = |suffix: &str| format!("{f}-{suffix}");
     vec![
@@ -207,6 +207,13 @@ fn chart_objects_everywhere(ns: &str, f: &str) -> Vec<(String, String, String)> 
         id("ValidatingAdmissionPolicyBinding", "", &named("approvals")),
         id("ClusterRole", "", &named("restart-targets")),
         id("ClusterRole", "", &named("edit")),
+        id("ClusterRole", "", &named("use")),
+        id("ValidatingAdmissionPolicy", "", &named("assumed-roles")),
+        id(
+            "ValidatingAdmissionPolicyBinding",
+            "",
+            &named("assumed-roles"),
+        ),
         id("ClusterRole", "", &named("metrics-auth")),
         id("ClusterRoleBinding", "", &named("metrics-auth")),
         id("ClusterRole", "", &named("metrics-reader")),
@@ -346,6 +353,21 @@ async fn install(
         .await
         .context("server-side apply of the rendered chart")?;
     Ok((docs, cleanup))
+}
+
+/// A fresh release in namespace `install-<prefix>` whose approval policies (approvals and
+/// AssumedRoles) cover only a new test namespace `<prefix>` (they are cluster-scoped; other tests
+/// share the API server): (release namespace, test namespace, full name, cleanup).
+async fn install_guarding(
+    cp: &ControlPlane,
+    prefix: &str,
+) -> Result<(String, String, String, Cleanup)> {
+    let release_ns = cp.new_namespace(&format!("install-{prefix}")).await?;
+    let ns = cp.new_namespace(prefix).await?;
+    let release = release_name();
+    let values = json!({"approvalPolicy": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}}});
+    let (_docs, cleanup) = install(cp, &release, &release_ns, &values).await?;
+    Ok((release_ns, ns, fullname(&release), cleanup))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -663,12 +685,17 @@ async fn chart_with_default_values_applies_to_the_api_server() -> Result<()> {
     )?;
     assert!(find(&no_restart, "ClusterRole", &format!("{f}-restart-targets")).is_err());
 
-    // Approvers: `approve` + get/list/watch/patch, aggregated into "admin" (not "edit") by default.
+    // Approvers: `approve` + get/list/watch/patch, and reading AssumedRoles (which draw on the
+    // session they approve), aggregated into "admin" (not "edit") by default.
     let approve = find(&docs, "ClusterRole", &format!("{f}-approve"))?;
     assert_eq!(
         approve["rules"],
-        json!([{"apiGroups": ["stssession.dev"], "resources": ["sessiontokens"], "verbs": ["approve", "get", "list", "watch", "patch"]}])
+        json!([
+            {"apiGroups": ["stssession.dev"], "resources": ["sessiontokens"], "verbs": ["approve", "get", "list", "watch", "patch"]},
+            {"apiGroups": ["stssession.dev"], "resources": ["assumedroles"], "verbs": ["get", "list", "watch"]},
+        ])
     );
+    assert_use_and_edit_roles(&docs, &f)?;
     assert_eq!(
         approve["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-admin"],
         "true"
@@ -992,6 +1019,7 @@ async fn chart_without_approval_policy_applies() -> Result<()> {
         id("ClusterRole", "", &format!("{f}-approve")),
         id("ClusterRole", "", &format!("{f}-restart-targets")),
         id("ClusterRole", "", &format!("{f}-edit")),
+        id("ClusterRole", "", &format!("{f}-use")),
         id("ClusterRole", "", &format!("{f}-metrics-auth")),
         id("ClusterRoleBinding", "", &format!("{f}-metrics-auth")),
         id("ClusterRole", "", &format!("{f}-metrics-reader")),
@@ -1112,18 +1140,27 @@ async fn kubectl_apply_k_deploy_installs_everything() -> Result<()> {
     ] {
         ensure!(kinds.contains(k), "deploy/ has no {k}: {kinds:?}");
     }
-    let crd = docs
+    let crds: BTreeSet<&str> = docs
         .iter()
-        .find(|d| s(d, "/kind") == "CustomResourceDefinition")
-        .unwrap();
-    assert_eq!(s(crd, "/metadata/name"), "sessiontokens.stssession.dev");
-    // Applying a stale CRD would change it under the tests that share this API server.
-    let source = std::fs::read(root().join("crds/stssession.dev_sessiontokens.yaml"))?;
-    let copy = std::fs::read(deploy.join("crd-stssession.dev_sessiontokens.yaml"))?;
-    ensure!(
-        source == copy,
-        "deploy/'s CRD differs from crds/: not applying it; run bash hack/generate-deploy.sh"
+        .filter(|d| s(d, "/kind") == "CustomResourceDefinition")
+        .map(|d| s(d, "/metadata/name"))
+        .collect();
+    assert_eq!(
+        crds,
+        BTreeSet::from([
+            "assumedroles.stssession.dev",
+            "sessiontokens.stssession.dev"
+        ])
     );
+    // Applying a stale CRD would change it under the tests that share this API server.
+    for plural in ["sessiontokens", "assumedroles"] {
+        let source = std::fs::read(root().join(format!("crds/stssession.dev_{plural}.yaml")))?;
+        let copy = std::fs::read(deploy.join(format!("crd-stssession.dev_{plural}.yaml")))?;
+        ensure!(
+            source == copy,
+            "deploy/'s {plural} CRD differs from crds/: not applying it; run bash hack/generate-deploy.sh"
+        );
+    }
 
     // Delete afterwards what this test created, except the CRD (the other tests' SessionTokens
     // live in it) and whatever existed before.
@@ -1338,15 +1375,40 @@ async fn http_get_auth(port: u16, path: &str, token: Option<&str>) -> Result<Str
     Ok(format!("{status}\n{body}"))
 }
 
-fn sessiontokens(client: &Client, ns: &str) -> Api<DynamicObject> {
-    let ar = kube::api::ApiResource {
+/// A kind of the stssession.dev/v1alpha1 group.
+fn stssession_resource(kind: &str, plural: &str) -> kube::api::ApiResource {
+    kube::api::ApiResource {
         group: "stssession.dev".into(),
         version: "v1alpha1".into(),
         api_version: "stssession.dev/v1alpha1".into(),
-        kind: "SessionToken".into(),
-        plural: "sessiontokens".into(),
-    };
-    Api::namespaced_with(client.clone(), ns, &ar)
+        kind: kind.into(),
+        plural: plural.into(),
+    }
+}
+
+fn sessiontokens(client: &Client, ns: &str) -> Api<DynamicObject> {
+    Api::namespaced_with(
+        client.clone(),
+        ns,
+        &stssession_resource("SessionToken", "sessiontokens"),
+    )
+}
+
+fn assumedroles(client: &Client, ns: &str) -> Api<DynamicObject> {
+    Api::namespaced_with(
+        client.clone(),
+        ns,
+        &stssession_resource("AssumedRole", "assumedroles"),
+    )
+}
+
+const ROLE_ARN: &str = "arn:aws:iam::123456789012:role/deployer";
+
+/// An AssumedRole drawing on SessionToken `session_token` (of its own namespace).
+fn assumed_role(name: &str, session_token: &str) -> DynamicObject {
+    DynamicObject::new(name, &stssession_resource("AssumedRole", "assumedroles")).data(json!({
+        "spec": {"sessionTokenRef": {"name": session_token}, "roleArn": ROLE_ARN},
+    }))
 }
 
 fn session_token(name: &str, mfa: bool, annotations: Value) -> Result<DynamicObject> {
@@ -1963,14 +2025,7 @@ async fn annotations(client: &Client, ns: &str, name: &str) -> Result<BTreeMap<S
 async fn approval_policy_admits_only_approvers_naming_themselves() -> Result<()> {
     let cp = control_plane().await;
     let _lock = EVERY_NAMESPACE.read().await;
-    let release_ns = cp.new_namespace("install-approvals").await?;
-    let ns = cp.new_namespace("approvals").await?;
-    let release = release_name();
-    let f = fullname(&release);
-    // The policy covers the test's namespace only (it is cluster-scoped; other tests share the
-    // API server).
-    let values = json!({"approvalPolicy": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}}});
-    let (_docs, _cleanup) = install(cp, &release, &release_ns, &values).await?;
+    let (release_ns, ns, f, _cleanup) = install_guarding(cp, "approvals").await?;
     let admin = cp.admin_client().await?;
 
     // alice: the chart's approver ClusterRole, in this namespace. bob: an editor (get/list/patch/
@@ -2023,23 +2078,12 @@ subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: bob}}]
 
     // Policies and RBAC reach the API server's caches asynchronously: wait until the policy
     // refuses alice naming bob (each try with a new code, since an unchanged code is no approval).
-    let deadline = tokio::time::Instant::now() + T;
-    let mut code = 100_000;
-    let first = loop {
-        code += 1;
-        match annotate(&alice, &ns, "probe", &code.to_string(), "bob").await {
-            Err(kube::Error::Api(e)) if e.message.contains("ValidatingAdmissionPolicy") => break e,
-            Ok(()) => {}
-            Err(kube::Error::Api(e)) if e.code == 403 => {} // RBAC not there yet
-            Err(e) => bail!("unexpected error while waiting for the policy: {e}"),
-        }
-        ensure!(
-            tokio::time::Instant::now() < deadline,
-            "the approval policy never refused alice naming bob"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    eprintln!("refusal: {}", first.message);
+    first_policy_refusal("alice naming bob", |n| {
+        let alice = alice.clone();
+        let ns = ns.clone();
+        async move { annotate(&alice, &ns, "probe", &(100_000 + n).to_string(), "bob").await }
+    })
+    .await?;
 
     // 1. alice, naming herself: admitted.
     annotate(&alice, &ns, "alice-ok", "123456", "alice")
@@ -2327,13 +2371,8 @@ async fn approval_policy_lets_only_the_operator_mark_a_claim() -> Result<()> {
     const CLAIMED_AT: &str = "stssession.dev/token-code-claimed-at";
     let cp = control_plane().await;
     let _lock = EVERY_NAMESPACE.read().await;
-    let release_ns = cp.new_namespace("install-claims").await?;
-    let ns = cp.new_namespace("claims").await?;
-    let release = release_name();
-    let f = fullname(&release);
+    let (release_ns, ns, f, _cleanup) = install_guarding(cp, "claims").await?;
     let operator_user = format!("system:serviceaccount:{release_ns}:{f}");
-    let values = json!({"approvalPolicy": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}}});
-    let (_docs, _cleanup) = install(cp, &release, &release_ns, &values).await?;
     let admin = cp.admin_client().await?;
 
     // alice may do anything to SessionTokens here, approve included.
@@ -2376,24 +2415,14 @@ subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: alice}}]
     };
 
     // Wait until the policy is in force (each try a new value: an unchanged one is no mark).
-    let deadline = tokio::time::Instant::now() + T;
-    let mut second = 0;
-    let first = loop {
-        second += 1;
-        let value = format!("2026-01-01T00:00:{:02}Z", second % 60);
-        match set(&alice, "probe", json!(value)).await {
-            Err(kube::Error::Api(e)) if e.message.contains("ValidatingAdmissionPolicy") => break e,
-            Ok(()) => {}
-            Err(kube::Error::Api(e)) if e.code == 403 => {} // RBAC not there yet
-            Err(e) => bail!("unexpected error while waiting for the policy: {e}"),
-        }
-        ensure!(
-            tokio::time::Instant::now() < deadline,
-            "the approval policy never refused alice setting {CLAIMED_AT}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    eprintln!("refusal: {}", first.message);
+    first_policy_refusal(&format!("alice setting {CLAIMED_AT}"), |n| {
+        set(
+            &alice,
+            "probe",
+            json!(format!("2026-01-01T00:00:{:02}Z", n % 60)),
+        )
+    })
+    .await?;
 
     // 1. alice may not add it, whatever the value, saying why.
     for value in ["9999-12-30T21:59:59Z", "x", ""] {
@@ -2519,6 +2548,99 @@ fn workloads(client: &Client, ns: &str, plural: &str, kind: &str) -> Api<Dynamic
     Api::namespaced_with(client.clone(), ns, &ar)
 }
 
+/// A status write as the operator makes it (server-side apply of the status subresource).
+async fn write_status(api: &Api<DynamicObject>, name: &str, kind: &str) -> Result<()> {
+    api.patch_status(
+        name,
+        &PatchParams::apply("sts-session-operator").force(),
+        &Patch::Apply(&json!({
+            "apiVersion": "stssession.dev/v1alpha1", "kind": kind,
+            "status": {"observedGeneration": 1},
+        })),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Deployment `web` in `ns`, a restart target.
+fn web_deployment(ns: &str) -> String {
+    format!(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: web, namespace: {ns}}}
+spec:
+  selector: {{matchLabels: {{app: web}}}}
+  template:
+    metadata: {{labels: {{app: web}}}}
+    spec: {{containers: [{{name: web, image: "registry.example/web:1"}}]}}
+"#
+    )
+}
+
+/// An Opaque Secret `name` with these labels and one key.
+fn labelled_secret(name: &str, labels: &[(&str, &str)]) -> Secret {
+    let mut secret = Secret::default();
+    secret.metadata.name = Some(name.to_string());
+    secret.metadata.labels = Some(
+        labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    );
+    secret.string_data = Some(BTreeMap::from([("k".to_string(), "v".to_string())]));
+    secret
+}
+
+/// A release whose `operatorPolicy` is under test: a client with the operator's real
+/// ServiceAccount token and all the RBAC the chart gives it (restart targets bound in the
+/// workload namespace `ns`); the approval policies scoped away from everything (they are not
+/// what these tests are about). Tests using it hold `EVERY_NAMESPACE` for reading: deploy/'s and
+/// default-valued releases' approval policies cover every namespace and would refuse what this
+/// operator identity (of another release) may do.
+struct Fence {
+    release_ns: String,
+    ns: String,
+    /// The release's full name (the ServiceAccount's name).
+    f: String,
+    admin: Client,
+    op: Client,
+    _cleanup: Cleanup,
+}
+
+impl Fence {
+    async fn install(cp: &ControlPlane, prefix: &str) -> Result<Fence> {
+        let release_ns = cp.new_namespace(&format!("install-{prefix}")).await?;
+        let ns = cp.new_namespace(prefix).await?;
+        let release = release_name();
+        let f = fullname(&release);
+        let values = json!({
+            "approvalPolicy": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "nowhere"}}},
+            "rbac": {"rolloutRestartTargets": {"namespaces": [ns]}},
+        });
+        let (_docs, cleanup) = install(cp, &release, &release_ns, &values).await?;
+        let token = service_account_token(cp, &release_ns, &f).await?;
+        Ok(Fence {
+            admin: cp.admin_client().await?,
+            op: cp.client_with_token(&token).await?,
+            release_ns,
+            ns,
+            f,
+            _cleanup: cleanup,
+        })
+    }
+
+    /// `e` is a refusal by the release's operator-writes policy (not by RBAC or another one).
+    fn fenced(&self, e: &kube::core::Status, what: &str) -> Result<()> {
+        let policy = format!("{}-operator-writes", self.f);
+        ensure!(
+            e.code == 403 && e.message.contains(&policy),
+            "{what}: refused, but not by {policy}: {e:?}"
+        );
+        Ok(())
+    }
+}
+
 /// The operator's real ServiceAccount token, with all the RBAC the chart gives it (restart
 /// targets bound in the test's namespace), against the chart's `operatorPolicy`: every write the
 /// operator makes passes (built with the operator's own functions: the claim patches, the
@@ -2533,70 +2655,45 @@ async fn operator_policy_fences_the_operators_own_writes() -> Result<()> {
         APPROVED_BY_ANNOTATION, OWNER_UID_LABEL, RENEW_ANNOTATION, TOKEN_CODE_ANNOTATION,
     };
     let cp = control_plane().await;
-    let release_ns = cp.new_namespace("install-fence").await?;
-    let ns = cp.new_namespace("fence").await?;
-    let release = release_name();
-    let f = fullname(&release);
-    let policy = format!("{f}-operator-writes");
-    // The approval policy is scoped away from everything (it is not what this test is about).
-    let values = json!({
-        "approvalPolicy": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "nowhere"}}},
-        "rbac": {"rolloutRestartTargets": {"namespaces": [ns]}},
-    });
-    let (_docs, _cleanup) = install(cp, &release, &release_ns, &values).await?;
-    let admin = cp.admin_client().await?;
-    let token = service_account_token(cp, &release_ns, &f).await?;
-    let op = cp.client_with_token(&token).await?;
+    let _lock = EVERY_NAMESPACE.read().await; // (Fence)
+    let fence = Fence::install(cp, "fence").await?;
+    let (ns, admin, op) = (&fence.ns, &fence.admin, &fence.op);
     let pp = PatchParams {
         field_manager: Some("sts-session-operator".into()),
         ..Default::default()
     };
-    let fenced = |e: &kube::core::Status, what: &str| -> Result<()> {
-        ensure!(
-            e.code == 403 && e.message.contains(&policy),
-            "{what}: refused, but not by {policy}: {e:?}"
-        );
-        Ok(())
-    };
-    let secrets_op: Api<Secret> = Api::namespaced(op.clone(), &ns);
-    let secrets_admin: Api<Secret> = Api::namespaced(admin.clone(), &ns);
+    let fenced = |e: &kube::core::Status, what: &str| fence.fenced(e, what);
+    let secrets_op: Api<Secret> = Api::namespaced(op.clone(), ns);
+    let secrets_admin: Api<Secret> = Api::namespaced(admin.clone(), ns);
     let secret = |name: &str, ours: bool| -> Result<Secret> {
-        let labels = if ours {
-            json!({"app.kubernetes.io/managed-by": "sts-session-operator", OWNER_UID_LABEL: "0b4c-uid"})
+        Ok(if ours {
+            labelled_secret(
+                name,
+                &[
+                    ("app.kubernetes.io/managed-by", "sts-session-operator"),
+                    (OWNER_UID_LABEL, "0b4c-uid"),
+                ],
+            )
         } else {
-            json!({"team": "a"})
-        };
-        Ok(serde_json::from_value(json!({
-            "metadata": {"name": name, "labels": labels},
-            "stringData": {"k": "v"},
-        }))?)
+            labelled_secret(name, &[("team", "a")])
+        })
     };
 
     // Wait until the policy (and the RBAC) are in force: the operator creating an unlabelled
     // Secret is refused by the policy.
-    let deadline = tokio::time::Instant::now() + T;
-    let mut n = 0;
-    let first = loop {
-        n += 1;
-        match secrets_op
-            .create(
-                &PostParams::default(),
-                &secret(&format!("probe-{n}"), false)?,
-            )
-            .await
-        {
-            Err(kube::Error::Api(e)) if e.message.contains("ValidatingAdmissionPolicy") => break e,
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 403 => {} // RBAC not there yet
-            Err(e) => bail!("unexpected error while waiting for the policy: {e}"),
-        }
-        ensure!(
-            tokio::time::Instant::now() < deadline,
-            "the operator policy never refused an unlabelled Secret"
+    let first = first_policy_refusal("the operator creating an unlabelled Secret", |n| {
+        let (secrets, probe) = (
+            secrets_op.clone(),
+            labelled_secret(&format!("probe-{n}"), &[("team", "a")]),
         );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    eprintln!("refusal: {}", first.message);
+        async move {
+            secrets
+                .create(&PostParams::default(), &probe)
+                .await
+                .map(|_| ())
+        }
+    })
+    .await?;
     fenced(&first, "an unlabelled Secret")?;
     ensure!(
         first
@@ -2714,7 +2811,7 @@ spec:
         ("statefulsets", "StatefulSet", "db", &*"a".repeat(200)),
         ("daemonsets", "DaemonSet", "agent", "app"),
     ] {
-        let api = workloads(&op, &ns, plural, kind);
+        let api = workloads(op, ns, plural, kind);
         // The restart, exactly as the operator makes it (two of them: a second SessionToken's
         // annotation, and a long SessionToken name's hashed key).
         for st_name in ["app", long_name] {
@@ -2750,7 +2847,7 @@ spec:
         )?;
         fenced(&e, "a workload label")?;
     }
-    let deployments = workloads(&op, &ns, "deployments", "Deployment");
+    let deployments = workloads(op, ns, "deployments", "Deployment");
     for (what, patch) in [
         ("replicas", json!({"spec": {"replicas": 5}})),
         (
@@ -2771,7 +2868,7 @@ spec:
         )?;
         fenced(&e, what)?;
     }
-    let web = workloads(&admin, &ns, "deployments", "Deployment")
+    let web = workloads(admin, ns, "deployments", "Deployment")
         .get("web")
         .await?;
     let web = serde_json::to_value(&web)?;
@@ -2785,13 +2882,13 @@ spec:
     );
     // Other users are not fenced.
     let image = json!({"spec": {"template": {"spec": {"containers": [{"name": "web", "image": "registry.example/web:2"}]}}}});
-    workloads(&admin, &ns, "deployments", "Deployment")
+    workloads(admin, ns, "deployments", "Deployment")
         .patch("web", &PatchParams::default(), &Patch::Strategic(&image))
         .await
         .context("admin changing the image")?;
 
     // -- SessionTokens -----------------------------------------------------------------------
-    let admin_sts = sessiontokens(&admin, &ns);
+    let admin_sts = sessiontokens(admin, ns);
     admin_sts
         .create(
             &PostParams::default(),
@@ -2802,7 +2899,7 @@ spec:
             )?,
         )
         .await?;
-    let op_sts = sessiontokens(&op, &ns);
+    let op_sts = sessiontokens(op, ns);
     for (what, patch) in [
         ("spec", json!({"spec": {"durationSeconds": 7200}})),
         (
@@ -2846,7 +2943,7 @@ spec:
         .patch("st", &pp, &Patch::<()>::Json(patch))
         .await
         .context("the operator's claim")?;
-    let a = annotations(&admin, &ns, "st").await?;
+    let a = annotations(admin, ns, "st").await?;
     ensure!(
         !a.contains_key(TOKEN_CODE_ANNOTATION)
             && a.contains_key(CLAIMED_AT_ANNOTATION)
@@ -2875,15 +2972,7 @@ spec:
         .await
         .context("the operator claiming a renewal request")?;
     // Status: not fenced.
-    op_sts
-        .patch_status(
-            "st",
-            &PatchParams::apply("sts-session-operator").force(),
-            &Patch::Apply(&json!({
-                "apiVersion": "stssession.dev/v1alpha1", "kind": "SessionToken",
-                "status": {"observedGeneration": 1},
-            })),
-        )
+    write_status(&op_sts, "st", "SessionToken")
         .await
         .context("the operator writing status")?;
     // Nor may it create or delete one.
@@ -2892,6 +2981,480 @@ spec:
         "the operator deleting a SessionToken",
     )?;
     ensure!(e.code == 403, "{e:?}"); // RBAC: it has no delete
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// AssumedRoles: `use` is a permission, and the operator only reads them.
+
+/// `<release>-use` grants `use` (and `get`) on SessionTokens and aggregates into admin, not edit;
+/// `<release>-edit` manages AssumedRoles too.
+fn assert_use_and_edit_roles(docs: &[Value], f: &str) -> Result<()> {
+    let use_role = find(docs, "ClusterRole", &format!("{f}-use"))?;
+    ensure!(
+        use_role["rules"]
+            == json!([{"apiGroups": ["stssession.dev"], "resources": ["sessiontokens"], "verbs": ["use", "get"]}]),
+        "{use_role}"
+    );
+    let labels = &use_role["metadata"]["labels"];
+    ensure!(
+        labels["rbac.authorization.k8s.io/aggregate-to-admin"] == "true"
+            && labels
+                .get("rbac.authorization.k8s.io/aggregate-to-edit")
+                .is_none(),
+        "the use role aggregates into admin only: {labels}"
+    );
+    let edit = find(docs, "ClusterRole", &format!("{f}-edit"))?;
+    ensure!(
+        edit["rules"][0]["resources"] == json!(["sessiontokens", "assumedroles"])
+            && !edit.to_string().contains("\"use\""),
+        "{edit}"
+    );
+    Ok(())
+}
+
+/// Repeats `attempt` (given 1, 2, ...) until the API server refuses it through a
+/// ValidatingAdmissionPolicy, and returns that refusal: policies and RBAC reach its caches
+/// asynchronously (until then an attempt may be admitted, or refused by RBAC).
+async fn first_policy_refusal<F, Fut>(what: &str, mut attempt: F) -> Result<kube::core::Status>
+where
+    F: FnMut(u32) -> Fut,
+    Fut: std::future::Future<Output = Result<(), kube::Error>>,
+{
+    let deadline = tokio::time::Instant::now() + T;
+    for n in 1.. {
+        match attempt(n).await {
+            Err(kube::Error::Api(e)) if e.message.contains("ValidatingAdmissionPolicy") => {
+                eprintln!("refusal: {}", e.message);
+                return Ok(*e);
+            }
+            Ok(()) => {}
+            Err(kube::Error::Api(e)) if e.code == 403 => {} // RBAC not there yet
+            Err(e) => bail!("unexpected error while waiting for the policy ({what}): {e}"),
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "no policy ever refused {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    bail!("{what}: out of attempts")
+}
+
+/// A client of ServiceAccount `ns/name` (created here), with its real token, and its user name.
+async fn service_account_client(
+    cp: &ControlPlane,
+    ns: &str,
+    name: &str,
+) -> Result<(Client, String)> {
+    let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": name}}))?;
+    Api::<ServiceAccount>::namespaced(cp.admin_client().await?, ns)
+        .create(&PostParams::default(), &sa)
+        .await?;
+    let token = service_account_token(cp, ns, name).await?;
+    Ok((
+        cp.client_with_token(&token).await?,
+        format!("system:serviceaccount:{ns}:{name}"),
+    ))
+}
+
+/// A merge patch of an AssumedRole, the outcome only.
+async fn patch_assumed_role(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    patch: Value,
+) -> Result<(), kube::Error> {
+    assumedroles(client, ns)
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map(|_| ())
+}
+
+/// For `assumed_roles_need_use_on_their_session_token`: ServiceAccounts `erin`, `uma` and `ada`
+/// of `ns`, all bound to `<release>-edit`; `uma` also to `<release>-use`, `ada` to a Role granting
+/// `use` on SessionToken `a` only. (client, user name) of each.
+async fn use_identities(cp: &ControlPlane, ns: &str, f: &str) -> Result<[(Client, String); 3]> {
+    let erin = service_account_client(cp, ns, "erin").await?;
+    let uma = service_account_client(cp, ns, "uma").await?;
+    let ada = service_account_client(cp, ns, "ada").await?;
+    // The `use` grants first, the edit binding last: once it is in force, so are they.
+    cp.apply_yaml(&format!(
+        r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: uma-uses, namespace: {ns}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: {f}-use}}
+subjects: [{{kind: ServiceAccount, name: uma, namespace: {ns}}}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{name: use-a, namespace: {ns}}}
+rules: [{{apiGroups: [stssession.dev], resources: [sessiontokens], resourceNames: [a], verbs: [use]}}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: ada-uses-a, namespace: {ns}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: use-a}}
+subjects: [{{kind: ServiceAccount, name: ada, namespace: {ns}}}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: editors, namespace: {ns}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: {f}-edit}}
+subjects:
+  - {{kind: ServiceAccount, name: erin, namespace: {ns}}}
+  - {{kind: ServiceAccount, name: uma, namespace: {ns}}}
+  - {{kind: ServiceAccount, name: ada, namespace: {ns}}}
+"#
+    ))
+    .await?;
+    Ok([erin, uma, ada])
+}
+
+/// Creating an AssumedRole, or changing its spec, needs the verb `use` on the SessionToken it
+/// draws on (the chart's `<release>-assumed-roles` policy asks the authorizer), with real
+/// ServiceAccount identities that all may manage AssumedRoles (`<release>-edit`): `erin` without
+/// `use`, `uma` with `<release>-use` bound in the namespace, `ada` with `use` on SessionToken `a`
+/// only. Labels and annotations alone need no `use`; the SessionToken's namespace cannot even be
+/// written down.
+#[tokio::test]
+async fn assumed_roles_need_use_on_their_session_token() -> Result<()> {
+    let cp = control_plane().await;
+    let _lock = EVERY_NAMESPACE.read().await;
+    let (_release_ns, ns, f, _cleanup) = install_guarding(cp, "use").await?;
+    let admin = cp.admin_client().await?;
+    let [(erin, erin_name), (uma, _), (ada, _)] = use_identities(cp, &ns, &f).await?;
+    for name in ["a", "b"] {
+        sessiontokens(&admin, &ns)
+            .create(
+                &PostParams::default(),
+                &session_token(name, true, json!({}))?,
+            )
+            .await?;
+    }
+
+    // erin (no `use`) creating an AssumedRole on `a`: refused, saying why.
+    let e = first_policy_refusal("erin creating an AssumedRole", |n| {
+        let api = assumedroles(&erin, &ns);
+        async move {
+            api.create(
+                &PostParams::default(),
+                &assumed_role(&format!("erin-{n}"), "a"),
+            )
+            .await
+            .map(|_| ())
+        }
+    })
+    .await?;
+    ensure!(
+        e.code == 403 && e.message.contains(&format!("{f}-assumed-roles")),
+        "{e:?}"
+    );
+    ensure!(
+        e.message.contains(&format!(r#"user "{erin_name}" may not use SessionToken {ns}/a for AssumedRole {ns}/erin-"#))
+            && e.message.contains(&format!(r#"creating an AssumedRole needs the verb "use" on that SessionToken (sessiontokens.stssession.dev; ClusterRole {f}-use)"#)),
+        "{}",
+        e.message
+    );
+
+    // uma (`<release>-use` in the namespace) and ada (`use` on `a`) may.
+    for (client, name, on) in [
+        (&uma, "by-uma", "a"),
+        (&uma, "uma-on-b", "b"),
+        (&ada, "by-ada", "a"),
+    ] {
+        assumedroles(client, &ns)
+            .create(&PostParams::default(), &assumed_role(name, on))
+            .await
+            .with_context(|| format!("{name}: creating an AssumedRole on {on} with `use`"))?;
+    }
+    // ada may change the role of hers (still on `a`), but not draw on `b`: neither a new
+    // AssumedRole nor hers re-pointed.
+    patch_assumed_role(
+        &ada,
+        &ns,
+        "by-ada",
+        json!({"spec": {"roleArn": "arn:aws:iam::123456789012:role/reader"}}),
+    )
+    .await
+    .context("ada changing the role of an AssumedRole on a")?;
+    let e = refused(
+        assumedroles(&ada, &ns)
+            .create(&PostParams::default(), &assumed_role("ada-on-b", "b"))
+            .await
+            .map(|_| ()),
+        "ada creating an AssumedRole on b",
+    )?;
+    ensure!(
+        e.message.contains(&format!(
+            "SessionToken {ns}/b for AssumedRole {ns}/ada-on-b"
+        )),
+        "{}",
+        e.message
+    );
+    let e = refused(
+        patch_assumed_role(
+            &ada,
+            &ns,
+            "by-ada",
+            json!({"spec": {"sessionTokenRef": {"name": "b"}}}),
+        )
+        .await,
+        "ada re-pointing her AssumedRole at b",
+    )?;
+    ensure!(
+        e.message.contains(&format!("SessionToken {ns}/b for AssumedRole {ns}/by-ada: changing the spec of an AssumedRole needs the verb \"use\"")),
+        "{}",
+        e.message
+    );
+    let by_ada = serde_json::to_value(assumedroles(&admin, &ns).get("by-ada").await?)?;
+    ensure!(
+        by_ada["spec"]["sessionTokenRef"] == json!({"name": "a"}),
+        "{by_ada}"
+    );
+
+    // erin may label and annotate uma's AssumedRole, but not change its spec.
+    patch_assumed_role(
+        &erin,
+        &ns,
+        "by-uma",
+        json!({"metadata": {"labels": {"team": "a"}, "annotations": {"note": "x"}}}),
+    )
+    .await
+    .context("erin (no `use`) labelling an AssumedRole")?;
+    for (what, spec) in [
+        (
+            "its role",
+            json!({"roleArn": "arn:aws:iam::123456789012:role/admin"}),
+        ),
+        (
+            "its SessionToken",
+            json!({"sessionTokenRef": {"name": "b"}}),
+        ),
+    ] {
+        let e = refused(
+            patch_assumed_role(&erin, &ns, "by-uma", json!({"spec": spec})).await,
+            &format!("erin changing {what}"),
+        )?;
+        ensure!(
+            e.code == 403 && e.message.contains("changing the spec of an AssumedRole"),
+            "{what}: {}",
+            e.message
+        );
+    }
+    field_validation_keeps_the_session_token_in_the_namespace(&admin, &ns).await
+}
+
+/// `spec.sessionTokenRef.namespace` does not exist: refused with field validation Strict, and
+/// dropped (the API server stores none) by default.
+async fn field_validation_keeps_the_session_token_in_the_namespace(
+    admin: &Client,
+    ns: &str,
+) -> Result<()> {
+    let body = |name: &str| -> Result<Vec<u8>> {
+        Ok(serde_json::to_vec(&json!({
+            "apiVersion": "stssession.dev/v1alpha1", "kind": "AssumedRole",
+            "metadata": {"name": name},
+            "spec": {"sessionTokenRef": {"name": "a", "namespace": "kube-system"}, "roleArn": ROLE_ARN},
+        }))?)
+    };
+    let url = format!("/apis/stssession.dev/v1alpha1/namespaces/{ns}/assumedroles");
+    let request = hyper::Request::post(format!("{url}?fieldValidation=Strict"))
+        .header("content-type", "application/json")
+        .body(body("strict")?)?;
+    match admin.request::<Value>(request).await {
+        Err(kube::Error::Api(e)) => ensure!(
+            e.message
+                .contains(r#"unknown field "spec.sessionTokenRef.namespace""#),
+            "{e:?}"
+        ),
+        other => bail!("a sessionTokenRef.namespace with fieldValidation=Strict: {other:?}"),
+    }
+    let request = hyper::Request::post(url)
+        .header("content-type", "application/json")
+        .body(body("lenient")?)?;
+    let stored: Value = admin
+        .request(request)
+        .await
+        .context("the default field validation")?;
+    ensure!(
+        stored["spec"]["sessionTokenRef"] == json!({"name": "a"}),
+        "stored: {stored}"
+    );
+    Ok(())
+}
+
+/// The operator's ServiceAccount against `operatorPolicy`, for AssumedRoles: it writes Secrets
+/// labelled with an AssumedRole's uid (not with neither uid label), restarts workloads with the
+/// `assumedrole.stssession.dev/` annotation, writes AssumedRoles' status, and cannot create,
+/// change or delete an AssumedRole: not with the chart's RBAC, and not even with a mistaken
+/// binding granting it all verbs on them (the policy refuses).
+#[tokio::test]
+async fn operator_policy_fences_assumed_roles_and_their_secrets() -> Result<()> {
+    let cp = control_plane().await;
+    let _lock = EVERY_NAMESPACE.read().await; // (Fence)
+    let fence = Fence::install(cp, "fence-ar").await?;
+    let (ns, op) = (&fence.ns, &fence.op);
+    let fenced = |e: &kube::core::Status, what: &str| fence.fenced(e, what);
+    // -- Secrets: managed-by plus the AssumedRole's uid label is its own; managed-by alone is not.
+    let secrets: Api<Secret> = Api::namespaced(op.clone(), ns);
+    const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "sts-session-operator");
+    let secret = |name: &str, labels: &[(&str, &str)]| -> Secret {
+        let mut secret = labelled_secret(name, labels);
+        secret.metadata.annotations = Some(BTreeMap::from([(
+            "stssession.dev/assumed-role".to_string(),
+            "deployer".to_string(),
+        )]));
+        secret
+    };
+    let e = first_policy_refusal("the operator creating a Secret without a uid label", |n| {
+        let (secrets, s) = (
+            secrets.clone(),
+            secret(&format!("probe-{n}"), &[MANAGED_BY]),
+        );
+        async move { secrets.create(&PostParams::default(), &s).await.map(|_| ()) }
+    })
+    .await?;
+    fenced(&e, "a Secret with neither uid label")?;
+    let ours = secret(
+        "role-creds",
+        &[MANAGED_BY, ("stssession.dev/assumed-role-uid", "5e1f-uid")],
+    );
+    secrets
+        .create(&PostParams::default(), &ours)
+        .await
+        .context("the operator creating an AssumedRole's Secret")?;
+    secrets
+        .patch(
+            "role-creds",
+            &PatchParams::apply("sts-session-operator").force(),
+            &Patch::Apply(&ours),
+        )
+        .await
+        .context("the operator updating an AssumedRole's Secret")?;
+    secrets
+        .delete("role-creds", &Default::default())
+        .await
+        .context("the operator deleting an AssumedRole's Secret")?;
+
+    // -- Restarts for an AssumedRole: its annotation is admitted, another one is not.
+    cp.apply_yaml(&web_deployment(ns)).await?;
+    let deployments = workloads(op, ns, "deployments", "Deployment");
+    let restart = |key: &str| json!({"spec": {"template": {"metadata": {"annotations": {"stssession.dev/restartedAt": "2026-01-01T00:00:00Z", key: "ASIAFENCEROLE"}}}}});
+    deployments
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(&restart("assumedrole.stssession.dev/deployer")),
+        )
+        .await
+        .context("the operator restarting a Deployment for an AssumedRole")?;
+    let e = refused(
+        deployments
+            .patch(
+                "web",
+                &PatchParams::default(),
+                &Patch::Merge(&restart("otherrole.stssession.dev/deployer")),
+            )
+            .await
+            .map(|_| ()),
+        "the operator setting another template annotation",
+    )?;
+    fenced(&e, "another template annotation")?;
+    operator_writes_no_assumed_role(cp, &fence).await
+}
+
+/// The AssumedRole half of `operator_policy_fences_assumed_roles_and_their_secrets`.
+async fn operator_writes_no_assumed_role(cp: &ControlPlane, fence: &Fence) -> Result<()> {
+    let Fence {
+        release_ns,
+        ns,
+        f,
+        admin,
+        op,
+        ..
+    } = fence;
+    let fenced = |e: &kube::core::Status, what: &str| fence.fenced(e, what);
+    assumedroles(admin, ns)
+        .create(&PostParams::default(), &assumed_role("deployer", "app"))
+        .await?;
+    let ars = assumedroles(op, ns);
+    let writes = |n: u32| {
+        let ars = ars.clone();
+        async move {
+            let create = ars
+                .create(
+                    &PostParams::default(),
+                    &assumed_role(&format!("by-operator-{n}"), "app"),
+                )
+                .await
+                .map(|_| ());
+            let update = ars
+                .patch(
+                    "deployer",
+                    &PatchParams::default(),
+                    &Patch::Merge(
+                        &json!({"spec": {"roleArn": "arn:aws:iam::123456789012:role/admin"}}),
+                    ),
+                )
+                .await
+                .map(|_| ());
+            let delete = ars
+                .delete("deployer", &Default::default())
+                .await
+                .map(|_| ());
+            [("create", create), ("update", update), ("delete", delete)]
+        }
+    };
+    // With the chart's RBAC: refused (RBAC: it may only read them).
+    for (verb, result) in writes(0).await {
+        let e = refused(result, &format!("the operator: {verb} an AssumedRole"))?;
+        ensure!(e.code == 403, "{verb}: {e:?}");
+    }
+    // Its status: admitted.
+    write_status(&ars, "deployer", "AssumedRole")
+        .await
+        .context("the operator writing an AssumedRole's status")?;
+    // A mistaken binding granting it everything on AssumedRoles: the policy still refuses.
+    cp.apply_yaml(&format!(
+        r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{name: too-much, namespace: {ns}}}
+rules: [{{apiGroups: [stssession.dev], resources: [assumedroles], verbs: ["*"]}}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: too-much, namespace: {ns}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: too-much}}
+subjects: [{{kind: ServiceAccount, name: {f}, namespace: {release_ns}}}]
+"#
+    ))
+    .await?;
+    first_policy_refusal("the operator deleting an AssumedRole", |_| {
+        let ars = ars.clone();
+        async move {
+            ars.delete("deployer", &Default::default())
+                .await
+                .map(|_| ())
+        }
+    })
+    .await?;
+    for (verb, result) in writes(1).await {
+        let e = refused(
+            result,
+            &format!("the operator (all verbs bound): {verb} an AssumedRole"),
+        )?;
+        fenced(&e, verb)?;
+        ensure!(
+            e.message
+                .contains(&format!("may not {verb} AssumedRole {ns}/")),
+            "{}",
+            e.message
+        );
+    }
+    ensure!(assumedroles(admin, ns).get_opt("deployer").await?.is_some());
     Ok(())
 }
 
@@ -2949,6 +3512,25 @@ const TABLE_ROWS: &[(&str, &str)] = &[
         "read `/metrics` (needs `<release>-metrics-reader`)",
         "metrics",
     ),
+    ("read AssumedRoles", "ar-read"),
+    (
+        "create an AssumedRole drawing on a SessionToken (needs `use` on it)",
+        "ar-create",
+    ),
+    (
+        "create an AssumedRole drawing on a SessionToken one was granted `use` on",
+        "ar-create-granted",
+    ),
+    (
+        "change an AssumedRole's spec (role, Secret, the SessionToken it draws on, ...)",
+        "ar-spec",
+    ),
+    (
+        "change only an AssumedRole's labels or annotations",
+        "ar-labels",
+    ),
+    ("delete AssumedRoles", "ar-delete"),
+    ("write an AssumedRole's status", "ar-status"),
 ];
 const TABLE_COLUMNS: [&str; 4] = ["operator", "approver", "editor", "namespace admin"];
 
@@ -3000,6 +3582,133 @@ fn admitted<T>(r: Result<T, kube::Error>, what: &str) -> Result<bool> {
     }
 }
 
+/// For the AssumedRole rows: SessionToken `shared`, on which every identity of the table was
+/// granted `use` (a Role naming it), and AssumedRole `ar-app`, drawing on `app` (created by the
+/// table test), on which only namespace admins have `use` (the chart's `<release>-use`).
+async fn assumed_role_table_setup(
+    cp: &ControlPlane,
+    ns: &str,
+    release_ns: &str,
+    f: &str,
+) -> Result<()> {
+    cp.apply_yaml(&format!(
+        r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{name: use-shared, namespace: {ns}}}
+rules: [{{apiGroups: [stssession.dev], resources: [sessiontokens], resourceNames: [shared], verbs: [use]}}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: use-shared, namespace: {ns}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: use-shared}}
+subjects:
+  - {{kind: ServiceAccount, name: {f}, namespace: {release_ns}}}
+  - {{kind: ServiceAccount, name: approver, namespace: {ns}}}
+  - {{kind: ServiceAccount, name: editor, namespace: {ns}}}
+  - {{kind: ServiceAccount, name: nsadmin, namespace: {ns}}}
+"#
+    ))
+    .await?;
+    let admin = cp.admin_client().await?;
+    sessiontokens(&admin, ns)
+        .create(
+            &PostParams::default(),
+            &session_token("shared", false, json!({}))?,
+        )
+        .await?;
+    assumedroles(&admin, ns)
+        .create(&PostParams::default(), &assumed_role("ar-app", "app"))
+        .await?;
+    Ok(())
+}
+
+/// One cell of an AssumedRole row (dry runs), or None for another row.
+async fn assumed_role_cell(
+    action: &str,
+    client: &Client,
+    ns: &str,
+    what: &str,
+) -> Result<Option<bool>> {
+    let api = assumedroles(client, ns);
+    let dry = PatchParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let dry_post = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let patch = |body: Value| {
+        let (api, dry) = (api.clone(), dry.clone());
+        async move {
+            api.patch("ar-app", &dry, &Patch::Merge(&body))
+                .await
+                .map(|_| ())
+        }
+    };
+    let got = match action {
+        "ar-read" => admitted(api.get("ar-app").await, what)?,
+        "ar-create" => admitted(
+            api.create(&dry_post, &assumed_role("another", "app")).await,
+            what,
+        )?,
+        "ar-create-granted" => admitted(
+            api.create(&dry_post, &assumed_role("another", "shared"))
+                .await,
+            what,
+        )?,
+        "ar-spec" => {
+            let role = admitted(
+                patch(json!({"spec": {"roleArn": "arn:aws:iam::123456789012:role/admin"}})).await,
+                what,
+            )?;
+            let repoint = admitted(
+                patch(json!({"spec": {"sessionTokenRef": {"name": "pending"}}})).await,
+                what,
+            )?;
+            ensure!(
+                role == repoint,
+                "{what}: role {role}, re-pointing {repoint}"
+            );
+            role
+        }
+        "ar-labels" => {
+            let labels = admitted(
+                patch(json!({"metadata": {"labels": {"x": "y"}}})).await,
+                what,
+            )?;
+            let annotations = admitted(
+                patch(json!({"metadata": {"annotations": {"note": "x"}}})).await,
+                what,
+            )?;
+            ensure!(
+                labels == annotations,
+                "{what}: labels {labels}, annotations {annotations}"
+            );
+            labels
+        }
+        "ar-delete" => {
+            let dry_delete = kube::api::DeleteParams {
+                dry_run: true,
+                ..Default::default()
+            };
+            admitted(api.delete("ar-app", &dry_delete).await, what)?
+        }
+        "ar-status" => admitted(
+            api.patch_status(
+                "ar-app",
+                &dry,
+                &Patch::Merge(&json!({"status": {"observedGeneration": 1}})),
+            )
+            .await,
+            what,
+        )?,
+        _ => return Ok(None),
+    };
+    Ok(Some(got))
+}
+
 #[tokio::test]
 async fn the_rbac_table_in_the_docs_is_what_the_api_server_enforces() -> Result<()> {
     use k8s_openapi::api::rbac::v1::RoleBinding;
@@ -3017,12 +3726,7 @@ async fn the_rbac_table_in_the_docs_is_what_the_api_server_enforces() -> Result<
     let cp = control_plane().await;
     // The chart's edit and approve ClusterRoles aggregate into the built-in admin and edit.
     let _lock = EVERY_NAMESPACE.write().await;
-    let release_ns = cp.new_namespace("install-table").await?;
-    let ns = cp.new_namespace("table").await?;
-    let release = release_name();
-    let f = fullname(&release);
-    let values = json!({"approvalPolicy": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}}});
-    let (_docs, _cleanup) = install(cp, &release, &release_ns, &values).await?;
+    let (release_ns, ns, f, _cleanup) = install_guarding(cp, "table").await?;
     let admin = cp.admin_client().await?;
     cp.apply_yaml(&format!(
         r#"
@@ -3075,17 +3779,11 @@ metadata:
   labels: {{app.kubernetes.io/managed-by: sts-session-operator, stssession.dev/session-token-uid: 0b4c-uid}}
 stringData: {{AWS_ACCESS_KEY_ID: ASIAEXAMPLE}}
 ---
-apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: web, namespace: {ns}}}
-spec:
-  selector: {{matchLabels: {{app: web}}}}
-  template:
-    metadata: {{labels: {{app: web}}}}
-    spec: {{containers: [{{name: web, image: "registry.example/web:1"}}]}}
-"#
+{web}"#,
+        web = web_deployment(&ns)
     ))
     .await?;
+    assumed_role_table_setup(cp, &ns, &release_ns, &f).await?;
     let sts_admin = sessiontokens(&admin, &ns);
     sts_admin
         .create(
@@ -3147,6 +3845,8 @@ spec:
     loop {
         let ready = can(&who[2], "update", "stssession.dev", "sessiontokens").await?
             && can(&who[3], "update", "stssession.dev", "sessiontokens").await?
+            && can(&who[2], "create", "stssession.dev", "assumedroles").await?
+            && can(&who[3], "use", "stssession.dev", "sessiontokens").await?
             && can(&who[3], "approve", "stssession.dev", "sessiontokens").await?
             && can(&who[1], "approve", "stssession.dev", "sessiontokens").await?
             && can(&who[0], "patch", "apps", "deployments").await?;
@@ -3163,9 +3863,13 @@ spec:
         dry_run: true,
         ..Default::default()
     };
+    let dry_post = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
     let deadline = tokio::time::Instant::now() + T;
     loop {
-        // Both policies in force: the approver's label and the operator's unlabelled Secret.
+        // The policies in force: the approver's label and the operator's unlabelled Secret ...
         let label = sessiontokens(&who[1].client, &ns)
             .patch(
                 "app",
@@ -3180,8 +3884,15 @@ spec:
                 &Patch::Merge(&json!({"data": {"x": "eA=="}})),
             )
             .await;
+        // ... and the AssumedRole one: the editor (no `use`) creating an AssumedRole.
+        let drawing = assumedroles(&who[2].client, &ns)
+            .create(&dry_post, &assumed_role("probe", "app"))
+            .await;
         let by_policy = |r: Result<(), kube::Error>| matches!(r, Err(kube::Error::Api(e)) if e.message.contains("ValidatingAdmissionPolicy"));
-        if by_policy(label.map(|_| ())) && by_policy(secret.map(|_| ())) {
+        if by_policy(label.map(|_| ()))
+            && by_policy(secret.map(|_| ()))
+            && by_policy(drawing.map(|_| ()))
+        {
             break;
         }
         ensure!(
@@ -3191,10 +3902,6 @@ spec:
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
-    let dry_post = PostParams {
-        dry_run: true,
-        ..Default::default()
-    };
     let dry_delete = DeleteParams {
         dry_run: true,
         ..Default::default()
@@ -3335,7 +4042,9 @@ spec:
                         .status
                         .is_some_and(|s| s.allowed)
                 }
-                other => bail!("no check for {other:?}"),
+                other => assumed_role_cell(other, &w.client, &ns, &what)
+                    .await?
+                    .with_context(|| format!("no check for {other:?}"))?,
             };
             cells += 1;
             let want = expected[i];

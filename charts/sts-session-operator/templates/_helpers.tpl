@@ -58,13 +58,19 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- end }}
 
-{{/* The operator's rights on SessionTokens, Secrets and Events (as tests/fixtures/operator-rbac.yaml). */}}
+{{/* The operator's rights on SessionTokens, AssumedRoles, Secrets and Events (as tests/fixtures/operator-rbac.yaml). */}}
 {{- define "sts-session-operator.workRules" -}}
 - apiGroups: ["stssession.dev"]
   resources: ["sessiontokens"]
   verbs: ["get", "list", "watch", "patch"]  # patch: claiming a token code (removing the annotations)
 - apiGroups: ["stssession.dev"]
   resources: ["sessiontokens/status"]
+  verbs: ["patch"]
+- apiGroups: ["stssession.dev"]
+  resources: ["assumedroles"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: ["stssession.dev"]
+  resources: ["assumedroles/status"]
   verbs: ["patch"]
 - apiGroups: [""]
   resources: ["secrets"]
