@@ -95,6 +95,23 @@ async fn alerts_and_dashboard_use_only_metrics_the_operator_exposes() -> anyhow:
     wait_condition(&ns, "mfa", "Issuing", "False", "TokenCodeRejected", T).await?;
     ns.approve("mfa", "222222", "tester").await?;
     wait_condition(&ns, "mfa", "Ready", "True", "Issued", T).await?;
+    // An AssumedRole drawing on the approved session: its series.
+    let ar: sts_session_operator::crd::AssumedRole = serde_json::from_value(json!({
+        "apiVersion": "stssession.dev/v1alpha1", "kind": "AssumedRole",
+        "metadata": {"name": "drawn"},
+        "spec": {"sessionTokenRef": {"name": "mfa"}, "roleArn": role.arn},
+    }))?;
+    let roles: kube::Api<sts_session_operator::crd::AssumedRole> =
+        kube::Api::namespaced(ns.client.clone(), &ns.name);
+    roles.create(&PostParams::default(), &ar).await?;
+    eventually(T, "AssumedRole drawn Ready", || async {
+        let ar = roles.get("drawn").await?;
+        Ok(ar
+            .condition("Ready")
+            .is_some_and(|c| c.status == "True")
+            .then_some(()))
+    })
+    .await?;
 
     let metrics = op.metrics().await?;
     let body = metrics.split_once('\n').map(|(_, b)| b).unwrap_or("");
@@ -112,6 +129,8 @@ async fn alerts_and_dashboard_use_only_metrics_the_operator_exposes() -> anyhow:
         r#"sts_session_sts_calls_total{outcome="token_code_rejected"}"#,
         r#"sts_session_assume_role_calls_total{outcome="success"}"#,
         r#"sts_session_reconcile_errors_total{reason="SecretWrite"}"#,
+        r#"sts_assumed_role_ready_status{namespace=""#,
+        r#"sts_assumed_role_expiration_timestamp_seconds{namespace=""#,
     ] {
         anyhow::ensure!(
             body.contains(series),
