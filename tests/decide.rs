@@ -316,6 +316,7 @@ fn spec() -> impl Strategy<Value = SessionTokenSpec> {
                         tags: vec![],
                     })
                 }),
+                allowed_roles: vec![],
             },
         )
 }
