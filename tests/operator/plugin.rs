@@ -8,7 +8,7 @@ use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
-use sts_session_operator::crd::SessionToken;
+use sts_session_operator::crd::{AssumedRole, SessionToken};
 use testkit::control_plane::ControlPlane;
 use testkit::sts_double::{CodePolicy, StsDouble, StsDoubleConfig};
 use tokio::io::AsyncWriteExt;
@@ -916,5 +916,355 @@ async fn plugin_revokes_with_a_new_session_and_a_cutoff_policy() -> Result<()> {
     )
     .await?;
     assert_eq!(r.code, 2, "{}", r.show());
+    Ok(())
+}
+
+/// Lets `user` list AssumedRoles in `ns` (on top of what it has).
+async fn grant_assumed_role_reader(cp: &ControlPlane, ns: &str, user: &str) -> Result<()> {
+    cp.apply_yaml(&format!(
+        r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{name: assumed-role-reader, namespace: {ns}}}
+rules:
+  - apiGroups: ["stssession.dev"]
+    resources: ["assumedroles"]
+    verbs: ["get", "list", "watch"]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: assumed-role-reader-{user}, namespace: {ns}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: assumed-role-reader}}
+subjects:
+  - {{apiGroup: rbac.authorization.k8s.io, kind: User, name: {user}}}
+"#
+    ))
+    .await?;
+    let api: kube::Api<AssumedRole> = kube::Api::namespaced(cp.client_as(user).await?, ns);
+    eventually(T, "the AssumedRole reader role in effect", || async {
+        Ok(api.list(&Default::default()).await.ok().map(|_| ()))
+    })
+    .await
+}
+
+/// Creates an AssumedRole of role `arn:aws:iam::123456789012:role/NAME` drawing on `session`,
+/// then writes its status (`Ready` with `ready`/`reason`, the Secret, and the role credentials'
+/// expiry `expires` from now) through the status subresource, as the operator would.
+async fn assumed_role(
+    ns: &Ns,
+    name: &str,
+    session: &str,
+    (ready, reason): (&str, &str),
+    expires: Option<Duration>,
+) -> Result<()> {
+    let api: kube::Api<AssumedRole> = kube::Api::namespaced(ns.client.clone(), &ns.name);
+    let ar: AssumedRole = serde_json::from_value(json!({
+        "apiVersion": "stssession.dev/v1alpha1", "kind": "AssumedRole",
+        "metadata": {"name": name},
+        "spec": {"sessionTokenRef": {"name": session}, "roleArn": format!("arn:aws:iam::123456789012:role/{name}")},
+    }))?;
+    api.create(&Default::default(), &ar).await?;
+    let now = Timestamp::now();
+    let mut status = json!({
+        "conditions": [{"type": "Ready", "status": ready, "reason": reason, "message": "set by the test",
+                        "lastTransitionTime": whole_seconds(now)}],
+        "secretName": name,
+        "roleArn": format!("arn:aws:iam::123456789012:role/{name}"),
+    });
+    if let Some(d) = expires {
+        status["expiration"] = json!(whole_seconds(now + d));
+    }
+    api.patch_status(
+        name,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(json!({ "status": status })),
+    )
+    .await?;
+    Ok(())
+}
+
+/// The NAME cells of the table, in order (the tree's lines included).
+fn names(text: &str) -> Vec<String> {
+    table(text)
+        .iter()
+        .skip(1)
+        .filter_map(|r| r.first().cloned())
+        .collect()
+}
+
+/// Issue 16: `kubectl sts status` shows each SessionToken with the AssumedRoles drawing on it as
+/// a tree beneath it (and those naming a SessionToken that does not exist beneath a line saying
+/// so), or, to someone who may not list AssumedRoles, the SessionTokens with a note; `approve`
+/// says how many role credential sets the approval also refreshes (or that it could not count
+/// them) and approves as before. The AssumedRoles' status is written by the test (no operator
+/// runs until the approvals).
+#[tokio::test]
+async fn plugin_shows_assumed_roles_beneath_their_session_and_counts_them_on_approve() -> Result<()>
+{
+    let cp = control_plane().await;
+    let ns = Ns::new(cp, "plugin-tree").await?;
+    let n = ns.name.clone();
+    let n = n.as_str();
+    let sts = StsDouble::start(StsDoubleConfig {
+        code_policy: CodePolicy::AcceptAny,
+        ..Default::default()
+    })?;
+    let user = sts.default_user();
+    let serial = user.serial_number().unwrap();
+    ns.create_source_secret("iam-keys", &user.access_key_id, &user.secret_access_key)
+        .await?;
+    grant_approver(cp, n, "alice").await?; // SessionTokens only
+    grant_approver(cp, n, "bob").await?;
+    grant_assumed_role_reader(cp, n, "bob").await?;
+    ns.create_session("app", spec(Some(serial))).await?;
+    let mut own = spec(Some(serial));
+    own["assumeRole"] = json!({"roleArn": "arn:aws:iam::123456789012:role/own"});
+    ns.create_session("own", own).await?;
+    let hour = Duration::from_secs(3600);
+    assumed_role(&ns, "reader", "app", ("False", "RoleAccessDenied"), None).await?;
+    assumed_role(
+        &ns,
+        "deployer",
+        "app",
+        ("True", "RoleAssumed"),
+        Some(hour * 3 / 4),
+    )
+    .await?;
+    assumed_role(
+        &ns,
+        "orphan",
+        "gone",
+        ("False", "SessionTokenNotFound"),
+        None,
+    )
+    .await?;
+
+    // The tree, for someone who may list AssumedRoles.
+    let r = sts_as(cp, "bob", &["status", "-n", n], None).await?;
+    assert_eq!(r.code, 0, "{}", r.show());
+    assert!(!r.stderr.contains("note:"), "{}", r.show());
+    assert_eq!(
+        names(&r.stdout),
+        [
+            "app",
+            "├─ AssumedRole/deployer",
+            "└─ AssumedRole/reader",
+            "gone",
+            "└─ AssumedRole/orphan",
+            "own"
+        ],
+        "{}",
+        r.show()
+    );
+    assert_eq!(table(&r.stdout)[0].last().unwrap(), "ROLE", "{}", r.show());
+    let row = table_row(&r.stdout, "NAME", "├─ AssumedRole/deployer").with_context(|| r.show())?;
+    assert_eq!(
+        (
+            row["READY"].as_str(),
+            row["REASON"].as_str(),
+            row["SECRET"].as_str(),
+            row["ROLE"].as_str()
+        ),
+        (
+            "True",
+            "RoleAssumed",
+            "deployer",
+            "arn:aws:iam::123456789012:role/deployer"
+        ),
+        "{}",
+        r.show()
+    );
+    let left = &row["LEFT"];
+    assert!(
+        left == "45m00s" || (left.len() == 6 && left.starts_with("4") && left.contains('m')),
+        "{}",
+        r.show()
+    );
+    let row = table_row(&r.stdout, "NAME", "└─ AssumedRole/reader").with_context(|| r.show())?;
+    assert_eq!(
+        (
+            row["READY"].as_str(),
+            row["REASON"].as_str(),
+            row["LEFT"].as_str()
+        ),
+        ("False", "RoleAccessDenied", "<none>"),
+        "{}",
+        r.show()
+    );
+    let gone = table(&r.stdout).into_iter().find(|l| l[0] == "gone");
+    assert_eq!(
+        gone.with_context(|| r.show())?,
+        ["gone", "<SessionToken not found>"]
+    );
+    let row = table_row(&r.stdout, "NAME", "own").with_context(|| r.show())?;
+    assert_eq!(
+        row["ROLE"],
+        "arn:aws:iam::123456789012:role/own",
+        "{}",
+        r.show()
+    );
+
+    // status NAME: its own AssumedRoles only, then the details.
+    let r = sts_as(cp, "bob", &["status", "app", "-n", n], None).await?;
+    assert_eq!(r.code, 0, "{}", r.show());
+    assert_eq!(
+        names(&r.stdout),
+        ["app", "├─ AssumedRole/deployer", "└─ AssumedRole/reader"],
+        "{}",
+        r.show()
+    );
+    assert!(r.stdout.contains("Conditions:"), "{}", r.show());
+
+    // -o json: the AssumedRoles under their SessionToken, the missing SessionToken apart.
+    let r = sts_as(cp, "bob", &["status", "-n", n, "-o", "json"], None).await?;
+    let j: serde_json::Value = serde_json::from_str(&r.stdout).with_context(|| r.show())?;
+    assert_eq!(j["items"][0]["name"], "app", "{}", r.show());
+    assert_eq!(j["items"][0]["assumedRoles"][0]["name"], "deployer");
+    assert_eq!(
+        j["items"][0]["assumedRoles"][1]["reason"],
+        "RoleAccessDenied"
+    );
+    assert_eq!(j["items"][1]["assumedRoles"], json!([]));
+    assert_eq!(
+        j["items"][1]["roleArn"],
+        "arn:aws:iam::123456789012:role/own"
+    );
+    assert_eq!(j["missingSessionTokens"][0]["name"], "gone");
+    assert_eq!(
+        j["missingSessionTokens"][0]["assumedRoles"][0]["name"],
+        "orphan"
+    );
+    let r = sts_as(cp, "bob", &["status", "app", "-n", n, "-o", "json"], None).await?;
+    let j: serde_json::Value = serde_json::from_str(&r.stdout).with_context(|| r.show())?;
+    assert_eq!(j["assumedRoles"][0]["secret"], "deployer", "{}", r.show());
+
+    // -A (as admin): the namespace on the tree's lines too.
+    let r = sts_as(cp, "admin", &["status", "-A"], None).await?;
+    assert_eq!(r.code, 0, "{}", r.show());
+    let mine: Vec<Vec<String>> = table(&r.stdout)
+        .into_iter()
+        .filter(|l| l[0] == n)
+        .map(|l| l[..2].to_vec())
+        .collect();
+    assert_eq!(
+        mine.iter().map(|l| l[1].as_str()).collect::<Vec<_>>(),
+        [
+            "app",
+            "├─ AssumedRole/deployer",
+            "└─ AssumedRole/reader",
+            "gone",
+            "└─ AssumedRole/orphan",
+            "own"
+        ],
+        "{}",
+        r.show()
+    );
+
+    // Someone who may not list AssumedRoles: the SessionTokens, one note, exit 0.
+    let r = sts_as(cp, "alice", &["status", "-n", n], None).await?;
+    assert_eq!(r.code, 0, "{}", r.show());
+    assert_eq!(names(&r.stdout), ["app", "own"], "{}", r.show());
+    let notes: Vec<&str> = r
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("note:"))
+        .collect();
+    assert_eq!(
+        notes,
+        [format!(
+            "note: AssumedRoles not shown: you may not list AssumedRoles in namespace {n} (Forbidden)"
+        )],
+        "{}",
+        r.show()
+    );
+    let r = sts_as(cp, "alice", &["status", "-n", n, "-o", "json"], None).await?;
+    assert_eq!(r.code, 0, "{}", r.show());
+    let j: serde_json::Value = serde_json::from_str(&r.stdout).with_context(|| r.show())?;
+    assert!(
+        j["items"][0].get("assumedRoles").is_none() && j.get("missingSessionTokens").is_none(),
+        "{}",
+        r.show()
+    );
+
+    // approve counts what it refreshes: the SessionToken's own role...
+    let r = sts_as(
+        cp,
+        "bob",
+        &["approve", "own", "-n", n, "--code", "975310", "--no-wait"],
+        None,
+    )
+    .await?;
+    assert_eq!(r.code, 0, "{}", r.show());
+    assert!(
+        r.stderr.contains(
+            "This approval also refreshes 1 role credential set: its own role (spec.assumeRole)."
+        ),
+        "{}",
+        r.show()
+    );
+    assert!(
+        !r.all().contains("975310"),
+        "the code was printed:\n{}",
+        r.show()
+    );
+
+    // ...and the AssumedRoles; and approves as before.
+    let _op = Operator::start(
+        cp,
+        n,
+        &OperatorOptions {
+            sts_endpoint: sts.endpoint(),
+            extra_args: vec![],
+            leader_election: false,
+            user: OPERATOR_USER,
+        },
+    )
+    .await?;
+    wait_condition(&ns, "app", "Ready", "False", "AwaitingTokenCode", T).await?;
+    let r = sts_as(
+        cp,
+        "bob",
+        &["approve", "app", "-n", n, "--code", "123456"],
+        None,
+    )
+    .await?;
+    assert_eq!(r.code, 0, "{}", r.show());
+    assert!(
+        r.stderr.contains(
+            "This approval also refreshes 2 role credential sets: AssumedRoles deployer, reader."
+        ),
+        "{}",
+        r.show()
+    );
+    assert!(
+        r.stdout
+            .contains(&format!("SessionToken {n}/app: new session"))
+            && r.stdout.contains("approved by bob"),
+        "{}",
+        r.show()
+    );
+    assert!(
+        !r.all().contains("123456"),
+        "the code was printed:\n{}",
+        r.show()
+    );
+    assert_eq!(sts.uses_of_code("123456"), 1);
+    // Someone who may not list AssumedRoles: not counted, approved anyway.
+    let r = sts_as(cp, "alice", &["approve", "app", "-n", n], Some("246810\n")).await?;
+    assert_eq!(r.code, 0, "{}", r.show());
+    assert!(
+        r.stderr.contains(&format!(
+            "Could not count the role credential sets this approval also refreshes: you may not list AssumedRoles in namespace {n} (Forbidden). Approving anyway."
+        )),
+        "{}",
+        r.show()
+    );
+    assert!(r.stdout.contains("approved by alice"), "{}", r.show());
+    assert!(
+        !r.all().contains("246810"),
+        "the code was printed:\n{}",
+        r.show()
+    );
+    assert_eq!(sts.uses_of_code("246810"), 1);
     Ok(())
 }
