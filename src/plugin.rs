@@ -425,6 +425,19 @@ fn align(lines: &[Line]) -> String {
     out
 }
 
+/// The columns of the `status` table (then ROLE, when there is a role to show).
+pub const COLUMNS: [&str; 9] = [
+    "NAME",
+    "READY",
+    "REASON",
+    "EXPIRES",
+    "LEFT",
+    "RENEWS",
+    "MFA",
+    "AWAITING CODE",
+    "SECRET",
+];
+
 /// The `status` table: a SessionToken a line, its AssumedRoles as a tree beneath it, and each
 /// SessionToken AssumedRoles refer to that does not exist as a line saying so (with its
 /// AssumedRoles beneath), in the order of namespace and name. NAMESPACE first with
@@ -438,17 +451,7 @@ pub fn render_table(listing: &Listing, all_namespaces: bool) -> String {
         || listing.items.iter().any(|r| {
             r.role_arn.is_some() || r.assumed_roles.as_ref().is_some_and(|a| !a.is_empty())
         });
-    let mut header = vec![
-        "NAME",
-        "READY",
-        "REASON",
-        "EXPIRES",
-        "LEFT",
-        "RENEWS",
-        "MFA",
-        "AWAITING CODE",
-        "SECRET",
-    ];
+    let mut header = COLUMNS.to_vec();
     if role_column {
         header.push("ROLE");
     }
@@ -1084,20 +1087,7 @@ mod tests {
             .map(str::trim)
             .filter(|s| !s.is_empty())
             .collect();
-        assert_eq!(
-            cols,
-            [
-                "NAME",
-                "READY",
-                "REASON",
-                "EXPIRES",
-                "LEFT",
-                "RENEWS",
-                "MFA",
-                "AWAITING CODE",
-                "SECRET"
-            ]
-        );
+        assert_eq!(cols, COLUMNS);
         let cells = |l: &str| l.split_whitespace().map(str::to_string).collect::<Vec<_>>();
         assert_eq!(
             cells(lines[1]),

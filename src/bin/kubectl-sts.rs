@@ -698,18 +698,25 @@ fn readable<K>(items: Vec<Tolerant<K>>, kind: &str) -> Vec<K> {
     out
 }
 
+/// The API listing `K`s in `ns` (every namespace with `all`), each item read on its own, and
+/// where: `in namespace NS` or `in all namespaces`.
+fn listed<K>(client: &Client, ns: &str, all: bool) -> (Api<Tolerant<K>>, String)
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
+{
+    if all {
+        (Api::all(client.clone()), "in all namespaces".into())
+    } else {
+        (
+            Api::namespaced(client.clone(), ns),
+            format!("in namespace {ns}"),
+        )
+    }
+}
+
 /// The AssumedRoles in `ns` (every namespace with `all`).
 async fn assumed_roles(client: &Client, ns: &str, all: bool) -> Result<Vec<AssumedRole>, Unlisted> {
-    let api: Api<Tolerant<AssumedRole>> = if all {
-        Api::all(client.clone())
-    } else {
-        Api::namespaced(client.clone(), ns)
-    };
-    let place = if all {
-        "in all namespaces".to_string()
-    } else {
-        format!("in namespace {ns}")
-    };
+    let (api, place) = listed::<AssumedRole>(client, ns, all);
     match api.list(&Default::default()).await {
         Ok(list) => Ok(readable(list.items, "AssumedRole")),
         Err(kube::Error::Api(s)) if s.code == 404 => Err(Unlisted::NotServed),
@@ -765,20 +772,11 @@ async fn status(
         }
         return Ok(());
     }
-    let api: Api<Tolerant<SessionToken>> = if all {
-        Api::all(client.clone())
-    } else {
-        Api::namespaced(client.clone(), ns)
-    };
-    let what = if all {
-        "SessionTokens in all namespaces".to_string()
-    } else {
-        format!("SessionTokens in namespace {ns}")
-    };
+    let (api, place) = listed::<SessionToken>(&client, ns, all);
     let list = api
         .list(&Default::default())
         .await
-        .map_err(|e| api_error(e, &what))?;
+        .map_err(|e| api_error(e, &format!("SessionTokens {place}")))?;
     let items = readable(list.items, "SessionToken");
     let roles = roles_for_status(&client, ns, all).await;
     let listing = plugin::listing(&items, roles.as_deref(), now);

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 use sts_session_operator::crd::{AssumedRole, SessionToken};
+use sts_session_operator::plugin;
 use testkit::control_plane::ControlPlane;
 use testkit::sts_double::{CodePolicy, StsDouble, StsDoubleConfig};
 use tokio::io::AsyncWriteExt;
@@ -111,6 +112,33 @@ subjects:
     .await
 }
 
+/// The STS double (any code accepted), its user's keys in `iam-keys` in `ns`.
+async fn sts_with_keys(ns: &Ns) -> Result<StsDouble> {
+    let sts = StsDouble::start(StsDoubleConfig {
+        code_policy: CodePolicy::AcceptAny,
+        ..Default::default()
+    })?;
+    let user = sts.default_user();
+    ns.create_source_secret("iam-keys", &user.access_key_id, &user.secret_access_key)
+        .await?;
+    Ok(sts)
+}
+
+/// The operator, watching namespace `ns`, calling `sts`.
+async fn start_operator(cp: &ControlPlane, ns: &str, sts: &StsDouble) -> Result<Operator> {
+    Operator::start(
+        cp,
+        ns,
+        &OperatorOptions {
+            sts_endpoint: sts.endpoint(),
+            extra_args: vec![],
+            leader_election: false,
+            user: OPERATOR_USER,
+        },
+    )
+    .await
+}
+
 fn spec(mfa: Option<&str>) -> serde_json::Value {
     let mut spec =
         json!({"durationSeconds": 3600, "sourceCredentials": {"secretRef": {"name": "iam-keys"}}});
@@ -151,6 +179,13 @@ fn table_row(
         .skip(1)
         .find(|r| r.get(col).map(String::as_str) == Some(value))
         .map(|r| header.iter().cloned().zip(r.iter().cloned()).collect())
+}
+
+/// The cells of `cols` in a row of [`table_row`].
+fn pick(row: &std::collections::BTreeMap<String, String>, cols: &[&str]) -> Vec<String> {
+    cols.iter()
+        .map(|c| row.get(*c).cloned().unwrap_or_default())
+        .collect()
 }
 
 fn whole_seconds(t: Timestamp) -> String {
@@ -445,25 +480,10 @@ async fn plugin_approves_with_codes_and_shows_status() -> Result<()> {
     let ns = Ns::new(cp, "plugin-approve").await?;
     let n = ns.name.clone();
     let n = n.as_str();
-    let sts = StsDouble::start(StsDoubleConfig {
-        code_policy: CodePolicy::AcceptAny,
-        ..Default::default()
-    })?;
+    let sts = sts_with_keys(&ns).await?;
     let user = sts.default_user();
-    ns.create_source_secret("iam-keys", &user.access_key_id, &user.secret_access_key)
-        .await?;
     grant_approver(cp, n, "alice").await?;
-    let _op = Operator::start(
-        cp,
-        n,
-        &OperatorOptions {
-            sts_endpoint: sts.endpoint(),
-            extra_args: vec![],
-            leader_election: false,
-            user: OPERATOR_USER,
-        },
-    )
-    .await?;
+    let _op = start_operator(cp, n, &sts).await?;
     ns.create_session("app", spec(Some(user.serial_number().unwrap())))
         .await?;
     wait_condition(&ns, "app", "Ready", "False", "AwaitingTokenCode", T).await?;
@@ -472,36 +492,17 @@ async fn plugin_approves_with_codes_and_shows_status() -> Result<()> {
     let r = sts_as(cp, "alice", &["status", "-n", n], None).await?;
     assert_eq!(r.code, 0, "{}", r.show());
     let header = &table(&r.stdout)[0];
-    assert_eq!(
-        header,
-        &[
-            "NAME",
-            "READY",
-            "REASON",
-            "EXPIRES",
-            "LEFT",
-            "RENEWS",
-            "MFA",
-            "AWAITING CODE",
-            "SECRET"
-        ],
-        "{}",
-        r.show()
-    );
+    assert_eq!(header, &plugin::COLUMNS, "{}", r.show());
     let row = table_row(&r.stdout, "NAME", "app").with_context(|| r.show())?;
     assert_eq!(
-        (row["READY"].as_str(), row["REASON"].as_str()),
-        ("False", "AwaitingTokenCode"),
+        pick(&row, &["READY", "REASON"]),
+        ["False", "AwaitingTokenCode"],
         "{}",
         r.show()
     );
     assert_eq!(
-        (
-            row["MFA"].as_str(),
-            row["AWAITING CODE"].as_str(),
-            row["LEFT"].as_str()
-        ),
-        ("yes", "yes", "<none>"),
+        pick(&row, &["MFA", "AWAITING CODE", "LEFT"]),
+        ["yes", "yes", "<none>"],
         "{}",
         r.show()
     );
@@ -637,8 +638,8 @@ async fn plugin_approves_with_codes_and_shows_status() -> Result<()> {
     assert_eq!(r.code, 0, "{}", r.show());
     let row = table_row(&r.stdout, "NAME", "app").with_context(|| r.show())?;
     assert_eq!(
-        (row["READY"].as_str(), row["REASON"].as_str()),
-        ("True", "Issued"),
+        pick(&row, &["READY", "REASON"]),
+        ["True", "Issued"],
         "{}",
         r.show()
     );
@@ -660,12 +661,8 @@ async fn plugin_approves_with_codes_and_shows_status() -> Result<()> {
         r.show()
     );
     assert_eq!(
-        (
-            row["MFA"].as_str(),
-            row["AWAITING CODE"].as_str(),
-            row["SECRET"].as_str()
-        ),
-        ("yes", "no", "app"),
+        pick(&row, &["MFA", "AWAITING CODE", "SECRET"]),
+        ["yes", "no", "app"],
         "{}",
         r.show()
     );
@@ -703,8 +700,8 @@ async fn plugin_approves_with_codes_and_shows_status() -> Result<()> {
     assert_eq!(table(&r.stdout)[0][0], "NAMESPACE", "{}", r.show());
     let row = table_row(&r.stdout, "NAMESPACE", n).with_context(|| r.show())?;
     assert_eq!(
-        (row["NAME"].as_str(), row["REASON"].as_str()),
-        ("app", "Issued"),
+        pick(&row, &["NAME", "REASON"]),
+        ["app", "Issued"],
         "{}",
         r.show()
     );
@@ -737,25 +734,10 @@ async fn plugin_renews_a_session_without_mfa() -> Result<()> {
     let ns = Ns::new(cp, "plugin-renew").await?;
     let n = ns.name.clone();
     let n = n.as_str();
-    let sts = StsDouble::start(StsDoubleConfig {
-        code_policy: CodePolicy::AcceptAny,
-        ..Default::default()
-    })?;
+    let sts = sts_with_keys(&ns).await?;
     let user = sts.default_user();
-    ns.create_source_secret("iam-keys", &user.access_key_id, &user.secret_access_key)
-        .await?;
     grant_approver(cp, n, "alice").await?;
-    let _op = Operator::start(
-        cp,
-        n,
-        &OperatorOptions {
-            sts_endpoint: sts.endpoint(),
-            extra_args: vec![],
-            leader_election: false,
-            user: OPERATOR_USER,
-        },
-    )
-    .await?;
+    let _op = start_operator(cp, n, &sts).await?;
     ns.create_session("auto", spec(None)).await?;
     wait_condition(&ns, "auto", "Ready", "True", "Issued", T).await?;
     let before = ns.secret_data("auto").await?.unwrap()["AWS_ACCESS_KEY_ID"].clone();
@@ -784,12 +766,8 @@ async fn plugin_renews_a_session_without_mfa() -> Result<()> {
     let r = sts_as(cp, "alice", &["status", "-n", n], None).await?;
     let row = table_row(&r.stdout, "NAME", "auto").with_context(|| r.show())?;
     assert_eq!(
-        (
-            row["READY"].as_str(),
-            row["MFA"].as_str(),
-            row["AWAITING CODE"].as_str()
-        ),
-        ("True", "no", "no"),
+        pick(&row, &["READY", "MFA", "AWAITING CODE"]),
+        ["True", "no", "no"],
         "{}",
         r.show()
     );
@@ -821,25 +799,10 @@ async fn plugin_revokes_with_a_new_session_and_a_cutoff_policy() -> Result<()> {
     let ns = Ns::new(cp, "plugin-revoke").await?;
     let n = ns.name.clone();
     let n = n.as_str();
-    let sts = StsDouble::start(StsDoubleConfig {
-        code_policy: CodePolicy::AcceptAny,
-        ..Default::default()
-    })?;
+    let sts = sts_with_keys(&ns).await?;
     let user = sts.default_user();
-    ns.create_source_secret("iam-keys", &user.access_key_id, &user.secret_access_key)
-        .await?;
     grant_approver(cp, n, "alice").await?;
-    let _op = Operator::start(
-        cp,
-        n,
-        &OperatorOptions {
-            sts_endpoint: sts.endpoint(),
-            extra_args: vec![],
-            leader_election: false,
-            user: OPERATOR_USER,
-        },
-    )
-    .await?;
+    let _op = start_operator(cp, n, &sts).await?;
     ns.create_session("auto", spec(None)).await?;
     ns.create_session("mfa", spec(Some(user.serial_number().unwrap())))
         .await?;
@@ -992,6 +955,40 @@ fn names(text: &str) -> Vec<String> {
         .collect()
 }
 
+/// `kubectl-sts approve ...` as `user` (the code from `--code` or `stdin`): exit 0, saying
+/// `says` on stderr, and never printing the code.
+async fn approve_saying(
+    cp: &ControlPlane,
+    user: &str,
+    args: &[&str],
+    stdin: Option<&str>,
+    says: &str,
+) -> Result<Run> {
+    let r = sts_as(cp, user, args, stdin).await?;
+    assert_eq!(r.code, 0, "{args:?}: {}", r.show());
+    assert!(r.stderr.contains(says), "{args:?}: {}", r.show());
+    let code = match args.iter().position(|a| *a == "--code") {
+        Some(i) => args[i + 1],
+        None => stdin.unwrap_or_default().trim(),
+    };
+    assert!(
+        !r.all().contains(code),
+        "the code was printed:\n{}",
+        r.show()
+    );
+    Ok(r)
+}
+
+/// The NAME column of the namespace of the AssumedRole test, in order.
+const TREE: [&str; 6] = [
+    "app",
+    "├─ AssumedRole/deployer",
+    "└─ AssumedRole/reader",
+    "gone",
+    "└─ AssumedRole/orphan",
+    "own",
+];
+
 /// Issue 16: `kubectl sts status` shows each SessionToken with the AssumedRoles drawing on it as
 /// a tree beneath it (and those naming a SessionToken that does not exist beneath a line saying
 /// so), or, to someone who may not list AssumedRoles, the SessionTokens with a note; `approve`
@@ -1005,14 +1002,9 @@ async fn plugin_shows_assumed_roles_beneath_their_session_and_counts_them_on_app
     let ns = Ns::new(cp, "plugin-tree").await?;
     let n = ns.name.clone();
     let n = n.as_str();
-    let sts = StsDouble::start(StsDoubleConfig {
-        code_policy: CodePolicy::AcceptAny,
-        ..Default::default()
-    })?;
+    let sts = sts_with_keys(&ns).await?;
     let user = sts.default_user();
     let serial = user.serial_number().unwrap();
-    ns.create_source_secret("iam-keys", &user.access_key_id, &user.secret_access_key)
-        .await?;
     grant_approver(cp, n, "alice").await?; // SessionTokens only
     grant_approver(cp, n, "bob").await?;
     grant_assumed_role_reader(cp, n, "bob").await?;
@@ -1043,34 +1035,17 @@ async fn plugin_shows_assumed_roles_beneath_their_session_and_counts_them_on_app
     let r = sts_as(cp, "bob", &["status", "-n", n], None).await?;
     assert_eq!(r.code, 0, "{}", r.show());
     assert!(!r.stderr.contains("note:"), "{}", r.show());
-    assert_eq!(
-        names(&r.stdout),
-        [
-            "app",
-            "├─ AssumedRole/deployer",
-            "└─ AssumedRole/reader",
-            "gone",
-            "└─ AssumedRole/orphan",
-            "own"
-        ],
-        "{}",
-        r.show()
-    );
+    assert_eq!(names(&r.stdout), TREE, "{}", r.show());
     assert_eq!(table(&r.stdout)[0].last().unwrap(), "ROLE", "{}", r.show());
     let row = table_row(&r.stdout, "NAME", "├─ AssumedRole/deployer").with_context(|| r.show())?;
     assert_eq!(
-        (
-            row["READY"].as_str(),
-            row["REASON"].as_str(),
-            row["SECRET"].as_str(),
-            row["ROLE"].as_str()
-        ),
-        (
+        pick(&row, &["READY", "REASON", "SECRET", "ROLE"]),
+        [
             "True",
             "RoleAssumed",
             "deployer",
             "arn:aws:iam::123456789012:role/deployer"
-        ),
+        ],
         "{}",
         r.show()
     );
@@ -1082,12 +1057,8 @@ async fn plugin_shows_assumed_roles_beneath_their_session_and_counts_them_on_app
     );
     let row = table_row(&r.stdout, "NAME", "└─ AssumedRole/reader").with_context(|| r.show())?;
     assert_eq!(
-        (
-            row["READY"].as_str(),
-            row["REASON"].as_str(),
-            row["LEFT"].as_str()
-        ),
-        ("False", "RoleAccessDenied", "<none>"),
+        pick(&row, &["READY", "REASON", "LEFT"]),
+        ["False", "RoleAccessDenied", "<none>"],
         "{}",
         r.show()
     );
@@ -1148,14 +1119,7 @@ async fn plugin_shows_assumed_roles_beneath_their_session_and_counts_them_on_app
         .collect();
     assert_eq!(
         mine.iter().map(|l| l[1].as_str()).collect::<Vec<_>>(),
-        [
-            "app",
-            "├─ AssumedRole/deployer",
-            "└─ AssumedRole/reader",
-            "gone",
-            "└─ AssumedRole/orphan",
-            "own"
-        ],
+        TREE,
         "{}",
         r.show()
     );
@@ -1187,55 +1151,17 @@ async fn plugin_shows_assumed_roles_beneath_their_session_and_counts_them_on_app
     );
 
     // approve counts what it refreshes: the SessionToken's own role...
-    let r = sts_as(
-        cp,
-        "bob",
-        &["approve", "own", "-n", n, "--code", "975310", "--no-wait"],
-        None,
-    )
-    .await?;
-    assert_eq!(r.code, 0, "{}", r.show());
-    assert!(
-        r.stderr.contains(
-            "This approval also refreshes 1 role credential set: its own role (spec.assumeRole)."
-        ),
-        "{}",
-        r.show()
-    );
-    assert!(
-        !r.all().contains("975310"),
-        "the code was printed:\n{}",
-        r.show()
-    );
+    let own_role =
+        "This approval also refreshes 1 role credential set: its own role (spec.assumeRole).";
+    let args = ["approve", "own", "-n", n, "--code", "975310", "--no-wait"];
+    approve_saying(cp, "bob", &args, None, own_role).await?;
 
     // ...and the AssumedRoles; and approves as before.
-    let _op = Operator::start(
-        cp,
-        n,
-        &OperatorOptions {
-            sts_endpoint: sts.endpoint(),
-            extra_args: vec![],
-            leader_election: false,
-            user: OPERATOR_USER,
-        },
-    )
-    .await?;
+    let _op = start_operator(cp, n, &sts).await?;
     wait_condition(&ns, "app", "Ready", "False", "AwaitingTokenCode", T).await?;
-    let r = sts_as(
-        cp,
-        "bob",
-        &["approve", "app", "-n", n, "--code", "123456"],
-        None,
-    )
-    .await?;
-    assert_eq!(r.code, 0, "{}", r.show());
-    assert!(
-        r.stderr.contains(
-            "This approval also refreshes 2 role credential sets: AssumedRoles deployer, reader."
-        ),
-        "{}",
-        r.show()
-    );
+    let two = "This approval also refreshes 2 role credential sets: AssumedRoles deployer, reader.";
+    let args = ["approve", "app", "-n", n, "--code", "123456"];
+    let r = approve_saying(cp, "bob", &args, None, two).await?;
     assert!(
         r.stdout
             .contains(&format!("SessionToken {n}/app: new session"))
@@ -1243,28 +1169,14 @@ async fn plugin_shows_assumed_roles_beneath_their_session_and_counts_them_on_app
         "{}",
         r.show()
     );
-    assert!(
-        !r.all().contains("123456"),
-        "the code was printed:\n{}",
-        r.show()
-    );
     assert_eq!(sts.uses_of_code("123456"), 1);
     // Someone who may not list AssumedRoles: not counted, approved anyway.
-    let r = sts_as(cp, "alice", &["approve", "app", "-n", n], Some("246810\n")).await?;
-    assert_eq!(r.code, 0, "{}", r.show());
-    assert!(
-        r.stderr.contains(&format!(
-            "Could not count the role credential sets this approval also refreshes: you may not list AssumedRoles in namespace {n} (Forbidden). Approving anyway."
-        )),
-        "{}",
-        r.show()
+    let uncounted = format!(
+        "Could not count the role credential sets this approval also refreshes: you may not list AssumedRoles in namespace {n} (Forbidden). Approving anyway."
     );
+    let args = ["approve", "app", "-n", n];
+    let r = approve_saying(cp, "alice", &args, Some("246810\n"), &uncounted).await?;
     assert!(r.stdout.contains("approved by alice"), "{}", r.show());
-    assert!(
-        !r.all().contains("246810"),
-        "the code was printed:\n{}",
-        r.show()
-    );
     assert_eq!(sts.uses_of_code("246810"), 1);
     Ok(())
 }
