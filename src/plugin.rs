@@ -1441,19 +1441,26 @@ mod tests {
             .collect()
     }
 
+    /// SessionTokens `db` and `app` in team-a; AssumedRoles `writer` and `reader` on `app`,
+    /// `fresh` (no status yet) on `db`, `orphan` on `gone` (missing), and in team-b
+    /// `elsewhere` on `app` (missing there).
+    fn tree_fixture() -> ([SessionToken; 2], [AssumedRole; 5]) {
+        (
+            [named("team-a", "db"), named("team-a", "app")],
+            [
+                ready_role("team-a", "writer", "app", 2700),
+                ready_role("team-a", "reader", "app", 1800),
+                ar("team-a", "fresh", "db", json!({})),
+                ready_role("team-a", "orphan", "gone", 60),
+                ready_role("team-b", "elsewhere", "app", 60),
+            ],
+        )
+    }
+
     #[test]
     fn assumed_roles_are_a_tree_beneath_their_session_token() {
-        let now = t(0);
-        let sessions = [named("team-a", "db"), named("team-a", "app")];
-        let roles = [
-            ready_role("team-a", "writer", "app", 2700),
-            ready_role("team-a", "reader", "app", 1800),
-            ar("team-a", "fresh", "db", json!({})),
-            ready_role("team-a", "orphan", "gone", 60),
-            // another namespace's "app" is not this one
-            ready_role("team-b", "elsewhere", "app", 60),
-        ];
-        let l = listing(&sessions, Some(&roles), now);
+        let (sessions, roles) = tree_fixture();
+        let l = listing(&sessions, Some(&roles), t(0));
         let table = render_table(&l, false);
         let lines: Vec<&str> = table.lines().collect();
         let first = |l: &str| l.split("   ").next().unwrap().trim().to_string();
@@ -1520,6 +1527,13 @@ mod tests {
         {
             assert_eq!(starts(l), starts(lines[0]), "line {i}:\n{table}");
         }
+    }
+
+    #[test]
+    fn assumed_roles_in_json_across_namespaces_and_for_one_session_token() {
+        let now = t(0);
+        let (sessions, roles) = tree_fixture();
+        let l = listing(&sessions, Some(&roles), now);
         // JSON: the roles under their SessionToken, the missing ones apart
         let j = serde_json::to_value(&l).unwrap();
         assert_eq!(j["items"][0]["name"], "app");

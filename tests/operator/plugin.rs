@@ -989,39 +989,27 @@ const TREE: [&str; 6] = [
     "own",
 ];
 
-/// Issue 16: `kubectl sts status` shows each SessionToken with the AssumedRoles drawing on it as
-/// a tree beneath it (and those naming a SessionToken that does not exist beneath a line saying
-/// so), or, to someone who may not list AssumedRoles, the SessionTokens with a note; `approve`
-/// says how many role credential sets the approval also refreshes (or that it could not count
-/// them) and approves as before. The AssumedRoles' status is written by the test (no operator
-/// runs until the approvals).
-#[tokio::test]
-async fn plugin_shows_assumed_roles_beneath_their_session_and_counts_them_on_approve() -> Result<()>
-{
-    let cp = control_plane().await;
-    let ns = Ns::new(cp, "plugin-tree").await?;
-    let n = ns.name.clone();
-    let n = n.as_str();
+/// A namespace for issue 16's tests: SessionTokens `app` and `own` (with its own
+/// `spec.assumeRole`), both with MFA; AssumedRoles `deployer` (Ready, 45 minutes left) and
+/// `reader` (`RoleAccessDenied`) drawing on `app`, and `orphan` naming a SessionToken `gone`
+/// that does not exist, their status written by the test (as the operator would); alice may
+/// approve but not list AssumedRoles, bob may do both. No operator runs.
+async fn assumed_role_world(cp: &ControlPlane, prefix: &str) -> Result<(Ns, StsDouble)> {
+    let ns = Ns::new(cp, prefix).await?;
+    let n = ns.name.as_str();
     let sts = sts_with_keys(&ns).await?;
-    let user = sts.default_user();
-    let serial = user.serial_number().unwrap();
+    let serial = sts.default_user().serial_number().unwrap().to_string();
     grant_approver(cp, n, "alice").await?; // SessionTokens only
     grant_approver(cp, n, "bob").await?;
     grant_assumed_role_reader(cp, n, "bob").await?;
-    ns.create_session("app", spec(Some(serial))).await?;
-    let mut own = spec(Some(serial));
+    ns.create_session("app", spec(Some(&serial))).await?;
+    let mut own = spec(Some(&serial));
     own["assumeRole"] = json!({"roleArn": "arn:aws:iam::123456789012:role/own"});
     ns.create_session("own", own).await?;
-    let hour = Duration::from_secs(3600);
+    let three_quarters = Duration::from_secs(2700);
+    let ready = ("True", "RoleAssumed");
     assumed_role(&ns, "reader", "app", ("False", "RoleAccessDenied"), None).await?;
-    assumed_role(
-        &ns,
-        "deployer",
-        "app",
-        ("True", "RoleAssumed"),
-        Some(hour * 3 / 4),
-    )
-    .await?;
+    assumed_role(&ns, "deployer", "app", ready, Some(three_quarters)).await?;
     assumed_role(
         &ns,
         "orphan",
@@ -1030,7 +1018,17 @@ async fn plugin_shows_assumed_roles_beneath_their_session_and_counts_them_on_app
         None,
     )
     .await?;
+    Ok((ns, sts))
+}
 
+/// Issue 16: `kubectl sts status` shows each SessionToken with the AssumedRoles drawing on it
+/// as a tree beneath it, and those naming a SessionToken that does not exist beneath a line
+/// saying so (in the table, with NAME, with -A and in -o json).
+#[tokio::test]
+async fn plugin_status_shows_assumed_roles_beneath_their_session_token() -> Result<()> {
+    let cp = control_plane().await;
+    let (ns, _sts) = assumed_role_world(cp, "plugin-tree").await?;
+    let n = ns.name.as_str();
     // The tree, for someone who may list AssumedRoles.
     let r = sts_as(cp, "bob", &["status", "-n", n], None).await?;
     assert_eq!(r.code, 0, "{}", r.show());
@@ -1124,6 +1122,17 @@ async fn plugin_shows_assumed_roles_beneath_their_session_and_counts_them_on_app
         r.show()
     );
 
+    Ok(())
+}
+
+/// Issue 16: to someone who may not list AssumedRoles, `kubectl sts status` shows the
+/// SessionTokens with one note, and exits 0.
+#[tokio::test]
+async fn plugin_status_without_rights_on_assumed_roles_shows_the_session_tokens_with_a_note()
+-> Result<()> {
+    let cp = control_plane().await;
+    let (ns, _sts) = assumed_role_world(cp, "plugin-tree-note").await?;
+    let n = ns.name.as_str();
     // Someone who may not list AssumedRoles: the SessionTokens, one note, exit 0.
     let r = sts_as(cp, "alice", &["status", "-n", n], None).await?;
     assert_eq!(r.code, 0, "{}", r.show());
@@ -1150,6 +1159,17 @@ async fn plugin_shows_assumed_roles_beneath_their_session_and_counts_them_on_app
         r.show()
     );
 
+    Ok(())
+}
+
+/// Issue 16: `kubectl sts approve` says how many role credential sets the approval also
+/// refreshes (its own role, the AssumedRoles), or that it could not count them, and approves as
+/// before.
+#[tokio::test]
+async fn plugin_approve_counts_the_role_credential_sets_it_refreshes() -> Result<()> {
+    let cp = control_plane().await;
+    let (ns, sts) = assumed_role_world(cp, "plugin-count").await?;
+    let n = ns.name.as_str();
     // approve counts what it refreshes: the SessionToken's own role...
     let own_role =
         "This approval also refreshes 1 role credential set: its own role (spec.assumeRole).";
