@@ -3,13 +3,14 @@
 //! approval or a renewal has worked. No I/O here, so all of it is unit-tested.
 
 use crate::crd::{
-    APPROVED_BY_ANNOTATION, Approval, Condition, Failure, RENEW_ANNOTATION, SessionToken,
-    TOKEN_CODE_ANNOTATION,
+    APPROVED_BY_ANNOTATION, Approval, AssumedRole, Condition, Failure, RENEW_ANNOTATION,
+    SessionToken, TOKEN_CODE_ANNOTATION,
 };
 use jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
 use serde::Serialize;
 use serde_json::{Value, json};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// Field manager of the plugin's writes (visible in `managedFields`).
@@ -145,7 +146,7 @@ pub fn awaiting_code(st: &SessionToken) -> bool {
         })
 }
 
-/// One line of `kubectl sts status`.
+/// One line of `kubectl sts status`: a SessionToken.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Row {
@@ -159,6 +160,48 @@ pub struct Row {
     pub mfa: bool,
     pub awaiting_code: bool,
     pub secret: Option<String>,
+    /// Its own role (`spec.assumeRole.roleArn`), if any.
+    pub role_arn: Option<String>,
+    /// The AssumedRoles drawing on its session, by name; absent when they could not be listed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub assumed_roles: Option<Vec<RoleRow>>,
+}
+
+/// One AssumedRole of `kubectl sts status`, beneath the SessionToken it draws on.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RoleRow {
+    pub namespace: String,
+    pub name: String,
+    /// `spec.sessionTokenRef.name`.
+    pub session_token: String,
+    pub ready: String,
+    pub reason: String,
+    pub role_arn: String,
+    pub expires: Option<String>,
+    pub left: String,
+    pub renews: Option<String>,
+    pub secret: Option<String>,
+}
+
+/// A SessionToken that AssumedRoles refer to but that does not exist.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MissingSession {
+    pub namespace: String,
+    pub name: String,
+    pub assumed_roles: Vec<RoleRow>,
+}
+
+/// What `kubectl sts status` shows (and `-o json` prints): the SessionTokens, each with its
+/// AssumedRoles, and the SessionTokens AssumedRoles refer to that do not exist (absent when the
+/// AssumedRoles could not be listed).
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Listing {
+    pub items: Vec<Row>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub missing_session_tokens: Option<Vec<MissingSession>>,
 }
 
 fn rfc3339(t: Timestamp) -> String {
@@ -168,23 +211,110 @@ fn rfc3339(t: Timestamp) -> String {
         .to_string()
 }
 
+/// READY and REASON from a Ready condition: `Unknown` and no reason without one.
+fn ready_cells(ready: Option<&Condition>) -> (String, String) {
+    (
+        ready
+            .map(|c| c.status.to_string())
+            .unwrap_or_else(|| "Unknown".into()),
+        ready.map(|c| c.reason.to_string()).unwrap_or_default(),
+    )
+}
+
 pub fn row(st: &SessionToken, now: Timestamp) -> Row {
     let status = st.status.clone().unwrap_or_default();
-    let ready = st.condition(READY);
+    let (ready, reason) = ready_cells(st.condition(READY));
     Row {
         namespace: st.namespace().unwrap_or_default(),
         name: st.name_any(),
-        ready: ready
-            .map(|c| c.status.to_string())
-            .unwrap_or_else(|| "Unknown".into()),
-        reason: ready.map(|c| c.reason.to_string()).unwrap_or_default(),
+        ready,
+        reason,
         expires: status.expiration.map(rfc3339),
         left: format_left(status.expiration, now),
         renews: status.renewal_time.map(rfc3339),
         mfa: st.spec.mfa.is_some(),
         awaiting_code: awaiting_code(st),
         secret: status.secret_name.clone(),
+        role_arn: st.spec.assume_role.as_ref().map(|r| r.role_arn.clone()),
+        assumed_roles: None,
     }
+}
+
+pub fn role_row(ar: &AssumedRole, now: Timestamp) -> RoleRow {
+    let status = ar.status.clone().unwrap_or_default();
+    let (ready, reason) = ready_cells(ar.condition(READY));
+    RoleRow {
+        namespace: ar.namespace().unwrap_or_default(),
+        name: ar.name_any(),
+        session_token: ar.spec.session_token_ref.name.clone(),
+        ready,
+        reason,
+        role_arn: ar.spec.role.role_arn.clone(),
+        expires: status.role.expiration.map(rfc3339),
+        left: format_left(status.role.expiration, now),
+        renews: status.role.renewal_time.map(rfc3339),
+        secret: status.secret_name,
+    }
+}
+
+/// Does the AssumedRole draw on the session of SessionToken `namespace/name`?
+pub fn draws_on(ar: &AssumedRole, namespace: &str, name: &str) -> bool {
+    ar.spec.session_token_ref.name == name && ar.namespace().as_deref() == Some(namespace)
+}
+
+/// The listing of `sessions` with `roles` beneath the SessionToken each refers to (`None`:
+/// the AssumedRoles could not be listed). Everything sorted by namespace and name.
+pub fn listing(
+    sessions: &[SessionToken],
+    roles: Option<&[AssumedRole]>,
+    now: Timestamp,
+) -> Listing {
+    let mut by_session: BTreeMap<(String, String), Vec<RoleRow>> = BTreeMap::new();
+    for ar in roles.unwrap_or_default() {
+        let r = role_row(ar, now);
+        by_session
+            .entry((r.namespace.clone(), r.session_token.clone()))
+            .or_default()
+            .push(r);
+    }
+    for list in by_session.values_mut() {
+        list.sort_by(|a, b| a.name.cmp(&b.name));
+    }
+    let mut items: Vec<Row> = sessions.iter().map(|st| row(st, now)).collect();
+    items.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    for item in &mut items {
+        let key = (item.namespace.clone(), item.name.clone());
+        item.assumed_roles = roles.map(|_| by_session.remove(&key).unwrap_or_default());
+    }
+    Listing {
+        items,
+        missing_session_tokens: roles.map(|_| {
+            by_session
+                .into_iter()
+                .map(|((namespace, name), assumed_roles)| MissingSession {
+                    namespace,
+                    name,
+                    assumed_roles,
+                })
+                .collect()
+        }),
+    }
+}
+
+/// The listing of `kubectl sts status NAME`: `st` with the AssumedRoles among `roles` that
+/// draw on it.
+pub fn listing_of(st: &SessionToken, roles: Option<&[AssumedRole]>, now: Timestamp) -> Listing {
+    let ns = st.namespace().unwrap_or_default();
+    let name = st.name_any();
+    let mine: Option<Vec<AssumedRole>> = roles.map(|all| {
+        all.iter()
+            .filter(|ar| draws_on(ar, &ns, &name))
+            .cloned()
+            .collect()
+    });
+    let mut l = listing(std::slice::from_ref(st), mine.as_deref(), now);
+    l.missing_session_tokens = None;
+    l
 }
 
 fn yes_no(b: bool) -> &'static str {
@@ -197,54 +327,92 @@ fn or_none(s: &Option<String>) -> String {
         .unwrap_or_else(|| "<none>".into())
 }
 
-/// Columns padded like kubectl's, three spaces apart; NAMESPACE first when `all_namespaces`.
-pub fn render_table(rows: &[Row], all_namespaces: bool) -> String {
-    let mut header = vec![
-        "NAME",
-        "READY",
-        "REASON",
-        "EXPIRES",
-        "LEFT",
-        "RENEWS",
-        "MFA",
-        "AWAITING CODE",
-        "SECRET",
-    ];
-    if all_namespaces {
-        header.insert(0, "NAMESPACE");
-    }
-    let mut lines: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
-    for r in rows {
-        let mut cells = vec![
-            r.name.clone(),
-            r.ready.clone(),
-            or_none(&Some(r.reason.clone())),
-            or_none(&r.expires),
-            r.left.clone(),
-            or_none(&r.renews),
-            yes_no(r.mfa).into(),
-            yes_no(r.awaiting_code).into(),
-            or_none(&r.secret),
-        ];
-        if all_namespaces {
-            cells.insert(0, r.namespace.clone());
+/// One line of a table; `spans`: all but its NAMESPACE cell run on past the columns (they are
+/// not measured: a long one does not widen the column).
+struct Line {
+    cells: Vec<String>,
+    measured: usize,
+}
+
+impl Line {
+    fn new(namespace: Option<&str>, cells: Vec<String>, spans: bool) -> Line {
+        let mut all: Vec<String> = namespace.map(str::to_string).into_iter().collect();
+        let measured = if spans { all.len() } else { usize::MAX };
+        all.extend(cells);
+        Line {
+            cells: all,
+            measured,
         }
-        lines.push(cells);
     }
-    let widths: Vec<usize> = (0..header.len())
+}
+
+/// The lines of the AssumedRoles beneath a SessionToken: `├─ AssumedRole/NAME`, the last
+/// `└─`; cells under the SessionToken's columns, `-` where a column does not apply.
+fn role_lines(roles: &[RoleRow], all_namespaces: bool, role_column: bool) -> Vec<Line> {
+    roles
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let branch = if i.saturating_add(1) == roles.len() {
+                "└─"
+            } else {
+                "├─"
+            };
+            let mut cells = vec![
+                format!("{branch} AssumedRole/{}", r.name),
+                r.ready.clone(),
+                or_none(&Some(r.reason.clone())),
+                or_none(&r.expires),
+                r.left.clone(),
+                or_none(&r.renews),
+                "-".into(),
+                "-".into(),
+                or_none(&r.secret),
+            ];
+            if role_column {
+                cells.push(r.role_arn.clone());
+            }
+            Line::new(all_namespaces.then_some(&*r.namespace), cells, false)
+        })
+        .collect()
+}
+
+fn session_line(r: &Row, all_namespaces: bool, role_column: bool) -> Line {
+    let mut cells = vec![
+        r.name.clone(),
+        r.ready.clone(),
+        or_none(&Some(r.reason.clone())),
+        or_none(&r.expires),
+        r.left.clone(),
+        or_none(&r.renews),
+        yes_no(r.mfa).into(),
+        yes_no(r.awaiting_code).into(),
+        or_none(&r.secret),
+    ];
+    if role_column {
+        cells.push(or_none(&r.role_arn));
+    }
+    Line::new(all_namespaces.then_some(&*r.namespace), cells, false)
+}
+
+/// Lines padded like kubectl's columns, three spaces apart.
+fn align(lines: &[Line]) -> String {
+    let columns = lines.iter().map(|l| l.cells.len()).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
         .map(|i| {
             lines
                 .iter()
-                .map(|l| l.get(i).map_or(0, |c| c.chars().count()))
+                .filter(|l| i < l.measured)
+                .map(|l| l.cells.get(i).map_or(0, |c| c.chars().count()))
                 .max()
                 .unwrap_or(0)
         })
         .collect();
     let mut out = String::new();
-    for line in &lines {
+    for line in lines {
         let mut text = String::new();
-        for (i, cell) in line.iter().enumerate() {
-            if i.saturating_add(1) == line.len() {
+        for (i, cell) in line.cells.iter().enumerate() {
+            if i.saturating_add(1) == line.cells.len() {
                 text.push_str(cell);
             } else {
                 let w = widths.get(i).copied().unwrap_or(0);
@@ -255,6 +423,117 @@ pub fn render_table(rows: &[Row], all_namespaces: bool) -> String {
         out.push('\n');
     }
     out
+}
+
+/// The columns of the `status` table (then ROLE, when there is a role to show).
+pub const COLUMNS: [&str; 9] = [
+    "NAME",
+    "READY",
+    "REASON",
+    "EXPIRES",
+    "LEFT",
+    "RENEWS",
+    "MFA",
+    "AWAITING CODE",
+    "SECRET",
+];
+
+/// The `status` table: a SessionToken a line, its AssumedRoles as a tree beneath it, and each
+/// SessionToken AssumedRoles refer to that does not exist as a line saying so (with its
+/// AssumedRoles beneath), in the order of namespace and name. NAMESPACE first with
+/// `all_namespaces`; a last column ROLE when there is a role to show.
+pub fn render_table(listing: &Listing, all_namespaces: bool) -> String {
+    let missing = listing
+        .missing_session_tokens
+        .as_deref()
+        .unwrap_or_default();
+    let role_column = !missing.is_empty()
+        || listing.items.iter().any(|r| {
+            r.role_arn.is_some() || r.assumed_roles.as_ref().is_some_and(|a| !a.is_empty())
+        });
+    let mut header = COLUMNS.to_vec();
+    if role_column {
+        header.push("ROLE");
+    }
+    let ns_header = all_namespaces.then_some("NAMESPACE");
+    let header = header.iter().map(|h| h.to_string()).collect();
+    let mut groups: Vec<((&str, &str), Vec<Line>)> = Vec::new();
+    for r in &listing.items {
+        let mut lines = vec![session_line(r, all_namespaces, role_column)];
+        let roles = r.assumed_roles.as_deref().unwrap_or_default();
+        lines.extend(role_lines(roles, all_namespaces, role_column));
+        groups.push(((&r.namespace, &r.name), lines));
+    }
+    for m in missing {
+        let ns = all_namespaces.then_some(&*m.namespace);
+        let text = vec![m.name.clone(), "<SessionToken not found>".into()];
+        let mut lines = vec![Line::new(ns, text, true)];
+        lines.extend(role_lines(&m.assumed_roles, all_namespaces, role_column));
+        groups.push(((&m.namespace, &m.name), lines));
+    }
+    groups.sort_by_key(|(key, _)| *key);
+    let mut lines = vec![Line::new(ns_header, header, false)];
+    lines.extend(groups.into_iter().flat_map(|(_, l)| l));
+    align(&lines)
+}
+
+/// The role credential sets an approval of `st` refreshes besides its session: its own role
+/// (`spec.assumeRole`) and the AssumedRoles among `roles` that draw on it. `None` when there
+/// are none: nothing to say.
+pub fn refresh_note(st: &SessionToken, roles: &[AssumedRole]) -> Option<String> {
+    const NAMED: usize = 10;
+    let ns = st.namespace().unwrap_or_default();
+    let name = st.name_any();
+    let mut names: Vec<String> = roles
+        .iter()
+        .filter(|ar| draws_on(ar, &ns, &name))
+        .map(|ar| ar.name_any())
+        .collect();
+    names.sort();
+    let own = st.spec.assume_role.is_some();
+    let count = names.len().saturating_add(usize::from(own));
+    if count == 0 {
+        return None;
+    }
+    let mut parts = Vec::new();
+    if own {
+        parts.push("its own role (spec.assumeRole)".to_string());
+    }
+    if !names.is_empty() {
+        let shown = names
+            .iter()
+            .take(NAMED)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ");
+        let more = names.len().saturating_sub(NAMED);
+        parts.push(format!(
+            "AssumedRole{} {shown}{}",
+            if names.len() == 1 { "" } else { "s" },
+            if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            }
+        ));
+    }
+    Some(format!(
+        "This approval also refreshes {count} role credential set{}: {}.",
+        if count == 1 { "" } else { "s" },
+        parts.join(" and ")
+    ))
+}
+
+/// What `approve` says when the AssumedRoles could not be listed (`why`: e.g. Forbidden).
+pub fn refresh_unknown_note(st: &SessionToken, why: &str) -> String {
+    let own = if st.spec.assume_role.is_some() {
+        " (at least 1: its own role, spec.assumeRole)"
+    } else {
+        ""
+    };
+    format!(
+        "Could not count the role credential sets this approval also refreshes{own}: {why}. Approving anyway."
+    )
 }
 
 /// The details `kubectl sts status NAME` prints below the table.
@@ -337,10 +616,12 @@ pub fn render_details(st: &SessionToken, now: Timestamp) -> String {
     out
 }
 
-/// `-o json` of one SessionToken: its row plus conditions and the last approval.
-pub fn details_json(st: &SessionToken, now: Timestamp) -> Value {
+/// `-o json` of one SessionToken: its row (with the AssumedRoles among `roles` that draw on
+/// it, unless `roles` is `None`) plus conditions and the last approval.
+pub fn details_json(st: &SessionToken, roles: Option<&[AssumedRole]>, now: Timestamp) -> Value {
     let status = st.status.clone().unwrap_or_default();
-    let mut v = serde_json::to_value(row(st, now)).unwrap_or_default();
+    let item = listing_of(st, roles, now).items.pop();
+    let mut v = serde_json::to_value(item).unwrap_or_default();
     if let Some(o) = v.as_object_mut() {
         o.insert(
             "conditions".into(),
@@ -772,6 +1053,8 @@ mod tests {
                 mfa: true,
                 awaiting_code: false,
                 secret: Some("app-aws".into()),
+                role_arn: None,
+                assumed_roles: None,
             }
         );
         let waiting = st(
@@ -794,7 +1077,7 @@ mod tests {
         )));
 
         let table = render_table(
-            &[r.clone(), row(&waiting, now), row(&expired_auto, now)],
+            &listing(&[issued.clone(), waiting, expired_auto], None, now),
             false,
         );
         let lines: Vec<&str> = table.lines().collect();
@@ -804,20 +1087,7 @@ mod tests {
             .map(str::trim)
             .filter(|s| !s.is_empty())
             .collect();
-        assert_eq!(
-            cols,
-            [
-                "NAME",
-                "READY",
-                "REASON",
-                "EXPIRES",
-                "LEFT",
-                "RENEWS",
-                "MFA",
-                "AWAITING CODE",
-                "SECRET"
-            ]
-        );
+        assert_eq!(cols, COLUMNS);
         let cells = |l: &str| l.split_whitespace().map(str::to_string).collect::<Vec<_>>();
         assert_eq!(
             cells(lines[1]),
@@ -834,7 +1104,7 @@ mod tests {
             ]
         );
         assert_eq!(
-            cells(lines[2]),
+            cells(lines[3]),
             [
                 "db",
                 "False",
@@ -848,7 +1118,7 @@ mod tests {
             ]
         );
         assert_eq!(
-            cells(lines[3]),
+            cells(lines[2]),
             [
                 "auto",
                 "False",
@@ -874,7 +1144,7 @@ mod tests {
         for l in &lines[1..] {
             assert_eq!(starts(l), starts(lines[0]), "{table}");
         }
-        let all = render_table(&[r], true);
+        let all = render_table(&listing(&[issued], None, now), true);
         assert!(all.starts_with("NAMESPACE   NAME"), "{all}");
         assert!(
             all.lines().nth(1).unwrap().starts_with("team-a      app "),
@@ -896,7 +1166,7 @@ mod tests {
             "{d}"
         );
         assert!(d.contains("(1m00s)"), "{d}");
-        let j = details_json(&s, t(0));
+        let j = details_json(&s, None, t(0));
         assert_eq!(j["lastApproval"]["approvedBy"], "alice");
         assert_eq!(j["conditions"][1]["reason"], "TokenCodeRejected");
         assert_eq!(j["awaitingCode"], false);
@@ -923,7 +1193,7 @@ mod tests {
         ] {
             assert!(d.contains(needle), "{needle}: {d}");
         }
-        assert_eq!(details_json(&s, t(0))["role"]["assumptions"], 3);
+        assert_eq!(details_json(&s, None, t(0))["role"]["assumptions"], 3);
         let plain = render_details(&st(json!({})), t(0));
         assert!(!plain.contains("Role"), "{plain}");
     }
@@ -1137,5 +1407,308 @@ mod tests {
         assert!(
             matches!(renew_outcome(&before, at, &base, Some(SETTLE)), Outcome::Failed { reason, .. } if reason == "NotRenewed")
         );
+    }
+
+    fn ar(namespace: &str, name: &str, session: &str, status: Value) -> AssumedRole {
+        serde_json::from_value(json!({
+            "apiVersion": "stssession.dev/v1alpha1", "kind": "AssumedRole",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"sessionTokenRef": {"name": session}, "roleArn": format!("arn:aws:iam::123456789012:role/{name}")},
+            "status": status,
+        }))
+        .unwrap()
+    }
+
+    fn ready_role(namespace: &str, name: &str, session: &str, expires: i64) -> AssumedRole {
+        ar(
+            namespace,
+            name,
+            session,
+            json!({"conditions": [cond("Ready", "True", "RoleAssumed", -10)], "secretName": name,
+                   "expiration": t(expires).to_string(), "renewalTime": t(expires / 2).to_string()}),
+        )
+    }
+
+    fn named(namespace: &str, name: &str) -> SessionToken {
+        st(json!({"metadata": {"name": name, "namespace": namespace}}))
+    }
+
+    /// The start (in characters) of every cell of a line: a non-blank after two blanks.
+    fn starts(line: &str) -> Vec<usize> {
+        let c: Vec<char> = line.chars().collect();
+        (0..c.len())
+            .filter(|&i| c[i] != ' ' && (i == 0 || (i >= 2 && c[i - 1] == ' ' && c[i - 2] == ' ')))
+            .collect()
+    }
+
+    /// SessionTokens `db` and `app` in team-a; AssumedRoles `writer` and `reader` on `app`,
+    /// `fresh` (no status yet) on `db`, `orphan` on `gone` (missing), and in team-b
+    /// `elsewhere` on `app` (missing there).
+    fn tree_fixture() -> ([SessionToken; 2], [AssumedRole; 5]) {
+        (
+            [named("team-a", "db"), named("team-a", "app")],
+            [
+                ready_role("team-a", "writer", "app", 2700),
+                ready_role("team-a", "reader", "app", 1800),
+                ar("team-a", "fresh", "db", json!({})),
+                ready_role("team-a", "orphan", "gone", 60),
+                ready_role("team-b", "elsewhere", "app", 60),
+            ],
+        )
+    }
+
+    #[test]
+    fn assumed_roles_are_a_tree_beneath_their_session_token() {
+        let (sessions, roles) = tree_fixture();
+        let l = listing(&sessions, Some(&roles), t(0));
+        let table = render_table(&l, false);
+        let lines: Vec<&str> = table.lines().collect();
+        let first = |l: &str| l.split("   ").next().unwrap().trim().to_string();
+        assert_eq!(
+            lines.iter().map(|l| first(l)).collect::<Vec<_>>(),
+            [
+                "NAME",
+                "app",
+                "├─ AssumedRole/reader",
+                "└─ AssumedRole/writer",
+                "db",
+                "└─ AssumedRole/fresh",
+                "gone",
+                "└─ AssumedRole/orphan",
+                "app",
+                "└─ AssumedRole/elsewhere",
+            ],
+            "{table}"
+        );
+        assert!(
+            lines[0]
+                .split_whitespace()
+                .rev()
+                .take(2)
+                .eq(["ROLE", "SECRET"]),
+            "{table}"
+        );
+        let cells = |l: &str| {
+            l.split("  ")
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            cells(lines[2]),
+            [
+                "├─ AssumedRole/reader",
+                "True",
+                "RoleAssumed",
+                "2027-01-15T08:30:00Z",
+                "30m00s",
+                "2027-01-15T08:15:00Z",
+                "-",
+                "-",
+                "reader",
+                "arn:aws:iam::123456789012:role/reader"
+            ]
+        );
+        assert_eq!(
+            cells(lines[5])[1..5],
+            ["Unknown", "<none>", "<none>", "<none>"]
+        );
+        // the SessionToken's own role column: none
+        assert_eq!(cells(lines[1]).last().unwrap(), "<none>");
+        // a SessionToken AssumedRoles refer to that does not exist: a line saying so
+        assert_eq!(cells(lines[6]), ["gone", "<SessionToken not found>"]);
+        assert_eq!(cells(lines[8]), ["app", "<SessionToken not found>"]);
+        // every line but those runs on the columns
+        for (i, l) in lines
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| ![6, 8].contains(i))
+        {
+            assert_eq!(starts(l), starts(lines[0]), "line {i}:\n{table}");
+        }
+    }
+
+    #[test]
+    fn assumed_roles_in_json_across_namespaces_and_for_one_session_token() {
+        let now = t(0);
+        let (sessions, roles) = tree_fixture();
+        let l = listing(&sessions, Some(&roles), now);
+        // JSON: the roles under their SessionToken, the missing ones apart
+        let j = serde_json::to_value(&l).unwrap();
+        assert_eq!(j["items"][0]["name"], "app");
+        assert_eq!(j["items"][0]["assumedRoles"][1]["name"], "writer");
+        assert_eq!(j["items"][0]["assumedRoles"][1]["left"], "45m00s");
+        assert_eq!(j["items"][1]["assumedRoles"][0]["ready"], "Unknown");
+        assert_eq!(j["missingSessionTokens"][0]["name"], "gone");
+        assert_eq!(
+            j["missingSessionTokens"][0]["assumedRoles"][0]["sessionToken"],
+            "gone"
+        );
+        assert_eq!(j["missingSessionTokens"][1]["namespace"], "team-b");
+        // -A: the namespace on every line, the tree included
+        let all = render_table(&l, true);
+        let all_lines: Vec<&str> = all.lines().collect();
+        assert!(all_lines[0].starts_with("NAMESPACE   NAME "), "{all}");
+        assert!(
+            all_lines[3].starts_with("team-a      └─ AssumedRole/writer "),
+            "{all}"
+        );
+        assert!(
+            all_lines[9].starts_with("team-b      └─ AssumedRole/elsewhere "),
+            "{all}"
+        );
+        // status NAME: only its own AssumedRoles, no missing SessionTokens
+        let one = listing_of(&sessions[1], Some(&roles), now);
+        assert_eq!(one.items.len(), 1);
+        assert_eq!(one.missing_session_tokens, None);
+        let names: Vec<_> = one.items[0]
+            .assumed_roles
+            .iter()
+            .flatten()
+            .map(|r| r.name.clone())
+            .collect();
+        assert_eq!(names, ["reader", "writer"]);
+        let d = details_json(&sessions[1], Some(&roles), now);
+        assert_eq!(
+            d["assumedRoles"][0]["roleArn"],
+            "arn:aws:iam::123456789012:role/reader"
+        );
+    }
+
+    #[test]
+    fn without_assumed_roles_the_table_is_as_before() {
+        let now = t(0);
+        let sessions = [named("team-a", "app")];
+        let known_none = listing(&sessions, Some(&[]), now);
+        let unknown = listing(&sessions, None, now);
+        for l in [&known_none, &unknown] {
+            let table = render_table(l, false);
+            assert_eq!(table.lines().count(), 2, "{table}");
+            assert!(
+                table.starts_with("NAME   READY")
+                    && table.lines().next().unwrap().ends_with("SECRET"),
+                "{table}"
+            );
+        }
+        // JSON: known and none, or not known (the key absent)
+        let j = serde_json::to_value(&known_none).unwrap();
+        assert_eq!(j["items"][0]["assumedRoles"], json!([]));
+        assert_eq!(j["missingSessionTokens"], json!([]));
+        let j = serde_json::to_value(&unknown).unwrap();
+        assert!(j["items"][0].get("assumedRoles").is_none(), "{j}");
+        assert!(j.get("missingSessionTokens").is_none(), "{j}");
+        assert!(
+            details_json(&sessions[0], None, now)
+                .get("assumedRoles")
+                .is_none()
+        );
+        assert_eq!(
+            details_json(&sessions[0], Some(&[]), now)["assumedRoles"],
+            json!([])
+        );
+        // nothing at all: the header alone
+        assert_eq!(
+            render_table(&listing(&[], Some(&[]), now), false)
+                .lines()
+                .count(),
+            1
+        );
+        // a SessionToken's own role shows the ROLE column
+        let own =
+            st(json!({"spec": {"assumeRole": {"roleArn": "arn:aws:iam::123456789012:role/own"}}}));
+        let table = render_table(&listing(&[own], Some(&[]), now), false);
+        assert!(table.lines().next().unwrap().ends_with("ROLE"), "{table}");
+        assert!(
+            table
+                .lines()
+                .nth(1)
+                .unwrap()
+                .ends_with("arn:aws:iam::123456789012:role/own"),
+            "{table}"
+        );
+    }
+
+    #[test]
+    fn long_names_widen_their_column_and_stay_aligned() {
+        let now = t(0);
+        let long = "a".repeat(63);
+        let sessions = [named("team-a", "app"), named("team-a", &long)];
+        let roles = [
+            ready_role("team-a", &"r".repeat(63), "app", 600),
+            ready_role("team-a", "s", &long, 600),
+            ready_role("team-a", "t", &"m".repeat(253), 600),
+        ];
+        let table = render_table(&listing(&sessions, Some(&roles), now), false);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 7, "{table}");
+        assert!(
+            lines[4].starts_with(&format!("└─ AssumedRole/{}   True", "r".repeat(63))),
+            "{table}"
+        );
+        // the missing SessionToken's long name runs on without widening the column past it
+        let missing = lines.iter().position(|l| l.starts_with("mmm")).unwrap();
+        for (i, l) in lines.iter().enumerate().filter(|(i, _)| *i != missing) {
+            assert_eq!(starts(l), starts(lines[0]), "line {i}:\n{table}");
+        }
+        assert_eq!(
+            starts(lines[0])[1],
+            "└─ AssumedRole/".chars().count() + 63 + 3
+        );
+    }
+
+    #[test]
+    fn approve_counts_the_role_credential_sets_it_refreshes() {
+        let app = named("team-a", "app");
+        assert_eq!(refresh_note(&app, &[]), None);
+        let others = [
+            ready_role("team-a", "x", "db", 60),
+            ready_role("team-b", "y", "app", 60),
+        ];
+        assert_eq!(refresh_note(&app, &others), None, "other sessions' roles");
+        let roles: Vec<AssumedRole> = ["e", "c", "a", "d", "b"]
+            .into_iter()
+            .map(|n| ready_role("team-a", n, "app", 60))
+            .chain(others.clone())
+            .collect();
+        assert_eq!(
+            refresh_note(&app, &roles).unwrap(),
+            "This approval also refreshes 5 role credential sets: AssumedRoles a, b, c, d, e."
+        );
+        assert_eq!(
+            refresh_note(&app, &roles[..1]).unwrap(),
+            "This approval also refreshes 1 role credential set: AssumedRole e."
+        );
+        let own =
+            st(json!({"spec": {"assumeRole": {"roleArn": "arn:aws:iam::123456789012:role/own"}}}));
+        assert_eq!(
+            refresh_note(&own, &[]).unwrap(),
+            "This approval also refreshes 1 role credential set: its own role (spec.assumeRole)."
+        );
+        assert_eq!(
+            refresh_note(&own, &roles[..2]).unwrap(),
+            "This approval also refreshes 3 role credential sets: its own role (spec.assumeRole) and AssumedRoles c, e."
+        );
+        let many: Vec<AssumedRole> = (0..25)
+            .map(|i| ready_role("team-a", &format!("r{i:02}"), "app", 60))
+            .collect();
+        let note = refresh_note(&app, &many).unwrap();
+        assert!(
+            note.starts_with(
+                "This approval also refreshes 25 role credential sets: AssumedRoles r00, r01,"
+            ) && note.ends_with("r09 and 15 more."),
+            "{note}"
+        );
+        let unknown = refresh_unknown_note(
+            &own,
+            "you may not list AssumedRoles in namespace team-a (Forbidden)",
+        );
+        assert!(
+            unknown.contains("Could not count")
+                && unknown.contains("at least 1")
+                && unknown.ends_with("Approving anyway."),
+            "{unknown}"
+        );
+        assert!(!refresh_unknown_note(&app, "x").contains("at least"));
     }
 }

@@ -1,4 +1,5 @@
-//! `kubectl sts`: approve, renew, revoke and inspect SessionTokens of the sts-session-operator.
+//! `kubectl sts`: approve, renew, revoke and inspect SessionTokens (and the AssumedRoles drawing on
+//! them) of the sts-session-operator.
 //! Installed as `kubectl-sts` on PATH, kubectl runs it for `kubectl sts ...`.
 //!
 //! The decisions (code checks, outcome, table) are in `sts_session_operator::plugin`; this
@@ -27,7 +28,9 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
 use sts_session_operator::Sensitive;
-use sts_session_operator::crd::{RENEW_ANNOTATION, SessionToken, TOKEN_CODE_ANNOTATION};
+use sts_session_operator::crd::{
+    AssumedRole, RENEW_ANNOTATION, SessionToken, TOKEN_CODE_ANNOTATION,
+};
 use sts_session_operator::plan::{annotation_set_at, parse_duration};
 use sts_session_operator::plugin::{
     self, Baseline, EXIT_FAILED, EXIT_TIMEOUT, EXIT_USAGE, Outcome, Waiting,
@@ -72,7 +75,8 @@ enum Command {
     /// stdin when it is not a terminal), sets it as the annotation stssession.dev/token-code
     /// with you (as the API server's SelfSubjectReview names you) as
     /// stssession.dev/approved-by, and waits until the operator has used it. The code is never
-    /// printed.
+    /// printed. First says how many role credential sets the approval also refreshes: the
+    /// SessionToken's own role (spec.assumeRole) and the AssumedRoles drawing on its session.
     #[command(after_help = AFTER_HELP)]
     Approve {
         /// The SessionToken.
@@ -84,12 +88,17 @@ enum Command {
         #[command(flatten)]
         wait: WaitArgs,
     },
-    /// Show SessionTokens: readiness, expiry, whether one awaits a code, the Secret
+    /// Show SessionTokens and the AssumedRoles drawing on them: readiness, expiry, whether one
+    /// awaits a code, the Secret
     ///
     /// A table with READY and REASON (the Ready condition), EXPIRES and LEFT (the current
     /// session), RENEWS (when it is renewed or, with MFA, a new code is asked for), MFA,
-    /// AWAITING CODE (MFA and no usable session) and SECRET. With NAME also the conditions'
-    /// messages and the last approval.
+    /// AWAITING CODE (MFA and no usable session) and SECRET. Beneath each SessionToken, as a
+    /// tree, the AssumedRoles whose spec.sessionTokenRef names it (their role credentials'
+    /// expiry, their Secret, and their role in a last column ROLE); AssumedRoles naming a
+    /// SessionToken that does not exist are listed beneath a line saying so. If AssumedRoles
+    /// cannot be listed, a note says why and the SessionTokens are shown alone. With NAME also
+    /// the conditions' messages and the last approval.
     #[command(after_help = AFTER_HELP)]
     Status {
         /// One SessionToken (default: all in the namespace).
@@ -371,6 +380,21 @@ fn read_code(ns: &str, name: &str) -> Result<Sensitive<String>, Exit> {
     Ok(code)
 }
 
+/// Says (on stderr) how many role credential sets an approval of `st` refreshes besides the
+/// session: its own role and the AssumedRoles drawing on it; nothing when there are none, and
+/// that they could not be counted when the AssumedRoles cannot be listed.
+async fn say_what_approval_refreshes(client: &Client, ns: &str, st: &SessionToken) {
+    let note = match assumed_roles(client, ns, false).await {
+        Ok(roles) => plugin::refresh_note(st, &roles),
+        // No AssumedRoles served, so none draw on it.
+        Err(Unlisted::NotServed) => plugin::refresh_note(st, &[]),
+        Err(Unlisted::Failed(why)) => Some(plugin::refresh_unknown_note(st, &why)),
+    };
+    if let Some(note) = note {
+        eprintln!("{note}");
+    }
+}
+
 async fn approve(
     client: Client,
     ns: &str,
@@ -386,6 +410,7 @@ async fn approve(
         )));
     }
     let username = whoami(&client).await?;
+    say_what_approval_refreshes(&client, ns, &st).await;
     let code = match code {
         Some(c) => c,
         None => {
@@ -648,6 +673,80 @@ async fn wait_for(
     }
 }
 
+/// Why the AssumedRoles could not be listed.
+enum Unlisted {
+    /// The API server does not serve them (404: an operator without AssumedRoles).
+    NotServed,
+    /// Refused (403) or failed: a short sentence for a note.
+    Failed(String),
+}
+
+/// The readable items of a list; each unreadable one (a time beyond the calendar in its
+/// managedFields, say) is named on stderr, not a failure of the whole list.
+fn readable<K>(items: Vec<Tolerant<K>>, kind: &str) -> Vec<K> {
+    let mut out = Vec::new();
+    for item in items {
+        match item {
+            Tolerant::Read(k) => out.push(k),
+            Tolerant::Unreadable(meta) => eprintln!(
+                "{kind} {}/{} cannot be read (skipped)",
+                meta.namespace.unwrap_or_default(),
+                meta.name.unwrap_or_default()
+            ),
+        }
+    }
+    out
+}
+
+/// The API listing `K`s in `ns` (every namespace with `all`), each item read on its own, and
+/// where: `in namespace NS` or `in all namespaces`.
+fn listed<K>(client: &Client, ns: &str, all: bool) -> (Api<Tolerant<K>>, String)
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
+{
+    if all {
+        (Api::all(client.clone()), "in all namespaces".into())
+    } else {
+        (
+            Api::namespaced(client.clone(), ns),
+            format!("in namespace {ns}"),
+        )
+    }
+}
+
+/// The AssumedRoles in `ns` (every namespace with `all`).
+async fn assumed_roles(client: &Client, ns: &str, all: bool) -> Result<Vec<AssumedRole>, Unlisted> {
+    let (api, place) = listed::<AssumedRole>(client, ns, all);
+    match api.list(&Default::default()).await {
+        Ok(list) => Ok(readable(list.items, "AssumedRole")),
+        Err(kube::Error::Api(s)) if s.code == 404 => Err(Unlisted::NotServed),
+        Err(kube::Error::Api(s)) if s.code == 403 => Err(Unlisted::Failed(format!(
+            "you may not list AssumedRoles {place} (Forbidden)"
+        ))),
+        Err(e) => Err(Unlisted::Failed(format!(
+            "listing AssumedRoles {place} failed: {}",
+            api_error(e, "AssumedRoles").message
+        ))),
+    }
+}
+
+/// The AssumedRoles for `status`, or `None` after one note line on stderr saying why not.
+async fn roles_for_status(client: &Client, ns: &str, all: bool) -> Option<Vec<AssumedRole>> {
+    match assumed_roles(client, ns, all).await {
+        Ok(roles) => Some(roles),
+        Err(Unlisted::NotServed) => {
+            eprintln!(
+                "note: AssumedRoles not shown: the API server does not serve them (stssession.dev/v1alpha1 assumedroles: is the operator's AssumedRole CRD installed?)"
+            );
+            None
+        }
+        Err(Unlisted::Failed(why)) => {
+            eprintln!("note: AssumedRoles not shown: {why}");
+            None
+        }
+    }
+}
+
 async fn status(
     client: Client,
     ns: &str,
@@ -658,48 +757,37 @@ async fn status(
     let now = Timestamp::now();
     if let Some(name) = name {
         let st = get(&sessions(&client, ns), ns, name).await?;
+        let roles = roles_for_status(&client, ns, false).await;
         match output {
-            Output::Json => println!("{}", pretty(&plugin::details_json(&st, now))),
+            Output::Json => println!(
+                "{}",
+                pretty(&plugin::details_json(&st, roles.as_deref(), now))
+            ),
             Output::Table => {
-                print!("{}", plugin::render_table(&[plugin::row(&st, now)], false));
+                let listing = plugin::listing_of(&st, roles.as_deref(), now);
+                print!("{}", plugin::render_table(&listing, false));
                 println!();
                 print!("{}", plugin::render_details(&st, now));
             }
         }
         return Ok(());
     }
-    // Each item read on its own: one SessionToken that cannot be read (a time beyond the
-    // calendar in its managedFields, say) is named, not a failure of the whole list.
-    let api: Api<Tolerant<SessionToken>> = if all {
-        Api::all(client)
-    } else {
-        Api::namespaced(client, ns)
-    };
-    let what = if all {
-        "SessionTokens in all namespaces".to_string()
-    } else {
-        format!("SessionTokens in namespace {ns}")
-    };
+    let (api, place) = listed::<SessionToken>(&client, ns, all);
     let list = api
         .list(&Default::default())
         .await
-        .map_err(|e| api_error(e, &what))?;
-    let mut items = Vec::new();
-    for item in list.items {
-        match item {
-            Tolerant::Read(st) => items.push(st),
-            Tolerant::Unreadable(meta) => eprintln!(
-                "SessionToken {}/{} cannot be read (skipped)",
-                meta.namespace.unwrap_or_default(),
-                meta.name.unwrap_or_default()
-            ),
-        }
-    }
-    items.sort_by_key(|st| (st.namespace().unwrap_or_default(), st.name_any()));
-    let rows: Vec<_> = items.iter().map(|st| plugin::row(st, now)).collect();
+        .map_err(|e| api_error(e, &format!("SessionTokens {place}")))?;
+    let items = readable(list.items, "SessionToken");
+    let roles = roles_for_status(&client, ns, all).await;
+    let listing = plugin::listing(&items, roles.as_deref(), now);
+    let empty = listing.items.is_empty()
+        && listing
+            .missing_session_tokens
+            .as_ref()
+            .is_none_or(|m| m.is_empty());
     match output {
-        Output::Json => println!("{}", pretty(&serde_json::json!({ "items": rows }))),
-        Output::Table if rows.is_empty() => {
+        Output::Json => println!("{}", pretty(&serde_json::json!(listing))),
+        Output::Table if empty => {
             eprintln!(
                 "No SessionTokens found{}.",
                 if all {
@@ -709,7 +797,7 @@ async fn status(
                 }
             )
         }
-        Output::Table => print!("{}", plugin::render_table(&rows, all)),
+        Output::Table => print!("{}", plugin::render_table(&listing, all)),
     }
     Ok(())
 }

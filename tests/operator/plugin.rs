@@ -8,7 +8,8 @@ use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
-use sts_session_operator::crd::SessionToken;
+use sts_session_operator::crd::{AssumedRole, SessionToken};
+use sts_session_operator::plugin;
 use testkit::control_plane::ControlPlane;
 use testkit::sts_double::{CodePolicy, StsDouble, StsDoubleConfig};
 use tokio::io::AsyncWriteExt;
@@ -111,6 +112,33 @@ subjects:
     .await
 }
 
+/// The STS double (any code accepted), its user's keys in `iam-keys` in `ns`.
+async fn sts_with_keys(ns: &Ns) -> Result<StsDouble> {
+    let sts = StsDouble::start(StsDoubleConfig {
+        code_policy: CodePolicy::AcceptAny,
+        ..Default::default()
+    })?;
+    let user = sts.default_user();
+    ns.create_source_secret("iam-keys", &user.access_key_id, &user.secret_access_key)
+        .await?;
+    Ok(sts)
+}
+
+/// The operator, watching namespace `ns`, calling `sts`.
+async fn start_operator(cp: &ControlPlane, ns: &str, sts: &StsDouble) -> Result<Operator> {
+    Operator::start(
+        cp,
+        ns,
+        &OperatorOptions {
+            sts_endpoint: sts.endpoint(),
+            extra_args: vec![],
+            leader_election: false,
+            user: OPERATOR_USER,
+        },
+    )
+    .await
+}
+
 fn spec(mfa: Option<&str>) -> serde_json::Value {
     let mut spec =
         json!({"durationSeconds": 3600, "sourceCredentials": {"secretRef": {"name": "iam-keys"}}});
@@ -151,6 +179,13 @@ fn table_row(
         .skip(1)
         .find(|r| r.get(col).map(String::as_str) == Some(value))
         .map(|r| header.iter().cloned().zip(r.iter().cloned()).collect())
+}
+
+/// The cells of `cols` in a row of [`table_row`].
+fn pick(row: &std::collections::BTreeMap<String, String>, cols: &[&str]) -> Vec<String> {
+    cols.iter()
+        .map(|c| row.get(*c).cloned().unwrap_or_default())
+        .collect()
 }
 
 fn whole_seconds(t: Timestamp) -> String {
@@ -445,25 +480,10 @@ async fn plugin_approves_with_codes_and_shows_status() -> Result<()> {
     let ns = Ns::new(cp, "plugin-approve").await?;
     let n = ns.name.clone();
     let n = n.as_str();
-    let sts = StsDouble::start(StsDoubleConfig {
-        code_policy: CodePolicy::AcceptAny,
-        ..Default::default()
-    })?;
+    let sts = sts_with_keys(&ns).await?;
     let user = sts.default_user();
-    ns.create_source_secret("iam-keys", &user.access_key_id, &user.secret_access_key)
-        .await?;
     grant_approver(cp, n, "alice").await?;
-    let _op = Operator::start(
-        cp,
-        n,
-        &OperatorOptions {
-            sts_endpoint: sts.endpoint(),
-            extra_args: vec![],
-            leader_election: false,
-            user: OPERATOR_USER,
-        },
-    )
-    .await?;
+    let _op = start_operator(cp, n, &sts).await?;
     ns.create_session("app", spec(Some(user.serial_number().unwrap())))
         .await?;
     wait_condition(&ns, "app", "Ready", "False", "AwaitingTokenCode", T).await?;
@@ -472,36 +492,17 @@ async fn plugin_approves_with_codes_and_shows_status() -> Result<()> {
     let r = sts_as(cp, "alice", &["status", "-n", n], None).await?;
     assert_eq!(r.code, 0, "{}", r.show());
     let header = &table(&r.stdout)[0];
-    assert_eq!(
-        header,
-        &[
-            "NAME",
-            "READY",
-            "REASON",
-            "EXPIRES",
-            "LEFT",
-            "RENEWS",
-            "MFA",
-            "AWAITING CODE",
-            "SECRET"
-        ],
-        "{}",
-        r.show()
-    );
+    assert_eq!(header, &plugin::COLUMNS, "{}", r.show());
     let row = table_row(&r.stdout, "NAME", "app").with_context(|| r.show())?;
     assert_eq!(
-        (row["READY"].as_str(), row["REASON"].as_str()),
-        ("False", "AwaitingTokenCode"),
+        pick(&row, &["READY", "REASON"]),
+        ["False", "AwaitingTokenCode"],
         "{}",
         r.show()
     );
     assert_eq!(
-        (
-            row["MFA"].as_str(),
-            row["AWAITING CODE"].as_str(),
-            row["LEFT"].as_str()
-        ),
-        ("yes", "yes", "<none>"),
+        pick(&row, &["MFA", "AWAITING CODE", "LEFT"]),
+        ["yes", "yes", "<none>"],
         "{}",
         r.show()
     );
@@ -637,8 +638,8 @@ async fn plugin_approves_with_codes_and_shows_status() -> Result<()> {
     assert_eq!(r.code, 0, "{}", r.show());
     let row = table_row(&r.stdout, "NAME", "app").with_context(|| r.show())?;
     assert_eq!(
-        (row["READY"].as_str(), row["REASON"].as_str()),
-        ("True", "Issued"),
+        pick(&row, &["READY", "REASON"]),
+        ["True", "Issued"],
         "{}",
         r.show()
     );
@@ -660,12 +661,8 @@ async fn plugin_approves_with_codes_and_shows_status() -> Result<()> {
         r.show()
     );
     assert_eq!(
-        (
-            row["MFA"].as_str(),
-            row["AWAITING CODE"].as_str(),
-            row["SECRET"].as_str()
-        ),
-        ("yes", "no", "app"),
+        pick(&row, &["MFA", "AWAITING CODE", "SECRET"]),
+        ["yes", "no", "app"],
         "{}",
         r.show()
     );
@@ -703,8 +700,8 @@ async fn plugin_approves_with_codes_and_shows_status() -> Result<()> {
     assert_eq!(table(&r.stdout)[0][0], "NAMESPACE", "{}", r.show());
     let row = table_row(&r.stdout, "NAMESPACE", n).with_context(|| r.show())?;
     assert_eq!(
-        (row["NAME"].as_str(), row["REASON"].as_str()),
-        ("app", "Issued"),
+        pick(&row, &["NAME", "REASON"]),
+        ["app", "Issued"],
         "{}",
         r.show()
     );
@@ -737,25 +734,10 @@ async fn plugin_renews_a_session_without_mfa() -> Result<()> {
     let ns = Ns::new(cp, "plugin-renew").await?;
     let n = ns.name.clone();
     let n = n.as_str();
-    let sts = StsDouble::start(StsDoubleConfig {
-        code_policy: CodePolicy::AcceptAny,
-        ..Default::default()
-    })?;
+    let sts = sts_with_keys(&ns).await?;
     let user = sts.default_user();
-    ns.create_source_secret("iam-keys", &user.access_key_id, &user.secret_access_key)
-        .await?;
     grant_approver(cp, n, "alice").await?;
-    let _op = Operator::start(
-        cp,
-        n,
-        &OperatorOptions {
-            sts_endpoint: sts.endpoint(),
-            extra_args: vec![],
-            leader_election: false,
-            user: OPERATOR_USER,
-        },
-    )
-    .await?;
+    let _op = start_operator(cp, n, &sts).await?;
     ns.create_session("auto", spec(None)).await?;
     wait_condition(&ns, "auto", "Ready", "True", "Issued", T).await?;
     let before = ns.secret_data("auto").await?.unwrap()["AWS_ACCESS_KEY_ID"].clone();
@@ -784,12 +766,8 @@ async fn plugin_renews_a_session_without_mfa() -> Result<()> {
     let r = sts_as(cp, "alice", &["status", "-n", n], None).await?;
     let row = table_row(&r.stdout, "NAME", "auto").with_context(|| r.show())?;
     assert_eq!(
-        (
-            row["READY"].as_str(),
-            row["MFA"].as_str(),
-            row["AWAITING CODE"].as_str()
-        ),
-        ("True", "no", "no"),
+        pick(&row, &["READY", "MFA", "AWAITING CODE"]),
+        ["True", "no", "no"],
         "{}",
         r.show()
     );
@@ -821,25 +799,10 @@ async fn plugin_revokes_with_a_new_session_and_a_cutoff_policy() -> Result<()> {
     let ns = Ns::new(cp, "plugin-revoke").await?;
     let n = ns.name.clone();
     let n = n.as_str();
-    let sts = StsDouble::start(StsDoubleConfig {
-        code_policy: CodePolicy::AcceptAny,
-        ..Default::default()
-    })?;
+    let sts = sts_with_keys(&ns).await?;
     let user = sts.default_user();
-    ns.create_source_secret("iam-keys", &user.access_key_id, &user.secret_access_key)
-        .await?;
     grant_approver(cp, n, "alice").await?;
-    let _op = Operator::start(
-        cp,
-        n,
-        &OperatorOptions {
-            sts_endpoint: sts.endpoint(),
-            extra_args: vec![],
-            leader_election: false,
-            user: OPERATOR_USER,
-        },
-    )
-    .await?;
+    let _op = start_operator(cp, n, &sts).await?;
     ns.create_session("auto", spec(None)).await?;
     ns.create_session("mfa", spec(Some(user.serial_number().unwrap())))
         .await?;
@@ -916,5 +879,324 @@ async fn plugin_revokes_with_a_new_session_and_a_cutoff_policy() -> Result<()> {
     )
     .await?;
     assert_eq!(r.code, 2, "{}", r.show());
+    Ok(())
+}
+
+/// Lets `user` list AssumedRoles in `ns` (on top of what it has).
+async fn grant_assumed_role_reader(cp: &ControlPlane, ns: &str, user: &str) -> Result<()> {
+    cp.apply_yaml(&format!(
+        r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{name: assumed-role-reader, namespace: {ns}}}
+rules:
+  - apiGroups: ["stssession.dev"]
+    resources: ["assumedroles"]
+    verbs: ["get", "list", "watch"]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: assumed-role-reader-{user}, namespace: {ns}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: assumed-role-reader}}
+subjects:
+  - {{apiGroup: rbac.authorization.k8s.io, kind: User, name: {user}}}
+"#
+    ))
+    .await?;
+    let api: kube::Api<AssumedRole> = kube::Api::namespaced(cp.client_as(user).await?, ns);
+    eventually(T, "the AssumedRole reader role in effect", || async {
+        Ok(api.list(&Default::default()).await.ok().map(|_| ()))
+    })
+    .await
+}
+
+/// Creates an AssumedRole of role `arn:aws:iam::123456789012:role/NAME` drawing on `session`,
+/// then writes its status (`Ready` with `ready`/`reason`, the Secret, and the role credentials'
+/// expiry `expires` from now) through the status subresource, as the operator would.
+async fn assumed_role(
+    ns: &Ns,
+    name: &str,
+    session: &str,
+    (ready, reason): (&str, &str),
+    expires: Option<Duration>,
+) -> Result<()> {
+    let api: kube::Api<AssumedRole> = kube::Api::namespaced(ns.client.clone(), &ns.name);
+    let ar: AssumedRole = serde_json::from_value(json!({
+        "apiVersion": "stssession.dev/v1alpha1", "kind": "AssumedRole",
+        "metadata": {"name": name},
+        "spec": {"sessionTokenRef": {"name": session}, "roleArn": format!("arn:aws:iam::123456789012:role/{name}")},
+    }))?;
+    api.create(&Default::default(), &ar).await?;
+    let now = Timestamp::now();
+    let mut status = json!({
+        "conditions": [{"type": "Ready", "status": ready, "reason": reason, "message": "set by the test",
+                        "lastTransitionTime": whole_seconds(now)}],
+        "secretName": name,
+        "roleArn": format!("arn:aws:iam::123456789012:role/{name}"),
+    });
+    if let Some(d) = expires {
+        status["expiration"] = json!(whole_seconds(now + d));
+    }
+    api.patch_status(
+        name,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(json!({ "status": status })),
+    )
+    .await?;
+    Ok(())
+}
+
+/// The NAME cells of the table, in order (the tree's lines included).
+fn names(text: &str) -> Vec<String> {
+    table(text)
+        .iter()
+        .skip(1)
+        .filter_map(|r| r.first().cloned())
+        .collect()
+}
+
+/// `kubectl-sts approve ...` as `user` (the code from `--code` or `stdin`): exit 0, saying
+/// `says` on stderr, and never printing the code.
+async fn approve_saying(
+    cp: &ControlPlane,
+    user: &str,
+    args: &[&str],
+    stdin: Option<&str>,
+    says: &str,
+) -> Result<Run> {
+    let r = sts_as(cp, user, args, stdin).await?;
+    assert_eq!(r.code, 0, "{args:?}: {}", r.show());
+    assert!(r.stderr.contains(says), "{args:?}: {}", r.show());
+    let code = match args.iter().position(|a| *a == "--code") {
+        Some(i) => args[i + 1],
+        None => stdin.unwrap_or_default().trim(),
+    };
+    assert!(
+        !r.all().contains(code),
+        "the code was printed:\n{}",
+        r.show()
+    );
+    Ok(r)
+}
+
+/// The NAME column of the namespace of the AssumedRole test, in order.
+const TREE: [&str; 6] = [
+    "app",
+    "├─ AssumedRole/deployer",
+    "└─ AssumedRole/reader",
+    "gone",
+    "└─ AssumedRole/orphan",
+    "own",
+];
+
+/// A namespace for issue 16's tests: SessionTokens `app` and `own` (with its own
+/// `spec.assumeRole`), both with MFA; AssumedRoles `deployer` (Ready, 45 minutes left) and
+/// `reader` (`RoleAccessDenied`) drawing on `app`, and `orphan` naming a SessionToken `gone`
+/// that does not exist, their status written by the test (as the operator would); alice may
+/// approve but not list AssumedRoles, bob may do both. No operator runs.
+async fn assumed_role_world(cp: &ControlPlane, prefix: &str) -> Result<(Ns, StsDouble)> {
+    let ns = Ns::new(cp, prefix).await?;
+    let n = ns.name.as_str();
+    let sts = sts_with_keys(&ns).await?;
+    let serial = sts.default_user().serial_number().unwrap().to_string();
+    grant_approver(cp, n, "alice").await?; // SessionTokens only
+    grant_approver(cp, n, "bob").await?;
+    grant_assumed_role_reader(cp, n, "bob").await?;
+    ns.create_session("app", spec(Some(&serial))).await?;
+    let mut own = spec(Some(&serial));
+    own["assumeRole"] = json!({"roleArn": "arn:aws:iam::123456789012:role/own"});
+    ns.create_session("own", own).await?;
+    let three_quarters = Duration::from_secs(2700);
+    let ready = ("True", "RoleAssumed");
+    assumed_role(&ns, "reader", "app", ("False", "RoleAccessDenied"), None).await?;
+    assumed_role(&ns, "deployer", "app", ready, Some(three_quarters)).await?;
+    assumed_role(
+        &ns,
+        "orphan",
+        "gone",
+        ("False", "SessionTokenNotFound"),
+        None,
+    )
+    .await?;
+    Ok((ns, sts))
+}
+
+/// Issue 16: `kubectl sts status` shows each SessionToken with the AssumedRoles drawing on it
+/// as a tree beneath it, and those naming a SessionToken that does not exist beneath a line
+/// saying so (in the table, with NAME, with -A and in -o json).
+#[tokio::test]
+async fn plugin_status_shows_assumed_roles_beneath_their_session_token() -> Result<()> {
+    let cp = control_plane().await;
+    let (ns, _sts) = assumed_role_world(cp, "plugin-tree").await?;
+    let n = ns.name.as_str();
+    // The tree, for someone who may list AssumedRoles.
+    let r = sts_as(cp, "bob", &["status", "-n", n], None).await?;
+    assert_eq!(r.code, 0, "{}", r.show());
+    assert!(!r.stderr.contains("note:"), "{}", r.show());
+    assert_eq!(names(&r.stdout), TREE, "{}", r.show());
+    assert_eq!(table(&r.stdout)[0].last().unwrap(), "ROLE", "{}", r.show());
+    let row = table_row(&r.stdout, "NAME", "├─ AssumedRole/deployer").with_context(|| r.show())?;
+    assert_eq!(
+        pick(&row, &["READY", "REASON", "SECRET", "ROLE"]),
+        [
+            "True",
+            "RoleAssumed",
+            "deployer",
+            "arn:aws:iam::123456789012:role/deployer"
+        ],
+        "{}",
+        r.show()
+    );
+    let left = &row["LEFT"];
+    assert!(
+        left == "45m00s" || (left.len() == 6 && left.starts_with("4") && left.contains('m')),
+        "{}",
+        r.show()
+    );
+    let row = table_row(&r.stdout, "NAME", "└─ AssumedRole/reader").with_context(|| r.show())?;
+    assert_eq!(
+        pick(&row, &["READY", "REASON", "LEFT"]),
+        ["False", "RoleAccessDenied", "<none>"],
+        "{}",
+        r.show()
+    );
+    let gone = table(&r.stdout).into_iter().find(|l| l[0] == "gone");
+    assert_eq!(
+        gone.with_context(|| r.show())?,
+        ["gone", "<SessionToken not found>"]
+    );
+    let row = table_row(&r.stdout, "NAME", "own").with_context(|| r.show())?;
+    assert_eq!(
+        row["ROLE"],
+        "arn:aws:iam::123456789012:role/own",
+        "{}",
+        r.show()
+    );
+
+    // status NAME: its own AssumedRoles only, then the details.
+    let r = sts_as(cp, "bob", &["status", "app", "-n", n], None).await?;
+    assert_eq!(r.code, 0, "{}", r.show());
+    assert_eq!(
+        names(&r.stdout),
+        ["app", "├─ AssumedRole/deployer", "└─ AssumedRole/reader"],
+        "{}",
+        r.show()
+    );
+    assert!(r.stdout.contains("Conditions:"), "{}", r.show());
+
+    // -o json: the AssumedRoles under their SessionToken, the missing SessionToken apart.
+    let r = sts_as(cp, "bob", &["status", "-n", n, "-o", "json"], None).await?;
+    let j: serde_json::Value = serde_json::from_str(&r.stdout).with_context(|| r.show())?;
+    assert_eq!(j["items"][0]["name"], "app", "{}", r.show());
+    assert_eq!(j["items"][0]["assumedRoles"][0]["name"], "deployer");
+    assert_eq!(
+        j["items"][0]["assumedRoles"][1]["reason"],
+        "RoleAccessDenied"
+    );
+    assert_eq!(j["items"][1]["assumedRoles"], json!([]));
+    assert_eq!(
+        j["items"][1]["roleArn"],
+        "arn:aws:iam::123456789012:role/own"
+    );
+    assert_eq!(j["missingSessionTokens"][0]["name"], "gone");
+    assert_eq!(
+        j["missingSessionTokens"][0]["assumedRoles"][0]["name"],
+        "orphan"
+    );
+    let r = sts_as(cp, "bob", &["status", "app", "-n", n, "-o", "json"], None).await?;
+    let j: serde_json::Value = serde_json::from_str(&r.stdout).with_context(|| r.show())?;
+    assert_eq!(j["assumedRoles"][0]["secret"], "deployer", "{}", r.show());
+
+    // -A (as admin): the namespace on the tree's lines too.
+    let r = sts_as(cp, "admin", &["status", "-A"], None).await?;
+    assert_eq!(r.code, 0, "{}", r.show());
+    let mine: Vec<Vec<String>> = table(&r.stdout)
+        .into_iter()
+        .filter(|l| l[0] == n)
+        .map(|l| l[..2].to_vec())
+        .collect();
+    assert_eq!(
+        mine.iter().map(|l| l[1].as_str()).collect::<Vec<_>>(),
+        TREE,
+        "{}",
+        r.show()
+    );
+
+    Ok(())
+}
+
+/// Issue 16: to someone who may not list AssumedRoles, `kubectl sts status` shows the
+/// SessionTokens with one note, and exits 0.
+#[tokio::test]
+async fn plugin_status_without_rights_on_assumed_roles_shows_the_session_tokens_with_a_note()
+-> Result<()> {
+    let cp = control_plane().await;
+    let (ns, _sts) = assumed_role_world(cp, "plugin-tree-note").await?;
+    let n = ns.name.as_str();
+    // Someone who may not list AssumedRoles: the SessionTokens, one note, exit 0.
+    let r = sts_as(cp, "alice", &["status", "-n", n], None).await?;
+    assert_eq!(r.code, 0, "{}", r.show());
+    assert_eq!(names(&r.stdout), ["app", "own"], "{}", r.show());
+    let notes: Vec<&str> = r
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("note:"))
+        .collect();
+    assert_eq!(
+        notes,
+        [format!(
+            "note: AssumedRoles not shown: you may not list AssumedRoles in namespace {n} (Forbidden)"
+        )],
+        "{}",
+        r.show()
+    );
+    let r = sts_as(cp, "alice", &["status", "-n", n, "-o", "json"], None).await?;
+    assert_eq!(r.code, 0, "{}", r.show());
+    let j: serde_json::Value = serde_json::from_str(&r.stdout).with_context(|| r.show())?;
+    assert!(
+        j["items"][0].get("assumedRoles").is_none() && j.get("missingSessionTokens").is_none(),
+        "{}",
+        r.show()
+    );
+
+    Ok(())
+}
+
+/// Issue 16: `kubectl sts approve` says how many role credential sets the approval also
+/// refreshes (its own role, the AssumedRoles), or that it could not count them, and approves as
+/// before.
+#[tokio::test]
+async fn plugin_approve_counts_the_role_credential_sets_it_refreshes() -> Result<()> {
+    let cp = control_plane().await;
+    let (ns, sts) = assumed_role_world(cp, "plugin-count").await?;
+    let n = ns.name.as_str();
+    // approve counts what it refreshes: the SessionToken's own role...
+    let own_role =
+        "This approval also refreshes 1 role credential set: its own role (spec.assumeRole).";
+    let args = ["approve", "own", "-n", n, "--code", "975310", "--no-wait"];
+    approve_saying(cp, "bob", &args, None, own_role).await?;
+
+    // ...and the AssumedRoles; and approves as before.
+    let _op = start_operator(cp, n, &sts).await?;
+    wait_condition(&ns, "app", "Ready", "False", "AwaitingTokenCode", T).await?;
+    let two = "This approval also refreshes 2 role credential sets: AssumedRoles deployer, reader.";
+    let args = ["approve", "app", "-n", n, "--code", "123456"];
+    let r = approve_saying(cp, "bob", &args, None, two).await?;
+    assert!(
+        r.stdout
+            .contains(&format!("SessionToken {n}/app: new session"))
+            && r.stdout.contains("approved by bob"),
+        "{}",
+        r.show()
+    );
+    assert_eq!(sts.uses_of_code("123456"), 1);
+    // Someone who may not list AssumedRoles: not counted, approved anyway.
+    let uncounted = format!(
+        "Could not count the role credential sets this approval also refreshes: you may not list AssumedRoles in namespace {n} (Forbidden). Approving anyway."
+    );
+    let args = ["approve", "app", "-n", n];
+    let r = approve_saying(cp, "alice", &args, Some("246810\n"), &uncounted).await?;
+    assert!(r.stdout.contains("approved by alice"), "{}", r.show());
+    assert_eq!(sts.uses_of_code("246810"), 1);
     Ok(())
 }
