@@ -197,8 +197,17 @@ async fn session_source(
     ar: &AssumedRole,
     now: Timestamp,
 ) -> Result<SessionSource, kube::Error> {
-    let api: Api<SessionToken> = Api::namespaced(ctx.client.clone(), ns);
-    let Some(st) = api.get_opt(&ar.spec.session_token_ref.name).await? else {
+    let name = &ar.spec.session_token_ref.name;
+    // The SessionToken controller's cache (updated before any change of it starts this
+    // reconcile), else the API server.
+    let st = match ctx.cached_session_token(ns, name) {
+        Some(cached) => cached,
+        None => {
+            let api: Api<SessionToken> = Api::namespaced(ctx.client.clone(), ns);
+            api.get_opt(name).await?.map(Arc::new)
+        }
+    };
+    let Some(st) = st else {
         return Ok(SessionSource::Missing);
     };
     let settings = &ctx.settings;

@@ -88,6 +88,14 @@ pub struct Context {
     /// used only while the SessionToken's status names the same access key id and expiration,
     /// and is dropped once expired.
     sessions: Mutex<HashMap<String, crate::credentials::Credentials>>,
+    /// The SessionToken caches of the running controllers, by the namespace each watches
+    /// (`None`: all): AssumedRoles read their SessionToken there, not from the API server.
+    pub(crate) session_stores: RwLock<
+        Vec<(
+            Option<String>,
+            kube::runtime::reflector::Store<crate::crd::SessionToken>,
+        )>,
+    >,
 }
 
 fn hash_of(value: impl Hash) -> u64 {
@@ -118,6 +126,7 @@ impl Context {
             status_written: Mutex::default(),
             requeues: RwLock::default(),
             sessions: Mutex::default(),
+            session_stores: RwLock::default(),
         }
     }
 
@@ -262,6 +271,27 @@ impl Context {
             m.seen_while_writing.clear();
             missed
         })
+    }
+
+    /// The SessionToken `namespace/name` as the cache of the controller watching `namespace`
+    /// holds it: `Some(None)` if that cache, fully listed, has none; `None` if there is no
+    /// listed cache to ask (then the API server is).
+    pub(crate) fn cached_session_token(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Option<Option<Arc<crate::crd::SessionToken>>> {
+        use futures::FutureExt;
+        let stores = self
+            .session_stores
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        let (_, store) = stores
+            .iter()
+            .find(|(scope, _)| scope.as_deref().is_none_or(|s| s == namespace))?;
+        store.wait_until_ready().now_or_never()?.ok()?;
+        let key = kube::runtime::reflector::ObjectRef::new(name).within(namespace);
+        Some(store.get(&key))
     }
 
     /// The session of the SessionToken `uid` last read, if it is the one `(access key id,

@@ -237,6 +237,10 @@ pub async fn run(
         None => (Api::all(client.clone()), Api::all(client.clone())),
     };
     let (reader, writer) = reflector::store();
+    ctx.session_stores
+        .write()
+        .unwrap_or_else(|p| p.into_inner())
+        .push((namespace.clone(), reader.clone()));
     // Triggers of AssumedRoles: their SessionToken's session changed; their Secret changed.
     let (session_tx, session_rx) = futures::channel::mpsc::unbounded();
     let (role_secret_tx, role_secret_rx) = futures::channel::mpsc::unbounded();
@@ -358,6 +362,11 @@ pub async fn run(
     futures::join!(sessions, roles);
     requeue_task.abort();
     registry.owned.stop(namespace.as_deref());
+    registry
+        .session_stores
+        .write()
+        .unwrap_or_else(|p| p.into_inner())
+        .retain(|(scope, _)| *scope != namespace);
     // (A later run, after leadership comes back, starts with a table of its own.)
     registry
         .requeues

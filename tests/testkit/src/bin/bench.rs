@@ -53,7 +53,9 @@ bench: benchmarks of the release-built operator against a private local control 
   --create-concurrency N  the bench's own create requests in flight         [32]
   --ready-timeout D       longest wait for a cold start                     [600s]
   --large N               SessionTokens of the largest admitted size (0: skip) [200]
-  --only LIST             scenarios: approval,footprint,cold,storm,large    [all]
+  --roles N               AssumedRoles drawing on --role-sessions sessions (0: skip) [1000]
+  --role-sessions N       SessionTokens the AssumedRoles draw on            [10]
+  --only LIST             scenarios: approval,footprint,cold,storm,large,roles [all]
   --operator PATH         operator binary   [$CARGO_TARGET_DIR/release/sts-session-operator]
   --operator-arg ARG      extra operator flag (repeatable), e.g. --operator-arg=--sts-concurrency=32
   --apiserver-arg ARG     extra kube-apiserver flag (repeatable)
@@ -70,6 +72,8 @@ struct Opts {
     steady: Duration,
     storm: usize,
     large: usize,
+    roles: usize,
+    role_sessions: usize,
     storm_sts_delay: Duration,
     storm_lead: Duration,
     sts_delay: Duration,
@@ -119,6 +123,8 @@ impl Opts {
             steady: Duration::from_secs(60),
             storm: 1000,
             large: 200,
+            roles: 1000,
+            role_sessions: 10,
             storm_sts_delay: Duration::from_millis(50),
             storm_lead: Duration::from_secs(40),
             sts_delay: Duration::ZERO,
@@ -159,6 +165,8 @@ impl Opts {
                 "--steady" => o.steady = parse_duration(&value()?)?,
                 "--storm" => o.storm = value()?.parse()?,
                 "--large" => o.large = value()?.parse()?,
+                "--roles" => o.roles = value()?.parse()?,
+                "--role-sessions" => o.role_sessions = value()?.parse::<usize>()?.max(1),
                 "--storm-sts-delay" => o.storm_sts_delay = parse_duration(&value()?)?,
                 "--storm-lead" => o.storm_lead = parse_duration(&value()?)?,
                 "--sts-delay" => o.sts_delay = parse_duration(&value()?)?,
@@ -511,6 +519,8 @@ struct Requests {
     status_writes: usize,
     /// Patches of the SessionToken itself (claiming a code).
     token_writes: usize,
+    /// AssumedRole status writes.
+    role_status_writes: usize,
     event_writes: usize,
     lease_writes: usize,
     other_writes: usize,
@@ -538,6 +548,7 @@ impl Requests {
                     ("secrets", _) => r.secret_writes += 1,
                     ("sessiontokens", "status") => r.status_writes += 1,
                     ("sessiontokens", _) => r.token_writes += 1,
+                    ("assumedroles", "status") => r.role_status_writes += 1,
                     ("events", _) => r.event_writes += 1,
                     ("leases", _) => r.lease_writes += 1,
                     _ => r.other_writes += 1,
@@ -557,7 +568,11 @@ impl Requests {
 
     /// Writes that are not Events or the Lease.
     fn object_writes(&self) -> usize {
-        self.secret_writes + self.status_writes + self.token_writes + self.other_writes
+        self.secret_writes
+            + self.status_writes
+            + self.token_writes
+            + self.role_status_writes
+            + self.other_writes
     }
 
     fn total_gets(&self) -> usize {
@@ -657,7 +672,20 @@ struct Figures {
     cold: Vec<Cold>,
     storm: Option<Storm>,
     large: Option<Large>,
+    roles: Option<Roles>,
     binary_bytes: u64,
+}
+
+#[derive(serde::Serialize)]
+struct Roles {
+    n: usize,
+    sessions: usize,
+    create_s: f64,
+    all_ready_s: f64,
+    assume_role_calls: usize,
+    requests: Requests,
+    cpu_s: f64,
+    mem: Mem,
 }
 
 #[derive(serde::Serialize)]
@@ -1006,6 +1034,109 @@ async fn large(world: &World, opts: &Opts, n: usize) -> Result<Large> {
         n,
         object_bytes,
         all_ready_s,
+        mem,
+    })
+}
+
+/// `n` AssumedRoles drawing on `sessions` SessionTokens (without MFA), the sessions Ready
+/// first; the AssumedRoles created while no operator runs, then one starts: from its start to
+/// every AssumedRole Ready, its requests per AssumedRole (audit log), CPU and RSS.
+async fn roles(world: &World, opts: &Opts) -> Result<Roles> {
+    let (n, sessions) = (opts.roles, opts.role_sessions);
+    let ns = world.namespace(&format!("bench-roles-{n}")).await?;
+    let role = world
+        .sts
+        .add_role(testkit::sts_double::RoleSpec::named("deployer"));
+    eprintln!("bench: roles: {sessions} SessionTokens in {ns}, Ready first");
+    world
+        .create_tokens(&ns, sessions, world.source_spec(), opts.create_concurrency)
+        .await?;
+    let mut tokens = Tracker::start(world.sessions(&ns));
+    let op = Operator::start(world, &ns, opts).await?;
+    tokens
+        .wait(
+            "the sessions to be Ready",
+            opts.ready_timeout,
+            Duration::from_millis(20),
+            |m| m.values().filter(|t| t.ready).count() == sessions,
+        )
+        .await?;
+    op.stop().await?;
+    eprintln!("bench: roles: creating {n} AssumedRoles");
+    let resource = ApiResource {
+        group: "stssession.dev".into(),
+        version: "v1alpha1".into(),
+        api_version: "stssession.dev/v1alpha1".into(),
+        kind: "AssumedRole".into(),
+        plural: "assumedroles".into(),
+    };
+    let api: Api<DynamicObject> = Api::namespaced_with(world.admin.clone(), &ns, &resource);
+    let created = Instant::now();
+    futures::stream::iter(0..n)
+        .map(|i| {
+            let api = api.clone();
+            let obj: DynamicObject = serde_json::from_value(json!({
+                "apiVersion": "stssession.dev/v1alpha1", "kind": "AssumedRole",
+                "metadata": {"name": format!("ar-{i:05}")},
+                "spec": {"sessionTokenRef": {"name": format!("st-{:05}", i % sessions)},
+                         "roleArn": role.arn},
+            }))
+            .expect("static shape");
+            async move { api.create(&PostParams::default(), &obj).await }
+        })
+        .buffer_unordered(opts.create_concurrency)
+        .try_for_each(|_| async { Ok(()) })
+        .await
+        .context("creating AssumedRoles")?;
+    let create_s = created.elapsed().as_secs_f64();
+    let mut tracker = Tracker::start(api);
+    tracker
+        .wait(
+            "the bench's watch to list every AssumedRole",
+            Duration::from_secs(120),
+            Duration::from_millis(20),
+            |m| m.len() == n,
+        )
+        .await?;
+    world.sts.inject_faults(Fault::Delay(opts.sts_delay));
+    world.sts.reset_counters();
+    let since = Timestamp::now();
+    let started = Instant::now();
+    let op = Operator::start(world, &ns, opts).await?;
+    tracker
+        .wait(
+            "every AssumedRole to be Ready",
+            opts.ready_timeout,
+            Duration::from_millis(20),
+            |m| m.values().filter(|t| t.ready).count() == n,
+        )
+        .await?;
+    let all_ready = tracker
+        .snapshot()
+        .values()
+        .filter_map(|t| t.ready_at)
+        .max()
+        .context("no ready instants")?
+        - started;
+    eprintln!(
+        "bench: roles: all {n} Ready after {:.1} s",
+        all_ready.as_secs_f64()
+    );
+    settle(&world.cp, &ns, since, Duration::from_secs(3)).await?;
+    let requests = operator_requests(&world.cp, &ns, since, None)?;
+    let assume_role_calls = world.sts.call_count();
+    let cpu = op.cpu()?;
+    let mem = op.memory()?;
+    op.stop().await?;
+    world.sts.clear_faults();
+    Ok(Roles {
+        n,
+        sessions,
+        create_s,
+        all_ready_s: all_ready.as_secs_f64(),
+        assume_role_calls,
+        requests,
+        cpu_s: cpu.as_secs_f64(),
         mem,
     })
 }
@@ -1405,6 +1536,34 @@ fn report(f: &Figures, opts: &Opts) -> String {
             l.all_ready_s
         );
     }
+    if let Some(r) = &f.roles {
+        let q = &r.requests;
+        let _ = writeln!(
+            out,
+            "| {} AssumedRoles on {} sessions: all Ready (created beforehand in {:.1} s) | {:.1} s from operator start; {} AssumeRole calls | |",
+            r.n, r.sessions, r.create_s, r.all_ready_s, r.assume_role_calls
+        );
+        let _ = writeln!(
+            out,
+            "| {} AssumedRoles: operator writes | {} Secret + {} status = {:.2}/AssumedRole; Events {:.2}/AssumedRole | floor 2 |",
+            r.n,
+            q.secret_writes,
+            q.role_status_writes,
+            q.object_writes() as f64 / r.n.max(1) as f64,
+            q.event_writes as f64 / r.n.max(1) as f64
+        );
+        let _ = writeln!(
+            out,
+            "| {} AssumedRoles: requests per AssumedRole | {} | |",
+            r.n,
+            q.per_token(r.n)
+        );
+        let _ = writeln!(
+            out,
+            "| {} AssumedRoles: operator CPU time, footprint | {:.1} s; {} | |",
+            r.n, r.cpu_s, r.mem
+        );
+    }
     let _ = writeln!(
         out,
         "| release binary | {:.1} MiB ({} bytes) | |",
@@ -1505,6 +1664,9 @@ async fn main() -> Result<()> {
         }
         if opts.runs("large") && opts.large > 0 {
             figures.large = Some(large(&world, &opts, opts.large).await?);
+        }
+        if opts.runs("roles") && opts.roles > 0 {
+            figures.roles = Some(roles(&world, &opts).await?);
         }
         Ok(())
     }
