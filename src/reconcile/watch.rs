@@ -254,8 +254,7 @@ pub async fn run(
     let (registry, this_table) = (ctx.clone(), requeues.clone());
     let metrics = ctx.metrics.clone();
     let forget_ctx = ctx.clone();
-    let own = ctx.clone();
-    let (m1, m2) = (ctx.metrics.clone(), ctx.metrics.clone());
+    let m1 = ctx.metrics.clone();
     let main_stream = watcher(sessions, watcher::Config::default().any_semantic())
         .backoff(WatchBackoff::default())
         .try_filter_map(move |event| {
@@ -291,50 +290,7 @@ pub async fn run(
             st.metadata.resource_version = None;
             st
         });
-    // The metadata of the scope's Secrets, never kept: which names exist (`Context::owned`, 8
-    // bytes a Secret), and a trigger for the SessionToken a Secret names.
-    ctx.owned.start(namespace.as_deref());
-    let (index, scope) = (ctx.clone(), namespace.clone());
-    let owned = watcher(
-        secrets,
-        // All Secrets of the scope, not only the labelled ones: which names are taken is what
-        // lets a reconcile skip reading an output Secret that does not exist, and a namesake
-        // of someone else's must be known before an STS call, not after. Lists are paged
-        // (500 at a time, read from etcd: no whole list held at once), and nothing of an
-        // object is kept but an 8-byte hash of its name.
-        watcher::Config::default(),
-    )
-    .backoff(WatchBackoff::default())
-    .try_filter_map(move |event| {
-        // An unreadable Secret still has its owner: it triggers that SessionToken.
-        let unreadable = |meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
-            report_unreadable(&m2, "Secret", meta);
-            Some(PartialObjectMeta::<Secret> {
-                types: None,
-                metadata: meta.clone(),
-                _phantom: std::marker::PhantomData,
-            })
-        };
-        std::future::ready(Ok(readable(event, &unreadable)))
-    })
-    .inspect_ok(move |event| index.owned.record(scope.as_deref(), event))
-    .touched_objects()
-    // A Secret of an AssumedRole triggers that AssumedRole (unless it is our own write).
-    .inspect_ok({
-        let ctx = ctx.clone();
-        move |s| {
-            if let Some(role) = role_owner_of(s)
-                && !ctx.is_own_secret_write(s)
-            {
-                let _ = role_secret_tx.unbounded_send(role);
-            }
-        }
-    })
-    // Only a Secret that names its SessionToken (its owner reference or, retained, the
-    // operator's annotation) triggers it; a namesake of someone else's triggers nothing.
-    .try_filter(|s| std::future::ready(owner_of(s.clone()).is_some()))
-    // Our own writes come back on this watch: the reconcile that made them needs no other.
-    .try_filter(move |s| std::future::ready(!own.is_own_secret_write(s)));
+    let owned = secret_watch(&ctx, secrets, namespace.clone(), role_secret_tx);
     // Far-off requeues of this controller's objects come back to it through a channel.
     let (due_tx, due_rx) = futures::channel::mpsc::unbounded();
     let requeue_task = tokio::spawn(async move {
@@ -373,6 +329,61 @@ pub async fn run(
         .write()
         .unwrap_or_else(|p| p.into_inner())
         .retain(|(_, table)| !Arc::ptr_eq(table, &this_table));
+}
+
+/// The metadata of the scope's Secrets, never kept: which names exist (`Context::owned`, 8
+/// bytes a Secret), and the triggers of the SessionToken or AssumedRole a Secret names (the
+/// latter sent to `roles`).
+fn secret_watch(
+    ctx: &Arc<Context>,
+    secrets: Api<Tolerant<PartialObjectMeta<Secret>>>,
+    namespace: Option<String>,
+    roles: futures::channel::mpsc::UnboundedSender<ObjectRef<AssumedRole>>,
+) -> impl futures::Stream<Item = Result<PartialObjectMeta<Secret>, watcher::Error>> + Send + 'static
+{
+    ctx.owned.start(namespace.as_deref());
+    let (index, own, m2) = (ctx.clone(), ctx.clone(), ctx.metrics.clone());
+    let scope = namespace;
+    watcher(
+        secrets,
+        // All Secrets of the scope, not only the labelled ones: which names are taken is what
+        // lets a reconcile skip reading an output Secret that does not exist, and a namesake
+        // of someone else's must be known before an STS call, not after. Lists are paged
+        // (500 at a time, read from etcd: no whole list held at once), and nothing of an
+        // object is kept but an 8-byte hash of its name.
+        watcher::Config::default(),
+    )
+    .backoff(WatchBackoff::default())
+    .try_filter_map(move |event| {
+        // An unreadable Secret still has its owner: it triggers that SessionToken.
+        let unreadable = |meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+            report_unreadable(&m2, "Secret", meta);
+            Some(PartialObjectMeta::<Secret> {
+                types: None,
+                metadata: meta.clone(),
+                _phantom: std::marker::PhantomData,
+            })
+        };
+        std::future::ready(Ok(readable(event, &unreadable)))
+    })
+    .inspect_ok(move |event| index.owned.record(scope.as_deref(), event))
+    .touched_objects()
+    // A Secret of an AssumedRole triggers that AssumedRole (unless it is our own write).
+    .inspect_ok({
+        let ctx = ctx.clone();
+        move |s| {
+            if let Some(role) = role_owner_of(s)
+                && !ctx.is_own_secret_write(s)
+            {
+                let _ = roles.unbounded_send(role);
+            }
+        }
+    })
+    // Only a Secret that names its SessionToken (its owner reference or, retained, the
+    // operator's annotation) triggers it; a namesake of someone else's triggers nothing.
+    .try_filter(|s| std::future::ready(owner_of(s.clone()).is_some()))
+    // Our own writes come back on this watch: the reconcile that made them needs no other.
+    .try_filter(move |s| std::future::ready(!own.is_own_secret_write(s)))
 }
 
 async fn log_result<K, E>(

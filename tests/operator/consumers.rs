@@ -798,6 +798,12 @@ async fn examples_are_accepted_by_the_api_server() -> Result<()> {
                         .with_context(|| format!("{}: SessionToken", file.display()))?;
                     ApiResource::erase::<SessionToken>(&())
                 }
+                "AssumedRole" => {
+                    let _: sts_session_operator::crd::AssumedRole =
+                        serde_json::from_value(value.clone())
+                            .with_context(|| format!("{}: AssumedRole", file.display()))?;
+                    ApiResource::erase::<sts_session_operator::crd::AssumedRole>(&())
+                }
                 "Deployment" => apps("Deployment", "deployments"),
                 other => bail!("{}: unexpected kind {other}", file.display()),
             };
@@ -818,6 +824,7 @@ async fn examples_are_accepted_by_the_api_server() -> Result<()> {
         seen,
         BTreeSet::from([
             "assume-role.yaml".to_string(),
+            "assumed-roles.yaml".into(),
             "credential-process-pod.yaml".into(),
             "mfa.yaml".into(),
             "non-mfa.yaml".into(),
