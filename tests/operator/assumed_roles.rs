@@ -374,3 +374,52 @@ async fn denials_and_a_deleted_session() -> Result<()> {
     );
     Ok(())
 }
+
+/// `spec.rolloutRestartTargets` of an AssumedRole: the Deployment is restarted for each new
+/// set of role credentials, recorded under `assumedrole.stssession.dev/<name>`.
+#[tokio::test]
+async fn restart_targets_follow_the_role_credentials() -> Result<()> {
+    use super::consumers::{create_workload, template_annotation};
+    let w = RoleWorld::start(
+        "ar-restart",
+        Some(Duration::from_secs(900)),
+        Some(Duration::from_secs(9)),
+        Some(Duration::from_secs(7)),
+        CodePolicy::Totp,
+    )
+    .await?;
+    let ns = &w.ns;
+    create_workload(ns, "Deployment", "deployments", "web").await?;
+    ns.create_session("plain", source_spec(json!({}))).await?;
+    let ar: AssumedRole = serde_json::from_value(json!({
+        "apiVersion": "stssession.dev/v1alpha1", "kind": "AssumedRole",
+        "metadata": {"name": "deployer"},
+        "spec": {"sessionTokenRef": {"name": "plain"}, "roleArn": w.role.arn,
+                 "rolloutRestartTargets": [{"kind": "Deployment", "name": "web"}]},
+    }))?;
+    roles(ns).create(&PostParams::default(), &ar).await?;
+    let key = "assumedrole.stssession.dev/deployer";
+    let mut seen: Vec<String> = vec![];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+    while seen.len() < 2 {
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "restarts seen: {seen:?}"
+        );
+        let annotated = template_annotation(ns, "Deployment", "deployments", "web", key).await?;
+        let held = creds(ns, "deployer").await?.map(|c| c.key);
+        if let (Some(a), Some(h)) = (annotated, held)
+            && a == h
+            && seen.last() != Some(&a)
+        {
+            seen.push(a);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let reasons = ns.event_reasons().await?;
+    ensure!(
+        reasons.iter().any(|r| r == "RolloutRestartTriggered"),
+        "{reasons:?}"
+    );
+    Ok(())
+}

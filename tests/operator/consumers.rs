@@ -459,7 +459,7 @@ fn apps(kind: &str, plural: &str) -> ApiResource {
     ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("apps", "v1", kind), plural)
 }
 
-async fn create_workload(ns: &Ns, kind: &str, plural: &str, name: &str) -> Result<()> {
+pub(super) async fn create_workload(ns: &Ns, kind: &str, plural: &str, name: &str) -> Result<()> {
     let api: Api<DynamicObject> =
         Api::namespaced_with(ns.client.clone(), &ns.name, &apps(kind, plural));
     let mut spec = json!({
@@ -483,7 +483,7 @@ async fn create_workload(ns: &Ns, kind: &str, plural: &str, name: &str) -> Resul
     Ok(())
 }
 
-async fn template_annotation(
+pub(super) async fn template_annotation(
     ns: &Ns,
     kind: &str,
     plural: &str,
