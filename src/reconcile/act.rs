@@ -94,41 +94,70 @@ async fn call(ctx: &Context, f: &Facts, call: Option<Call>) -> Outcome {
             let Some(spec) = f.assume_role() else {
                 return Outcome::NoCall;
             };
-            info!(
-                namespace = f.ns,
-                name = f.name,
-                role = spec.role_arn,
+            let call = RoleCall {
+                spec,
+                session: &session,
+                duration_seconds,
                 why,
-                "assuming the role"
-            );
-            let tags: Vec<(String, String)> = spec
-                .tags
-                .iter()
-                .map(|t| (t.key.clone(), t.value.clone()))
-                .collect();
-            let role_session_name = spec
-                .role_session_name
-                .clone()
-                .unwrap_or_else(|| plan::default_role_session_name(&f.ns, &f.name));
-            let request = AssumeRoleRequest {
                 region,
                 endpoint,
-                access_key_id: &session.access_key_id,
-                secret_access_key: &session.secret_access_key,
-                session_token: &session.session_token,
-                role_arn: &spec.role_arn,
-                role_session_name: &role_session_name,
-                duration_seconds,
-                external_id: spec.external_id.as_deref(),
-                tags: &tags,
             };
-            let result = ctx.sts.assume_role(request).await;
-            if let Err(e) = &result {
-                warn!(namespace = f.ns, name = f.name, reason = e.reason(), error = %e, "AssumeRole failed");
-            }
-            Outcome::Role(result)
+            Outcome::Role(assume_role(ctx, f.who(), call).await)
         }
     }
+}
+
+/// One AssumeRole, for a SessionToken's `spec.assumeRole` or an AssumedRole.
+pub(crate) struct RoleCall<'a> {
+    pub spec: &'a crate::crd::AssumeRoleSpec,
+    pub session: &'a crate::Credentials,
+    pub duration_seconds: i32,
+    pub why: &'static str,
+    pub region: &'a str,
+    pub endpoint: Option<&'a str>,
+}
+
+/// AssumeRole with `call.session` (its role session name by default `<namespace>.<name>` of
+/// `who`); a failure is logged (without the request).
+pub(crate) async fn assume_role(
+    ctx: &Context,
+    who: Who<'_>,
+    call: RoleCall<'_>,
+) -> Result<crate::sts::AssumedRole, crate::sts::StsError> {
+    let spec = call.spec;
+    info!(
+        namespace = who.ns,
+        name = who.name,
+        role = spec.role_arn,
+        why = call.why,
+        "assuming the role"
+    );
+    let tags: Vec<(String, String)> = spec
+        .tags
+        .iter()
+        .map(|t| (t.key.clone(), t.value.clone()))
+        .collect();
+    let role_session_name = spec
+        .role_session_name
+        .clone()
+        .unwrap_or_else(|| plan::default_role_session_name(who.ns, who.name));
+    let request = AssumeRoleRequest {
+        region: call.region,
+        endpoint: call.endpoint,
+        access_key_id: &call.session.access_key_id,
+        secret_access_key: &call.session.secret_access_key,
+        session_token: &call.session.session_token,
+        role_arn: &spec.role_arn,
+        role_session_name: &role_session_name,
+        duration_seconds: call.duration_seconds,
+        external_id: spec.external_id.as_deref(),
+        tags: &tags,
+    };
+    let result = ctx.sts.assume_role(request).await;
+    if let Err(e) = &result {
+        warn!(namespace = who.ns, name = who.name, reason = e.reason(), error = %e, "AssumeRole failed");
+    }
+    result
 }
 
 /// Writes what `settle` decided, in order: Secrets, deletes, restarts, status, Events.

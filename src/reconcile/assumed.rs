@@ -16,7 +16,6 @@ use crate::plan::{
     SecretSeen, SessionFound, SessionSource, WriteMode,
 };
 use crate::secret::{self, Ownership, SecretOwner};
-use crate::sts::AssumeRoleRequest;
 use futures::FutureExt;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
@@ -26,7 +25,7 @@ use kube::{Resource, ResourceExt};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tracing::{error, info, warn};
+use tracing::{error, warn};
 
 /// One reconcile of an AssumedRole, with its metrics; a panic inside it is caught here.
 pub async fn reconcile(ar: Arc<AssumedRole>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -54,28 +53,12 @@ pub async fn reconcile(ar: Arc<AssumedRole>, ctx: Arc<Context>) -> Result<Action
 }
 
 async fn phases(ar: Arc<AssumedRole>, ctx: &Context) -> Result<Action, Error> {
-    let Some(ar) = current(ar, ctx).await? else {
+    let Some(ar) = super::current(ar, ctx, |ar: &AssumedRole| ar.status.as_ref()).await? else {
         return Ok(Action::await_change());
     };
     let facts = observe(ar, ctx).await?;
     let plan = plan::decide_assumed(&facts);
     run(ctx, &facts, plan).await
-}
-
-/// The cached object, unless the cache lags behind this process's last status write to it
-/// (acting on it could assume the role twice): then the API server's.
-async fn current(ar: Arc<AssumedRole>, ctx: &Context) -> Result<Option<Arc<AssumedRole>>, Error> {
-    let uid = ar.metadata.uid.clone().unwrap_or_default();
-    if !ctx.status_cache_lags(&uid, ar.status.as_ref()) {
-        return Ok(Some(ar));
-    }
-    let api: Api<AssumedRole> =
-        Api::namespaced(ctx.client.clone(), &ar.namespace().unwrap_or_default());
-    Ok(api
-        .get_opt(&ar.name_any())
-        .await?
-        .filter(|fresh| fresh.metadata.uid == ar.metadata.uid)
-        .map(Arc::new))
 }
 
 /// After a panic: counted, logged by name, shown as `Ready=False/InternalError`.
@@ -335,42 +318,20 @@ async fn assume(
     found: &SessionFound,
     call: &plan::AssumedCall,
 ) -> Result<crate::sts::AssumedRole, crate::sts::StsError> {
-    let spec = &f.ar.spec.role;
-    info!(
-        namespace = f.ns,
-        name = f.name,
-        role = spec.role_arn,
-        why = call.why,
-        "assuming the role"
-    );
-    let tags: Vec<(String, String)> = spec
-        .tags
-        .iter()
-        .map(|t| (t.key.clone(), t.value.clone()))
-        .collect();
-    let role_session_name = spec
-        .role_session_name
-        .clone()
-        .unwrap_or_else(|| plan::default_role_session_name(&f.ns, &f.name));
-    let result = ctx
-        .sts
-        .assume_role(AssumeRoleRequest {
-            region: &found.region,
-            endpoint: found.endpoint.as_deref(),
-            access_key_id: &call.session.access_key_id,
-            secret_access_key: &call.session.secret_access_key,
-            session_token: &call.session.session_token,
-            role_arn: &spec.role_arn,
-            role_session_name: &role_session_name,
-            duration_seconds: call.duration_seconds,
-            external_id: spec.external_id.as_deref(),
-            tags: &tags,
-        })
-        .await;
-    if let Err(e) = &result {
-        warn!(namespace = f.ns, name = f.name, reason = e.reason(), error = %e, "AssumeRole failed");
-    }
-    result
+    let who = Who {
+        ns: &f.ns,
+        name: &f.name,
+        uid: &f.uid,
+    };
+    let call = act::RoleCall {
+        spec: &f.ar.spec.role,
+        session: &call.session,
+        duration_seconds: call.duration_seconds,
+        why: call.why,
+        region: &found.region,
+        endpoint: found.endpoint.as_deref(),
+    };
+    act::assume_role(ctx, who, call).await
 }
 
 /// The restarts for new role credentials; a target that cannot be restarted is a Warning

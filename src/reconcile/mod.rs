@@ -82,7 +82,7 @@ pub async fn reconcile(st: Arc<SessionToken>, ctx: Arc<Context>) -> Result<Actio
 /// The reconcile as a short sequence of phases.
 async fn phases(st: Arc<SessionToken>, ctx: &Context) -> Result<Action, Error> {
     fail_point(&st);
-    let Some(st) = current(st, ctx).await? else {
+    let Some(st) = current(st, ctx, |st: &SessionToken| st.status.as_ref()).await? else {
         return Ok(Action::await_change());
     };
     let facts = observe::observe(st, ctx).await?;
@@ -108,18 +108,29 @@ fn fail_point(_: &SessionToken) {}
 pub const TEST_PANIC_ANNOTATION: &str = "stssession.dev/test-panic";
 
 /// The object to reconcile: the cached one, unless the cache has not caught up with this
-/// process's last status write (acting on it could mint twice): then the API server's.
-async fn current(st: Arc<SessionToken>, ctx: &Context) -> Result<Option<Arc<SessionToken>>, Error> {
-    let uid = st.metadata.uid.clone().unwrap_or_default();
-    if !ctx.status_cache_lags(&uid, st.status.as_ref()) {
-        return Ok(Some(st));
+/// process's last status write (acting on it could mint, or assume a role, twice): then the
+/// API server's. (For SessionTokens and AssumedRoles; `status` reads an object's status.)
+pub(crate) async fn current<K, S>(
+    obj: Arc<K>,
+    ctx: &Context,
+    status: fn(&K) -> Option<&S>,
+) -> Result<Option<Arc<K>>, Error>
+where
+    K: kube::Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    S: serde::Serialize,
+{
+    let uid = obj.meta().uid.clone().unwrap_or_default();
+    if !ctx.status_cache_lags(&uid, status(&obj)) {
+        return Ok(Some(obj));
     }
-    let api: Api<SessionToken> =
-        Api::namespaced(ctx.client.clone(), &st.namespace().unwrap_or_default());
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
     Ok(api
-        .get_opt(&st.name_any())
+        .get_opt(&obj.name_any())
         .await?
-        .filter(|fresh| fresh.metadata.uid == st.metadata.uid)
+        .filter(|fresh| fresh.meta().uid == obj.meta().uid)
         .map(Arc::new))
 }
 
