@@ -84,6 +84,9 @@ pub struct AssumedPlan {
 pub struct AssumedEffects {
     pub write: Option<SecretWrite>,
     pub restarts: Vec<Restart>,
+    /// The role credentials restart targets should run (None: none valid now; the targets
+    /// and their condition are left as they are).
+    pub restart_for: Option<String>,
     pub target_problems: Vec<TargetProblem>,
     pub status: AssumedRoleStatus,
     pub events: Vec<Event>,
@@ -240,6 +243,7 @@ pub fn settle_assumed(
     let mut fx = AssumedEffects {
         write: None,
         restarts: Vec::new(),
+        restart_for: None,
         target_problems: Vec::new(),
         status: f.status.clone(),
         events: Vec::new(),
@@ -301,7 +305,7 @@ pub fn settle_assumed(
         set_condition(&mut fx.status.conditions, type_, v, f.generation, f.now);
     }
     let ready_now = ready.0 == "True";
-    if assumed_now {
+    if valid {
         restarts(f, &role, &mut fx);
     }
     fx.wake = match &plan.blocker {
@@ -315,6 +319,39 @@ pub fn settle_assumed(
     fx.status.role = role;
     fx.status.observed_generation = f.generation;
     fx
+}
+
+/// After the restarts: the `RolloutRestart` condition (as a SessionToken's), a Warning Event
+/// when it turns False, and a look again in a minute while a target has a problem.
+pub fn assumed_restarts_done(
+    f: &AssumedFacts,
+    fx: &mut AssumedEffects,
+    access_key_id: &str,
+    problems: &[TargetProblem],
+) {
+    let (verdict, recheck) = super::restart_condition(
+        &f.ar.spec.rollout_restart_targets,
+        access_key_id,
+        problems,
+        f.now,
+    );
+    let before = f
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == super::ROLLOUT_RESTART);
+    if verdict.0 == "False" && before.is_none_or(|c| c.status != "False" || c.message != verdict.2)
+    {
+        fx.events.push(Event::warning(verdict.1, verdict.2.clone()));
+    }
+    set_condition(
+        &mut fx.status.conditions,
+        super::ROLLOUT_RESTART,
+        verdict,
+        f.generation,
+        f.now,
+    );
+    fx.wake = fx.wake.into_iter().chain(recheck).min();
 }
 
 /// `Ready`: the Secret holds valid role credentials that are kept fresh. A blocker makes it
@@ -369,7 +406,9 @@ fn transition_events(f: &AssumedFacts, ready: &super::Verdict, events: &mut Vec<
     }
 }
 
-/// Restarts for new role credentials, recorded under `assumedrole.stssession.dev/<name>`.
+/// Restarts of the targets that do not run the current role credentials yet (recorded under
+/// `assumedrole.stssession.dev/<name>`), as for a SessionToken: a target that predates the
+/// credentials and names others (or none) is restarted, once.
 fn restarts(f: &AssumedFacts, role: &crate::crd::RoleStatus, fx: &mut AssumedEffects) {
     let Some(key_id) = role.access_key_id.as_deref() else {
         return;
@@ -377,6 +416,7 @@ fn restarts(f: &AssumedFacts, role: &crate::crd::RoleStatus, fx: &mut AssumedEff
     let key = super::restarted_for_key_of(RESTARTED_FOR_ROLE_PREFIX, &f.name);
     let (restarts, problems) =
         super::restarts_due(&key, &f.targets, key_id, role.assumed_at, f.now);
+    fx.restart_for = Some(key_id.to_string());
     fx.restarts = restarts;
     fx.target_problems = problems;
 }

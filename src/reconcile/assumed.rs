@@ -152,7 +152,11 @@ pub fn facts(
 ) -> AssumedFacts {
     let ownership = secret::ownership_by(out.as_ref(), &SecretOwner::role(&ar));
     let mut status = ar.status.clone().unwrap_or_default();
-    status.conditions = bounded_conditions(status.conditions, &[READY, ROLE_ASSUMED], now);
+    status.conditions = bounded_conditions(
+        status.conditions,
+        &[READY, ROLE_ASSUMED, plan::ROLLOUT_RESTART],
+        now,
+    );
     bound_role(&mut status.role, now);
     AssumedFacts {
         name: ar.name_any(),
@@ -334,29 +338,23 @@ async fn assume(
     act::assume_role(ctx, who, call).await
 }
 
-/// The restarts for new role credentials; a target that cannot be restarted is a Warning
-/// Event (the credentials are written regardless).
+/// The restarts `settle_assumed` decided, then the `RolloutRestart` condition from how they
+/// went (the credentials are written regardless).
 async fn restart(ctx: &Context, f: &AssumedFacts, who: Who<'_>, fx: &mut AssumedEffects) {
-    let Some(key_id) = fx.status.role.access_key_id.clone() else {
+    let Some(key_id) = fx.restart_for.clone() else {
         return;
     };
-    let mut problems = std::mem::take(&mut fx.target_problems);
-    let restarts = std::mem::take(&mut fx.restarts);
-    if restarts.is_empty() && problems.is_empty() {
+    if f.ar.spec.rollout_restart_targets.is_empty() {
+        fx.status
+            .conditions
+            .retain(|c| c.type_ != plan::ROLLOUT_RESTART);
         return;
     }
+    let mut problems = std::mem::take(&mut fx.target_problems);
+    let restarts = std::mem::take(&mut fx.restarts);
     let events = act::patch_targets(ctx, who, restarts, &key_id, &mut problems).await;
     fx.events.extend(events);
-    for p in problems {
-        warn!(
-            namespace = f.ns,
-            name = f.name,
-            problem = p.what,
-            "a restart target"
-        );
-        fx.events
-            .push(crate::events::Event::warning(p.reason, p.what.clone()));
-    }
+    plan::assumed_restarts_done(f, fx, &key_id, &problems);
 }
 
 /// Writes an AssumedRole's status (server-side apply).

@@ -421,5 +421,30 @@ async fn restart_targets_follow_the_role_credentials() -> Result<()> {
         reasons.iter().any(|r| r == "RolloutRestartTriggered"),
         "{reasons:?}"
     );
+    let ar = roles(ns).get("deployer").await?;
+    assert_eq!(
+        ar_cond(&ar, "RolloutRestart"),
+        ("True".into(), "TargetsRestarted".into())
+    );
+    // A target that does not exist: RolloutRestart=False/TargetNotFound, the credentials
+    // written regardless.
+    let patch = json!({"spec": {"rolloutRestartTargets": [
+        {"kind": "Deployment", "name": "web"}, {"kind": "Deployment", "name": "gone"}]}});
+    roles(ns)
+        .patch(
+            "deployer",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await?;
+    eventually(T, "RolloutRestart=False/TargetNotFound", || async {
+        let ar = roles(ns).get("deployer").await?;
+        Ok(
+            (ar_cond(&ar, "RolloutRestart") == ("False".into(), "TargetNotFound".into()))
+                .then_some(()),
+        )
+    })
+    .await?;
+    wait_role(ns, "deployer", "True", "Assumed").await?;
     Ok(())
 }
