@@ -24,32 +24,12 @@ use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tracing::{error, warn};
 
 /// One reconcile of an AssumedRole, with its metrics; a panic inside it is caught here.
 pub async fn reconcile(ar: Arc<AssumedRole>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let started = Instant::now();
-    let result = match AssertUnwindSafe(phases(ar.clone(), &ctx))
-        .catch_unwind()
-        .await
-    {
-        Ok(result) => result,
-        Err(_) => {
-            backstop(&ar, &ctx).await;
-            Err(Error::Panicked)
-        }
-    };
-    if result.is_ok() {
-        ctx.with_memory(ar.metadata.uid.as_deref().unwrap_or_default(), |m| {
-            m.errors = 0
-        });
-    }
-    ctx.metrics.reconcile_finished(
-        started.elapsed(),
-        result.as_ref().err().map(Error::metric_reason),
-    );
-    result
+    super::guarded(&*ar, &ctx, phases(ar.clone(), &ctx), backstop(&ar, &ctx)).await
 }
 
 async fn phases(ar: Arc<AssumedRole>, ctx: &Context) -> Result<Action, Error> {
@@ -89,20 +69,9 @@ async fn backstop(ar: &AssumedRole, ctx: &Context) {
     let _ = guarded.catch_unwind().await;
 }
 
-/// Per-object exponential backoff for reconcile errors.
+/// Per-object exponential backoff for reconcile errors, as for SessionTokens.
 pub fn error_policy(ar: Arc<AssumedRole>, error: &Error, ctx: Arc<Context>) -> Action {
-    let uid = ar.metadata.uid.clone().unwrap_or_default();
-    let attempt = ctx.with_memory(&uid, |m| {
-        m.errors = m.errors.saturating_add(1);
-        m.errors
-    });
-    let delay = plan::backoff(
-        attempt,
-        &ctx.settings.timing,
-        &format!("{uid}/{}", Timestamp::now().as_millisecond()),
-    );
-    warn!(namespace = ar.namespace().unwrap_or_default(), name = ar.name_any(), %error, attempt, retry_in = ?delay, "reconcile failed");
-    Action::requeue(delay)
+    super::backoff_after(&*ar, error, &ctx)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -57,20 +57,28 @@ impl Error {
 
 /// One reconcile of a SessionToken, with its metrics; a panic inside it is caught here.
 pub async fn reconcile(st: Arc<SessionToken>, ctx: Arc<Context>) -> Result<Action, Error> {
+    guarded(&*st, &ctx, phases(st.clone(), &ctx), backstop(&st, &ctx)).await
+}
+
+/// Runs the reconcile `phases` of `obj` (a SessionToken or an AssumedRole) with its metrics:
+/// a panic inside it is caught and handed to `backstop`, a success resets the error backoff.
+pub(crate) async fn guarded<K: kube::Resource>(
+    obj: &K,
+    ctx: &Context,
+    phases: impl std::future::Future<Output = Result<Action, Error>>,
+    backstop: impl std::future::Future<Output = ()>,
+) -> Result<Action, Error> {
     let started = Instant::now();
-    let result = match AssertUnwindSafe(phases(st.clone(), &ctx))
-        .catch_unwind()
-        .await
-    {
+    let result = match AssertUnwindSafe(phases).catch_unwind().await {
         Ok(result) => result,
         Err(_) => {
-            backstop(&st, &ctx).await;
+            backstop.await;
             Err(Error::Panicked)
         }
     };
-    let uid = st.metadata.uid.clone().unwrap_or_default();
     if result.is_ok() {
-        ctx.with_memory(&uid, |m| m.errors = 0);
+        let uid = obj.meta().uid.as_deref().unwrap_or_default();
+        ctx.with_memory(uid, |m| m.errors = 0);
     }
     ctx.metrics.reconcile_finished(
         started.elapsed(),
@@ -165,7 +173,13 @@ async fn backstop(st: &SessionToken, ctx: &Context) {
 
 /// Per-object exponential backoff for reconcile errors (kube-runtime has none of its own).
 pub fn error_policy(st: Arc<SessionToken>, error: &Error, ctx: Arc<Context>) -> Action {
-    let uid = st.metadata.uid.clone().unwrap_or_default();
+    backoff_after(&*st, error, &ctx)
+}
+
+/// The error backoff of `obj` (a SessionToken or an AssumedRole): doubling per consecutive
+/// error, jittered, counted in the object's memory.
+pub(crate) fn backoff_after<K: kube::Resource>(obj: &K, error: &Error, ctx: &Context) -> Action {
+    let uid = obj.meta().uid.clone().unwrap_or_default();
     let attempt = ctx.with_memory(&uid, |m| {
         m.errors = m.errors.saturating_add(1);
         m.errors
@@ -175,6 +189,7 @@ pub fn error_policy(st: Arc<SessionToken>, error: &Error, ctx: Arc<Context>) -> 
         &ctx.settings.timing,
         &format!("{uid}/{}", Timestamp::now().as_millisecond()),
     );
-    warn!(namespace = st.namespace().unwrap_or_default(), name = st.name_any(), %error, attempt, retry_in = ?delay, "reconcile failed");
+    let meta = obj.meta();
+    warn!(namespace = meta.namespace.as_deref().unwrap_or_default(), name = meta.name.as_deref().unwrap_or_default(), %error, attempt, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
 }
