@@ -1299,7 +1299,16 @@ async fn a_widening_spec_change_needs_a_new_approval() -> Result<()> {
     // A new approval (the next window's code: the current one was spent) assumes the new role.
     let code = user.totp_code_at(Timestamp::now() + SignedDuration::from_secs(30));
     ns.approve("app", &code, "bob").await?;
-    let st = wait_condition(ns, "app", "RoleAssumed", "True", "Assumed", T).await?;
+    // (The status recording the new session may still show the old role's credentials as
+    // assumed: the new role is assumed by the reconcile that follows at once.)
+    let st = eventually(T, "the new role assumed", || async {
+        let st = ns.session("app").await?;
+        let role = st.status.as_ref().and_then(|s| s.role.as_ref());
+        let done = cond(&st, "RoleAssumed") == ("True".into(), "Assumed".into())
+            && role.and_then(|r| r.role_arn.as_ref()) == Some(&other.arn);
+        Ok(done.then_some(st))
+    })
+    .await?;
     let status = st.status.clone().unwrap();
     ensure!(status.approved_for.is_some() && status.approved_for != approved_for);
     let assumed = calls_of(sts, AR);
