@@ -2548,15 +2548,16 @@ fn workloads(client: &Client, ns: &str, plural: &str, kind: &str) -> Api<Dynamic
     Api::namespaced_with(client.clone(), ns, &ar)
 }
 
-/// A status write as the operator makes it (server-side apply of the status subresource).
-async fn write_status(api: &Api<DynamicObject>, name: &str, kind: &str) -> Result<()> {
+/// A status write as the operator makes it (a JSON Patch replacing the whole status).
+async fn write_status(api: &Api<DynamicObject>, name: &str) -> Result<()> {
+    let ops = json!([{"op": "add", "path": "/status", "value": {"observedGeneration": 1}}]);
     api.patch_status(
         name,
-        &PatchParams::apply("sts-session-operator").force(),
-        &Patch::Apply(&json!({
-            "apiVersion": "stssession.dev/v1alpha1", "kind": kind,
-            "status": {"observedGeneration": 1},
-        })),
+        &PatchParams {
+            field_manager: Some("sts-session-operator".into()),
+            ..Default::default()
+        },
+        &Patch::<()>::Json(serde_json::from_value(ops)?),
     )
     .await?;
     Ok(())
@@ -2972,7 +2973,7 @@ spec:
         .await
         .context("the operator claiming a renewal request")?;
     // Status: not fenced.
-    write_status(&op_sts, "st", "SessionToken")
+    write_status(&op_sts, "st")
         .await
         .context("the operator writing status")?;
     // Nor may it create or delete one.
@@ -3413,7 +3414,7 @@ async fn operator_writes_no_assumed_role(cp: &ControlPlane, fence: &Fence) -> Re
         ensure!(e.code == 403, "{verb}: {e:?}");
     }
     // Its status: admitted.
-    write_status(&ars, "deployer", "AssumedRole")
+    write_status(&ars, "deployer")
         .await
         .context("the operator writing an AssumedRole's status")?;
     // A mistaken binding granting it everything on AssumedRoles: the policy still refuses.

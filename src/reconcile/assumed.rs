@@ -7,9 +7,7 @@ use super::Error;
 use super::act::{self, Who};
 use super::context::Context;
 use super::observe::{bound_role, bounded_conditions, endpoint_blocker, read_targets_of};
-use crate::crd::{
-    AssumedRole, AssumedRoleStatus, FIELD_MANAGER, RESTARTED_FOR_ROLE_PREFIX, SessionToken,
-};
+use crate::crd::{AssumedRole, AssumedRoleStatus, RESTARTED_FOR_ROLE_PREFIX, SessionToken};
 use crate::credentials::Credentials;
 use crate::plan::{
     self, AssumedEffects, AssumedFacts, AssumedPlan, INTERNAL_ERROR, READY, ROLE_ASSUMED,
@@ -19,7 +17,7 @@ use crate::secret::{self, Ownership, SecretOwner};
 use futures::FutureExt;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use std::panic::AssertUnwindSafe;
@@ -326,18 +324,12 @@ async fn restart(ctx: &Context, f: &AssumedFacts, who: Who<'_>, fx: &mut Assumed
     plan::assumed_restarts_done(f, fx, &key_id, &problems);
 }
 
-/// Writes an AssumedRole's status (server-side apply).
+/// Writes an AssumedRole's status (the whole of it, as for a SessionToken).
 async fn write_status(
     api: &Api<AssumedRole>,
     name: &str,
     status: &AssumedRoleStatus,
 ) -> Result<(), Error> {
-    let body = serde_json::json!({
-        "apiVersion": AssumedRole::api_version(&()),
-        "kind": AssumedRole::kind(&()),
-        "status": status,
-    });
-    let pp = PatchParams::apply(FIELD_MANAGER).force();
-    api.patch_status(name, &pp, &Patch::Apply(&body)).await?;
+    act::replace_status(api, name, status).await?;
     Ok(())
 }

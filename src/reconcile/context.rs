@@ -71,6 +71,8 @@ pub struct Context {
     pub(crate) events: crate::events::Publisher,
     /// Which labelled Secrets exist, as the owned-Secret watches show them.
     pub(crate) owned: super::owned::OwnedSecrets,
+    /// Source Secrets read recently, used again while the watch shows the same version.
+    pub(crate) sources: super::sources::SourceSecrets,
     /// Boxed: the table keeps the room of every entry it ever held at once (all of them during
     /// a cold start); a box keeps that room to a pointer.
     memory: Mutex<HashMap<String, Box<Memory>>>,
@@ -122,6 +124,7 @@ impl Context {
             metrics,
             settings,
             owned: super::owned::OwnedSecrets::default(),
+            sources: super::sources::SourceSecrets::default(),
             memory: Mutex::default(),
             status_written: Mutex::default(),
             requeues: RwLock::default(),

@@ -8,6 +8,7 @@ pub mod assumed;
 mod context;
 pub mod observe;
 mod owned;
+mod sources;
 mod tolerant;
 pub mod watch;
 

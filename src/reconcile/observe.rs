@@ -59,11 +59,29 @@ pub async fn observe(st: Arc<SessionToken>, ctx: &Context) -> Result<Facts, Erro
             }
         }
     };
+    // The source Secret as read by an earlier reconcile, if the watch still shows that
+    // version of it (src/reconcile/sources.rs). Not while a token code waits.
+    let source_name = &st.spec.source_credentials.secret_ref.name;
+    let read_source = async {
+        let now = std::time::Instant::now();
+        if trust_watch
+            && let Some(s) =
+                ctx.sources
+                    .get(&ns, source_name, ctx.owned.version(&ns, source_name), now)
+        {
+            return Ok(Some(s));
+        }
+        let read = get(Some(source_name), false).await?;
+        if let Some(s) = &read {
+            ctx.sources.put(s, now);
+        }
+        Ok(read)
+    };
     // Independent reads, in parallel: an approval waits for them.
     let (out, old, source, kept, targets) = tokio::try_join!(
         get(Some(&names.out), true),
         get(names.old.as_deref(), true),
-        get(Some(&st.spec.source_credentials.secret_ref.name), false),
+        read_source,
         get(names.read_kept.then_some(names.kept.as_str()), true),
         async { Ok(read_targets(ctx, &ns, &st).await) },
     )?;

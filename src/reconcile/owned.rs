@@ -1,7 +1,9 @@
 //! Which Secrets exist, as the Secret metadata watch shows them (every Secret of the watched
-//! scope, labelled or not; only an 8-byte hash of each name is kept): a reconcile need not GET
-//! a Secret the watch has listed as absent (a cold start's output Secrets: one request fewer
-//! per SessionToken), and someone else's namesake is known before any STS call.
+//! scope, labelled or not; only an 8-byte hash of each name and one of its resourceVersion are
+//! kept): a reconcile need not GET a Secret the watch has listed as absent (a cold start's
+//! output Secrets: one request fewer per SessionToken), someone else's namesake is known before
+//! any STS call, and a source Secret read before is read again only once the watch shows
+//! another version of it ([`super::sources`]).
 //!
 //! Only absence is trusted, and only where it is safe: a Secret created so recently that the
 //! watch has not shown it yet refuses the create that follows (409), and that name is then
@@ -13,7 +15,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use kube::core::PartialObjectMeta;
 use kube::runtime::watcher::Event;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::sync::Mutex;
 
@@ -35,9 +37,25 @@ struct Scope {
     namespace: Option<String>,
     /// Whether the watch has listed the scope at least once: before, nothing is known absent.
     listed: bool,
-    known: HashSet<u64>,
+    /// Each Secret's name hash → the hash of its resourceVersion ([`UNKNOWN`] after this
+    /// process's own write, until the watch shows it).
+    known: HashMap<u64, u64>,
     /// Filled during a (re)list, swapped in when it is done.
-    relisting: Option<HashSet<u64>>,
+    relisting: Option<HashMap<u64, u64>>,
+}
+
+/// The version hash of a Secret this process wrote and the watch has not shown yet.
+const UNKNOWN: u64 = 0;
+
+/// The hash of a Secret's resourceVersion (never [`UNKNOWN`]).
+pub(crate) fn version_hash(resource_version: Option<&str>) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    resource_version.unwrap_or_default().hash(&mut h);
+    h.finish().max(1)
+}
+
+fn version_of(s: &PartialObjectMeta<Secret>) -> u64 {
+    version_hash(s.metadata.resource_version.as_deref())
 }
 
 fn key(namespace: &str, name: &str) -> u64 {
@@ -68,7 +86,7 @@ impl OwnedSecrets {
         inner.scopes.push(Scope {
             namespace: namespace.map(str::to_owned),
             listed: false,
-            known: HashSet::new(),
+            known: HashMap::new(),
             relisting: None,
         });
     }
@@ -91,9 +109,12 @@ impl OwnedSecrets {
             return;
         };
         match event {
-            Event::Init => scope.relisting = Some(HashSet::new()),
+            Event::Init => scope.relisting = Some(HashMap::new()),
             Event::InitApply(s) => {
-                scope.relisting.get_or_insert_default().insert(key_of(s));
+                scope
+                    .relisting
+                    .get_or_insert_default()
+                    .insert(key_of(s), version_of(s));
             }
             Event::InitDone => {
                 let mut listed = scope.relisting.take().unwrap_or_default();
@@ -102,9 +123,9 @@ impl OwnedSecrets {
                 scope.listed = true;
             }
             Event::Apply(s) => {
-                scope.known.insert(key_of(s));
+                scope.known.insert(key_of(s), version_of(s));
                 if let Some(r) = scope.relisting.as_mut() {
-                    r.insert(key_of(s));
+                    r.insert(key_of(s), version_of(s));
                 }
             }
             Event::Delete(s) => {
@@ -129,7 +150,21 @@ impl OwnedSecrets {
             .scopes
             .iter()
             .find(|s| s.covers(namespace))
-            .is_some_and(|s| s.listed && !s.known.contains(&k))
+            .is_some_and(|s| s.listed && !s.known.contains_key(&k))
+    }
+
+    /// The hash of the resourceVersion the watch last showed of the Secret `namespace/name`,
+    /// if a watch covering the namespace has listed it and shown it since.
+    pub fn version(&self, namespace: &str, name: &str) -> Option<u64> {
+        let inner = self.lock();
+        let k = key(namespace, name);
+        inner
+            .scopes
+            .iter()
+            .find(|s| s.covers(namespace))
+            .filter(|s| s.listed)
+            .and_then(|s| s.known.get(&k).copied())
+            .filter(|v| *v != UNKNOWN)
     }
 
     /// This process has just created or applied the Secret: it exists (the watch may tell
@@ -138,7 +173,7 @@ impl OwnedSecrets {
         let mut inner = self.lock();
         let k = key(namespace, name);
         for s in inner.scopes.iter_mut().filter(|s| s.covers(namespace)) {
-            s.known.insert(k);
+            s.known.insert(k, UNKNOWN);
         }
     }
 
@@ -207,6 +242,27 @@ mod tests {
         assert!(!o.absent("a", "x"), "a namesake the watch cannot see");
         o.sure("a", "x");
         assert!(o.absent("a", "x"));
+    }
+
+    #[test]
+    fn the_version_is_what_the_watch_showed_last() {
+        let o = OwnedSecrets::default();
+        let mut s = secret("a", "keys");
+        s.metadata.resource_version = Some("5".into());
+        o.start(Some("a"));
+        o.record(Some("a"), &Event::Init);
+        o.record(Some("a"), &Event::InitApply(s.clone()));
+        assert_eq!(o.version("a", "keys"), None, "not listed yet");
+        o.record(Some("a"), &Event::InitDone);
+        assert_eq!(o.version("a", "keys"), Some(version_hash(Some("5"))));
+        assert_eq!(o.version("b", "keys"), None, "a namespace no watch covers");
+        s.metadata.resource_version = Some("6".into());
+        o.record(Some("a"), &Event::Apply(s.clone()));
+        assert_eq!(o.version("a", "keys"), Some(version_hash(Some("6"))));
+        o.wrote("a", "keys");
+        assert_eq!(o.version("a", "keys"), None, "written here, not shown yet");
+        o.record(Some("a"), &Event::Delete(s));
+        assert_eq!(o.version("a", "keys"), None, "deleted");
     }
 
     #[test]

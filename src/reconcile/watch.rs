@@ -298,6 +298,17 @@ pub async fn run(
             .run(|object| due_tx.unbounded_send(object).map_err(|_| ()))
             .await
     });
+    // Source keys read for a burst of reconciles are not kept once it is over.
+    let sweep_task = tokio::spawn({
+        let ctx = ctx.clone();
+        async move {
+            let mut every = tokio::time::interval(super::sources::TTL);
+            loop {
+                every.tick().await;
+                ctx.sources.expire(std::time::Instant::now());
+            }
+        }
+    });
     let shutdown = futures::FutureExt::shared(shutdown);
     let roles = run_assumed_roles(
         ctx.clone(),
@@ -317,6 +328,7 @@ pub async fn run(
         .for_each(log_result);
     futures::join!(sessions, roles);
     requeue_task.abort();
+    sweep_task.abort();
     registry.owned.stop(namespace.as_deref());
     registry
         .session_stores

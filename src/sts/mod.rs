@@ -377,7 +377,7 @@ struct Inner {
     settings: StsSettings,
     http: SharedHttpClient,
     /// For calls carrying a token code: a new connection each time, closed after the call
-    /// ([`FreshConnections`]).
+    /// ([`Validated`] with `close_after_use`).
     fresh_http: SharedHttpClient,
     permits: Semaphore,
     retry_initial_backoff: Option<Duration>,
@@ -385,7 +385,7 @@ struct Inner {
 
 impl StsClient {
     /// A client with its own HTTPS connection pool (rustls, ring, platform root certificates;
-    /// plain http endpoints work too).
+    /// plain http endpoints work too). The platform's root certificates are read here, once.
     pub fn new(settings: StsSettings) -> Self {
         let builder = || {
             aws_smithy_http_client::Builder::new().tls_provider(
@@ -398,6 +398,14 @@ impl StsClient {
         // Its own pool, which never keeps a connection: every request says `Connection: close`,
         // and an idle one would be expired at once anyway.
         let fresh = builder().pool_idle_timeout(Duration::ZERO).build_https();
+        for client in [&http, &fresh] {
+            // Loads the root certificates now (the SDK's own check, which the per-call clients
+            // skip: see [`Validated`]). It cannot fail for this client.
+            let _ = client.validate_base_client_config(
+                &RuntimeComponentsBuilder::new("sts-session-operator"),
+                &ConfigBag::base(),
+            );
+        }
         Self::with_http_clients(settings, http, fresh)
     }
 
@@ -407,8 +415,8 @@ impl StsClient {
         Self::with_http_clients(settings, http.clone(), http)
     }
 
-    /// `http` for calls without a code; `fresh` (wrapped in [`FreshConnections`]) for calls
-    /// carrying one.
+    /// `http` for calls without a code; `fresh` (each request with `Connection: close`) for
+    /// calls carrying one.
     fn with_http_clients(
         settings: StsSettings,
         http: SharedHttpClient,
@@ -418,8 +426,14 @@ impl StsClient {
         Self {
             inner: Arc::new(Inner {
                 settings,
-                http,
-                fresh_http: SharedHttpClient::new(FreshConnections(fresh)),
+                http: SharedHttpClient::new(Validated {
+                    inner: http,
+                    close_after_use: false,
+                }),
+                fresh_http: SharedHttpClient::new(Validated {
+                    inner: fresh,
+                    close_after_use: true,
+                }),
                 permits,
                 retry_initial_backoff: None,
             }),
@@ -602,30 +616,34 @@ impl StsClient {
     }
 }
 
-/// An HTTP client whose every request asks for its connection to be closed after the
-/// response (`Connection: close`), so that none is ever kept for another request: each call
-/// through it goes out on a connection opened for it. For calls carrying a token code.
+/// The HTTP client of every per-call SDK client. Building an SDK client runs its HTTP client's
+/// `validate_base_client_config`, which for the SDK's hyper client builds a whole connector and
+/// throws it away: it reads and parses every platform root certificate, once per STS call
+/// (about a tenth of the operator's CPU on a cold start). Here that check ran once, when the
+/// shared client was made ([`StsClient::new`]). With `close_after_use`, every request asks for
+/// its connection to be closed after the response (`Connection: close`), so that none is ever
+/// kept for another request: each call goes out on a connection opened for it (calls carrying
+/// a token code).
 #[derive(Debug)]
-struct FreshConnections(SharedHttpClient);
+struct Validated {
+    inner: SharedHttpClient,
+    close_after_use: bool,
+}
 
 #[derive(Debug)]
 struct CloseAfterUse(SharedHttpConnector);
 
-impl HttpClient for FreshConnections {
+impl HttpClient for Validated {
     fn http_connector(
         &self,
         settings: &HttpConnectorSettings,
         components: &RuntimeComponents,
     ) -> SharedHttpConnector {
-        SharedHttpConnector::new(CloseAfterUse(self.0.http_connector(settings, components)))
-    }
-
-    fn validate_base_client_config(
-        &self,
-        runtime_components: &RuntimeComponentsBuilder,
-        cfg: &ConfigBag,
-    ) -> Result<(), BoxError> {
-        self.0.validate_base_client_config(runtime_components, cfg)
+        let connector = self.inner.http_connector(settings, components);
+        match self.close_after_use {
+            true => SharedHttpConnector::new(CloseAfterUse(connector)),
+            false => connector,
+        }
     }
 
     fn validate_final_config(
@@ -633,11 +651,11 @@ impl HttpClient for FreshConnections {
         runtime_components: &RuntimeComponents,
         cfg: &ConfigBag,
     ) -> Result<(), BoxError> {
-        self.0.validate_final_config(runtime_components, cfg)
+        self.inner.validate_final_config(runtime_components, cfg)
     }
 
     fn connector_metadata(&self) -> Option<ConnectorMetadata> {
-        self.0.connector_metadata()
+        self.inner.connector_metadata()
     }
 }
 
