@@ -137,7 +137,7 @@ fn main() -> Result<()> {
     // One thread runs every task (the blocking pool, for DNS lookups, apart). The operator waits
     // on the network: at a cold start of 10,000 SessionTokens it uses a quarter of one core, and
     // a second worker only added cross-thread wake-ups and contention on the one malloc arena
-    // (`tune_malloc`): 16.5-17.0 s of CPU with two workers, 11.6-12.5 s with one.
+    // (`tune_malloc`): 16.5-17.0 s of CPU with two workers, 11.1-13.5 s with one.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
