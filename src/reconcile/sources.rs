@@ -23,8 +23,9 @@ use std::time::{Duration, Instant};
 
 /// How long a read is used again at most.
 pub const TTL: Duration = Duration::from_secs(30);
-/// The largest Secret kept (its data's keys and values together).
-pub const MAX_BYTES: usize = 16 * 1024;
+/// The largest Secret kept (its data's keys and values together): long-term keys take under
+/// 100 bytes; with [`MAX_ENTRIES`], at most 4 MiB of data, however many Secrets a tenant makes.
+pub const MAX_BYTES: usize = 4 * 1024;
 /// The most Secrets kept at once.
 pub const MAX_ENTRIES: usize = 1024;
 
