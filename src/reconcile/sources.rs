@@ -121,6 +121,13 @@ impl SourceSecrets {
         }
     }
 
+    /// Forgets every read (the watches stopped: nothing would expire them).
+    pub fn clear(&self) {
+        let mut entries = self.lock();
+        entries.clear();
+        entries.shrink_to_fit();
+    }
+
     #[cfg(test)]
     fn len(&self) -> usize {
         self.lock().len()
@@ -194,5 +201,8 @@ mod tests {
         assert_eq!(s.len(), 1, "the expired ones made room");
         s.expire(t + TTL + TTL);
         assert_eq!(s.len(), 0);
+        s.put(&secret("keys", "5", 40), t);
+        s.clear();
+        assert!(s.get("a", "keys", v("5"), t).is_none(), "cleared");
     }
 }

@@ -329,6 +329,7 @@ pub async fn run(
     futures::join!(sessions, roles);
     requeue_task.abort();
     sweep_task.abort();
+    registry.sources.clear();
     registry.owned.stop(namespace.as_deref());
     registry
         .session_stores
