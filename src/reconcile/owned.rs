@@ -58,7 +58,8 @@ fn version_of(s: &PartialObjectMeta<Secret>) -> u64 {
     version_hash(s.metadata.resource_version.as_deref())
 }
 
-fn key(namespace: &str, name: &str) -> u64 {
+/// The hash a Secret is known by (here and in [`super::sources`]).
+pub(crate) fn key(namespace: &str, name: &str) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     (namespace, name).hash(&mut h);
     h.finish()

@@ -14,10 +14,10 @@
 //! Only the Secret's name, namespace, resourceVersion and data are kept, and only for Secrets
 //! of at most [`MAX_BYTES`] of data; at most [`MAX_ENTRIES`] Secrets at once.
 
+use super::owned::{key, version_hash};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -40,10 +40,8 @@ struct Entry {
     secret: Secret,
 }
 
-fn key(namespace: &str, name: &str) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    (namespace, name).hash(&mut h);
-    h.finish()
+fn fresh(entry: &Entry, now: Instant) -> bool {
+    now.saturating_duration_since(entry.read_at) < TTL
 }
 
 impl SourceSecrets {
@@ -63,7 +61,7 @@ impl SourceSecrets {
         let mut entries = self.lock();
         let k = key(namespace, name);
         let entry = entries.get(&k)?;
-        if now.saturating_duration_since(entry.read_at) >= TTL {
+        if !fresh(entry, now) {
             entries.remove(&k);
             return None;
         }
@@ -78,8 +76,7 @@ impl SourceSecrets {
         ) else {
             return;
         };
-        let data = secret.data.clone().unwrap_or_default();
-        let bytes = data.iter().fold(0usize, |n, (k, v)| {
+        let bytes = secret.data.iter().flatten().fold(0usize, |n, (k, v)| {
             n.saturating_add(k.len()).saturating_add(v.0.len())
         });
         if bytes > MAX_BYTES {
@@ -87,7 +84,7 @@ impl SourceSecrets {
         }
         let mut entries = self.lock();
         if entries.len() >= MAX_ENTRIES {
-            entries.retain(|_, e| now.saturating_duration_since(e.read_at) < TTL);
+            entries.retain(|_, e| fresh(e, now));
             if entries.len() >= MAX_ENTRIES {
                 return;
             }
@@ -99,13 +96,13 @@ impl SourceSecrets {
                 resource_version: secret.metadata.resource_version.clone(),
                 ..ObjectMeta::default()
             },
-            data: Some(data),
+            data: Some(secret.data.clone().unwrap_or_default()),
             ..Secret::default()
         };
         entries.insert(
             key(namespace, name),
             Entry {
-                version: super::owned::version_hash(secret.metadata.resource_version.as_deref()),
+                version: version_hash(secret.metadata.resource_version.as_deref()),
                 read_at: now,
                 secret: kept,
             },
@@ -115,7 +112,7 @@ impl SourceSecrets {
     /// Forgets every read older than [`TTL`] (run periodically: keys are not kept idle).
     pub fn expire(&self, now: Instant) {
         let mut entries = self.lock();
-        entries.retain(|_, e| now.saturating_duration_since(e.read_at) < TTL);
+        entries.retain(|_, e| fresh(e, now));
         if entries.is_empty() {
             entries.shrink_to_fit();
         }
@@ -158,7 +155,7 @@ mod tests {
     }
 
     fn v(rv: &str) -> Option<u64> {
-        Some(super::super::owned::version_hash(Some(rv)))
+        Some(version_hash(Some(rv)))
     }
 
     #[test]
