@@ -276,47 +276,94 @@ async fn claim_annotation(
     }
 }
 
-/// Replaces an object's whole status (a JSON Patch `add /status`) and returns the object as
-/// the API server stored it. Not server-side apply: on a custom resource an apply costs the API
-/// server about twice the CPU of a JSON Patch (the body parsed as YAML twice, then merged as a
-/// typed object), and on a cold start the status write is a third of what the API server does.
-/// The status is the operator's alone: fields someone else added are dropped with the rest.
-pub(crate) async fn replace_status<K>(
+/// A write's response as this operator asks for it: the object's metadata only
+/// (`PartialObjectMetadata`). The API server then encodes no data, spec or status it was just
+/// sent, and the operator parses none; of that metadata only the resourceVersion is read.
+const METADATA_ONLY: &str = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1";
+
+#[derive(serde::Deserialize)]
+struct Written {
+    metadata: WrittenMeta,
+}
+
+#[derive(serde::Deserialize)]
+struct WrittenMeta {
+    #[serde(rename = "resourceVersion")]
+    resource_version: Option<String>,
+}
+
+/// Sends a write built by kube's request builder, asking for metadata only in the response;
+/// returns the resourceVersion written. Errors are kube's, as from `Api`'s own methods.
+async fn send_for_metadata(
+    client: kube::Client,
+    req: Result<hyper::http::Request<Vec<u8>>, kube::core::request::Error>,
+) -> Result<Option<String>, kube::Error> {
+    let mut req = req.map_err(kube::Error::BuildRequest)?;
+    req.headers_mut().insert(
+        hyper::http::header::ACCEPT,
+        hyper::http::HeaderValue::from_static(METADATA_ONLY),
+    );
+    let written: Written = client.request(req).await?;
+    Ok(written.metadata.resource_version)
+}
+
+/// Replaces an object's whole status (a JSON Patch `add /status`). Not server-side apply: on a
+/// custom resource an apply costs the API server about twice the CPU of a JSON Patch (the body
+/// parsed as YAML twice, then merged as a typed object), and on a cold start the status write
+/// is a third of what the API server does. The status is the operator's alone: fields someone
+/// else added are dropped with the rest. The response is the stored object's metadata only.
+pub(crate) async fn replace_status<K: Resource + Clone>(
     api: &Api<K>,
     name: &str,
     status: &impl serde::Serialize,
-) -> Result<K, Error>
-where
-    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    let ops = serde_json::json!([{ "op": "add", "path": "/status", "value": status }]);
-    let patch: json_patch::Patch =
-        serde_json::from_value(ops).map_err(|_| Error::MissingField("a status patch"))?;
+) -> Result<(), Error> {
     let pp = PatchParams {
         field_manager: Some(FIELD_MANAGER.into()),
         ..Default::default()
     };
-    Ok(api
-        .patch_status(name, &pp, &Patch::<()>::Json(patch))
-        .await?)
+    let patch = status_patch(status)?;
+    let req = kube::core::Request::new(api.resource_url()).patch_subresource(
+        "status",
+        name,
+        &pp,
+        &Patch::<()>::Json(patch),
+    );
+    send_for_metadata(api.clone().into_client(), req).await?;
+    Ok(())
+}
+
+fn status_patch(status: &impl serde::Serialize) -> Result<json_patch::Patch, Error> {
+    let ops = serde_json::json!([{ "op": "add", "path": "/status", "value": status }]);
+    serde_json::from_value(ops).map_err(|_| Error::MissingField("a status patch"))
 }
 
 /// Writes status and returns it as written. Under a CRD older than this operator (Helm does not
 /// upgrade CRDs; the operator may be rolled out first), the API server prunes the status fields
 /// the old schema does not declare: `approvedFor` is then missing from what was stored, and the
 /// status returned says so (the decisions treat a session without it as approved for the role
-/// it already holds).
+/// it already holds). Only a status with `approvedFor` (an MFA approval's, at a person's pace)
+/// asks for the stored object back, to see that; every other write asks for metadata only.
 pub(crate) async fn write_status(
     api: &Api<SessionToken>,
     name: &str,
     status: &SessionTokenStatus,
 ) -> Result<SessionTokenStatus, Error> {
-    let stored = replace_status(api, name, status).await?;
+    if status.approved_for.is_none() {
+        replace_status(api, name, status).await?;
+        return Ok(status.clone());
+    }
+    let pp = PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..Default::default()
+    };
+    let stored = api
+        .patch_status(name, &pp, &Patch::<()>::Json(status_patch(status)?))
+        .await?;
     let pruned = stored
         .status
         .as_ref()
         .is_some_and(|s| s.approved_for.is_none());
-    if status.approved_for.is_some() && pruned {
+    if pruned {
         warn!(
             name,
             "the SessionToken CRD is older than this operator (no status.approvedFor): apply crds/ to upgrade it"
@@ -349,24 +396,28 @@ pub(crate) async fn write_secret(
                     field_manager: Some(FIELD_MANAGER.into()),
                     ..Default::default()
                 };
-                secrets.create(&pp, &w.desired).await
+                create_secret(&secrets, &pp, &w.desired)
+                    .await
+                    .map(|rv| (rv, None))
             }
             WriteMode::Apply { resource_version } => {
                 let mut body = w.desired.clone();
                 body.metadata.resource_version = resource_version.clone();
                 let pp = PatchParams::apply(FIELD_MANAGER).force();
-                secrets.patch(&w.name, &pp, &Patch::Apply(&body)).await
+                secrets
+                    .patch(&w.name, &pp, &Patch::Apply(&body))
+                    .await
+                    .map(|s| (s.metadata.resource_version.clone(), Some(s)))
             }
         };
-        let missed = ctx.secret_write_done(f.uid, result.as_ref().ok());
+        let written_rv = result.as_ref().ok().and_then(|(rv, _)| rv.as_deref());
+        let missed = ctx.secret_write_done(f.uid, written_rv);
         let result = match result {
-            Ok(written) => {
+            Ok((_, applied)) => {
                 ctx.owned.wrote(f.ns, &w.name);
-                match &w.mode {
-                    WriteMode::Create => Ok(()),
-                    WriteMode::Apply { .. } => {
-                        prune_stale_keys(&secrets, &written, &w.desired).await
-                    }
+                match applied {
+                    None => Ok(()),
+                    Some(written) => prune_stale_keys(&secrets, &written, &w.desired).await,
                 }
             }
             Err(e) => {
@@ -389,6 +440,18 @@ pub(crate) async fn write_secret(
             Err(e) => return Err(e),
         }
     }
+}
+
+/// Creates a Secret; returns the resourceVersion it was created with (the response is its
+/// metadata only: the data just sent is not encoded again, nor parsed).
+async fn create_secret(
+    secrets: &Api<Secret>,
+    pp: &PostParams,
+    secret: &Secret,
+) -> Result<Option<String>, kube::Error> {
+    let body = serde_json::to_vec(secret).map_err(kube::Error::SerdeError)?;
+    let req = kube::core::Request::new(secrets.resource_url()).create(pp, body);
+    send_for_metadata(secrets.clone().into_client(), req).await
 }
 
 /// Removes from the output Secret, as just applied, the keys of formats no longer chosen that

@@ -249,11 +249,12 @@ impl Context {
         self.with_memory(uid, |m| m.writing = m.writing.saturating_add(1));
     }
 
-    /// A Secret write of `uid` is done (`written`: what the API server stored, if it did).
+    /// A Secret write of `uid` is done (`written_rv`: the resourceVersion the API server stored,
+    /// if it did).
     /// Returns whether the watch showed, meanwhile, a change of the object's Secrets that was
     /// not this write: the reconcile it would have started is then due.
-    pub(crate) fn secret_write_done(&self, uid: &str, written: Option<&Secret>) -> bool {
-        let rv = written.and_then(|w| w.metadata.resource_version.clone());
+    pub(crate) fn secret_write_done(&self, uid: &str, written_rv: Option<&str>) -> bool {
+        let rv = written_rv.map(str::to_string);
         self.with_memory(uid, |m| {
             m.writing = m.writing.saturating_sub(1);
             let came_back = rv
