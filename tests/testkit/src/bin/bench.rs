@@ -731,6 +731,56 @@ struct Cold {
     /// A SessionToken created once the N are Ready (and the steady window is over): from its
     /// create to Ready, in ms.
     new_token_ready_ms: Option<f64>,
+    /// How busy the whole machine was from operator start to all Ready, and how fast it was.
+    machine: MachineWork,
+}
+
+/// The CPU the whole machine spent over a run (every process: API server, etcd,
+/// kube-controller-manager, operator, bench), and a fixed CPU-bound loop timed before and
+/// after it. On a shared VM the same work takes more CPU time when a neighbour is busy: a slow
+/// run with a slow loop and more CPU-seconds for the same requests is the machine, not the
+/// operator.
+#[derive(serde::Serialize, Clone, Copy)]
+struct MachineWork {
+    busy_core_s: f64,
+    idle_core_s: f64,
+    steal_core_s: f64,
+    calibration_before_ms: f64,
+    calibration_after_ms: f64,
+}
+
+/// /proc/stat's first line: (busy, idle, steal) seconds of all CPUs since boot.
+fn cpu_totals() -> (f64, f64, f64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let v: Vec<f64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let at = |i: usize| v.get(i).copied().unwrap_or(0.0) / 100.0;
+    // user nice system idle iowait irq softirq steal
+    let busy = at(0) + at(1) + at(2) + at(5) + at(6);
+    (busy, at(3) + at(4), at(7))
+}
+
+/// The median of five runs of a fixed integer loop (about 0.1 s on an idle core), in ms.
+fn calibration_ms() -> f64 {
+    let mut runs: Vec<f64> = (0..5)
+        .map(|_| {
+            let t = Instant::now();
+            let mut x: u64 = 0;
+            for i in 0..100_000_000u64 {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+            }
+            std::hint::black_box(x);
+            ms(t.elapsed())
+        })
+        .collect();
+    runs.sort_by(f64::total_cmp);
+    runs[2]
 }
 
 #[derive(serde::Serialize)]
@@ -1178,8 +1228,10 @@ async fn cold(world: &World, opts: &Opts, n: usize) -> Result<Cold> {
             |m| m.len() == n,
         )
         .await?;
+    let calibration_before_ms = calibration_ms();
     let since = Timestamp::now();
     let started = Instant::now();
+    let cpu_at_start = cpu_totals();
     let op = Operator::start(world, &ns, opts).await?;
     let progress = {
         let t = tracker.clone();
@@ -1208,8 +1260,16 @@ async fn cold(world: &World, opts: &Opts, n: usize) -> Result<Cold> {
             |m| m.values().filter(|t| t.ready).count() == n,
         )
         .await;
+    let cpu_at_ready = cpu_totals();
     progress.abort();
     waited?;
+    let machine = MachineWork {
+        busy_core_s: cpu_at_ready.0 - cpu_at_start.0,
+        idle_core_s: cpu_at_ready.1 - cpu_at_start.1,
+        steal_core_s: cpu_at_ready.2 - cpu_at_start.2,
+        calibration_before_ms,
+        calibration_after_ms: calibration_ms(),
+    };
     let all_ready = tracker
         .snapshot()
         .values()
@@ -1259,6 +1319,7 @@ async fn cold(world: &World, opts: &Opts, n: usize) -> Result<Cold> {
         steady_window_s: opts.steady.as_secs_f64(),
         steady,
         steady_sts_calls,
+        machine,
     })
 }
 
@@ -1484,6 +1545,17 @@ fn report(f: &Figures, opts: &Opts) -> String {
             out,
             "| cold start {}: operator CPU time | {:.1} s | |",
             c.n, c.cpu_s
+        );
+        let m = &c.machine;
+        let _ = writeln!(
+            out,
+            "| cold start {}: the machine over the run | {:.0} core-s busy, {:.1} idle, {:.1} stolen; calibration loop {:.0} ms before, {:.0} ms after | |",
+            c.n,
+            m.busy_core_s,
+            m.idle_core_s,
+            m.steal_core_s,
+            m.calibration_before_ms,
+            m.calibration_after_ms
         );
         if let Some(ms) = c.new_token_ready_ms {
             let _ = writeln!(
