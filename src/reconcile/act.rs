@@ -262,10 +262,7 @@ async fn claim_annotation(
 ) -> Result<bool, Error> {
     let patch: json_patch::Patch = serde_json::from_value(claim.patch.clone())
         .map_err(|_| Error::MissingField("a claim patch"))?;
-    let pp = PatchParams {
-        field_manager: Some(FIELD_MANAGER.into()),
-        ..Default::default()
-    };
+    let pp = patch_params();
     match api.patch(name, &pp, &Patch::<()>::Json(patch)).await {
         Ok(_) => Ok(true),
         // The object changed since it was read (the resourceVersion `test` failed: 422 with
@@ -273,6 +270,14 @@ async fn claim_annotation(
         // refusal by admission, say) is an error, retried with backoff.
         Err(kube::Error::Api(e)) if matches!(e.code, 404 | 409 | 422) => Ok(false),
         Err(e) => Err(e.into()),
+    }
+}
+
+/// The parameters of every patch this operator sends: its field manager.
+fn patch_params() -> PatchParams {
+    PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..Default::default()
     }
 }
 
@@ -317,10 +322,7 @@ pub(crate) async fn replace_status<K: Resource + Clone>(
     name: &str,
     status: &impl serde::Serialize,
 ) -> Result<(), Error> {
-    let pp = PatchParams {
-        field_manager: Some(FIELD_MANAGER.into()),
-        ..Default::default()
-    };
+    let pp = patch_params();
     let patch = status_patch(status)?;
     let req = kube::core::Request::new(api.resource_url()).patch_subresource(
         "status",
@@ -352,10 +354,7 @@ pub(crate) async fn write_status(
         replace_status(api, name, status).await?;
         return Ok(status.clone());
     }
-    let pp = PatchParams {
-        field_manager: Some(FIELD_MANAGER.into()),
-        ..Default::default()
-    };
+    let pp = patch_params();
     let stored = api
         .patch_status(name, &pp, &Patch::<()>::Json(status_patch(status)?))
         .await?;
@@ -391,15 +390,9 @@ pub(crate) async fn write_secret(
         attempt = attempt.saturating_add(1);
         ctx.secret_write_started(f.uid);
         let result = match &w.mode {
-            WriteMode::Create => {
-                let pp = PostParams {
-                    field_manager: Some(FIELD_MANAGER.into()),
-                    ..Default::default()
-                };
-                create_secret(&secrets, &pp, &w.desired)
-                    .await
-                    .map(|rv| (rv, None))
-            }
+            WriteMode::Create => create_secret(&secrets, &w.desired)
+                .await
+                .map(|rv| (rv, None)),
             WriteMode::Apply { resource_version } => {
                 let mut body = w.desired.clone();
                 body.metadata.resource_version = resource_version.clone();
@@ -446,11 +439,14 @@ pub(crate) async fn write_secret(
 /// metadata only: the data just sent is not encoded again, nor parsed).
 async fn create_secret(
     secrets: &Api<Secret>,
-    pp: &PostParams,
     secret: &Secret,
 ) -> Result<Option<String>, kube::Error> {
+    let pp = PostParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..Default::default()
+    };
     let body = serde_json::to_vec(secret).map_err(kube::Error::SerdeError)?;
-    let req = kube::core::Request::new(secrets.resource_url()).create(pp, body);
+    let req = kube::core::Request::new(secrets.resource_url()).create(&pp, body);
     send_for_metadata(secrets.clone().into_client(), req).await
 }
 
@@ -479,10 +475,7 @@ async fn prune_stale_keys(
         return Ok(());
     };
     let name = applied.metadata.name.clone().unwrap_or_default();
-    let pp = PatchParams {
-        field_manager: Some(FIELD_MANAGER.into()),
-        ..Default::default()
-    };
+    let pp = patch_params();
     match secrets.patch(&name, &pp, &Patch::<()>::Json(patch)).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(e)) if matches!(e.code, 409 | 422) => Ok(()),
@@ -548,10 +541,7 @@ pub(crate) async fn patch_targets(
             &workload_resource(restart.target.kind),
         );
         let what = plan::target_name(&restart.target);
-        let pp = PatchParams {
-            field_manager: Some(FIELD_MANAGER.into()),
-            ..Default::default()
-        };
+        let pp = patch_params();
         match api
             .patch(&restart.target.name, &pp, &Patch::Merge(&restart.patch))
             .await
