@@ -12,7 +12,9 @@
 //! - steady state: the operator's writes and STS calls while every session is valid;
 //! - footprint: peak RSS (VmHWM) at 0 and N SessionTokens, start to /readyz, binary size;
 //! - rotation storm: sessions that all expire at the same instant (the double returns a fixed
-//!   expiration), rotated with `--sts-concurrency` calls in flight at most.
+//!   expiration), rotated with `--sts-concurrency` calls in flight at most;
+//! - the floor under each cold start: the same N SessionTokens made Ready without the operator,
+//!   by a writer that does only the two writes per SessionToken any operator must ([`floor`]).
 //!
 //! Usage: `bench [--sizes 1000,10000] [--approvals 200] [--steady 60s] [--storm 1000] ...`
 //! (`bench --help`).
@@ -36,6 +38,9 @@ use testkit::process::{ChildProcess, free_port};
 use testkit::sts_double::{CodePolicy, Fault, RecordedCall, StsDouble, StsDoubleConfig, TestUser};
 use tokio::sync::watch;
 
+#[path = "bench/floor.rs"]
+mod floor;
+
 const OPERATOR_USER: &str = "sts-operator";
 
 const HELP: &str = "\
@@ -55,7 +60,8 @@ bench: benchmarks of the release-built operator against a private local control 
   --large N               SessionTokens of the largest admitted size (0: skip) [200]
   --roles N               AssumedRoles drawing on --role-sessions sessions (0: skip) [1000]
   --role-sessions N       SessionTokens the AssumedRoles draw on            [10]
-  --only LIST             scenarios: approval,footprint,cold,storm,large,roles [all]
+  --only LIST             scenarios: approval,footprint,cold,floor,storm,large,roles [all]
+                          (floor: each --sizes N made Ready by the two writes alone, no operator)
   --operator PATH         operator binary   [$CARGO_TARGET_DIR/release/sts-session-operator]
   --operator-arg ARG      extra operator flag (repeatable), e.g. --operator-arg=--sts-concurrency=32
   --apiserver-arg ARG     extra kube-apiserver flag (repeatable)
@@ -508,6 +514,39 @@ impl Tracker {
     fn snapshot(&self) -> HashMap<String, TokenState> {
         self.tokens.lock().unwrap().clone()
     }
+
+    /// Until the watch has listed `n` SessionTokens.
+    async fn wait_listed(&mut self, n: usize) -> Result<()> {
+        self.wait(
+            "the bench's watch to list everything",
+            Duration::from_secs(120),
+            Duration::from_millis(20),
+            |m| m.len() == n,
+        )
+        .await
+    }
+
+    /// Until `n` SessionTokens are Ready.
+    async fn wait_all_ready(&mut self, n: usize, timeout: Duration) -> Result<()> {
+        self.wait(
+            "every SessionToken to be Ready",
+            timeout,
+            Duration::from_millis(20),
+            |m| m.values().filter(|t| t.ready).count() == n,
+        )
+        .await
+    }
+
+    /// From `started` to the last SessionToken this watch saw Ready.
+    fn all_ready_after(&self, started: Instant) -> Result<Duration> {
+        let last = self
+            .snapshot()
+            .values()
+            .filter_map(|t| t.ready_at)
+            .max()
+            .context("no ready instants")?;
+        Ok(last - started)
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -670,6 +709,7 @@ struct Figures {
     approval: Option<ApprovalFigures>,
     footprint_idle: Option<Idle>,
     cold: Vec<Cold>,
+    floor: Vec<floor::Floor>,
     storm: Option<Storm>,
     large: Option<Large>,
     roles: Option<Roles>,
@@ -747,6 +787,34 @@ struct MachineWork {
     steal_core_s: f64,
     calibration_before_ms: f64,
     calibration_after_ms: f64,
+}
+
+impl std::fmt::Display for MachineWork {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:.0} core-s busy, {:.1} idle, {:.1} stolen; calibration loop {:.0} ms before, {:.0} ms after",
+            self.busy_core_s,
+            self.idle_core_s,
+            self.steal_core_s,
+            self.calibration_before_ms,
+            self.calibration_after_ms
+        )
+    }
+}
+
+impl MachineWork {
+    /// From `start` ([`cpu_totals`] then) to now; the calibration loop is timed again now.
+    fn since(start: (f64, f64, f64), calibration_before_ms: f64) -> MachineWork {
+        let end = cpu_totals();
+        MachineWork {
+            busy_core_s: end.0 - start.0,
+            idle_core_s: end.1 - start.1,
+            steal_core_s: end.2 - start.2,
+            calibration_before_ms,
+            calibration_after_ms: calibration_ms(),
+        }
+    }
 }
 
 /// /proc/stat's first line: (busy, idle, steal) seconds of all CPUs since boot.
@@ -1220,14 +1288,7 @@ async fn cold(world: &World, opts: &Opts, n: usize) -> Result<Cold> {
     world.sts.inject_faults(Fault::Delay(opts.sts_delay));
     world.sts.reset_counters();
     let mut tracker = Tracker::start(world.sessions(&ns));
-    tracker
-        .wait(
-            "the bench's watch to list everything",
-            Duration::from_secs(120),
-            Duration::from_millis(20),
-            |m| m.len() == n,
-        )
-        .await?;
+    tracker.wait_listed(n).await?;
     let calibration_before_ms = calibration_ms();
     let since = Timestamp::now();
     let started = Instant::now();
@@ -1252,31 +1313,11 @@ async fn cold(world: &World, opts: &Opts, n: usize) -> Result<Cold> {
             }
         })
     };
-    let waited = tracker
-        .wait(
-            "every SessionToken to be Ready",
-            opts.ready_timeout,
-            Duration::from_millis(20),
-            |m| m.values().filter(|t| t.ready).count() == n,
-        )
-        .await;
-    let cpu_at_ready = cpu_totals();
+    let waited = tracker.wait_all_ready(n, opts.ready_timeout).await;
+    let machine = MachineWork::since(cpu_at_start, calibration_before_ms);
     progress.abort();
     waited?;
-    let machine = MachineWork {
-        busy_core_s: cpu_at_ready.0 - cpu_at_start.0,
-        idle_core_s: cpu_at_ready.1 - cpu_at_start.1,
-        steal_core_s: cpu_at_ready.2 - cpu_at_start.2,
-        calibration_before_ms,
-        calibration_after_ms: calibration_ms(),
-    };
-    let all_ready = tracker
-        .snapshot()
-        .values()
-        .filter_map(|t| t.ready_at)
-        .max()
-        .context("no ready instants")?
-        - started;
+    let all_ready = tracker.all_ready_after(started)?;
     eprintln!(
         "bench: cold start {n}: all Ready after {:.1} s",
         all_ready.as_secs_f64()
@@ -1546,16 +1587,10 @@ fn report(f: &Figures, opts: &Opts) -> String {
             "| cold start {}: operator CPU time | {:.1} s | |",
             c.n, c.cpu_s
         );
-        let m = &c.machine;
         let _ = writeln!(
             out,
-            "| cold start {}: the machine over the run | {:.0} core-s busy, {:.1} idle, {:.1} stolen; calibration loop {:.0} ms before, {:.0} ms after | |",
-            c.n,
-            m.busy_core_s,
-            m.idle_core_s,
-            m.steal_core_s,
-            m.calibration_before_ms,
-            m.calibration_after_ms
+            "| cold start {}: the machine over the run | {} | |",
+            c.n, c.machine
         );
         if let Some(ms) = c.new_token_ready_ms {
             let _ = writeln!(
@@ -1585,6 +1620,25 @@ fn report(f: &Figures, opts: &Opts) -> String {
             "| footprint, 0 SessionTokens | {}; /readyz {:.0} ms after start | |",
             i.mem, i.ready_after_ms
         );
+    }
+    for fl in &f.floor {
+        let _ = writeln!(
+            out,
+            "| floor {}: the same, made Ready by the two writes alone (no operator, no STS) | {:.1} s from writer start; the machine {} | {} | |",
+            fl.n,
+            fl.all_ready_s,
+            fl.machine,
+            fl.requests.per_token(fl.n)
+        );
+        if let Some(c) = f.cold.iter().find(|c| c.n == fl.n) {
+            let _ = writeln!(
+                out,
+                "| cold start {} over its floor | {:.2}× the time, {:.2}× the machine's busy core-s | |",
+                fl.n,
+                c.all_ready_s / fl.all_ready_s.max(f64::MIN_POSITIVE),
+                c.machine.busy_core_s / fl.machine.busy_core_s.max(f64::MIN_POSITIVE)
+            );
+        }
     }
     for c in &f.cold {
         let target = match c.n {
@@ -1726,9 +1780,13 @@ async fn main() -> Result<()> {
             eprintln!("bench: approvals");
             figures.approval = Some(approval(&world, &opts).await?);
         }
-        if opts.runs("cold") {
-            for &n in &opts.sizes {
+        for &n in &opts.sizes {
+            // Each floor right after its cold start, so that both see the machine alike.
+            if opts.runs("cold") {
                 figures.cold.push(cold(&world, &opts, n).await?);
+            }
+            if opts.runs("floor") {
+                figures.floor.push(floor::floor(&world, &opts, n).await?);
             }
         }
         if opts.runs("storm") && opts.storm > 0 {
