@@ -80,14 +80,14 @@ pub(super) async fn floor(world: &World, opts: &Opts, n: usize) -> Result<Floor>
 async fn write_all(client: Client, ns: String, sessions: ApiResource) -> Result<()> {
     // As the operator's: every Secret of the namespace, metadata only, paged from etcd.
     let secrets = Api::<PartialObjectMeta<Secret>>::namespaced(client.clone(), &ns);
-    let drain = tokio::spawn(async move {
+    let _drain = AbortOnDrop(tokio::spawn(async move {
         let stream = watcher(secrets, watcher::Config::default());
         futures::pin_mut!(stream);
         while stream.next().await.is_some() {}
-    });
+    }));
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &sessions);
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<(String, String)>();
-    let watch = tokio::spawn(async move {
+    let _watch = AbortOnDrop(tokio::spawn(async move {
         let stream = watcher(api, watcher::Config::default().any_semantic());
         futures::pin_mut!(stream);
         let mut seen = HashSet::new();
@@ -101,17 +101,25 @@ async fn write_all(client: Client, ns: String, sessions: ApiResource) -> Result<
                 return;
             }
         }
-    });
-    let written = futures::stream::unfold(rx, |mut rx| async move {
+    }));
+    futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))
     })
     .map(|(name, uid)| write_one(&client, &ns, &sessions, name, uid))
     .buffer_unordered(API_CONCURRENCY)
     .try_for_each(|()| async { Ok(()) })
-    .await;
-    drain.abort();
-    watch.abort();
-    written
+    .await
+}
+
+/// A task that ends with its handle: the writer's watches end when the writer is aborted
+/// (a dropped `JoinHandle` would leave them watching, and retrying once the control plane is
+/// gone).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 async fn write_one(
