@@ -1482,6 +1482,27 @@ async fn storm(world: &World, opts: &Opts) -> Result<Storm> {
 // ---------------------------------------------------------------------------------------------
 // Report.
 
+/// The floor under a cold start of N, and the cold start over it.
+fn floor_rows(out: &mut String, fl: &floor::Floor, cold: Option<&Cold>) {
+    let _ = writeln!(
+        out,
+        "| floor {}: the same N made Ready by the two writes alone (no operator, no STS) | {:.1} s from writer start; {}; the machine {} | |",
+        fl.n,
+        fl.all_ready_s,
+        fl.requests.per_token(fl.n),
+        fl.machine
+    );
+    if let Some(c) = cold {
+        let _ = writeln!(
+            out,
+            "| cold start {} over its floor | {:.2}× the time, {:.2}× the machine's busy core-s | |",
+            fl.n,
+            c.all_ready_s / fl.all_ready_s.max(f64::MIN_POSITIVE),
+            c.machine.busy_core_s / fl.machine.busy_core_s.max(f64::MIN_POSITIVE)
+        );
+    }
+}
+
 fn report(f: &Figures, opts: &Opts) -> String {
     let mut out = String::new();
     let m = &f.machine;
@@ -1613,6 +1634,16 @@ fn report(f: &Figures, opts: &Opts) -> String {
                 s.lease_writes as f64 * per_min
             );
         }
+        if let Some(fl) = f.floor.iter().find(|fl| fl.n == c.n) {
+            floor_rows(&mut out, fl, Some(c));
+        }
+    }
+    for fl in f
+        .floor
+        .iter()
+        .filter(|fl| f.cold.iter().all(|c| c.n != fl.n))
+    {
+        floor_rows(&mut out, fl, None);
     }
     if let Some(i) = &f.footprint_idle {
         let _ = writeln!(
@@ -1620,25 +1651,6 @@ fn report(f: &Figures, opts: &Opts) -> String {
             "| footprint, 0 SessionTokens | {}; /readyz {:.0} ms after start | |",
             i.mem, i.ready_after_ms
         );
-    }
-    for fl in &f.floor {
-        let _ = writeln!(
-            out,
-            "| floor {}: the same, made Ready by the two writes alone (no operator, no STS) | {:.1} s from writer start; the machine {} | {} | |",
-            fl.n,
-            fl.all_ready_s,
-            fl.machine,
-            fl.requests.per_token(fl.n)
-        );
-        if let Some(c) = f.cold.iter().find(|c| c.n == fl.n) {
-            let _ = writeln!(
-                out,
-                "| cold start {} over its floor | {:.2}× the time, {:.2}× the machine's busy core-s | |",
-                fl.n,
-                c.all_ready_s / fl.all_ready_s.max(f64::MIN_POSITIVE),
-                c.machine.busy_core_s / fl.machine.busy_core_s.max(f64::MIN_POSITIVE)
-            );
-        }
     }
     for c in &f.cold {
         let target = match c.n {
