@@ -785,34 +785,56 @@ struct MachineWork {
     busy_core_s: f64,
     idle_core_s: f64,
     steal_core_s: f64,
-    calibration_before_ms: f64,
-    calibration_after_ms: f64,
+    before: Speed,
+    after: Speed,
+}
+
+/// How fast the machine is just now: a CPU-bound loop and a memory-bound walk. The API server's
+/// work is mostly allocation and garbage collection; when neighbours load the host's memory
+/// system it slows, and the walk with it, while the integer loop may not notice.
+#[derive(serde::Serialize, Clone, Copy)]
+struct Speed {
+    /// [`calibration_ms`].
+    loop_ms: f64,
+    /// [`memory_latency_ns`].
+    memory_ns: f64,
+}
+
+impl Speed {
+    fn now() -> Speed {
+        Speed {
+            loop_ms: calibration_ms(),
+            memory_ns: memory_latency_ns(),
+        }
+    }
 }
 
 impl std::fmt::Display for MachineWork {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{:.0} core-s busy, {:.1} idle, {:.1} stolen; calibration loop {:.0} ms before, {:.0} ms after",
+            "{:.0} core-s busy, {:.1} idle, {:.1} stolen; calibration loop {:.0} ms before, {:.0} ms after; memory walk {:.0} ns a step before, {:.0} after",
             self.busy_core_s,
             self.idle_core_s,
             self.steal_core_s,
-            self.calibration_before_ms,
-            self.calibration_after_ms
+            self.before.loop_ms,
+            self.after.loop_ms,
+            self.before.memory_ns,
+            self.after.memory_ns
         )
     }
 }
 
 impl MachineWork {
-    /// From `start` ([`cpu_totals`] then) to now; the calibration loop is timed again now.
-    fn since(start: (f64, f64, f64), calibration_before_ms: f64) -> MachineWork {
+    /// From `start` ([`cpu_totals`] then) to now; the machine's [`Speed`] is measured again now.
+    fn since(start: (f64, f64, f64), before: Speed) -> MachineWork {
         let end = cpu_totals();
         MachineWork {
             busy_core_s: end.0 - start.0,
             idle_core_s: end.1 - start.1,
             steal_core_s: end.2 - start.2,
-            calibration_before_ms,
-            calibration_after_ms: calibration_ms(),
+            before,
+            after: Speed::now(),
         }
     }
 }
@@ -849,6 +871,35 @@ fn calibration_ms() -> f64 {
         .collect();
     runs.sort_by(f64::total_cmp);
     runs[2]
+}
+
+/// The median of three walks of 2 million steps through a random cycle over 64 MiB (every step
+/// a cache miss, most a TLB miss too), in ns per step.
+fn memory_latency_ns() -> f64 {
+    const SLOTS: usize = 1 << 24;
+    const STEPS: usize = 2_000_000;
+    let mut next: Vec<u32> = (0..SLOTS as u32).collect();
+    // Sattolo's shuffle (xorshift draws): slot i holds the next slot, all in one cycle.
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for i in (1..SLOTS).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        next.swap(i, (x % i as u64) as usize);
+    }
+    let mut runs: Vec<f64> = (0..3)
+        .map(|_| {
+            let t = Instant::now();
+            let mut at = 0usize;
+            for _ in 0..STEPS {
+                at = next[at] as usize;
+            }
+            std::hint::black_box(at);
+            t.elapsed().as_nanos() as f64 / STEPS as f64
+        })
+        .collect();
+    runs.sort_by(f64::total_cmp);
+    runs[1]
 }
 
 #[derive(serde::Serialize)]
@@ -1289,7 +1340,7 @@ async fn cold(world: &World, opts: &Opts, n: usize) -> Result<Cold> {
     world.sts.reset_counters();
     let mut tracker = Tracker::start(world.sessions(&ns));
     tracker.wait_listed(n).await?;
-    let calibration_before_ms = calibration_ms();
+    let speed = Speed::now();
     let since = Timestamp::now();
     let started = Instant::now();
     let cpu_at_start = cpu_totals();
@@ -1314,7 +1365,7 @@ async fn cold(world: &World, opts: &Opts, n: usize) -> Result<Cold> {
         })
     };
     let waited = tracker.wait_all_ready(n, opts.ready_timeout).await;
-    let machine = MachineWork::since(cpu_at_start, calibration_before_ms);
+    let machine = MachineWork::since(cpu_at_start, speed);
     progress.abort();
     waited?;
     let all_ready = tracker.all_ready_after(started)?;

@@ -13,7 +13,7 @@
 //! this one is what the control plane costs on this machine at two writes per SessionToken.
 
 use super::{
-    MachineWork, OPERATOR_USER, Opts, Requests, Tracker, World, calibration_ms, cpu_totals,
+    MachineWork, OPERATOR_USER, Opts, Requests, Speed, Tracker, World, cpu_totals,
     operator_requests, settle,
 };
 use anyhow::{Context as _, Result};
@@ -53,13 +53,13 @@ pub(super) async fn floor(world: &World, opts: &Opts, n: usize) -> Result<Floor>
     tracker.wait_listed(n).await?;
     let client = world.cp.client_as(OPERATOR_USER).await?;
     eprintln!("bench: floor {n}: starting the writer");
-    let calibration_before_ms = calibration_ms();
+    let speed = Speed::now();
     let since = Timestamp::now();
     let started = Instant::now();
     let cpu_at_start = cpu_totals();
     let writer = tokio::spawn(write_all(client, ns.clone(), world.st_resource.clone()));
     let waited = tracker.wait_all_ready(n, opts.ready_timeout).await;
-    let machine = MachineWork::since(cpu_at_start, calibration_before_ms);
+    let machine = MachineWork::since(cpu_at_start, speed);
     writer.abort();
     waited?;
     let all_ready = tracker.all_ready_after(started)?;
