@@ -825,17 +825,53 @@ impl std::fmt::Display for MachineWork {
     }
 }
 
-impl MachineWork {
-    /// From `start` ([`cpu_totals`] then) to now; the machine's [`Speed`] is measured again now.
-    fn since(start: (f64, f64, f64), before: Speed) -> MachineWork {
+/// A timed run (a cold start, a floor): from its start to all Ready, and the machine over it.
+struct Run {
+    before: Speed,
+    /// For the audit log: the run's requests are those after it.
+    since: Timestamp,
+    started: Instant,
+    cpu_at_start: (f64, f64, f64),
+}
+
+impl Run {
+    /// Measures the machine's [`Speed`], then starts the clock.
+    fn start() -> Run {
+        let before = Speed::now();
+        Run {
+            before,
+            since: Timestamp::now(),
+            started: Instant::now(),
+            cpu_at_start: cpu_totals(),
+        }
+    }
+
+    /// Until `n` SessionTokens are Ready: how long from the start to the last, and the machine
+    /// over that span (its [`Speed`] measured again after).
+    async fn until_all_ready(
+        &self,
+        tracker: &mut Tracker,
+        n: usize,
+        opts: &Opts,
+        what: &str,
+    ) -> Result<(Duration, MachineWork)> {
+        let waited = tracker.wait_all_ready(n, opts.ready_timeout).await;
         let end = cpu_totals();
-        MachineWork {
+        let (start, before) = (self.cpu_at_start, self.before);
+        let machine = MachineWork {
             busy_core_s: end.0 - start.0,
             idle_core_s: end.1 - start.1,
             steal_core_s: end.2 - start.2,
             before,
             after: Speed::now(),
-        }
+        };
+        waited?;
+        let all_ready = tracker.all_ready_after(self.started)?;
+        eprintln!(
+            "bench: {what}: all Ready after {:.1} s",
+            all_ready.as_secs_f64()
+        );
+        Ok((all_ready, machine))
     }
 }
 
@@ -1340,10 +1376,7 @@ async fn cold(world: &World, opts: &Opts, n: usize) -> Result<Cold> {
     world.sts.reset_counters();
     let mut tracker = Tracker::start(world.sessions(&ns));
     tracker.wait_listed(n).await?;
-    let speed = Speed::now();
-    let since = Timestamp::now();
-    let started = Instant::now();
-    let cpu_at_start = cpu_totals();
+    let run = Run::start();
     let op = Operator::start(world, &ns, opts).await?;
     let progress = {
         let t = tracker.clone();
@@ -1359,20 +1392,17 @@ async fn cold(world: &World, opts: &Opts, n: usize) -> Result<Cold> {
                     .count();
                 eprintln!(
                     "bench: cold start {n}: {ready} Ready after {:.0} s",
-                    started.elapsed().as_secs_f64()
+                    run.started.elapsed().as_secs_f64()
                 );
             }
         })
     };
-    let waited = tracker.wait_all_ready(n, opts.ready_timeout).await;
-    let machine = MachineWork::since(cpu_at_start, speed);
+    let ready = run
+        .until_all_ready(&mut tracker, n, opts, &format!("cold start {n}"))
+        .await;
     progress.abort();
-    waited?;
-    let all_ready = tracker.all_ready_after(started)?;
-    eprintln!(
-        "bench: cold start {n}: all Ready after {:.1} s",
-        all_ready.as_secs_f64()
-    );
+    let (all_ready, machine) = ready?;
+    let since = run.since;
     settle(&world.cp, &ns, since, Duration::from_secs(3)).await?;
     let requests = operator_requests(&world.cp, &ns, since, None)?;
     let sts_calls = world.sts.call_count();

@@ -13,8 +13,7 @@
 //! this one is what the control plane costs on this machine at two writes per SessionToken.
 
 use super::{
-    MachineWork, OPERATOR_USER, Opts, Requests, Speed, Tracker, World, cpu_totals,
-    operator_requests, settle,
+    MachineWork, OPERATOR_USER, Opts, Requests, Run, Tracker, World, operator_requests, settle,
 };
 use anyhow::{Context as _, Result};
 use futures::{StreamExt, TryStreamExt};
@@ -25,7 +24,7 @@ use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use std::collections::HashSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Requests in flight at most: the operator's default `--api-concurrency`.
 const API_CONCURRENCY: usize = 8;
@@ -53,25 +52,18 @@ pub(super) async fn floor(world: &World, opts: &Opts, n: usize) -> Result<Floor>
     tracker.wait_listed(n).await?;
     let client = world.cp.client_as(OPERATOR_USER).await?;
     eprintln!("bench: floor {n}: starting the writer");
-    let speed = Speed::now();
-    let since = Timestamp::now();
-    let started = Instant::now();
-    let cpu_at_start = cpu_totals();
+    let run = Run::start();
     let writer = tokio::spawn(write_all(client, ns.clone(), world.st_resource.clone()));
-    let waited = tracker.wait_all_ready(n, opts.ready_timeout).await;
-    let machine = MachineWork::since(cpu_at_start, speed);
+    let ready = run
+        .until_all_ready(&mut tracker, n, opts, &format!("floor {n}"))
+        .await;
     writer.abort();
-    waited?;
-    let all_ready = tracker.all_ready_after(started)?;
-    eprintln!(
-        "bench: floor {n}: all Ready after {:.1} s",
-        all_ready.as_secs_f64()
-    );
-    settle(&world.cp, &ns, since, Duration::from_secs(3)).await?;
+    let (all_ready, machine) = ready?;
+    settle(&world.cp, &ns, run.since, Duration::from_secs(3)).await?;
     Ok(Floor {
         n,
         all_ready_s: all_ready.as_secs_f64(),
-        requests: operator_requests(&world.cp, &ns, since, None)?,
+        requests: operator_requests(&world.cp, &ns, run.since, None)?,
         machine,
     })
 }
