@@ -776,8 +776,8 @@ struct Cold {
 }
 
 /// The CPU the whole machine spent over a run (every process: API server, etcd,
-/// kube-controller-manager, operator, bench), and a fixed CPU-bound loop timed before and
-/// after it. On a shared VM the same work takes more CPU time when a neighbour is busy: a slow
+/// kube-controller-manager, operator, bench), and the machine's [`Speed`] before and after it.
+/// On a shared VM the same work takes more CPU time when a neighbour is busy: a slow
 /// run with a slow loop and more CPU-seconds for the same requests is the machine, not the
 /// operator.
 #[derive(serde::Serialize, Clone, Copy)]
@@ -856,13 +856,12 @@ impl Run {
         what: &str,
     ) -> Result<(Duration, MachineWork)> {
         let waited = tracker.wait_all_ready(n, opts.ready_timeout).await;
-        let end = cpu_totals();
-        let (start, before) = (self.cpu_at_start, self.before);
+        let (end, start) = (cpu_totals(), self.cpu_at_start);
         let machine = MachineWork {
             busy_core_s: end.0 - start.0,
             idle_core_s: end.1 - start.1,
             steal_core_s: end.2 - start.2,
-            before,
+            before: self.before,
             after: Speed::now(),
         };
         waited?;

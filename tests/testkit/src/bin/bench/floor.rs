@@ -78,6 +78,12 @@ async fn write_all(client: Client, ns: String, sessions: ApiResource) -> Result<
         while stream.next().await.is_some() {}
     }));
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &sessions);
+    let urls = Urls {
+        secrets: Api::<Secret>::namespaced(client.clone(), &ns)
+            .resource_url()
+            .to_string(),
+        sessions: api.resource_url().to_string(),
+    };
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<(String, String)>();
     let _watch = AbortOnDrop(tokio::spawn(async move {
         let stream = watcher(api, watcher::Config::default().any_semantic());
@@ -97,7 +103,7 @@ async fn write_all(client: Client, ns: String, sessions: ApiResource) -> Result<
     futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))
     })
-    .map(|(name, uid)| write_one(&client, &ns, &sessions, name, uid))
+    .map(|(name, uid)| write_one(&client, &urls, name, uid))
     .buffer_unordered(API_CONCURRENCY)
     .try_for_each(|()| async { Ok(()) })
     .await
@@ -114,50 +120,46 @@ impl Drop for AbortOnDrop {
     }
 }
 
-async fn write_one(
-    client: &Client,
-    ns: &str,
-    sessions: &ApiResource,
-    name: String,
-    uid: String,
-) -> Result<()> {
+/// Where the two writes go, worked out once.
+struct Urls {
+    secrets: String,
+    sessions: String,
+}
+
+async fn write_one(client: &Client, urls: &Urls, name: String, uid: String) -> Result<()> {
     let now = Timestamp::now();
-    let secrets = Api::<Secret>::namespaced(client.clone(), ns);
     let pp = PostParams {
         field_manager: Some(FIELD_MANAGER.into()),
         ..Default::default()
     };
     let body = serde_json::to_vec(&secret_body(&name, &uid, now))?;
-    let req = kube::core::Request::new(secrets.resource_url()).create(&pp, body);
+    let req = kube::core::Request::new(urls.secrets.as_str()).create(&pp, body)?;
     send(client, req).await.context("creating a Secret")?;
 
     // The operator's status write: a JSON Patch `add /status` (kube's request builder, as the
     // operator uses it, would need the json-patch crate here only to build the same bytes).
-    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, sessions);
     let ops = json!([{ "op": "add", "path": "/status", "value": status_body(&name, now) }]);
     let req = hyper::http::Request::patch(format!(
         "{}/{name}/status?fieldManager={FIELD_MANAGER}",
-        api.resource_url()
+        urls.sessions
     ))
     .header(
         hyper::http::header::CONTENT_TYPE,
         "application/json-patch+json",
     )
     .body(serde_json::to_vec(&ops)?)?;
-    send(client, Ok(req)).await.context("writing a status")?;
+    send(client, req).await.context("writing a status")?;
     Ok(())
 }
 
-async fn send(
-    client: &Client,
-    req: Result<hyper::http::Request<Vec<u8>>, kube::core::request::Error>,
-) -> Result<()> {
-    let mut req = req?;
+/// Sends a write asking for metadata only, as the operator does; the response is not parsed
+/// beyond being JSON (the operator reads one field of it).
+async fn send(client: &Client, mut req: hyper::http::Request<Vec<u8>>) -> Result<()> {
     req.headers_mut().insert(
         hyper::http::header::ACCEPT,
         hyper::http::HeaderValue::from_static(METADATA_ONLY),
     );
-    let _: Value = client.request(req).await?;
+    let _: serde::de::IgnoredAny = client.request(req).await?;
     Ok(())
 }
 
